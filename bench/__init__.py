@@ -1,0 +1,1 @@
+"""Benchmarks for mesh: `python bench/run.py --list`."""

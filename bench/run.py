@@ -1,0 +1,67 @@
+"""Run one benchmark scenario: `python bench/run.py NAME [--quick]`, or `--list`.
+
+Progress goes to stderr, a short human summary to stdout, and the LAST stdout line is one JSON
+object with the figures. Exit codes: 0 ok, 1 the scenario failed (JSON has "error"),
+2 usage error (e.g. unknown scenario).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+sys.path.insert(0, str(ROOT))
+
+from bench import scenarios  # noqa: E402
+from bench.common import BenchError  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.splitlines()[0])
+    parser.add_argument("name", nargs="?", help="scenario to run (see --list)")
+    parser.add_argument("--quick", action="store_true", help="shorter windows, for smoke tests")
+    parser.add_argument("--list", action="store_true", help="list scenarios and exit")
+    args = parser.parse_args(argv)
+    known = scenarios.available()
+    if args.list:
+        width = max(map(len, known), default=0)
+        for name, desc in known.items():
+            print(f"{name:<{width}}  {desc}")
+        return 0
+    if not args.name:
+        parser.error("a scenario NAME or --list is required")
+    if args.name not in known:
+        print(f"bench/run.py: unknown scenario {args.name!r}; available: "
+              f"{', '.join(known) or '(none)'}", file=sys.stderr)
+        return 2
+    # Turn SIGTERM into SystemExit so scenarios' cleanup (stopping agents) runs.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    t0 = time.monotonic()
+    try:
+        result = scenarios.load(args.name).run(quick=args.quick)
+    except BenchError as exc:
+        result = {"scenario": args.name, "error": str(exc)}
+    except Exception as exc:  # a bug or an environment problem: show it, still end with JSON
+        traceback.print_exc()
+        result = {"scenario": args.name, "error": f"{type(exc).__name__}: {exc}"}
+    result.setdefault("scenario", args.name)
+    result["quick"] = args.quick
+    result["bench_wall_s"] = round(time.monotonic() - t0, 2)
+    for key in ("summary",):
+        for line in result.pop(key, []):
+            print(line)
+    if result.get("error"):
+        print(f"bench/run.py: {args.name} FAILED: {result['error']}", file=sys.stderr)
+    print(json.dumps(result, sort_keys=False), flush=True)
+    return 1 if result.get("error") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""mesh: a peer-to-peer compute mesh for edge devices.
+
+Agents (``python -m mesh join``) find each other, measure each other and run
+Python functions for each other. This module is the public Python API; it imports
+lazily so that worker processes and the CLI start fast.
+"""
+
+from __future__ import annotations
+
+from mesh.errors import AgentUnreachable, MeshError, RemoteError
+
+__version__ = "0.1.0"
+__all__ = ["connect", "Client", "MeshError", "AgentUnreachable", "RemoteError", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in ("connect", "Client"):
+        from mesh import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'mesh' has no attribute {name!r}")

@@ -1,0 +1,421 @@
+"""The agent process: the thin I/O shell around the protocol cores.
+
+One thread owns every ZeroMQ socket and runs one poll loop. It turns frames,
+timer ticks, mDNS callbacks (through a waker) and worker results into events,
+feeds them to ``Membership`` and ``Dispatcher`` and carries out the actions they
+return. Nothing clever lives here: no decision is taken in this module.
+
+Signals: the first SIGINT/SIGTERM starts a graceful leave (no new client calls,
+the backlog goes to peers, running calls finish within ``leave_grace``, then peers
+get ``Leave``); a second SIGINT exits at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import random
+import secrets
+import signal
+import socket
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import zmq
+
+from mesh import messages as m
+from mesh.discovery import membership as mb
+from mesh.errors import DecodeError
+from mesh.executor import WorkerPool
+from mesh.sched import dispatch as dp
+from mesh.transport import Transport
+
+log = logging.getLogger("mesh.agent")
+
+MAX_BATCH = 256  # frames read from one socket before looking at the others
+
+
+@dataclass
+class AgentConfig:
+    name: str
+    interface: str = "127.0.0.1"
+    comm_port: int = 46102
+    rest_port: int = -1
+    peers: list[str] = field(default_factory=list)
+    mdns: bool = True
+    cpus: int = 1
+    state_file: str | None = None
+    profile: str = "default"
+    leave_grace: float = 10.0
+    max_frame: int = m.MAX_FRAME
+
+
+class Waker:
+    """Lets other threads (mDNS, signals, REST) wake the poll loop."""
+
+    def __init__(self) -> None:
+        self._r, self._w = socket.socketpair()
+        self._r.setblocking(False)
+        self._w.setblocking(False)
+
+    def fileno(self) -> int:
+        return self._r.fileno()
+
+    def wake(self) -> None:
+        try:
+            self._w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass  # already awake, or closing
+
+    def drain(self) -> None:
+        try:
+            while self._r.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def close(self) -> None:
+        self._r.close()
+        self._w.close()
+
+
+class Agent:
+    """One mesh agent. ``run()`` blocks until the agent has left."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.node_id = secrets.token_hex(16)
+        self.started = time.monotonic()
+        self.timing = mb.Timing.profile(config.profile)
+        self.transport = Transport(bytes.fromhex(self.node_id), config.interface,
+                                   config.comm_port, config.max_frame)
+        self.address = self.transport.address
+        self.me = m.NodeInfo(self.node_id, config.name, self.address, config.cpus, 0)
+        self.members = mb.Membership(self.me, self.timing, random.Random(self.node_id))
+        self.dispatcher = dp.Dispatcher(config.name, config.cpus)
+        self.pool = WorkerPool(config.cpus, config.name)
+        self.waker = Waker()
+        self.transport.poller.register(self.waker.fileno(), zmq.POLLIN)
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()  # from other threads
+        self.dropped: dict[str, int] = {}
+        self.leaving_since: float | None = None
+        self.stopped = False
+        self.mdns = None
+        self.rest = None
+        self._worker_fds: dict[int, object] = {}
+        self._sync_worker_fds()
+
+    # ------------------------------------------------------------------ start / stop
+
+    def start(self) -> None:
+        """Seeds, mDNS, REST, state file. Returns quickly; ``run()`` does the rest."""
+        now = time.monotonic()
+        for address in self.config.peers:
+            self._do(self.members.add_seed(address, now), now)
+        log.info("agent %s (%s) bound comm tcp://%s", self.config.name, self.node_id[:8], self.address)
+        if self.config.mdns:
+            from mesh.discovery.mdns import MdnsDiscovery
+
+            self.mdns = MdnsDiscovery(
+                self.config.interface, self.node_id, self.config.name, self.transport.port,
+                self.config.cpus, m.PROTOCOL, self._on_announcement,
+            )
+            self.mdns.start()
+        else:
+            log.info("mDNS off: seeds %s and gossip only", ", ".join(self.config.peers) or "(none)")
+        rest_address = None
+        if self.config.rest_port >= 0:
+            from mesh.rest import RestServer
+
+            self.rest = RestServer(self, "127.0.0.1", self.config.rest_port)
+            rest_address = self.rest.address
+            log.info("REST on http://%s (loopback only)", rest_address)
+        if self.config.state_file:
+            state = {"id": self.node_id, "name": self.config.name, "comm": self.address,
+                     "rest": rest_address, "pid": os.getpid()}
+            tmp = f"{self.config.state_file}.tmp{os.getpid()}"
+            with open(tmp, "w") as f:
+                json.dump(state, f)
+            os.replace(tmp, self.config.state_file)
+
+    def request_leave(self) -> None:
+        """Begin a graceful leave (callable from a signal handler)."""
+        if self.leaving_since is None:
+            self.leaving_since = -1.0  # picked up by the loop
+        self.waker.wake()
+
+    def close(self) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
+        if self.mdns is not None:
+            self.mdns.close()
+        if self.rest is not None:
+            self.rest.close()
+        self.pool.close()
+        self.transport.close()
+        self.waker.close()
+        if self.config.state_file:
+            try:
+                os.unlink(self.config.state_file)
+            except OSError:
+                pass
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self) -> None:
+        tick = min(self.timing.ping_interval / 2, 0.1)
+        next_tick = time.monotonic()
+        try:
+            while True:
+                now = time.monotonic()
+                if now >= next_tick:
+                    self._tick(now)
+                    next_tick = now + tick
+                    if self._leave_done(now):
+                        break
+                timeout = max(next_tick - time.monotonic(), 0) * 1000
+                for sock, _ in self.transport.poller.poll(timeout):
+                    now = time.monotonic()
+                    if sock is self.transport.router:
+                        self._read_router(now)
+                    elif sock == self.waker.fileno():
+                        self.waker.drain()
+                        self._read_inbox(now)
+                    elif isinstance(sock, int):
+                        worker = self._worker_fds.get(sock)
+                        if worker is not None:
+                            self._read_worker(worker, now)
+                    else:
+                        address = self.transport.by_socket.get(sock)
+                        if address is not None:
+                            self._read_dealer(sock, address, now)
+        finally:
+            self.close()
+
+    def _tick(self, now: float) -> None:
+        if self.leaving_since == -1.0:
+            self.leaving_since = now
+            log.info("leaving: no new calls; handing the backlog to peers")
+            if self.mdns is not None:
+                self.mdns.close()
+                self.mdns = None
+            self._do(self.dispatcher.drain(), now)
+        self.members.set_load(self._load())
+        self._do(self.members.tick(now), now)
+
+    def _leave_done(self, now: float) -> bool:
+        if self.leaving_since is None or self.leaving_since < 0:
+            return False
+        if not self.dispatcher.idle() and now - self.leaving_since < self.config.leave_grace:
+            return False
+        for entry in list(self.dispatcher.pending.values()):
+            result = m.Result(entry.call.call_id, False, b"", self.config.name, "AgentLeaving",
+                              "the agent left before this call finished", "")
+            self._do(self.dispatcher.remote_result(result, "leaving"), now)
+        self._do(self.members.leave(), now)
+        log.info("left the mesh")
+        return True
+
+    def _load(self) -> m.Load:
+        d = self.dispatcher
+        return m.Load(d.cpus, d.free, d.queued, d.running)
+
+    # ------------------------------------------------------------------ input
+
+    def _decode(self, frame: bytes) -> m.Message | None:
+        try:
+            return m.decode(frame, self.config.max_frame)
+        except DecodeError as exc:
+            self.dropped[exc.reason] = self.dropped.get(exc.reason, 0) + 1
+            log.debug("dropped a frame: %s", exc)
+            return None
+
+    def _read_router(self, now: float) -> None:
+        for _ in range(MAX_BATCH):
+            try:
+                parts = self.transport.router.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            if len(parts) != 2:
+                self.dropped["frames"] = self.dropped.get("frames", 0) + 1
+                continue
+            identity, frame = parts
+            msg = self._decode(frame)
+            if msg is not None:
+                self._on_router(identity, msg, now)
+
+    def _on_router(self, identity: bytes, msg: m.Message, now: float) -> None:
+        peer_id = identity.hex() if len(identity) == 16 else None
+        if peer_id is not None and peer_id not in self.members.members:
+            peer_id = None
+        if peer_id is not None:
+            self.members.heard_from(peer_id, now)
+        if isinstance(msg, (m.Ping, m.Leave)):
+            self._do(self.members.receive(msg, now, identity=identity), now)
+            if isinstance(msg, m.Ping):
+                self._peer_load(msg.sender, msg.load, now)
+        elif isinstance(msg, m.Call):
+            self._do(self.dispatcher.submit(msg, identity, peer_id), now)
+        elif isinstance(msg, m.Query):
+            self.transport.reply(identity, m.encode(self._answer(msg)))
+        else:
+            self.dropped["unexpected"] = self.dropped.get("unexpected", 0) + 1
+
+    def _read_dealer(self, sock: zmq.Socket, address: str, now: float) -> None:
+        for _ in range(MAX_BATCH):
+            try:
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            msg = self._decode(frame)
+            if msg is None:
+                continue
+            member = self.members.member_at(address)
+            if member is not None:
+                self.members.heard_from(member.info.id, now)
+            if isinstance(msg, m.Pong):
+                self._do(self.members.receive(msg, now, via=address), now)
+                self._peer_load(msg.sender, msg.load, now)
+            elif isinstance(msg, m.Result) and member is not None:
+                self._do(self.dispatcher.remote_result(msg, member.info.id), now)
+            else:
+                self.dropped["unexpected"] = self.dropped.get("unexpected", 0) + 1
+            if address not in self.transport.dealers:
+                return  # the message made us close this connection
+
+    def _peer_load(self, sender: m.NodeInfo, load: m.Load, now: float) -> None:
+        member = self.members.members.get(sender.id)
+        if member is None or member.state != "alive":
+            return
+        acts = self.dispatcher.peer_load(sender.id, sender.name, load.cpus, load.free, member.rtt)
+        self._do(acts, now)
+
+    def _read_worker(self, worker, now: float) -> None:
+        for result in self.pool.readable(worker):
+            self._do(self.dispatcher.local_done(result), now)
+        self._sync_worker_fds()
+
+    def _read_inbox(self, now: float) -> None:
+        while True:
+            try:
+                kind, a, b = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "found":
+                self._do(self.members.discovered(a, b, now), now)
+            elif kind == "ask":
+                try:
+                    b.set_result(self._answer(m.Query(0, a)))
+                except Exception as exc:  # report to the asking thread, keep the loop
+                    b.set_exception(exc)
+
+    def _on_announcement(self, ann) -> None:
+        """mDNS thread: queue the announcement for the loop."""
+        if ann.protocol == m.PROTOCOL:
+            self._inbox.put(("found", ann.node_id, ann.address))
+            self.waker.wake()
+
+    def ask(self, what: str, timeout: float = 5.0) -> m.Answer:
+        """From another thread (REST): the loop's answer to a query. Raises TimeoutError."""
+        fut: Future = Future()
+        self._inbox.put(("ask", what, fut))
+        self.waker.wake()
+        return fut.result(timeout)
+
+    # ------------------------------------------------------------------ output
+
+    def _do(self, actions: list, now: float) -> None:
+        """Carry out the actions of the cores (this is the whole of the shell's job)."""
+        for act in actions:
+            if isinstance(act, mb.Send):
+                self.transport.send(act.address, m.encode(act.message))
+            elif isinstance(act, (mb.Reply,)):
+                self.transport.reply(act.identity, m.encode(act.message))
+            elif isinstance(act, mb.Connect):
+                self.transport.connect(act.address)
+            elif isinstance(act, mb.Disconnect):
+                self.transport.disconnect(act.address)
+            elif isinstance(act, mb.MemberChanged):
+                self._member_changed(act, now)
+            elif isinstance(act, dp.RunLocal):
+                failed = self.pool.run(act.call)
+                self._sync_worker_fds()
+                if failed is not None:
+                    self._do(self.dispatcher.local_done(failed), now)
+            elif isinstance(act, dp.Forward):
+                member = self.members.members.get(act.peer_id)
+                sent = member is not None and member.conn is not None and self.transport.send(
+                    member.conn, m.encode(act.call))
+                if not sent:
+                    self._do(self.dispatcher.forward_failed(act.call.call_id, act.peer_id), now)
+            elif isinstance(act, dp.Deliver):
+                self.transport.reply(act.identity, m.encode(act.result))
+            else:
+                raise TypeError(f"unknown action {act!r}")
+
+    def _member_changed(self, act: mb.MemberChanged, now: float) -> None:
+        if act.old == "new":
+            log.info("peer %s (%s) joined", act.name, act.node_id[:8])
+        else:
+            log.info("peer %s (%s): %s -> %s", act.name, act.node_id[:8], act.old, act.new)
+        if act.new in ("dead", "left", "suspect"):
+            self._do(self.dispatcher.peer_lost(act.node_id) if act.new != "suspect"
+                     else self.dispatcher.peer_suspect(act.node_id), now)
+
+    def _sync_worker_fds(self) -> None:
+        current = {w.fileno(): w for w in self.pool.workers}
+        for fd in set(self._worker_fds) - set(current):
+            try:
+                self.transport.poller.unregister(fd)
+            except KeyError:
+                pass
+        for fd in set(current) - set(self._worker_fds):
+            self.transport.poller.register(fd, zmq.POLLIN)
+        self._worker_fds = current
+
+    # ------------------------------------------------------------------ queries
+
+    def status(self) -> dict:
+        d = self.dispatcher
+        return {
+            "id": self.node_id,
+            "name": self.config.name,
+            "address": self.address,
+            "pid": os.getpid(),
+            "protocol": m.PROTOCOL,
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "cpus": {"total": d.cpus, "free": d.free},
+            "queued": d.queued,
+            "running": d.running,
+            "done": d.counters["done"],
+            "failed": d.counters["failed"],
+            "forwarded": d.counters["forwarded"],
+            "peers_alive": len(self.members.alive()),
+            "dropped": dict(self.dropped, sends=self.transport.dropped_sends,
+                            duplicate_results=d.counters["duplicate_results"]),
+            "worker_crashes": self.pool.crashes,
+            "leaving": self.leaving_since is not None,
+        }
+
+    def _answer(self, q: m.Query) -> m.Answer:
+        if q.what == "status":
+            return m.Answer(q.qid, q.what, self.status())
+        if q.what == "peers":
+            return m.Answer(q.qid, q.what, self.members.views())
+        return m.Answer(q.qid, q.what, None, f"unknown query {q.what!r} (status, peers)")
+
+
+def install_signal_handlers(agent: Agent) -> None:
+    """First SIGINT/SIGTERM: graceful leave. Second SIGINT: exit at once."""
+
+    def on_signal(signum, frame):
+        if agent.leaving_since is not None and signum == signal.SIGINT:
+            os._exit(130)
+        agent.request_leave()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)

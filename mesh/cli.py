@@ -1,0 +1,229 @@
+"""Command line interface: ``mesh join``, ``call``, ``status``, ``peers``, ``demo``.
+
+Exit codes of client commands (CONTRACT.md): 0 ok, 1 the function raised (remote
+traceback on stderr), 2 usage error, 3 no agent reachable.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+import socket
+import sys
+
+import click
+
+EXIT_RAISED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+DEFAULT_AGENT = "127.0.0.1:46102"
+
+
+def parse_arg(text: str):
+    """A CLI argument: a Python literal when it parses as one, else the string itself."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
+
+
+def _address(text: str, what: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise click.BadParameter(f"expected HOST:PORT, got {text!r}", param_hint=what)
+    return text
+
+
+def _primary_ipv4() -> str:
+    """The address a UDP socket would use to leave the machine (no packet is sent)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.connect(("192.0.2.1", 9))  # TEST-NET-1: connect() on UDP sends nothing
+        return s.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
+    finally:
+        s.close()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mesh")
+def main() -> None:
+    """mesh: a peer-to-peer compute mesh for edge devices."""
+
+
+# --------------------------------------------------------------------------- join
+
+
+@main.command()
+@click.option("--name", default=None, help="Human name of this agent (default: hostname).")
+@click.option("--interface", "interfaces", multiple=True,
+              help="IPv4 address to bind and announce on (default: the primary non-loopback address).")
+@click.option("--comm-port", type=click.IntRange(0, 65535), default=46102, show_default=True,
+              help="Agent-to-agent port; 0 picks a free one.")
+@click.option("--rest-port", type=click.IntRange(-1, 65535), default=46101, show_default=True,
+              help="REST port (loopback only for now); 0 picks a free one, -1 disables REST.")
+@click.option("--peer", "peers", multiple=True, envvar="MESH_PEERS",
+              help="Seed peer HOST:PORT (repeatable; also MESH_PEERS=host:port,host:port).")
+@click.option("--no-mdns", is_flag=True, help="Use seeds and gossip only; no mDNS.")
+@click.option("--cpus", type=click.IntRange(0, 1024), default=None,
+              help="Worker slots (default: the number of cores).")
+@click.option("--state-file", type=click.Path(dir_okay=False), default=None,
+              help="Write {id,name,comm,rest,pid} as JSON here once ready.")
+@click.option("--profile", type=click.Choice(["default", "fast"]), default="default",
+              show_default=True, help="Failure-detection timings.")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              default="INFO", show_default=True)
+def join(name, interfaces, comm_port, rest_port, peers, no_mdns, cpus, state_file, profile, log_level):
+    """Run an agent in the foreground until SIGINT/SIGTERM (graceful leave)."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    seeds = []
+    for item in peers:
+        for part in item.split(","):
+            if part.strip():
+                seeds.append(_address(part.strip(), "--peer/MESH_PEERS"))
+    interface = interfaces[0] if interfaces else _primary_ipv4()
+    if len(interfaces) > 1:
+        click.echo("warning: several --interface values: this version binds and announces on the first",
+                   err=True)
+    if cpus is None:
+        import psutil
+
+        cpus = psutil.cpu_count() or 1
+    from mesh.agent import Agent, AgentConfig, install_signal_handlers
+
+    config = AgentConfig(
+        name=name or socket.gethostname(), interface=interface, comm_port=comm_port,
+        rest_port=rest_port, peers=seeds, mdns=not no_mdns, cpus=cpus, state_file=state_file,
+        profile=profile,
+    )
+    try:
+        agent = Agent(config)
+    except Exception as exc:  # zmq bind errors and the like: say what, exit cleanly
+        raise click.ClickException(f"cannot start the agent on {interface}:{comm_port}: {exc}") from exc
+    install_signal_handlers(agent)
+    click.echo(f"mesh agent {config.name} ({agent.node_id[:8]}): comm tcp://{agent.address}, "
+               f"{cpus} slot(s), mDNS {'on ' + interface if config.mdns else 'off'}", err=True)
+    agent.start()
+    agent.run()
+
+
+# --------------------------------------------------------------------------- clients
+
+
+def _agent_option(f):
+    f = click.option("--agent", default=DEFAULT_AGENT, envvar="MESH_AGENT", show_default=True,
+                     help="An agent's comm address HOST:PORT (also MESH_AGENT).")(f)
+    f = click.option("--timeout", type=float, default=5.0, show_default=True,
+                     help="Seconds to wait for the agent to answer.")(f)
+    return f
+
+
+def _client(agent: str, timeout: float):
+    from mesh.client import Client
+    from mesh.errors import AgentUnreachable
+
+    _address(agent, "--agent")
+    try:
+        return Client(agent, timeout=timeout)
+    except AgentUnreachable as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_UNREACHABLE)
+
+
+@main.command()
+@_agent_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+def status(agent, timeout, as_json):
+    """This agent: id, name, uptime, slots, queue, counts, peers alive."""
+    with _client(agent, timeout) as client:
+        body = client.query("status", timeout)
+    if as_json:
+        click.echo(json.dumps(body))
+        return
+    cpus = body["cpus"]
+    lines = [
+        f"agent     {body['name']} ({body['id'][:8]}) at {body['address']}, pid {body['pid']}",
+        f"uptime    {body['uptime_s']:.1f} s",
+        f"slots     {cpus['free']} free of {cpus['total']}",
+        f"calls     {body['running']} running, {body['queued']} queued, {body['done']} done, "
+        f"{body['failed']} failed, {body['forwarded']} forwarded",
+        f"peers     {body['peers_alive']} alive",
+        "dropped   " + (", ".join(f"{k} {v}" for k, v in sorted(body["dropped"].items()) if v) or "none"),
+    ]
+    click.echo("\n".join(lines))
+
+
+@main.command()
+@_agent_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+def peers(agent, timeout, as_json):
+    """Known members with state, incarnation, round trip and load."""
+    with _client(agent, timeout) as client:
+        body = client.query("peers", timeout)
+    if as_json:
+        click.echo(json.dumps(body))
+        return
+    rows = [("NAME", "ID", "ADDRESS", "STATE", "RTT ms", "CPUS", "LOAD", "INC")]
+    for p in body:
+        rtt = "-" if p["rtt_ms"] is None else f"{p['rtt_ms']:.2f}"
+        load = "-" if p["load"] is None else str(p["load"])
+        rows.append((p["name"], p["id"][:8], p["address"], p["state"], rtt, str(p["cpus"]), load,
+                     str(p["incarnation"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    if len(rows) == 1:
+        click.echo("(no peers known yet)")
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@_agent_option
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.argument("function")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def call(agent, timeout, as_json, function, args):
+    """Run MODULE:FUNCTION with ARGS (Python literals, else strings) on the mesh.
+
+    The agent imports MODULE; the result is printed. --timeout bounds the whole call."""
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    from mesh.errors import RemoteError
+
+    module, sep, func = function.partition(":")
+    if not sep or not module or not func:
+        raise click.UsageError(f"expected MODULE:FUNCTION, got {function!r}")
+    values = [parse_arg(a) for a in args]
+    with _client(agent, timeout) as client:
+        fut = client.call(function, tuple(values))
+        try:
+            value = fut.result(timeout)
+        except FutureTimeout:
+            click.echo(f"error: no result within {timeout} s", err=True)
+            sys.exit(EXIT_UNREACHABLE)
+        except RemoteError as exc:
+            click.echo(exc.traceback or f"{exc.type_name}: {exc.message}", err=True)
+            click.echo(f"error: {exc.type_name}: {exc.message} (on agent {exc.agent})", err=True)
+            sys.exit(EXIT_RAISED)
+        except Exception as exc:
+            cause = exc.__cause__
+            click.echo(str(cause) if cause is not None else repr(exc), err=True)
+            click.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+            sys.exit(EXIT_RAISED)
+    if as_json:
+        click.echo(json.dumps(value, default=repr))
+    else:
+        click.echo(value if isinstance(value, str) else repr(value))
+
+
+@main.command()
+@click.option("--agents", type=click.IntRange(1, 8), default=3, show_default=True)
+@click.option("--calls", type=click.IntRange(1, 200), default=12, show_default=True)
+def demo(agents, calls):
+    """Start a small mesh on 127.0.0.1, spread calls over it, print where each ran, stop it."""
+    from mesh.demo import run_demo
+
+    sys.exit(run_demo(agents, calls))
+
+
+if __name__ == "__main__":
+    main()

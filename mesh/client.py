@@ -1,0 +1,224 @@
+"""Python client of an agent: ``mesh.connect("host:port")``.
+
+A background thread owns the client's DEALER socket (ZeroMQ sockets belong to one
+thread); ``submit`` and ``call`` hand it frames through a queue and a waker and
+return ``concurrent.futures.Future`` objects that the thread completes when the
+``Result`` arrives. A result that raised on the agent is re-raised here as the
+original exception when it could be rebuilt, with the remote traceback (and the
+agent's name) attached as its ``__cause__``; otherwise as ``RemoteError``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+import queue
+import secrets
+import socket
+import threading
+from concurrent.futures import Future
+from typing import Any
+
+import zmq
+
+from mesh import messages as m
+from mesh.errors import AgentUnreachable, DecodeError, RemoteError, RemoteTraceback
+
+_default: Client | None = None
+
+
+def default_client() -> Client | None:
+    """The client made by the last ``connect()`` in this process, if still open."""
+    return _default
+
+
+def result_value(result: m.Result) -> Any:
+    """The value of a Result, or raise what the remote function raised."""
+    import cloudpickle
+
+    if result.ok:
+        return cloudpickle.loads(result.value)
+    cause = RemoteTraceback(
+        f'\n"""\nTraceback on agent {result.agent}:\n{result.traceback or result.error}"""'
+    )
+    exc: BaseException | None = None
+    if result.value:
+        try:
+            exc = cloudpickle.loads(result.value)
+        except Exception:
+            exc = None
+    if not isinstance(exc, BaseException):
+        exc = RemoteError(result.error_type, result.error, result.traceback, result.agent)
+    exc.__cause__ = cause
+    raise exc
+
+
+class Client:
+    """A connection to one agent. Thread-safe; also a context manager."""
+
+    def __init__(self, address: str, timeout: float = 5.0) -> None:
+        self.address = address
+        self.ctx = zmq.Context.instance()
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._futures: dict[str, Future] = {}
+        self._queries: dict[int, Future] = {}
+        self._qids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._r, self._w = socket.socketpair()
+        self._r.setblocking(False)
+        self._w.setblocking(False)
+        self._closed = threading.Event()
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._loop, name=f"mesh-client-{address}", daemon=True)
+        self._thread.start()
+        try:
+            self.query("status", timeout=timeout)
+        except AgentUnreachable:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------ API
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        """Run ``fn(*args, **kwargs)`` on the mesh; ``fn`` travels by cloudpickle."""
+        import cloudpickle
+
+        return self._send_call("", cloudpickle.dumps((fn, args, kwargs)))
+
+    def call(self, function: str, args: tuple = (), kwargs: dict | None = None) -> Future:
+        """Run ``module:function`` as the agent imports it, with picklable arguments."""
+        return self._send_call(function, pickle.dumps((tuple(args), dict(kwargs or {}))))
+
+    def query(self, what: str, timeout: float = 5.0) -> Any:
+        """Ask the agent ``status`` or ``peers``. Raises AgentUnreachable on time-out."""
+        qid = next(self._qids)
+        fut: Future = Future()
+        with self._lock:
+            self._queries[qid] = fut
+        self._post(m.encode(m.Query(qid, what)))
+        try:
+            answer = fut.result(timeout)
+        except TimeoutError:
+            raise AgentUnreachable(f"no answer from agent at {self.address} within {timeout} s") from None
+        finally:
+            with self._lock:
+                self._queries.pop(qid, None)
+        if answer.error:
+            raise ValueError(answer.error)
+        return answer.body
+
+    def close(self) -> None:
+        """Stop the client's thread and fail calls still pending. Safe to call twice."""
+        global _default
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._wake()
+        self._thread.join(2.0)
+        with self._lock:
+            pending = list(self._futures.values())
+            self._futures.clear()
+        for fut in pending:
+            if not fut.done():
+                fut.set_exception(AgentUnreachable("client closed before the result arrived"))
+        self._r.close()
+        self._w.close()
+        if _default is self:
+            _default = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ internals
+
+    def _send_call(self, function: str, payload: bytes) -> Future:
+        if self._closed.is_set():
+            raise AgentUnreachable("client is closed")
+        call_id = secrets.token_hex(12)
+        fut: Future = Future()
+        with self._lock:
+            self._futures[call_id] = fut
+        self._post(m.encode(m.Call(call_id, function, payload)))
+        return fut
+
+    def _post(self, frame: bytes) -> None:
+        self._outbox.put(frame)
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass
+
+    def _loop(self) -> None:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, m.MAX_FRAME + 1024)
+        sock.connect(f"tcp://{self.address}")
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._r, zmq.POLLIN)
+        try:
+            while not self._closed.is_set():
+                for item, _ in poller.poll(500):
+                    if item is sock:
+                        self._receive(sock)
+                    else:
+                        try:
+                            while self._r.recv(4096):
+                                pass
+                        except (BlockingIOError, OSError):
+                            pass
+                while True:
+                    try:
+                        frame = self._outbox.get_nowait()
+                    except queue.Empty:
+                        break
+                    sock.send(frame)
+        finally:
+            sock.close(0)
+
+    def _receive(self, sock: zmq.Socket) -> None:
+        while True:
+            try:
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = m.decode(frame)
+            except DecodeError:
+                self.dropped += 1
+                continue
+            if isinstance(msg, m.Result):
+                with self._lock:
+                    fut = self._futures.pop(msg.call_id, None)
+                if fut is not None:
+                    _complete(fut, msg)
+            elif isinstance(msg, m.Answer):
+                with self._lock:
+                    qfut = self._queries.get(msg.qid)
+                if qfut is not None and not qfut.done():
+                    qfut.set_result(msg)
+
+
+def _complete(fut: Future, result: m.Result) -> None:
+    try:
+        value = result_value(result)
+    except BaseException as exc:  # noqa: BLE001 - the remote function's exception
+        fut.set_exception(exc)
+    else:
+        fut.set_result(value)
+
+
+def connect(address: str = "127.0.0.1:46102", timeout: float = 5.0) -> Client:
+    """Connect to the agent at ``host:port`` and make it this process's default mesh.
+
+    Raises AgentUnreachable when the agent does not answer within ``timeout``."""
+    global _default
+    client = Client(address, timeout)
+    _default = client
+    return client

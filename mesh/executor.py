@@ -1,0 +1,163 @@
+"""Worker processes: the agent's slots, where user code runs.
+
+The agent's loop never runs user code and never unpickles anything: it hands a
+call's bytes to a worker process over a socket pair and gets the result's bytes
+back. A worker is a fresh interpreter (``python -m mesh.worker``), so a crash, a
+segfault or ``os._exit`` in user code costs one call (reported as a failure of that
+call) and the worker is started again. Heartbeats are answered by the agent's
+loop, so a device whose every slot is busy is still alive.
+
+Frames between agent and worker are CBOR lists:
+  agent -> worker: ``[call_id, function, payload]``
+  worker -> agent: ``["ready", pid]`` once, then
+                   ``[call_id, ok, value, error_type, error, traceback]`` per call.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+import cbor2
+
+from mesh.messages import Call, Result
+
+log = logging.getLogger("mesh.executor")
+
+
+@dataclass
+class Worker:
+    proc: subprocess.Popen
+    conn: Connection
+    call_id: str | None = None  # the call it runs, if any
+    ready: bool = False
+
+    def fileno(self) -> int:
+        return self.conn.fileno()
+
+
+class WorkerPool:
+    """``size`` worker processes; the dispatcher never gives it more calls than slots."""
+
+    def __init__(self, size: int, agent_name: str) -> None:
+        self.agent_name = agent_name
+        self.workers: list[Worker] = []
+        self.crashes = 0
+        self._closed = False
+        self.resize(size)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _spawn(self) -> Worker:
+        parent, child = socket.socketpair()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mesh.worker", str(child.fileno()), self.agent_name],
+            pass_fds=(child.fileno(),),
+            stdin=subprocess.DEVNULL,
+            start_new_session=False,
+        )
+        child.close()
+        conn = Connection(parent.detach())
+        return Worker(proc, conn)
+
+    def resize(self, size: int) -> None:
+        """Grow at once; shrink by retiring idle workers (busy ones finish first)."""
+        while len(self.workers) < size:
+            self.workers.append(self._spawn())
+        excess = len(self.workers) - size
+        for w in [w for w in self.workers if w.call_id is None][: max(excess, 0)]:
+            self._stop(w)
+            self.workers.remove(w)
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop every worker (bounded in time); safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        for w in self.workers:
+            try:
+                w.conn.close()
+            except OSError:
+                pass
+            if w.proc.poll() is None:
+                w.proc.terminate()
+        for w in self.workers:
+            try:
+                w.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                w.proc.kill()
+                w.proc.wait(1)
+        self.workers.clear()
+
+    def _stop(self, w: Worker) -> None:
+        try:
+            w.conn.close()
+        except OSError:
+            pass
+        try:
+            w.proc.wait(1.0)
+        except subprocess.TimeoutExpired:
+            w.proc.kill()
+            w.proc.wait(1.0)
+
+    # ------------------------------------------------------------------ calls
+
+    def run(self, call: Call) -> Result | None:
+        """Hand ``call`` to an idle worker. Returns a failure ``Result`` at once when
+        no worker can take it (a bug in slot accounting, reported, not raised)."""
+        for w in self.workers:
+            if w.call_id is None:
+                w.call_id = call.call_id
+                try:
+                    w.conn.send_bytes(cbor2.dumps([call.call_id, call.function, call.payload]))
+                except OSError:
+                    return self._crashed(w)
+                return None
+        return Result(call.call_id, False, b"", self.agent_name, "NoSlot", "no idle worker", "")
+
+    def readable(self, w: Worker) -> list[Result]:
+        """The worker's socket is readable: collect what it sent. A closed socket
+        means the worker died: its call fails and a new worker takes its place."""
+        results: list[Result] = []
+        try:
+            while w.conn.poll(0):
+                frame = cbor2.loads(w.conn.recv_bytes())
+                if frame and frame[0] == "ready":
+                    w.ready = True
+                    continue
+                call_id, ok, value, error_type, error, tb = frame
+                w.call_id = None
+                results.append(Result(call_id, ok, value, self.agent_name, error_type, error, tb))
+        except (EOFError, OSError, ValueError, cbor2.CBORDecodeError):
+            failed = self._crashed(w)
+            if failed is not None:
+                results.append(failed)
+        return results
+
+    def _crashed(self, w: Worker) -> Result | None:
+        self.crashes += 1
+        code = w.proc.poll()
+        if code is None:
+            w.proc.kill()
+            code = w.proc.wait(1.0)
+        log.warning("worker %d exited (code %s) while running %s; starting a new one",
+                    w.proc.pid, code, w.call_id or "nothing")
+        self.workers.remove(w)
+        try:
+            w.conn.close()
+        except OSError:
+            pass
+        if not self._closed:
+            self.workers.append(self._spawn())
+        if w.call_id is None:
+            return None
+        return Result(w.call_id, False, b"", self.agent_name, "WorkerDied",
+                      f"the worker process running this call exited with code {code}", "")
+
+    @property
+    def idle(self) -> int:
+        return sum(1 for w in self.workers if w.call_id is None)

@@ -1,0 +1,136 @@
+"""Fixtures that start real agent processes on 127.0.0.1 and stop them by PID."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.02):
+    """Poll ``predicate`` until it returns a truthy value or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    last_exc = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except Exception as exc:  # the condition may fail while things start
+            last_exc = exc
+            value = None
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}"
+                         + (f" (last error: {last_exc!r})" if last_exc else ""))
+
+
+def mesh_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "mesh", *args]
+
+
+def run_cli(*args: str, timeout: float = 30, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ, **(env or {}))
+    for k in ("MESH_PEERS", "MESH_AGENT"):
+        if env is None or k not in env:
+            full_env.pop(k, None)
+    return subprocess.run(mesh_cmd(*args), capture_output=True, text=True, timeout=timeout,
+                          env=full_env, cwd=ROOT)
+
+
+@dataclass
+class AgentProc:
+    name: str
+    proc: subprocess.Popen
+    state_file: str
+    log_file: str
+    state: dict | None = None
+
+    @property
+    def comm(self) -> str:
+        return self.state["comm"]
+
+    @property
+    def id(self) -> str:
+        return self.state["id"]
+
+    def log(self) -> str:
+        with open(self.log_file) as f:
+            return f.read()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+class AgentFactory:
+    def __init__(self, tmp_path) -> None:
+        self.tmp_path = tmp_path
+        self.agents: list[AgentProc] = []
+
+    def start(self, name: str, *args: str, mdns: bool = False, cpus: int = 1, wait: bool = True,
+              env: dict | None = None) -> AgentProc:
+        state_file = str(self.tmp_path / f"{name}.state.json")
+        log_file = str(self.tmp_path / f"{name}.log")
+        cmd = mesh_cmd("join", "--name", name, "--interface", "127.0.0.1", "--comm-port", "0",
+                       "--rest-port", "-1", "--cpus", str(cpus), "--state-file", state_file,
+                       "--log-level", "DEBUG", *args)
+        if not mdns:
+            cmd.append("--no-mdns")
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
+        full_env.update(env or {})
+        with open(log_file, "w") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=full_env, cwd=ROOT)
+        agent = AgentProc(name, proc, state_file, log_file)
+        self.agents.append(agent)
+        if wait:
+            self.wait_ready(agent)
+        return agent
+
+    def wait_ready(self, agent: AgentProc, timeout: float = 20) -> AgentProc:
+        def ready():
+            if agent.proc.poll() is not None:
+                raise AssertionError(f"agent {agent.name} exited with {agent.proc.returncode}:\n{agent.log()}")
+            try:
+                with open(agent.state_file) as f:
+                    return json.load(f)
+            except (OSError, ValueError):
+                return None
+
+        agent.state = wait_for(ready, timeout, f"agent {agent.name} to be ready")
+        return agent
+
+    def stop_all(self) -> None:
+        for a in self.agents:
+            if a.proc.poll() is None:
+                a.proc.send_signal(signal.SIGTERM)
+        for a in self.agents:
+            try:
+                a.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                a.proc.kill()
+                a.proc.wait(5)
+
+
+@pytest.fixture
+def agents(tmp_path):
+    factory = AgentFactory(tmp_path)
+    yield factory
+    factory.stop_all()

@@ -1,0 +1,176 @@
+"""Real agents as separate processes on 127.0.0.1: discovery, calls, delegation,
+errors, graceful leave."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import pytest
+
+from tests.conftest import run_cli, wait_for
+
+pytestmark = [pytest.mark.agents, pytest.mark.timeout(90)]
+
+
+def peers_of(agent) -> list[dict]:
+    res = run_cli("peers", "--agent", agent.comm, "--json", timeout=15)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def alive_names(agent) -> set[str]:
+    return {p["name"] for p in peers_of(agent) if p["state"] == "alive"}
+
+
+def all_see_each_other(group) -> bool:
+    names = {a.name for a in group}
+    return all(alive_names(a) == names - {a.name} for a in group)
+
+
+def test_three_agents_find_each_other_by_mdns(agents):
+    group = [agents.start(f"md{i}", mdns=True, wait=False) for i in range(3)]
+    for a in group:
+        agents.wait_ready(a)
+    t0 = time.monotonic()
+    wait_for(lambda: all_see_each_other(group), 10, "mDNS discovery")
+    took = time.monotonic() - t0
+    assert took < 3.0 + 1.0, f"discovery after ready took {took:.2f} s"
+    for a in group:
+        assert "announcing" in a.log() or "mDNS" in a.log()
+    entry = next(p for p in peers_of(group[0]) if p["name"] == "md1")
+    assert entry["id"] == group[1].id and entry["address"] == group[1].comm
+    assert set(entry) >= {"id", "name", "address", "state", "rtt_ms", "cpus", "load", "incarnation"}
+
+
+def test_three_agents_with_one_seed_and_no_mdns(agents):
+    a = agents.start("s0")
+    b = agents.start("s1", "--peer", a.comm)
+    c = agents.start("s2", env={"MESH_PEERS": a.comm})
+    group = [a, b, c]
+    wait_for(lambda: all_see_each_other(group), 3, "seed + gossip discovery")
+    rtts = [p["rtt_ms"] for p in peers_of(a)]
+    wait_for(lambda: all(p["rtt_ms"] is not None for p in peers_of(a)), 5, "RTTs measured")
+    assert all(r is None or r >= 0 for r in rtts)
+
+
+def test_call_prints_result(agents):
+    a = agents.start("c0")
+    res = run_cli("call", "--agent", a.comm, "operator:add", "2", "3")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "5"
+    res = run_cli("call", "--agent", a.comm, "--json", "builtins:sorted", "[3, 1, 2]")
+    assert res.returncode == 0 and json.loads(res.stdout) == [1, 2, 3]
+    res = run_cli("call", "--agent", a.comm, "builtins:str", "hello")
+    assert res.stdout.strip() == "hello"
+
+
+def test_call_on_agent_without_slots_runs_elsewhere(agents):
+    worker = agents.start("w1", cpus=1)
+    front = agents.start("front", "--peer", worker.comm, cpus=0)
+    wait_for(lambda: alive_names(front) == {"w1"}, 5, "front to see w1")
+    res = run_cli("call", "--agent", front.comm, "--json", "mesh.demo_tasks:where", "4", "0")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["square"] == 16 and out["agent"] == "w1"
+    status = json.loads(run_cli("status", "--agent", front.comm, "--json").stdout)
+    assert status["forwarded"] == 1 and status["cpus"]["total"] == 0
+
+
+def test_raising_function_exits_1_with_remote_traceback(agents):
+    a = agents.start("e0")
+    res = run_cli("call", "--agent", a.comm, "operator:truediv", "1", "0")
+    assert res.returncode == 1
+    assert "ZeroDivisionError" in res.stderr
+    assert "Traceback" in res.stderr and "e0" in res.stderr
+    res = run_cli("call", "--agent", a.comm, "no_such_module_xyz:f")
+    assert res.returncode == 1 and "ModuleNotFoundError" in res.stderr
+    # the agent is still fine
+    assert run_cli("call", "--agent", a.comm, "operator:mul", "6", "7").stdout.strip() == "42"
+
+
+def test_python_client_submit_and_remote_exception(agents):
+    import mesh
+
+    a = agents.start("p0", cpus=2)
+    with mesh.connect(a.comm) as client:
+        futures = [client.submit(pow, i, 2) for i in range(20)]
+        assert [f.result(30) for f in futures] == [i * i for i in range(20)]
+
+        def boom(x):
+            raise KeyError(f"missing {x}")
+
+        fut = client.submit(boom, "k")
+        with pytest.raises(KeyError) as info:
+            fut.result(30)
+        assert "Traceback on agent p0" in str(info.value.__cause__)
+        assert "boom" in str(info.value.__cause__)
+
+
+def test_worker_crash_fails_the_call_not_the_agent(agents):
+    import mesh
+
+    a = agents.start("k0")
+    with mesh.connect(a.comm) as client:
+        import os
+
+        fut = client.submit(os._exit, 9)
+        with pytest.raises(mesh.RemoteError) as info:
+            fut.result(30)
+        assert info.value.type_name == "WorkerDied"
+        assert client.submit(abs, -3).result(30) == 3
+
+
+def test_status_and_usage_errors(agents):
+    a = agents.start("st0", cpus=2)
+    res = run_cli("status", "--agent", a.comm, "--json")
+    body = json.loads(res.stdout)
+    assert body["name"] == "st0" and body["cpus"] == {"total": 2, "free": 2}
+    assert {"uptime_s", "queued", "running", "done", "failed", "peers_alive"} <= set(body)
+    text = run_cli("status", "--agent", a.comm)
+    assert text.returncode == 0 and "st0" in text.stdout
+    assert run_cli("call", "--agent", a.comm, "nocolon").returncode == 2
+    assert run_cli("join", "--no-such-option").returncode == 2
+    assert run_cli("status", "--agent", "not-an-address").returncode == 2
+
+
+def test_unreachable_agent_exits_3():
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    res = run_cli("call", "--agent", f"127.0.0.1:{port}", "--timeout", "1", "operator:add", "1", "2")
+    assert res.returncode == 3 and "no answer" in res.stderr
+    assert run_cli("peers", "--agent", f"127.0.0.1:{port}", "--timeout", "1").returncode == 3
+
+
+def test_graceful_leave_is_seen_as_left(agents):
+    a = agents.start("g0")
+    b = agents.start("g1", "--peer", a.comm)
+    wait_for(lambda: alive_names(a) == {"g1"}, 5, "a to see b")
+    assert b.stop(signal.SIGINT) == 0
+    wait_for(lambda: {p["name"]: p["state"] for p in peers_of(a)}.get("g1") == "left", 5,
+             "b to be seen as left")
+    assert "left the mesh" in b.log()
+
+
+def test_killed_peer_is_declared_dead_and_its_call_reassigned(agents):
+    import mesh
+
+    a = agents.start("r0", "--profile", "fast", cpus=0)
+    b = agents.start("r1", "--peer", a.comm, "--profile", "fast", cpus=1)
+    wait_for(lambda: alive_names(a) == {"r1"}, 5, "a to see b")
+    with mesh.connect(a.comm) as client:
+        fut = client.call("mesh.demo_tasks:where", (1, 2.0))
+        wait_for(lambda: json.loads(run_cli("status", "--agent", b.comm, "--json").stdout)["running"] == 1,
+                 10, "the call to run on b")
+        agents.start("r2", "--peer", a.comm, "--profile", "fast", cpus=1)
+        wait_for(lambda: alive_names(a) == {"r1", "r2"}, 5, "a to see c")
+        b.stop(signal.SIGKILL)
+        wait_for(lambda: {p["name"]: p["state"] for p in peers_of(a)}.get("r1") == "dead", 5,
+                 "b to be declared dead")
+        result = fut.result(30)  # reassigned to c, which runs it in full
+        assert result["agent"] == "r2" and result["square"] == 1
