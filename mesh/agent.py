@@ -30,6 +30,7 @@ from mesh import messages as m
 from mesh.discovery import membership as mb
 from mesh.errors import DecodeError
 from mesh.executor import WorkerPool
+from mesh.keys import MeshKey, announcement_fields, verify
 from mesh.sched import dispatch as dp
 from mesh.transport import Transport
 
@@ -51,6 +52,7 @@ class AgentConfig:
     profile: str = "default"
     leave_grace: float = 10.0
     max_frame: int = m.MAX_FRAME
+    key: MeshKey | None = None  # None: plaintext (--insecure, or loopback without a key)
 
 
 class Waker:
@@ -91,7 +93,7 @@ class Agent:
         self.started = time.monotonic()
         self.timing = mb.Timing.profile(config.profile)
         self.transport = Transport(bytes.fromhex(self.node_id), config.interface,
-                                   config.comm_port, config.max_frame)
+                                   config.comm_port, config.key, config.max_frame)
         self.address = self.transport.address
         self.me = m.NodeInfo(self.node_id, config.name, self.address, config.cpus, 0)
         self.members = mb.Membership(self.me, self.timing, random.Random(self.node_id))
@@ -119,9 +121,14 @@ class Agent:
         if self.config.mdns:
             from mesh.discovery.mdns import MdnsDiscovery
 
+            auth = ""
+            if self.config.key is not None:
+                auth = self.config.key.announcement_auth(announcement_fields(
+                    self.node_id, self.config.name, m.PROTOCOL, self.config.interface,
+                    self.transport.port, self.config.cpus))
             self.mdns = MdnsDiscovery(
                 self.config.interface, self.node_id, self.config.name, self.transport.port,
-                self.config.cpus, m.PROTOCOL, self._on_announcement,
+                self.config.cpus, m.PROTOCOL, self._on_announcement, auth=auth,
             )
             self.mdns.start()
         else:
@@ -130,9 +137,14 @@ class Agent:
         if self.config.rest_port >= 0:
             from mesh.rest import RestServer
 
-            self.rest = RestServer(self, "127.0.0.1", self.config.rest_port)
+            if self.config.key is not None:
+                self.rest = RestServer(self, self.config.interface, self.config.rest_port,
+                                       token=self.config.key.rest_token())
+                log.info("REST on http://%s (bearer token: `mesh token`)", self.rest.address)
+            else:
+                self.rest = RestServer(self, "127.0.0.1", self.config.rest_port)
+                log.info("REST on http://%s (no key: loopback only, no token)", self.rest.address)
             rest_address = self.rest.address
-            log.info("REST on http://%s (loopback only)", rest_address)
         if self.config.state_file:
             state = {"id": self.node_id, "name": self.config.name, "comm": self.address,
                      "rest": rest_address, "pid": os.getpid()}
@@ -182,6 +194,10 @@ class Agent:
                     now = time.monotonic()
                     if sock is self.transport.router:
                         self._read_router(now)
+                    elif sock is self.transport.zap:
+                        self.transport.handle_zap()
+                    elif sock is self.transport.monitor:
+                        self.transport.handle_monitor()
                     elif sock == self.waker.fileno():
                         self.waker.drain()
                         self._read_inbox(now)
@@ -307,6 +323,8 @@ class Agent:
                 return
             if kind == "found":
                 self._do(self.members.discovered(a, b, now), now)
+            elif kind == "dropped":
+                self.dropped[a] = self.dropped.get(a, 0) + 1
             elif kind == "ask":
                 try:
                     b.set_result(self._answer(m.Query(0, a)))
@@ -314,10 +332,18 @@ class Agent:
                     b.set_exception(exc)
 
     def _on_announcement(self, ann) -> None:
-        """mDNS thread: queue the announcement for the loop."""
-        if ann.protocol == m.PROTOCOL:
+        """mDNS thread: check the announcement's authenticator, queue it for the loop."""
+        if ann.protocol != m.PROTOCOL:
+            self._inbox.put(("dropped", "mdns_version", None))
+        elif self.config.key is not None and not verify(
+            self.config.key.announcement_auth(announcement_fields(
+                ann.node_id, ann.name, ann.protocol, ann.host, ann.port, ann.cpus)), ann.auth):
+            self._inbox.put(("dropped", "mdns_auth", None))
+            log.warning("ignored an mDNS announcement with a wrong authenticator: %s at %s",
+                        ann.name, ann.address)
+        else:
             self._inbox.put(("found", ann.node_id, ann.address))
-            self.waker.wake()
+        self.waker.wake()
 
     def ask(self, what: str, timeout: float = 5.0) -> m.Answer:
         """From another thread (REST): the loop's answer to a query. Raises TimeoutError."""
@@ -398,6 +424,9 @@ class Agent:
             "dropped": dict(self.dropped, sends=self.transport.dropped_sends,
                             duplicate_results=d.counters["duplicate_results"]),
             "worker_crashes": self.pool.crashes,
+            "secure": self.config.key is not None,
+            "auth": {"rejected": self.transport.auth_rejected,
+                     "handshake_failures": self.transport.handshake_failures},
             "leaving": self.leaving_since is not None,
         }
 

@@ -71,9 +71,13 @@ def main() -> None:
               help="Write {id,name,comm,rest,pid} as JSON here once ready.")
 @click.option("--profile", type=click.Choice(["default", "fast"]), default="default",
               show_default=True, help="Failure-detection timings.")
+@click.option("--key-file", type=click.Path(dir_okay=False), default=None,
+              help="Mesh key file (also MESH_KEY_FILE, MESH_KEY; default ~/.config/mesh/key).")
+@click.option("--insecure", is_flag=True, help="Plaintext, unauthenticated mesh (anyone can run code here).")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
               default="INFO", show_default=True)
-def join(name, interfaces, comm_port, rest_port, peers, no_mdns, cpus, state_file, profile, log_level):
+def join(name, interfaces, comm_port, rest_port, peers, no_mdns, cpus, state_file, profile, key_file,
+         insecure, log_level):
     """Run an agent in the foreground until SIGINT/SIGTERM (graceful leave)."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     seeds = []
@@ -85,6 +89,7 @@ def join(name, interfaces, comm_port, rest_port, peers, no_mdns, cpus, state_fil
     if len(interfaces) > 1:
         click.echo("warning: several --interface values: this version binds and announces on the first",
                    err=True)
+    key = _join_key(key_file, insecure, interface)
     if cpus is None:
         import psutil
 
@@ -94,17 +99,85 @@ def join(name, interfaces, comm_port, rest_port, peers, no_mdns, cpus, state_fil
     config = AgentConfig(
         name=name or socket.gethostname(), interface=interface, comm_port=comm_port,
         rest_port=rest_port, peers=seeds, mdns=not no_mdns, cpus=cpus, state_file=state_file,
-        profile=profile,
+        profile=profile, key=key,
     )
     try:
         agent = Agent(config)
     except Exception as exc:  # zmq bind errors and the like: say what, exit cleanly
         raise click.ClickException(f"cannot start the agent on {interface}:{comm_port}: {exc}") from exc
     install_signal_handlers(agent)
+    security = f"key {key.fingerprint()}" if key is not None else "PLAINTEXT"
     click.echo(f"mesh agent {config.name} ({agent.node_id[:8]}): comm tcp://{agent.address}, "
-               f"{cpus} slot(s), mDNS {'on ' + interface if config.mdns else 'off'}", err=True)
+               f"{cpus} slot(s), mDNS {'on ' + interface if config.mdns else 'off'}, {security}", err=True)
     agent.start()
     agent.run()
+
+
+def _is_loopback(address: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def _load_key(key_file):
+    from mesh import keys
+
+    try:
+        return keys.load(key_file)
+    except keys.MeshKeyError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _join_key(key_file, insecure: bool, interface: str):
+    """The agent's key, or None for plaintext; refuses plaintext off loopback."""
+    if insecure:
+        click.echo("WARNING: --insecure: this agent runs any code that anyone who can reach "
+                   f"{interface} sends it. Use only on a network you fully trust.", err=True)
+        return None
+    key = _load_key(key_file)
+    if key is not None:
+        return key
+    if _is_loopback(interface):
+        click.echo("warning: no mesh key; plaintext on loopback (any local user can run code here). "
+                   "`mesh keygen` makes a key.", err=True)
+        return None
+    raise click.UsageError(
+        f"no mesh key, and {interface} is not loopback. Make one with `mesh keygen` "
+        "(writes ~/.config/mesh/key), copy that file to each device (or pass --key-file / "
+        "MESH_KEY_FILE), or run a plaintext mesh with --insecure.")
+
+
+# --------------------------------------------------------------------------- keys
+
+
+@main.command()
+@click.argument("path", required=False, type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Replace an existing key file.")
+def keygen(path, force):
+    """Write a new mesh key to PATH (default ~/.config/mesh/key), mode 0600."""
+    from mesh import keys
+
+    path = path or keys.default_path()
+    key = keys.MeshKey.generate()
+    try:
+        keys.write(path, key, force=force)
+    except keys.MeshKeyError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote mesh key {key.fingerprint()} to {path}")
+    click.echo("copy it to every device of the mesh (same path, or --key-file / MESH_KEY_FILE)")
+
+
+@main.command()
+@click.option("--key-file", type=click.Path(dir_okay=False), default=None)
+def token(key_file):
+    """Print the REST bearer token derived from the mesh key."""
+    key = _load_key(key_file)
+    if key is None:
+        raise click.UsageError("no mesh key (see `mesh keygen`)")
+    click.echo(key.rest_token())
 
 
 # --------------------------------------------------------------------------- clients
@@ -115,16 +188,19 @@ def _agent_option(f):
                      help="An agent's comm address HOST:PORT (also MESH_AGENT).")(f)
     f = click.option("--timeout", type=float, default=5.0, show_default=True,
                      help="Seconds to wait for the agent to answer.")(f)
+    f = click.option("--key-file", type=click.Path(dir_okay=False), default=None,
+                     help="Mesh key file (also MESH_KEY_FILE, MESH_KEY, ~/.config/mesh/key).")(f)
     return f
 
 
-def _client(agent: str, timeout: float):
+def _client(agent: str, timeout: float, key_file):
     from mesh.client import Client
     from mesh.errors import AgentUnreachable
 
     _address(agent, "--agent")
+    key = _load_key(key_file)
     try:
-        return Client(agent, timeout=timeout)
+        return Client(agent, timeout=timeout, key=key)
     except AgentUnreachable as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_UNREACHABLE)
@@ -133,9 +209,9 @@ def _client(agent: str, timeout: float):
 @main.command()
 @_agent_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
-def status(agent, timeout, as_json):
+def status(agent, timeout, key_file, as_json):
     """This agent: id, name, uptime, slots, queue, counts, peers alive."""
-    with _client(agent, timeout) as client:
+    with _client(agent, timeout, key_file) as client:
         body = client.query("status", timeout)
     if as_json:
         click.echo(json.dumps(body))
@@ -148,6 +224,8 @@ def status(agent, timeout, as_json):
         f"calls     {body['running']} running, {body['queued']} queued, {body['done']} done, "
         f"{body['failed']} failed, {body['forwarded']} forwarded",
         f"peers     {body['peers_alive']} alive",
+        "security  " + ("CURVE, mesh key" if body.get("secure") else "PLAINTEXT")
+        + f" ({body['auth']['rejected']} rejected, {body['auth']['handshake_failures']} failed handshakes)",
         "dropped   " + (", ".join(f"{k} {v}" for k, v in sorted(body["dropped"].items()) if v) or "none"),
     ]
     click.echo("\n".join(lines))
@@ -156,9 +234,9 @@ def status(agent, timeout, as_json):
 @main.command()
 @_agent_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
-def peers(agent, timeout, as_json):
+def peers(agent, timeout, key_file, as_json):
     """Known members with state, incarnation, round trip and load."""
-    with _client(agent, timeout) as client:
+    with _client(agent, timeout, key_file) as client:
         body = client.query("peers", timeout)
     if as_json:
         click.echo(json.dumps(body))
@@ -181,7 +259,7 @@ def peers(agent, timeout, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.argument("function")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def call(agent, timeout, as_json, function, args):
+def call(agent, timeout, key_file, as_json, function, args):
     """Run MODULE:FUNCTION with ARGS (Python literals, else strings) on the mesh.
 
     The agent imports MODULE; the result is printed. --timeout bounds the whole call."""
@@ -193,7 +271,7 @@ def call(agent, timeout, as_json, function, args):
     if not sep or not module or not func:
         raise click.UsageError(f"expected MODULE:FUNCTION, got {function!r}")
     values = [parse_arg(a) for a in args]
-    with _client(agent, timeout) as client:
+    with _client(agent, timeout, key_file) as client:
         fut = client.call(function, tuple(values))
         try:
             value = fut.result(timeout)

@@ -20,9 +20,13 @@ from concurrent.futures import Future
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
+from mesh import keys
 from mesh import messages as m
 from mesh.errors import AgentUnreachable, DecodeError, RemoteError, RemoteTraceback
+from mesh.keys import MeshKey
+from mesh.transport import HANDSHAKE_FAILED, curve_client
 
 _default: Client | None = None
 
@@ -56,8 +60,12 @@ def result_value(result: m.Result) -> Any:
 class Client:
     """A connection to one agent. Thread-safe; also a context manager."""
 
-    def __init__(self, address: str, timeout: float = 5.0) -> None:
+    def __init__(self, address: str, timeout: float = 5.0, key: MeshKey | None | str = "auto") -> None:
+        """``key``: a MeshKey, None for plaintext, or "auto" to load it as the CLI does
+        (MESH_KEY_FILE, MESH_KEY, the default key file; plaintext if there is none)."""
         self.address = address
+        self.key = keys.load() if key == "auto" else key
+        self.auth_failure: str | None = None
         self.ctx = zmq.Context.instance()
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
         self._futures: dict[str, Future] = {}
@@ -99,7 +107,9 @@ class Client:
         try:
             answer = fut.result(timeout)
         except TimeoutError:
-            raise AgentUnreachable(f"no answer from agent at {self.address} within {timeout} s") from None
+            why = f" ({self.auth_failure})" if self.auth_failure else (
+                "" if self.key is None else " (or it does not hold this mesh key)")
+            raise AgentUnreachable(f"no answer from agent at {self.address} within {timeout} s{why}") from None
         finally:
             with self._lock:
                 self._queries.pop(qid, None)
@@ -158,15 +168,20 @@ class Client:
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, m.MAX_FRAME + 1024)
+        curve_client(sock, self.key)
+        monitor = sock.get_monitor_socket(HANDSHAKE_FAILED)
         sock.connect(f"tcp://{self.address}")
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
         poller.register(self._r, zmq.POLLIN)
         try:
             while not self._closed.is_set():
                 for item, _ in poller.poll(500):
                     if item is sock:
                         self._receive(sock)
+                    elif item is monitor:
+                        self._handshake_failed(monitor)
                     else:
                         try:
                             while self._r.recv(4096):
@@ -180,7 +195,21 @@ class Client:
                         break
                     sock.send(frame)
         finally:
+            sock.disable_monitor()
+            monitor.close(0)
             sock.close(0)
+
+    def _handshake_failed(self, monitor: zmq.Socket) -> None:
+        try:
+            event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
+        except zmq.Again:
+            return
+        if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            self.auth_failure = "authentication failed: the agent does not admit this mesh key"
+        elif self.key is None:
+            self.auth_failure = "handshake failed: the agent may require a mesh key (MESH_KEY_FILE)"
+        else:
+            self.auth_failure = "handshake failed: wrong mesh key, or the agent runs --insecure"
 
     def _receive(self, sock: zmq.Socket) -> None:
         while True:
@@ -214,11 +243,14 @@ def _complete(fut: Future, result: m.Result) -> None:
         fut.set_result(value)
 
 
-def connect(address: str = "127.0.0.1:46102", timeout: float = 5.0) -> Client:
+def connect(address: str = "127.0.0.1:46102", timeout: float = 5.0,
+            key: MeshKey | None | str = "auto") -> Client:
     """Connect to the agent at ``host:port`` and make it this process's default mesh.
 
-    Raises AgentUnreachable when the agent does not answer within ``timeout``."""
+    ``key`` as for ``Client``. Raises AgentUnreachable when the agent does not answer
+    within ``timeout`` (including a failed authentication), MeshKeyError when the key
+    cannot be loaded."""
     global _default
-    client = Client(address, timeout)
+    client = Client(address, timeout, key)
     _default = client
     return client

@@ -37,10 +37,16 @@ def _read_state(path: str):
 
 
 def run_demo(n_agents: int = 3, n_calls: int = 12) -> int:
+    from mesh import keys
     from mesh.client import Client
 
     procs: list[subprocess.Popen] = []
     with tempfile.TemporaryDirectory(prefix="mesh-demo-") as tmp:
+        key = keys.MeshKey.generate()  # a throw-away mesh key: the demo mesh is authenticated too
+        key_file = os.path.join(tmp, "key")
+        keys.write(key_file, key)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
+        env["MESH_KEY_FILE"] = key_file
         try:
             states = []
             for i in range(n_agents):
@@ -50,10 +56,11 @@ def run_demo(n_agents: int = 3, n_calls: int = 12) -> int:
                        "--cpus", "1", "--state-file", state_file, "--log-level", "WARNING"]
                 if states:
                     cmd += ["--peer", states[0]["comm"]]
-                procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL))
+                procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=env))
                 states.append(_wait(lambda p=state_file: _read_state(p), 15, f"agent {i + 1} to start"))
                 print(f"started demo-{i + 1} at {states[-1]['comm']} (pid {states[-1]['pid']})")
-            with Client(states[0]["comm"]) as client:
+            print(f"mesh key {key.fingerprint()} (temporary); CURVE-encrypted, authenticated")
+            with Client(states[0]["comm"], key=key) as client:
                 _wait(lambda: sum(p["state"] == "alive" for p in client.query("peers")) == n_agents - 1,
                       15, "the agents to see each other")
                 print(f"demo-1 sees {n_agents - 1} peer(s) alive; submitting {n_calls} calls to demo-1")

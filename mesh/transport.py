@@ -3,6 +3,12 @@ per peer that we connect to.
 
 Our DEALERs carry our node id as their identity, so a peer's ROUTER knows who
 sends (``ROUTER_HANDOVER`` lets a reconnecting node take its identity back).
+
+Security (``mesh.keys``): with a mesh key, the ROUTER is a CURVE server and every
+DEALER a CURVE client with the mesh's key pair; a ZAP handler in the agent's own
+loop (``Transport.handle_zap``) admits only clients presenting the mesh's public
+key. A handshake that fails never yields a frame, so nothing from a stranger is
+ever decoded. Without a key (``--insecure``, or loopback) everything is plaintext.
 Clients connect DEALERs with no identity of their own. Everything is bounded:
 ``MAXMSGSIZE`` makes ZeroMQ drop a connection that sends an oversized frame before
 it is buffered, high-water marks bound every queue, sends never block (a full
@@ -14,13 +20,31 @@ from __future__ import annotations
 import logging
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
+from mesh.keys import MeshKey
 from mesh.messages import MAX_FRAME
 
 log = logging.getLogger("mesh.transport")
 
 HWM = 10_000
 RECONNECT_MAX_MS = 2_000
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+ZAP_DOMAIN = b"mesh"
+HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+
+
+def curve_client(sock: zmq.Socket, key: MeshKey | None) -> None:
+    """Make ``sock`` a CURVE client of the mesh (no-op without a key)."""
+    if key is None:
+        return
+    public, secret = key.curve_keypair()
+    sock.setsockopt(zmq.CURVE_SERVERKEY, public)
+    sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
+    sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
 
 
 def tcp(address: str) -> str:
@@ -30,14 +54,28 @@ def tcp(address: str) -> str:
 class Transport:
     """One ROUTER bound on ``host:port`` and DEALERs keyed by peer address."""
 
-    def __init__(self, node_id: bytes, host: str, port: int, max_frame: int = MAX_FRAME) -> None:
-        self.ctx = zmq.Context.instance()
+    def __init__(self, node_id: bytes, host: str, port: int, key: MeshKey | None = None,
+                 max_frame: int = MAX_FRAME) -> None:
+        self.ctx = zmq.Context()  # our own: the ZAP endpoint is per context
         self.node_id = node_id
+        self.key = key
         self.max_frame = max_frame
+        self.zap: zmq.Socket | None = None
+        self.auth_rejected = 0  # ZAP said no (a client with another key)
+        self.handshake_failures = 0  # any failed handshake on the ROUTER
         self.router = self.ctx.socket(zmq.ROUTER)
         self._tune(self.router)
         self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.router.setsockopt(zmq.MAXMSGSIZE, max_frame + 1024)
+        if key is not None:
+            self._public, secret = key.curve_keypair()
+            self.zap = self.ctx.socket(zmq.REP)
+            self.zap.setsockopt(zmq.LINGER, 0)
+            self.zap.bind(ZAP_ENDPOINT)
+            self.router.setsockopt(zmq.CURVE_SERVER, 1)
+            self.router.setsockopt(zmq.CURVE_SECRETKEY, secret)
+            self.router.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
+        self.monitor = self.router.get_monitor_socket(HANDSHAKE_FAILED)
         if port == 0:
             port = self.router.bind_to_random_port(f"tcp://{host}")
         else:
@@ -47,6 +85,9 @@ class Transport:
         self.by_socket: dict[zmq.Socket, str] = {}
         self.poller = zmq.Poller()
         self.poller.register(self.router, zmq.POLLIN)
+        self.poller.register(self.monitor, zmq.POLLIN)
+        if self.zap is not None:
+            self.poller.register(self.zap, zmq.POLLIN)
         self.dropped_sends = 0
         self._closed = False
 
@@ -69,6 +110,7 @@ class Transport:
         sock.setsockopt(zmq.IDENTITY, self.node_id)
         sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue for a peer we are not connected to
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_frame + 1024)
+        curve_client(sock, self.key)
         try:
             sock.connect(tcp(address))
         except zmq.ZMQError as exc:
@@ -109,11 +151,48 @@ class Transport:
             self.dropped_sends += 1
             return False
 
+    def handle_zap(self) -> None:
+        """Answer pending ZAP requests (RFC 27): admit CURVE clients that present the
+        mesh's public key, refuse every other."""
+        from zmq.utils import z85
+
+        mesh_public = z85.decode(self._public)
+        for _ in range(64):
+            try:
+                request = self.zap.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            version, request_id = (request + [b"", b""])[:2]
+            mechanism = request[5] if len(request) > 5 else b""
+            credentials = request[6] if len(request) > 6 else b""
+            ok = mechanism == b"CURVE" and credentials == mesh_public
+            if not ok:
+                self.auth_rejected += 1
+            self.zap.send_multipart([
+                b"1.0", request_id, b"200" if ok else b"400", b"OK" if ok else b"not a member of this mesh",
+                b"mesh" if ok else b"", b"",
+            ])
+
+    def handle_monitor(self) -> None:
+        """Count failed handshakes on the ROUTER (wrong key, plaintext peer, garbage)."""
+        for _ in range(64):
+            try:
+                event = parse_monitor_message(self.monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            if event["event"] & HANDSHAKE_FAILED:
+                self.handshake_failures += 1
+
     def close(self) -> None:
-        """Close every socket (safe to call twice)."""
+        """Close every socket and the context (safe to call twice)."""
         if self._closed:
             return
         self._closed = True
         for address in list(self.dealers):
             self.disconnect(address)
+        self.router.disable_monitor()
+        self.monitor.close(0)
         self.router.close(200)
+        if self.zap is not None:
+            self.zap.close(0)
+        self.ctx.term()

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from mesh import keys
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -30,6 +32,22 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.02):
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}"
                          + (f" (last error: {last_exc!r})" if last_exc else ""))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def mesh_key(tmp_path_factory):
+    """Every test runs with a mesh key (the secure default): MESH_KEY_FILE is set for
+    the test process, the CLI commands it runs and the agents it starts."""
+    key = keys.MeshKey.generate()
+    path = str(tmp_path_factory.mktemp("key") / "key")
+    keys.write(path, key)
+    old = os.environ.get("MESH_KEY_FILE")
+    os.environ["MESH_KEY_FILE"] = path
+    yield key
+    if old is None:
+        os.environ.pop("MESH_KEY_FILE", None)
+    else:
+        os.environ["MESH_KEY_FILE"] = old
 
 
 def mesh_cmd(*args: str) -> list[str]:
@@ -85,7 +103,7 @@ class AgentFactory:
         self.agents: list[AgentProc] = []
 
     def start(self, name: str, *args: str, mdns: bool = False, cpus: int = 1, wait: bool = True,
-              env: dict | None = None) -> AgentProc:
+              env: dict | None = None, secure: bool = True) -> AgentProc:
         state_file = str(self.tmp_path / f"{name}.state.json")
         log_file = str(self.tmp_path / f"{name}.log")
         cmd = mesh_cmd("join", "--name", name, "--interface", "127.0.0.1", "--comm-port", "0",
@@ -93,7 +111,11 @@ class AgentFactory:
                        "--log-level", "DEBUG", *args)
         if not mdns:
             cmd.append("--no-mdns")
+        if not secure:
+            cmd.append("--insecure")
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
+        if secure:
+            full_env["MESH_KEY_FILE"] = os.environ["MESH_KEY_FILE"]
         full_env.update(env or {})
         with open(log_file, "w") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
