@@ -172,16 +172,33 @@ RECORDS = (NodeInfo, Load, Digest)
 # --------------------------------------------------------------------------- codec
 
 
+def _cut(text: str) -> str:
+    """Text longer than MAX_STR, which ``decode`` refuses, cut to its head and tail
+    (a traceback keeps its first frames and the exception line)."""
+    if len(text) <= MAX_STR:
+        return text
+    mark = "\n[...]\n"
+    head = (MAX_STR - len(mark)) // 2
+    return text[:head] + mark + text[len(text) - (MAX_STR - len(mark) - head):]
+
+
 def _to_wire(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _to_wire(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        hints = _hints(type(value))
+        body = {}
+        for f in dataclasses.fields(value):
+            v = getattr(value, f.name)
+            body[f.name] = _cut(v) if hints[f.name] is str and isinstance(v, str) else _to_wire(v)
+        return body
     if isinstance(value, list):
         return [_to_wire(v) for v in value]
     return value
 
 
 def encode(msg: Message) -> bytes:
-    """Encode a message to one CBOR frame."""
+    """Encode a message to one CBOR frame. Text fields longer than ``MAX_STR`` (error
+    messages and tracebacks of user code) are cut, so that every frame we encode is
+    one that ``decode`` accepts."""
     body = _to_wire(msg)
     body["v"] = PROTOCOL
     body["t"] = msg.TAG
@@ -268,7 +285,7 @@ def decode(frame: bytes, max_size: int = MAX_FRAME) -> Message:
     if not isinstance(body, dict):
         raise DecodeError("cbor", "frame is not a map")
     version = body.get("v")
-    if version != PROTOCOL:
+    if type(version) is not int or version != PROTOCOL:  # True == 1.0 == 1 in Python
         raise DecodeError("version", f"protocol {version!r}, expected {PROTOCOL}")
     tag = body.get("t")
     cls = MESSAGES.get(tag) if isinstance(tag, str) else None

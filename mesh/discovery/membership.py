@@ -30,7 +30,8 @@ Member states and the allowed transitions (``TRANSITIONS``):
 Dead members keep their connection (ZeroMQ reconnects by itself) and are pinged
 every ``seed_retry`` seconds, so a node that was frozen or cut off is noticed when
 it comes back. Dead and left members are kept for ``forget_after`` seconds, then
-forgotten; the table holds at most ``max_members``.
+forgotten; the table holds at most ``max_members`` (evicting the oldest dead or
+left member with its connection), and gossip or mDNS open no connection beyond that.
 
 This is the simple liveness counter of the walking skeleton; SWIM-style probing,
 indirect probes and suspicion refutation come with the membership issue.
@@ -190,7 +191,7 @@ class Membership:
         member = self.members.get(node_id)
         if member is not None and member.conn is not None:
             return []
-        if address in self._conns:
+        if address in self._conns or len(self._conns) >= self.max_members:
             return []
         return self._connect(address, node_id) + [self._ping(address, now)]
 
@@ -202,7 +203,7 @@ class Membership:
         if isinstance(msg, Ping):
             acts = self._heard(msg.sender, msg.load, now, via)
             acts += self._gossip_in(msg.gossip, now)
-            if identity is not None and msg.sender.id != self.me.id:
+            if identity is not None:  # also to ourselves: the Pong reveals a seed that is us
                 acts.append(Reply(identity, Pong(msg.seq, self.me, self._load, self._gossip_out())))
             return acts
         if isinstance(msg, Pong):
@@ -312,8 +313,8 @@ class Membership:
 
     def _drop_conn(self, member: Member) -> list[Action]:
         address, member.conn = member.conn, None
-        if address is None:
-            return []
+        if address is None or self._conns.get(address, member.info.id) != member.info.id:
+            return []  # none, or now another member's (a node restarted at this address)
         self._conns.pop(address, None)
         return [Disconnect(address)]
 
@@ -328,11 +329,16 @@ class Membership:
             if via is not None and via in self._conns:
                 del self._conns[via]
                 acts.append(Disconnect(via))
+            if via is not None:
+                self.seeds.pop(via, None)  # else tick() would reconnect to ourselves forever
             return acts
         member = self.members.get(info.id)
         if member is None:
-            if len(self.members) >= self.max_members and not self._evict():
-                return acts
+            if len(self.members) >= self.max_members:
+                evicted = self._evict()
+                if evicted is None:
+                    return acts
+                acts += evicted
             member = Member(info, "alive", None, now, now, load)
             self.members[info.id] = member
             acts.append(MemberChanged(info.id, info.name, "new", "alive"))
@@ -357,6 +363,7 @@ class Membership:
         elif member.conn is None:
             acts += self._connect(info.address, info.id)
             member.conn = info.address
+            self._conns[info.address] = info.id  # the seed connection may be open, id unknown
             acts.append(self._ping(info.address, now))
         return acts
 
@@ -367,6 +374,8 @@ class Membership:
                 continue  # deaths are decided locally; a full SWIM dissemination comes later
             if d.id in self.members or d.address in self._conns:
                 continue
+            if len(self._conns) >= self.max_members:
+                break  # bounded: no more connections than the table can hold members
             acts += self._connect(d.address, d.id)
             acts.append(self._ping(d.address, now))
         return acts
@@ -388,13 +397,15 @@ class Membership:
         member.changed_at = now
         return [MemberChanged(member.info.id, member.info.name, old, new)]
 
-    def _evict(self) -> bool:
+    def _evict(self) -> list[Action] | None:
+        """Forget the oldest dead or left member and close its connection; None if
+        every member is alive or suspect."""
         gone = [m for m in self.members.values() if m.state in ("dead", "left")]
         if not gone:
-            return False
+            return None
         oldest = min(gone, key=lambda m: m.changed_at)
         del self.members[oldest.info.id]
-        return True
+        return self._drop_conn(oldest)
 
 
 def with_incarnation(info: NodeInfo, incarnation: int) -> NodeInfo:

@@ -246,7 +246,7 @@ class Dispatcher:
             if entry is None or entry.where != "backlog":
                 continue
             acts += self._place(entry)
-            if entry.where == "backlog":
+            if entry.where == "backlog" and call_id in self.pending:  # (not failed by _place)
                 # nothing can take it now; the rest wait for the next slot or report (FIFO)
                 self.backlog.appendleft(call_id)
                 break

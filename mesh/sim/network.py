@@ -1,0 +1,251 @@
+"""A virtual clock and a fake network that drive ``Membership`` cores.
+
+Theory of operation
+-------------------
+No socket, thread or real clock: events wait in a heap ordered by (virtual time,
+sequence number) and all randomness comes from one seeded ``random.Random``, so
+one seed gives one run, action for action.
+
+Routing mirrors the agent (``mesh/agent.py``):
+
+* ``Send(address, msg)`` from node S travels over S's connection to ``address``
+  (S must have done ``Connect(address)`` and not ``Disconnect``) and arrives on
+  the ROUTER of the node listening on ``address``, with ``identity`` = S's node id.
+* ``Reply(identity, msg)`` from node D travels back over that same connection: it
+  arrives at the node whose id is ``identity`` with ``via`` = the address that node
+  used to reach D, and is lost if that connection was closed meanwhile.
+* Like the agent, any message from a known member first counts as a sign of life
+  (``heard_from``), then ``Ping``/``Leave`` (ROUTER) and ``Pong`` (DEALER) go to
+  ``receive``.
+
+Each direction of a connection is FIFO (as TCP is). Faults: ``loss`` and
+``duplicate`` probabilities per message, a random delay in ``delay``, partitions
+between pairs of nodes, and ``kill``/``revive`` (a killed node neither ticks nor
+receives; messages to it are lost; reviving resumes it with its old state, like a
+node that was frozen or cut off).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from mesh.discovery.membership import (
+    Connect,
+    Disconnect,
+    MemberChanged,
+    Membership,
+    Reply,
+    Send,
+    Timing,
+)
+from mesh.messages import Leave, Message, NodeInfo, Ping, Pong
+
+
+@dataclass
+class SimNode:
+    """One simulated agent: its membership core and its connections."""
+
+    name: str
+    membership: Membership
+    tick_every: float
+    alive: bool = True
+    conns: set[str] = field(default_factory=set)  # addresses we have a connection to
+    paths: dict[str, str] = field(default_factory=dict)  # peer id -> address it reached us on
+    changes: list[tuple[float, MemberChanged]] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.membership.me.id
+
+    @property
+    def address(self) -> str:
+        return self.membership.me.address
+
+
+class SimNetwork:
+    """Virtual clock plus fake network. See the module docstring."""
+
+    def __init__(
+        self,
+        seed: int = 0,
+        *,
+        delay: tuple[float, float] = (0.0005, 0.003),
+        loss: float = 0.0,
+        duplicate: float = 0.0,
+        record: bool = False,
+    ) -> None:
+        self.rng = random.Random(seed)
+        self.now = 0.0
+        self.delay, self.loss, self.duplicate = delay, loss, duplicate
+        self.nodes: dict[str, SimNode] = {}  # by node id
+        self.listeners: dict[str, str] = {}  # address -> node id
+        self.blocked: set[frozenset[str]] = set()
+        self.stats: Counter[str] = Counter()
+        self.trace: list[tuple[float, str, str]] | None = [] if record else None
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self._fifo: dict[tuple[str, str, str, str], float] = {}
+
+    # ------------------------------------------------------------------ setup
+
+    def add(
+        self,
+        name: str,
+        *,
+        timing: Timing | None = None,
+        cpus: int = 1,
+        max_members: int = 1024,
+        seeds: Iterable[str] = (),
+    ) -> SimNode:
+        """Start a node listening on ``<name>:1``, contacting ``seeds`` at once."""
+        node_id = f"{self.rng.getrandbits(128):032x}"
+        timing = timing or Timing()
+        info = NodeInfo(node_id, name, f"{name}:1", cpus, 0)
+        core = Membership(info, timing, random.Random(node_id), max_members)
+        node = SimNode(name, core, tick_every=min(timing.ping_interval / 2, 0.1))
+        self.nodes[node_id] = node
+        self.listeners[info.address] = node_id
+        for address in seeds:
+            self.do(node, core.add_seed(address, self.now))
+        self._schedule(self.now + self.rng.uniform(0, node.tick_every), lambda: self._tick(node))
+        return node
+
+    def alias(self, address: str, node: SimNode) -> None:
+        """``node`` is also reachable at ``address`` (a second name for the same host)."""
+        self.listeners[address] = node.id
+
+    # ------------------------------------------------------------------ faults
+
+    def kill(self, node: SimNode) -> None:
+        node.alive = False
+
+    def revive(self, node: SimNode) -> None:
+        if not node.alive:
+            node.alive = True
+            self._schedule(self.now, lambda: self._tick(node))
+
+    def partition(self, a: SimNode, b: SimNode) -> None:
+        self.blocked.add(frozenset((a.id, b.id)))
+
+    def heal(self, a: SimNode, b: SimNode) -> None:
+        self.blocked.discard(frozenset((a.id, b.id)))
+
+    # ------------------------------------------------------------------ clock
+
+    def at(self, when: float, fn: Callable[[], None]) -> None:
+        """Call ``fn`` at virtual time ``when``."""
+        self._schedule(when, fn)
+
+    def run_until(self, until: float, stop: Callable[[], bool] | None = None) -> bool:
+        """Process events up to virtual time ``until`` (or until ``stop()`` is true,
+        checked after every event). Returns whether ``stop`` fired."""
+        while self._heap and self._heap[0][0] <= until:
+            when, _, fn = heapq.heappop(self._heap)
+            self.now = when
+            fn()
+            if stop is not None and stop():
+                return True
+        self.now = max(self.now, until)
+        return False
+
+    def run_for(self, seconds: float) -> None:
+        self.run_until(self.now + seconds)
+
+    # ------------------------------------------------------------------ actions
+
+    def do(self, node: SimNode, actions: list) -> None:
+        """Carry out ``node``'s actions, as the agent's ``_do`` does."""
+        for act in actions:
+            if self.trace is not None:
+                self.trace.append((round(self.now, 9), node.name, repr(act)))
+            if isinstance(act, Connect):
+                node.conns.add(act.address)
+            elif isinstance(act, Disconnect):
+                node.conns.discard(act.address)
+            elif isinstance(act, Send):
+                self._send(node, act.address, act.message)
+            elif isinstance(act, Reply):
+                self._reply(node, act.identity.hex(), act.message)
+            elif isinstance(act, MemberChanged):
+                node.changes.append((self.now, act))
+            else:
+                raise TypeError(f"unknown action {act!r}")
+
+    # ------------------------------------------------------------------ internals
+
+    def _schedule(self, when: float, fn: Callable[[], None]) -> None:
+        heapq.heappush(self._heap, (when, next(self._seq), fn))
+
+    def _tick(self, node: SimNode) -> None:
+        if not node.alive:
+            return  # revive() schedules the next tick
+        self.do(node, node.membership.tick(self.now))
+        self._schedule(self.now + node.tick_every, lambda: self._tick(node))
+
+    def _send(self, src: SimNode, address: str, msg: Message) -> None:
+        if address not in src.conns:
+            self.stats["no_connection"] += 1
+            return
+        dst_id = self.listeners.get(address)
+        if dst_id is None:
+            self.stats["no_listener"] += 1
+            return
+        dst = self.nodes[dst_id]
+        self._transmit(src, dst, (src.id, dst.id, address, "out"),
+                       lambda: self._router_in(dst, src.id, address, msg))
+
+    def _reply(self, src: SimNode, dst_id: str, msg: Message) -> None:
+        dst = self.nodes.get(dst_id)
+        address = src.paths.get(dst_id)
+        if dst is None or address is None:
+            self.stats["no_route"] += 1
+            return
+        self._transmit(src, dst, (dst.id, src.id, address, "back"),
+                       lambda: self._dealer_in(dst, address, msg))
+
+    def _transmit(self, src: SimNode, dst: SimNode, channel: tuple, deliver: Callable[[], None]) -> None:
+        if not src.alive:
+            return
+        copies = 1
+        if self.rng.random() < self.loss:
+            self.stats["lost"] += 1
+            copies = 0
+        elif self.rng.random() < self.duplicate:
+            self.stats["duplicated"] += 1
+            copies = 2
+        for _ in range(copies):
+            when = max(self.now + self.rng.uniform(*self.delay), self._fifo.get(channel, 0.0))
+            self._fifo[channel] = when
+
+            def arrive(deliver=deliver) -> None:
+                if not dst.alive or frozenset((src.id, dst.id)) in self.blocked:
+                    self.stats["dropped"] += 1
+                    return
+                self.stats["delivered"] += 1
+                deliver()
+
+            self._schedule(when, arrive)
+
+    def _router_in(self, dst: SimNode, sender_id: str, address: str, msg: Message) -> None:
+        core = dst.membership
+        dst.paths[sender_id] = address  # the ROUTER replies over this connection
+        if sender_id in core.members:
+            core.heard_from(sender_id, self.now)
+        if isinstance(msg, (Ping, Leave)):
+            self.do(dst, core.receive(msg, self.now, identity=bytes.fromhex(sender_id)))
+
+    def _dealer_in(self, dst: SimNode, address: str, msg: Message) -> None:
+        if address not in dst.conns:
+            self.stats["closed"] += 1  # the connection was closed while the reply travelled
+            return
+        core = dst.membership
+        member = core.member_at(address)
+        if member is not None:
+            core.heard_from(member.info.id, self.now)
+        if isinstance(msg, Pong):
+            self.do(dst, core.receive(msg, self.now, via=address))

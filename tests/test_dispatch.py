@@ -1,0 +1,502 @@
+"""Tests for mesh.sched.dispatch: where each call runs and where its result goes.
+
+The dispatcher is a pure state machine: tests feed it events and assert on the
+returned ``RunLocal``/``Forward``/``Deliver`` actions. A randomized test drives it
+through long event sequences and checks its invariants after every step.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mesh.messages import Call, Result
+from mesh.sched.dispatch import Deliver, Dispatcher, Forward, RunLocal
+
+pytestmark = pytest.mark.timeout(60)
+
+CLIENT = b"client"
+
+
+def call(n: int | str, hops: int = 0) -> Call:
+    return Call(f"c{n}", "math:factorial", b"args", hops, "origin")
+
+
+def ok(call_id: str, agent: str = "x") -> Result:
+    return Result(call_id, True, b"value", agent)
+
+
+def forwards(acts) -> list[tuple[str, str]]:
+    return [(a.peer_id, a.call.call_id) for a in acts if isinstance(a, Forward)]
+
+
+def failures(acts) -> list[tuple[bytes, str, str]]:
+    return [(a.identity, a.result.call_id, a.result.error_type)
+            for a in acts if isinstance(a, Deliver) and not a.result.ok]
+
+
+def check(d: Dispatcher) -> None:
+    """Invariants that hold after every event."""
+    for call_id, entry in d.pending.items():
+        assert entry.call.call_id == call_id
+        if entry.where == "backlog":
+            assert call_id in d.backlog
+        elif entry.where != "local":  # held by a peer: one it may go to
+            assert entry.where not in entry.tried and entry.where != entry.from_peer
+    local = sum(1 for e in d.pending.values() if e.where == "local")
+    assert local <= d.running
+    assert d.queued >= sum(1 for e in d.pending.values() if e.where == "backlog")
+    assert d.free == max(d.cpus - d.running, 0)
+
+
+# ----------------------------------------------------------------------------- placement
+
+
+def test_runs_locally_while_slots_are_free():
+    d = Dispatcher("a", cpus=2)
+    d.peer_load("p", "p", 8, 8, 0.001)  # an idle peer does not lure calls away
+    assert d.submit(call(1), CLIENT) == [RunLocal(call(1))]
+    assert d.submit(call(2), CLIENT) == [RunLocal(call(2))]
+    assert (d.running, d.free) == (2, 0)
+    assert forwards(d.submit(call(3), CLIENT)) == [("p", "c3")]
+    assert d.counters["accepted"] == 3 and d.counters["forwarded"] == 1
+    check(d)
+
+
+def test_when_full_delegates_to_the_most_free_peer_with_one_more_hop():
+    d = Dispatcher("a", cpus=0)
+    d.peer_load("p1", "p1", 4, 2, 0.010)
+    d.peer_load("p2", "p2", 4, 3, 0.050)
+    d.peer_load("p3", "p3", 4, 3, 0.020)  # as free as p2, closer
+    (fwd,) = d.submit(call(1, hops=1), CLIENT)
+    assert fwd == Forward("p3", call(1, hops=2))
+    assert d.pending["c1"].where == "p3"
+
+
+def test_estimates_decrease_as_calls_are_delegated_so_there_is_no_herd():
+    d = Dispatcher("a", cpus=1)
+    d.submit(call(0), CLIENT)  # the local slot
+    d.peer_load("p1", "p1", 4, 3, 0.010)
+    d.peer_load("p2", "p2", 4, 2, 0.001)
+    placed = [forwards(d.submit(call(n), CLIENT))[0][0] for n in range(1, 6)]
+    # p1 3 free, p2 2: p1; 2 vs 2 -> p2 (closer); 2 vs 1 -> p1; 1 vs 1 -> p2; 1 vs 0 -> p1
+    assert placed == ["p1", "p2", "p1", "p2", "p1"]
+    assert Counter(placed) == {"p1": 3, "p2": 2}
+    assert d.peers["p1"].est_free == 0 and d.peers["p2"].est_free == 0
+    assert d.submit(call(6), CLIENT) == []  # everyone believed full: wait here
+    assert d.queued == 1
+    # a heartbeat resets the estimate to what the peer reports
+    assert forwards(d.peer_load("p2", "p2", 4, 1, 0.001)) == [("p2", "c6")]
+    check(d)
+
+
+def test_never_forwards_back_to_the_peer_a_call_came_from():
+    d = Dispatcher("a", cpus=1)
+    d.submit(call(0), CLIENT)
+    d.peer_load("p1", "p1", 8, 8, 0.001)
+    d.peer_load("p2", "p2", 2, 1, 0.100)
+    assert forwards(d.submit(call(1, hops=1), b"p1-conn", from_peer="p1")) == [("p2", "c1")]
+    # only the sender has room: the call waits here
+    assert d.submit(call(2, hops=1), b"p1-conn", from_peer="p1") == []
+    assert d.pending["c2"].where == "backlog"
+    check(d)
+
+
+def test_never_forwards_to_a_peer_that_already_lost_the_call():
+    d = Dispatcher("a", cpus=1)
+    d.submit(call(0), CLIENT)
+    d.peer_load("p1", "p1", 8, 8, 0.001)
+    d.peer_load("p2", "p2", 1, 1, 0.100)
+    assert forwards(d.submit(call(1), CLIENT)) == [("p1", "c1")]
+    assert forwards(d.peer_lost("p1")) == [("p2", "c1")]
+    d.peer_load("p1", "p1", 8, 8, 0.001)  # p1 is back, with room
+    assert forwards(d.peer_lost("p2")) == []  # tried both: wait for the local slot
+    assert d.pending["c1"].where == "backlog"
+    acts = d.local_done(ok("c0"))
+    assert RunLocal(call(1)) in acts
+    check(d)
+
+
+def test_hop_limit_for_an_agent_without_slots():
+    d = Dispatcher("a", cpus=0, max_hops=3)
+    d.peer_load("p", "p", 4, 4, 0.001)
+    assert d.submit(call(1, hops=2), CLIENT) == [Forward("p", call(1, hops=3))]
+    acts = d.submit(call(2, hops=3), b"p0", from_peer="p0")
+    assert failures(acts) == [(b"p0", "c2", "NoCapacity")]
+    assert "c2" not in d.pending and d.counters["failed"] == 1
+    check(d)
+
+
+def test_hop_limit_for_a_full_agent_with_slots_means_waiting_here():
+    d = Dispatcher("a", cpus=1, max_hops=2)
+    d.submit(call(0), CLIENT)
+    d.peer_load("p", "p", 4, 4, 0.001)
+    assert d.submit(call(1, hops=2), b"p0", from_peer="p0") == []
+    assert d.pending["c1"].where == "backlog"
+    assert d.local_done(ok("c0"))[-1] == RunLocal(call(1, hops=2))
+
+
+def test_agent_without_slots_delegates_to_the_least_loaded_peer_even_when_all_are_full():
+    d = Dispatcher("a", cpus=0)
+    d.peer_load("big", "big", 4, 0, 0.050)
+    d.peer_load("small", "small", 2, 0, 0.001)
+    d.peer_load("none", "none", 0, 0, 0.0001)  # no slots at all: never chosen
+    # both 100% loaded: the closer one first; then its estimate is worse
+    placed = [forwards(d.submit(call(n), CLIENT))[0][0] for n in range(4)]
+    assert placed == ["small", "big", "big", "small"]
+    assert "none" not in placed
+    check(d)
+
+
+def test_agent_without_slots_and_without_peers_waits_for_one():
+    d = Dispatcher("a", cpus=0)
+    assert d.submit(call(1), CLIENT) == []
+    assert d.queued == 1
+    assert d.peer_load("p", "p", 0, 0, None) == []  # a peer without slots does not help
+    assert forwards(d.peer_load("q", "q", 1, 0, None)) == [("q", "c1")]
+    assert d.peers["q"].rtt == 1.0  # unknown round trip: assumed slow
+
+
+# ----------------------------------------------------------------------------- backlog
+
+
+def test_backlog_is_fifo_and_spills_over_to_a_peer_reporting_free_slots():
+    d = Dispatcher("a", cpus=1)
+    assert d.submit(call(1), CLIENT) == [RunLocal(call(1))]
+    for n in (2, 3, 4):
+        assert d.submit(call(n), CLIENT) == []
+    assert list(d.backlog) == ["c2", "c3", "c4"] and d.queued == 3
+    assert forwards(d.peer_load("p", "p", 2, 2, 0.01)) == [("p", "c2"), ("p", "c3")]
+    assert d.queued == 1
+    acts = d.local_done(ok("c1"))
+    assert acts == [Deliver(CLIENT, ok("c1")), RunLocal(call(4))]
+    assert d.queued == 0 and d.running == 1
+    check(d)
+
+
+def test_local_done_frees_a_slot_for_the_next_backlog_call_even_on_failure():
+    d = Dispatcher("a", cpus=2)
+    for n in range(5):
+        d.submit(call(n), b"c%d" % n)
+    assert d.running == 2 and list(d.backlog) == ["c2", "c3", "c4"]
+    failed = Result("c1", False, b"", "a", "ZeroDivisionError", "division by zero", "tb")
+    assert d.local_done(failed) == [Deliver(b"c1", failed), RunLocal(call(2))]
+    assert d.counters["failed"] == 1
+    assert d.local_done(ok("c0")) == [Deliver(b"c0", ok("c0")), RunLocal(call(3))]
+    assert d.counters["done"] == 1
+    assert d.running == 2 and list(d.backlog) == ["c4"]
+    check(d)
+
+
+def test_set_cpus_starts_waiting_calls():
+    d = Dispatcher("a", cpus=0)
+    d.submit(call(1), CLIENT)
+    d.submit(call(2), CLIENT)
+    assert d.set_cpus(1) == [RunLocal(call(1))]
+    assert d.set_cpus(-3) == [] and d.cpus == 0
+    assert d.set_cpus(4) == [RunLocal(call(2))]
+
+
+# ----------------------------------------------------------------------------- failures of peers
+
+
+def test_peer_lost_replaces_its_calls_then_fails_them_after_max_attempts():
+    d = Dispatcher("a", cpus=0, max_attempts=2)
+    for p in ("p1", "p2", "p3", "p4"):
+        d.peer_load(p, p, 4, 4, {"p1": 0.1, "p2": 0.2, "p3": 0.3, "p4": 0.4}[p])
+    assert forwards(d.submit(call(1), CLIENT)) == [("p1", "c1")]
+    assert forwards(d.peer_lost("p1")) == [("p2", "c1")]
+    assert forwards(d.peer_lost("p2")) == [("p3", "c1")]
+    assert d.pending["c1"].attempts == 2 and d.pending["c1"].tried == {"p1", "p2"}
+    assert failures(d.peer_lost("p3")) == [(CLIENT, "c1", "PeerLost")]
+    assert "c1" not in d.pending and "p3" not in d.peers
+    # a late result from a lost holder is a duplicate now
+    assert d.remote_result(ok("c1"), "p1") == []
+    assert d.counters["duplicate_results"] == 1
+    check(d)
+
+
+def test_peer_lost_leaves_other_calls_alone():
+    d = Dispatcher("a", cpus=1)
+    d.submit(call(0), CLIENT)
+    d.peer_load("p1", "p1", 1, 1, 0.1)
+    d.peer_load("p2", "p2", 1, 1, 0.2)
+    d.submit(call(1), CLIENT)
+    d.submit(call(2), CLIENT)
+    assert (d.pending["c1"].where, d.pending["c2"].where) == ("p1", "p2")
+    assert d.peer_lost("p1") == []  # p2 is believed full: c1 waits here
+    assert d.pending["c1"].where == "backlog" and d.pending["c2"].where == "p2"
+    assert d.peer_lost("unknown") == []
+    check(d)
+
+
+def test_late_result_from_a_lost_but_slow_peer_wins_once():
+    d = Dispatcher("a", cpus=1)
+    d.submit(call(0), CLIENT)
+    d.peer_load("p1", "p1", 1, 1, 0.1)
+    d.submit(call(1), b"c1")
+    d.peer_lost("p1")
+    assert d.pending["c1"].where == "backlog"
+    assert d.remote_result(ok("c1", "p1"), "p1") == [Deliver(b"c1", ok("c1", "p1"))]
+    # the copy waiting here is not run: its entry is gone
+    acts = d.local_done(ok("c0"))
+    assert acts == [Deliver(CLIENT, ok("c0"))]
+    assert d.running == 0
+    check(d)
+
+
+def test_peer_suspect_stops_new_delegations_but_its_calls_stay():
+    d = Dispatcher("a", cpus=0)
+    d.peer_load("p1", "p1", 4, 4, 0.001)
+    d.peer_load("p2", "p2", 4, 1, 0.100)
+    assert forwards(d.submit(call(1), CLIENT)) == [("p1", "c1")]
+    assert d.peer_suspect("p1") == []
+    assert d.pending["c1"].where == "p1"
+    assert forwards(d.submit(call(2), CLIENT)) == [("p2", "c2")]
+    assert forwards(d.submit(call(3), CLIENT)) == [("p2", "c3")]  # p2 full, but not p1
+    assert d.remote_result(ok("c1"), "p1") == [Deliver(CLIENT, ok("c1"))]
+    # a heartbeat from it makes it a candidate again
+    assert forwards(d.peer_load("p1", "p1", 4, 4, 0.001)) == []
+    assert forwards(d.submit(call(4), CLIENT)) == [("p1", "c4")]
+
+
+def test_forward_failed_places_the_call_elsewhere():
+    d = Dispatcher("a", cpus=1)
+    d.submit(call(0), CLIENT)
+    d.peer_load("p1", "p1", 4, 4, 0.001)
+    d.peer_load("p2", "p2", 4, 1, 0.100)
+    d.submit(call(1), CLIENT)
+    assert d.forward_failed("c1", "p2") == []  # not where it is
+    assert d.forward_failed("nope", "p1") == []
+    assert forwards(d.forward_failed("c1", "p1")) == [("p2", "c1")]
+    assert d.forward_failed("c1", "p2") == []  # nowhere left: wait here
+    assert d.pending["c1"].where == "backlog" and d.pending["c1"].tried == {"p1", "p2"}
+    assert d.local_done(ok("c0"))[-1] == RunLocal(call(1))
+    check(d)
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def test_first_result_is_delivered_exactly_once_and_duplicates_are_counted():
+    d = Dispatcher("a", cpus=0)
+    d.peer_load("p", "p", 4, 4, 0.001)
+    d.submit(call(1), b"who")
+    assert d.remote_result(ok("c1"), "p") == [Deliver(b"who", ok("c1"))]
+    assert d.remote_result(ok("c1"), "p") == []
+    assert d.remote_result(Result("c1", False, b"", "p", "E", "e"), "p") == []
+    assert d.remote_result(ok("never-sent"), "p") == []
+    assert d.counters["duplicate_results"] == 3 and d.counters["done"] == 1
+    assert d.idle()
+
+
+def test_duplicate_call_ids_are_rejected_without_touching_the_first():
+    d = Dispatcher("a", cpus=1)
+    assert d.submit(call(1), b"first") == [RunLocal(call(1))]
+    assert failures(d.submit(call(1), b"second")) == [(b"second", "c1", "DuplicateCall")]
+    assert d.pending["c1"].reply_to == b"first" and d.running == 1
+    assert d.counters["rejected"] == 1 and d.counters["accepted"] == 1
+    assert d.local_done(ok("c1")) == [Deliver(b"first", ok("c1"))]
+    # once finished, the id may be used again
+    assert d.submit(call(1), b"third") == [RunLocal(call(1))]
+
+
+def test_draining_rejects_client_calls_accepts_peer_calls_and_hands_the_backlog_over():
+    d = Dispatcher("a", cpus=1)
+    d.submit(call(0), b"c0")
+    d.submit(call(1), b"c1")
+    d.submit(call(2), b"c2")
+    d.peer_load("p1", "p1", 4, 0, 0.01)  # no free slots reported
+    d.peer_load("p2", "p2", 4, 0, 0.02)
+    acts = d.drain()
+    assert d.draining and d.cpus == 0 and d.free == 0
+    assert forwards(acts) == [("p1", "c1"), ("p2", "c2")]  # least loaded, spread
+    assert d.queued == 0
+    assert failures(d.submit(call(3), b"c3")) == [(b"c3", "c3", "AgentLeaving")]
+    assert forwards(d.submit(call(4, hops=1), b"p1", from_peer="p1")) == [("p2", "c4")]
+    # the running call finishes and nothing new starts here
+    assert d.local_done(ok("c0")) == [Deliver(b"c0", ok("c0"))]
+    assert d.running == 0 and not [a for a in d.set_cpus(0) if isinstance(a, RunLocal)]
+    check(d)
+
+
+def test_drain_fails_calls_at_the_hop_limit_and_still_hands_over_the_rest():
+    d = Dispatcher("a", cpus=1, max_hops=2)
+    d.submit(call(0), b"c0")
+    d.submit(call(1, hops=2), b"c1", from_peer="p0")
+    d.submit(call(2, hops=2), b"c2", from_peer="p0")
+    d.submit(call(3), b"c3")
+    d.peer_load("p1", "p1", 4, 4, 0.01)
+    acts = d.drain()
+    assert failures(acts) == [(b"c1", "c1", "NoCapacity"), (b"c2", "c2", "NoCapacity")]
+    assert forwards(acts) == [("p1", "c3")]
+    assert d.queued == 0 and list(d.backlog) == []
+    check(d)
+
+
+def test_max_pending_bound():
+    d = Dispatcher("a", cpus=1, max_pending=3)
+    for n in range(3):
+        d.submit(call(n), b"c%d" % n)
+    assert failures(d.submit(call(3), b"c3")) == [(b"c3", "c3", "Overloaded")]
+    assert failures(d.submit(call(4, hops=1), b"p", from_peer="p")) == [(b"p", "c4", "Overloaded")]
+    assert len(d.pending) == 3 and d.counters["rejected"] == 2
+    d.local_done(ok("c0"))
+    assert d.submit(call(5), b"c5") == []  # room again (queued behind c1, c2)
+    assert len(d.pending) == 3
+
+
+def test_failure_results_name_this_agent():
+    d = Dispatcher("edge-7", cpus=0, max_hops=0)
+    (deliver,) = d.submit(call(1), CLIENT)
+    assert deliver.result.agent == "edge-7" and deliver.result.value == b""
+    assert not deliver.result.ok and "0 hops" in deliver.result.error
+
+
+# ----------------------------------------------------------------------------- randomized
+
+
+PEERS = ["p0", "p1", "p2", "p3"]
+KINDS = ["client", "client", "peer_call", "local_done", "local_done", "result", "late_result",
+         "load", "load", "lost", "suspect", "fwd_failed", "cpus", "drain", "dup"]
+events = st.lists(
+    st.tuples(
+        st.sampled_from(KINDS),
+        st.integers(0, 1000),
+        st.integers(0, 1000),
+    ),
+    max_size=80,
+)
+
+
+class Driver:
+    """Feeds a dispatcher events and checks every action against a model."""
+
+    def __init__(self, cpus: int, max_pending: int) -> None:
+        self.d = Dispatcher("me", cpus, max_hops=3, max_attempts=2, max_pending=max_pending)
+        self.n = 0
+        self.running: list[str] = []  # call ids running in our worker slots
+        self.held: dict[str, list[str]] = {p: [] for p in PEERS}  # calls ever forwarded to a peer
+        self.last_fwd: list[tuple[str, str]] = []
+        self.accepted: dict[bytes, str] = {}  # reply_to -> call id
+        self.delivered: Counter[bytes] = Counter()
+        self.last_action: dict[str, object] = {}
+
+    def do(self, acts) -> None:
+        for act in acts:
+            if isinstance(act, RunLocal):
+                assert self.d.running <= self.d.cpus
+                self.running.append(act.call.call_id)
+                self.last_action[act.call.call_id] = "local"
+            elif isinstance(act, Forward):
+                assert act.call.hops <= self.d.max_hops
+                entry = self.d.pending[act.call.call_id]
+                assert act.peer_id != entry.from_peer
+                assert act.peer_id in self.d.peers and self.d.peers[act.peer_id].cpus > 0
+                self.held[act.peer_id].append(act.call.call_id)
+                self.last_fwd.append((act.call.call_id, act.peer_id))
+                self.last_action[act.call.call_id] = act.peer_id
+            else:
+                self.delivered[act.identity] += 1
+                assert self.delivered[act.identity] == 1, "delivered twice"
+        check(self.d)
+        for call_id, entry in self.d.pending.items():
+            if entry.where != "backlog":  # where the last action for it sent it
+                assert self.last_action.get(call_id) == entry.where
+            else:  # a call that started here never goes back to the backlog
+                assert self.last_action.get(call_id) != "local"
+        assert self.d.running == len(self.running)
+
+    def submit(self, c: Call, from_peer: str | None) -> None:
+        self.n += 1
+        reply_to = b"r%d" % self.n
+        before = self.d.counters["accepted"]
+        self.do(self.d.submit(c, reply_to, from_peer))
+        if self.d.counters["accepted"] > before:
+            self.accepted[reply_to] = c.call_id
+        else:
+            assert self.delivered[reply_to] == 1  # rejected at once
+
+    def step(self, kind: str, a: int, b: int) -> None:
+        d = self.d
+        peer = PEERS[a % len(PEERS)]
+        if kind == "client":
+            self.submit(Call(f"k{self.n}", "", b"", b % 4), None)
+        elif kind == "peer_call":
+            self.submit(Call(f"k{self.n}", "", b"", 1 + b % 3), peer)
+        elif kind == "dup" and d.pending:
+            self.submit(list(d.pending.values())[a % len(d.pending)].call, None)
+        elif kind == "local_done" and self.running:
+            call_id = self.running.pop(a % len(self.running))
+            self.do(d.local_done(Result(call_id, bool(b % 2), b"", "me")))
+        elif kind in ("result", "late_result") and self.held[peer]:
+            mine = [c for c in self.held[peer]
+                    if kind == "late_result" or (c in d.pending and d.pending[c].where == peer)]
+            if mine:
+                call_id = mine[b % len(mine)]
+                dups = d.counters["duplicate_results"]
+                known = call_id in d.pending
+                self.do(d.remote_result(Result(call_id, True, b"", peer), peer))
+                assert d.counters["duplicate_results"] == dups + (not known)
+        elif kind == "load":
+            self.do(d.peer_load(peer, peer, b % 5, (b // 5) % 5, (a % 7) / 100))
+        elif kind == "lost":
+            self.do(d.peer_lost(peer))
+        elif kind == "suspect":
+            self.do(d.peer_suspect(peer))
+        elif kind == "fwd_failed" and self.last_fwd:
+            call_id, p = self.last_fwd[a % len(self.last_fwd)]
+            self.do(d.forward_failed(call_id, p))
+        elif kind == "cpus" and not d.draining:
+            self.do(d.set_cpus(b % 4))
+        elif kind == "drain" and b % 40 == 0:
+            self.do(d.drain())
+
+    def settle(self) -> None:
+        """Let every worker and peer finish; a fresh peer takes what is left."""
+        d = self.d
+        for _ in range(200):
+            if not d.pending and not self.running:
+                break
+            if self.running:
+                call_id = self.running.pop(0)
+                self.do(d.local_done(Result(call_id, True, b"", "me")))
+                continue
+            held = [(c, e.where) for c, e in d.pending.items() if e.where in PEERS]
+            if held:
+                call_id, peer = held[0]
+                self.do(d.remote_result(Result(call_id, True, b"", peer), peer))
+                continue
+            fresh = f"fresh{_}"
+            self.held[fresh] = []
+            self.do(d.peer_load(fresh, fresh, 100, 100, 0.5))
+            for call_id, entry in list(d.pending.items()):
+                if entry.where == fresh:
+                    self.do(d.remote_result(Result(call_id, True, b"", fresh), fresh))
+        assert not d.pending, d.pending
+        for reply_to in self.accepted:
+            assert self.delivered[reply_to] == 1, reply_to
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(cpus=st.integers(0, 3), max_pending=st.sampled_from([3, 10, 1000]), script=events)
+def test_random_event_sequences_keep_the_invariants(cpus, max_pending, script):
+    driver = Driver(cpus, max_pending)
+    for kind, a, b in script:
+        driver.step(kind, a, b)
+    driver.settle()
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_long_seeded_random_runs_keep_the_invariants(seed):
+    import random
+
+    rng = random.Random(seed)
+    driver = Driver(rng.randint(0, 4), rng.choice([5, 50, 1000]))
+    for _ in range(600):
+        driver.step(rng.choice(KINDS), rng.randint(0, 1000), rng.randint(0, 1000))
+    assert driver.d.counters["accepted"] > 0
+    driver.settle()
