@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 import os
+import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +39,20 @@ class BenchError(RuntimeError):
 
 def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def workdir(prefix: str) -> Iterator[Path]:
+    """A fresh directory for one run's state files, keys and agent logs, removed afterwards;
+    kept (and named on stderr) when BENCH_KEEP is set: a directory to make it in, or 1."""
+    keep = os.environ.get("BENCH_KEEP")
+    if keep:
+        path = Path(tempfile.mkdtemp(prefix=prefix, dir=None if keep == "1" else keep))
+        log(f"keeping the agents' logs in {path}")
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        yield Path(tmp)
 
 
 def bench_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -60,6 +81,7 @@ class Child:
     log_path: Path
     started: float  # time.perf_counter() just before Popen
     stopped: dict[str, Any] | None = None
+    descendants: list[psutil.Process] = field(default_factory=list)  # seen before an abrupt signal
 
     @property
     def pid(self) -> int:
@@ -126,33 +148,82 @@ class Agent:
     state: dict
     ready_s: float
     issues: list[str] = field(default_factory=list)
+    key: Any = None  # the mesh.keys.MeshKey clients need (None: the agent runs --insecure)
+    mdns: bool = False
 
     @property
     def pid(self) -> int:
         return self.child.pid
 
+    @property
+    def comm(self) -> str:
+        return self.state["comm"]
+
+
+KEY_FILE = "mesh.key"
+
+
+def bench_key(workdir: Path) -> tuple[Path, Any]:
+    """The mesh key of this benchmark run: `workdir/mesh.key`, made (mode 0600) on first use,
+    so every secure agent started in one workdir belongs to the same mesh."""
+    from mesh import keys
+
+    path = Path(workdir) / KEY_FILE
+    if not path.exists():
+        keys.write(str(path), keys.MeshKey.generate())
+    return path, keys.load(str(path), env={})
+
 
 def agent_command(state_file: Path, name: str = "bench", cpus: int = 2,
-                  extra: Sequence[str] = ()) -> list[str]:
-    return [sys.executable, "-m", "mesh", "join", "--name", name, "--interface", "127.0.0.1",
-            "--comm-port", "0", "--rest-port", "-1", "--no-mdns", "--cpus", str(cpus),
-            "--state-file", str(state_file), *extra]
+                  extra: Sequence[str] = (), key_file: Path | None = None,
+                  mdns: bool = False, rest: bool = False, interface: str = "127.0.0.1",
+                  netns: str | None = None) -> list[str]:
+    """`python -m mesh join` on 127.0.0.1 with an ephemeral comm port. `key_file` None means
+    `--insecure` (plaintext); `mdns` announces/browses on 127.0.0.1 only (pinned by
+    --interface); `rest` opens REST on an ephemeral port (else `--rest-port -1`).
+    `netns` runs it inside that harness namespace (`ip netns exec`, which execs: the pid is the
+    agent's) bound to `interface`, that namespace's address."""
+    prefix = ["ip", "netns", "exec", netns] if netns else []
+    cmd = [*prefix, sys.executable, "-m", "mesh", "join", "--name", name, "--interface", interface,
+           "--comm-port", "0", "--rest-port", "0" if rest else "-1", "--cpus", str(cpus),
+           "--state-file", str(state_file)]
+    if not mdns:
+        cmd.append("--no-mdns")
+    cmd += ["--key-file", str(key_file)] if key_file is not None else ["--insecure"]
+    return [*cmd, *extra]
 
 
 def start_agent(workdir: Path, name: str = "bench", cpus: int = 2, extra: Sequence[str] = (),
-                timeout: float = 30.0) -> Agent:
+                timeout: float = 30.0, secure: bool = True, mdns: bool = False,
+                rest: bool = False, interface: str = "127.0.0.1",
+                netns: str | None = None) -> Agent:
     """Start `python -m mesh join` on loopback and wait (polling) until its state file is ready.
 
+    `secure` (default): the agent gets the run's mesh key (`bench_key`) with `--key-file`;
+    otherwise `--insecure`. `mdns` (default off): mDNS on 127.0.0.1. `rest` (default off):
+    REST on an ephemeral loopback port. The agent never sees the caller's MESH_* variables.
     `ready_s` is from just before Popen to the moment the state file first parsed with all keys.
     Contract deviations that do not prevent measuring are returned in `issues`.
+    `netns` (a harness namespace `mt_hN`) with `interface` its address: the agent runs in that
+    namespace, and the safety check is that it really lives there (not in the root namespace).
+    Without `netns` only a loopback `interface` is allowed.
     """
+    if netns is None and not interface.startswith("127."):
+        raise BenchError(f"network safety: interface {interface} outside a harness namespace")
+    if netns is not None and not re.fullmatch(r"mt_h\d+", netns):
+        raise BenchError(f"network safety: {netns!r} is not a harness host namespace (mt_hN)")
+    key_file, key = bench_key(workdir) if secure else (None, None)
     state_file = Path(workdir) / f"{name}.state.json"
-    child = spawn(f"agent-{name}", agent_command(state_file, name, cpus, extra), workdir)
+    child = spawn(f"agent-{name}", agent_command(state_file, name, cpus, extra, key_file, mdns, rest,
+                                                 interface, netns), workdir)
     try:
         state = wait_until(lambda: read_json(state_file, STATE_KEYS), timeout,
                            f"the agent's state file {state_file}", child)
         ready_s = time.perf_counter() - child.started
-        assert_loopback(child.pid, "the mesh agent")
+        if netns is None:
+            assert_loopback(child.pid, "the mesh agent", allow_mdns=mdns)
+        else:
+            assert_in_netns(child.pid, netns, "the mesh agent")
     except BenchError as exc:
         stop(child)
         hint = ""
@@ -164,11 +235,19 @@ def start_agent(workdir: Path, name: str = "bench", cpus: int = 2, extra: Sequen
         issues.append(f"state pid {state.get('pid')!r} != process pid {child.pid}")
     if state.get("name") != name:
         issues.append(f"state name {state.get('name')!r} != {name!r}")
-    if state.get("rest") is not None:
+    if not rest and state.get("rest") is not None:
         issues.append(f"rest is {state.get('rest')!r} although --rest-port -1")
-    if not str(state.get("comm", "")).startswith("127.0.0.1:"):
-        issues.append(f"comm {state.get('comm')!r} is not on 127.0.0.1")
-    return Agent(child, state, ready_s, issues)
+    if rest and not str(state.get("rest") or "").startswith("127.0.0.1:"):
+        issues.append(f"rest is {state.get('rest')!r}, expected 127.0.0.1:PORT (--rest-port 0)")
+    if not str(state.get("comm", "")).startswith(f"{interface}:"):
+        issues.append(f"comm {state.get('comm')!r} is not on {interface}")
+    if key is not None:  # the start-up line names the key's fingerprint: it really runs secure
+        fingerprint, deadline = key.fingerprint(), time.monotonic() + 5.0
+        while fingerprint not in child.tail(50) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if fingerprint not in child.tail(50):
+            issues.append(f"agent log does not name key {fingerprint} (secure mode not confirmed)")
+    return Agent(child, state, ready_s, issues, key, mdns)
 
 
 # -- measuring --------------------------------------------------------------------------------
@@ -249,8 +328,15 @@ class CpuWindow:
         return out
 
 
-def non_loopback_sockets(pid: int) -> list[str]:
-    """Sockets of the tree bound or connected to anything but loopback (safety check)."""
+MDNS_PORT = 5353
+
+
+def non_loopback_sockets(pid: int, allow_mdns: bool = False) -> list[str]:
+    """Sockets of the tree bound or connected to anything but loopback (safety check).
+
+    `allow_mdns`: tolerate unconnected UDP sockets bound to *:5353. python-zeroconf always
+    listens for multicast on the wildcard address (that is how multicast reception works);
+    with `--interface 127.0.0.1` it joins the mDNS group and sends only on 127.0.0.1."""
     bad = []
     for p in tree(pid):
         try:
@@ -259,14 +345,17 @@ def non_loopback_sockets(pid: int) -> list[str]:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
         for c in conns:
+            if (allow_mdns and c.type == socket.SOCK_DGRAM and not c.raddr and c.laddr
+                    and c.laddr.port == MDNS_PORT and c.laddr.ip in ("0.0.0.0", "::", "")):
+                continue
             for addr in (c.laddr, c.raddr):
                 if addr and not (addr.ip.startswith("127.") or addr.ip == "::1"):
                     bad.append(f"pid {p.pid}: {c.laddr} -> {c.raddr or '-'} ({c.status})")
     return bad
 
 
-def assert_loopback(pid: int, what: str) -> None:
-    bad = non_loopback_sockets(pid)
+def assert_loopback(pid: int, what: str, allow_mdns: bool = False) -> None:
+    bad = non_loopback_sockets(pid, allow_mdns)
     if bad:
         raise BenchError(f"{what} has non-loopback sockets (network safety), stopping: {bad}")
 
@@ -294,7 +383,9 @@ def stop(child: Child, timeout: float = 10.0, sig: int = signal.SIGTERM) -> dict
     `orphans` (a clean agent takes its workers down with it)."""
     if child.stopped is not None:
         return child.stopped
-    descendants = tree(child.pid)[1:]
+    descendants = tree(child.pid)[1:] if child.popen.poll() is None else []
+    seen = {(p.pid, _create_time(p)) for p in descendants}
+    descendants += [p for p in child.descendants if (p.pid, _create_time(p)) not in seen]
     t0 = time.monotonic()
     how = "already-exited"
     if child.popen.poll() is None:
@@ -311,3 +402,190 @@ def stop(child: Child, timeout: float = 10.0, sig: int = signal.SIGTERM) -> dict
     child.stopped = {"how": how, "stop_s": round(stop_s, 3), "returncode": child.popen.returncode,
                      "orphans": orphans}
     return child.stopped
+
+
+def _create_time(proc: psutil.Process) -> float | None:
+    try:
+        return proc.create_time()  # psutil caches it: also known once the process is gone
+    except psutil.Error:
+        return None
+
+
+def signal_abruptly(child: Child, sig: int = signal.SIGKILL) -> float:
+    """Send `sig` (SIGKILL: abrupt departure; SIGSTOP: a hung process) to the root only, and
+    return the wall-clock time (`time.time()`, the clock of the agents' log timestamps) taken
+    just before sending. The root's descendants are noted first, so that `stop` still finds
+    and ends them after the root is gone."""
+    known = {p.pid for p in child.descendants}
+    child.descendants += [p for p in tree(child.pid)[1:] if p.pid not in known]
+    t = time.time()
+    os.kill(child.pid, sig)
+    return t
+
+
+def stop_all(children: Iterable[Child], timeout: float = 10.0) -> None:
+    """SIGTERM every child still running at once, then `stop` each (graceful leaves overlap)."""
+    children = [c for c in children if c.stopped is None]
+    for c in children:
+        if c.popen.poll() is None:
+            try:
+                c.popen.send_signal(signal.SIGCONT)  # a frozen one could not leave
+                c.popen.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    for c in children:
+        stop(c, timeout)
+
+
+def pct(samples: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100); None for no samples."""
+    if not samples:
+        return None
+    ordered = sorted(samples)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+def spread(samples: Sequence[float], nd: int = 3) -> dict[str, Any]:
+    """n, p50, p95, max and mean of `samples`, rounded."""
+    if not samples:
+        return {"n": 0, "p50": None, "p95": None, "max": None, "mean": None}
+    return {"n": len(samples), "p50": round(pct(samples, 50), nd), "p95": round(pct(samples, 95), nd),
+            "max": round(max(samples), nd), "mean": round(sum(samples) / len(samples), nd)}
+
+
+# -- agents' membership log lines -------------------------------------------------------------
+
+# `%(asctime)s ... peer NAME (ID8) joined` and `... peer NAME (ID8): OLD -> NEW (incarnation N)`
+_CHANGE = re.compile(
+    r"^(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*?\bpeer (?P<name>.+?) \((?P<id>[0-9a-f]{4,})\)"
+    r"(?:: (?P<old>\w+) -> (?P<new>\w+) \(incarnation (?P<inc>\d+)\)| (?P<joined>joined))\s*$")
+
+
+@dataclass(frozen=True)
+class MemberChange:
+    """One member change as an agent logged it. `t` is wall-clock seconds (log timestamps have
+    millisecond resolution, truncated); a join is old "new" -> new "alive"."""
+
+    t: float
+    name: str
+    id8: str
+    old: str
+    new: str
+    incarnation: int | None
+
+
+def parse_change(line: str) -> MemberChange | None:
+    """The member change logged on `line`, or None if the line is something else."""
+    mt = _CHANGE.match(line)
+    if mt is None:
+        return None
+    t = datetime.strptime(mt["ts"], "%Y-%m-%d %H:%M:%S,%f").timestamp()  # local time, like asctime
+    if mt["joined"]:
+        return MemberChange(t, mt["name"], mt["id"][:8], "new", "alive", None)
+    return MemberChange(t, mt["name"], mt["id"][:8], mt["old"], mt["new"], int(mt["inc"]))
+
+
+def member_changes(log_path: Path) -> list[MemberChange]:
+    """Every member change in an agent's log, in order (a missing log has none)."""
+    try:
+        text = Path(log_path).read_text(errors="replace")
+    except OSError:
+        return []
+    return [c for c in map(parse_change, text.splitlines()) if c is not None]
+
+
+def member_view(changes: Iterable[MemberChange]) -> dict[str, str]:
+    """id8 -> the last state the log gives for that member."""
+    view: dict[str, str] = {}
+    for c in changes:
+        view[c.id8] = c.new
+    return view
+
+
+def first_change(changes: Iterable[MemberChange], id8: str, new: str, since: float = 0.0,
+                 old: str | None = None) -> MemberChange | None:
+    """The first logged change of member `id8` to state `new` (from `old`, if given) at or after
+    `since` (wall clock; the log's millisecond truncation is allowed for)."""
+    for c in changes:
+        if c.id8 == id8 and c.new == new and c.t >= since - 0.001 and (old is None or c.old == old):
+            return c
+    return None
+
+
+# -- the network-namespace harness (/work/shared/harness) ---------------------------------------
+
+HARNESS = Path(os.environ.get("BENCH_HARNESS") or ROOT.parent / "shared" / "harness")
+NETNS_PREFIX = "10.213.0"
+
+
+def netns_unusable() -> str | None:
+    """Why the namespace harness cannot run here, or None if it can."""
+    if not sys.platform.startswith("linux"):
+        return f"network namespaces need Linux (this is {sys.platform})"
+    if os.geteuid() != 0:
+        return "network namespaces need root (the harness runs `ip netns add`)"
+    for tool in ("ip", "bridge", "bash"):
+        if shutil.which(tool) is None:
+            return f"no `{tool}` command (iproute2)"
+    for script in ("netns_up.sh", "netns_down.sh", "chaos.sh"):
+        if not (HARNESS / script).is_file():
+            return f"harness script {HARNESS / script} not found (set BENCH_HARNESS)"
+    try:
+        proc = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"`ip netns list` failed: {exc}"
+    if proc.returncode != 0:
+        return f"`ip netns list` failed: {proc.stderr.strip()}"
+    return None
+
+
+def assert_in_netns(pid: int, netns: str, what: str) -> None:
+    """Network safety for a namespaced process: it must live in `netns`, whose only
+    interfaces are loopback and the harness bridge (never the root namespace's)."""
+    proc = subprocess.run(["ip", "netns", "identify", str(pid)], capture_output=True, text=True,
+                          timeout=10)
+    if proc.stdout.split() != [netns]:
+        raise BenchError(f"{what} (pid {pid}) is in namespace {proc.stdout.strip()!r}, "
+                         f"not {netns} (network safety), stopping")
+
+
+class Netns:
+    """`netns_up.sh N` on entry (after `netns_down.sh`), `netns_down.sh` on exit; hosts 1..N
+    are namespaces `mt_hI` with address 10.213.0.(10+I). Use as a context manager."""
+
+    def __init__(self, hosts: int):
+        self.hosts = hosts
+
+    @staticmethod
+    def ns(i: int) -> str:
+        return f"mt_h{i}"
+
+    @staticmethod
+    def address(i: int) -> str:
+        return f"{NETNS_PREFIX}.{10 + i}"
+
+    def script(self, name: str, *args: Any, timeout: float = 60.0) -> str:
+        try:
+            proc = subprocess.run(["bash", str(HARNESS / name), *map(str, args)], capture_output=True,
+                                  text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"harness {name} {' '.join(map(str, args))}: timed out") from None
+        if proc.returncode != 0:
+            raise BenchError(f"harness {name} {' '.join(map(str, args))} failed "
+                             f"({proc.returncode}): {proc.stderr.strip()[-500:]}")
+        return proc.stdout
+
+    def chaos(self, *args: Any) -> None:
+        self.script("chaos.sh", *args, timeout=20)
+
+    def __enter__(self) -> Netns:
+        self.script("netns_down.sh")
+        try:
+            self.script("netns_up.sh", self.hosts)
+        except BenchError:
+            self.script("netns_down.sh")
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.script("netns_down.sh")

@@ -1,4 +1,7 @@
-"""Run one benchmark scenario: `python bench/run.py NAME [--quick]`, or `--list`.
+"""Run one benchmark scenario: `python bench/run.py NAME [--quick] [SCENARIO OPTIONS]`, or `--list`.
+
+Scenario options (e.g. `detect --mode kill --profile fast`) are those its module declares in
+`add_arguments(parser)`; `python bench/run.py NAME --help-options` shows them.
 
 Progress goes to stderr, a short human summary to stdout, and the LAST stdout line is one JSON
 object with the figures. Exit codes: 0 ok, 1 the scenario failed (JSON has "error"),
@@ -23,12 +26,26 @@ from bench import scenarios  # noqa: E402
 from bench.common import BenchError  # noqa: E402
 
 
+def scenario_options(module, name: str, extra: list[str]) -> dict:
+    """Options of the scenario itself: a scenario module may define
+    `add_arguments(parser)`; what it adds is parsed from the rest of the command line and
+    passed to its `run` as keyword arguments. Unknown options are a usage error (exit 2)."""
+    add = getattr(module, "add_arguments", None)
+    doc = (module.__doc__ or "").strip().splitlines()
+    sub = argparse.ArgumentParser(prog=f"bench/run.py {name} [--quick]", add_help=False,
+                                  description=doc[0] if doc else None)
+    sub.add_argument("--help-options", action="help", help="show this scenario's options and exit")
+    if add is not None:
+        add(sub)
+    return vars(sub.parse_args(extra))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.splitlines()[0])
     parser.add_argument("name", nargs="?", help="scenario to run (see --list)")
     parser.add_argument("--quick", action="store_true", help="shorter windows, for smoke tests")
     parser.add_argument("--list", action="store_true", help="list scenarios and exit")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
     known = scenarios.available()
     if args.list:
         width = max(map(len, known), default=0)
@@ -41,11 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench/run.py: unknown scenario {args.name!r}; available: "
               f"{', '.join(known) or '(none)'}", file=sys.stderr)
         return 2
+    module = scenarios.load(args.name)
+    options = scenario_options(module, args.name, extra)  # exits 2 on a usage error
     # Turn SIGTERM into SystemExit so scenarios' cleanup (stopping agents) runs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     t0 = time.monotonic()
     try:
-        result = scenarios.load(args.name).run(quick=args.quick)
+        result = module.run(quick=args.quick, **options)
     except BenchError as exc:
         result = {"scenario": args.name, "error": str(exc)}
     except Exception as exc:  # a bug or an environment problem: show it, still end with JSON

@@ -17,7 +17,6 @@ import logging
 import os
 import queue
 import random
-import secrets
 import signal
 import socket
 import time
@@ -37,6 +36,7 @@ from mesh.transport import Transport
 log = logging.getLogger("mesh.agent")
 
 MAX_BATCH = 256  # frames read from one socket before looking at the others
+MAX_SLEEP = 0.1  # longest poll: bounds timer lateness (and costs ~10 wake-ups/s idle)
 
 
 @dataclass
@@ -89,7 +89,7 @@ class Agent:
 
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
-        self.node_id = secrets.token_hex(16)
+        self.node_id = os.urandom(16).hex()  # (secrets would load OpenSSL: ~4 MB)
         self.started = time.monotonic()
         self.timing = mb.Timing.profile(config.profile)
         self.transport = Transport(bytes.fromhex(self.node_id), config.interface,
@@ -97,7 +97,7 @@ class Agent:
         self.address = self.transport.address
         self.me = m.NodeInfo(self.node_id, config.name, self.address, config.cpus, 0)
         self.members = mb.Membership(self.me, self.timing, random.Random(self.node_id))
-        self.dispatcher = dp.Dispatcher(config.name, config.cpus)
+        self.dispatcher = dp.Dispatcher(config.name, config.cpus, self.node_id)
         self.pool = WorkerPool(config.cpus, config.name)
         self.waker = Waker()
         self.transport.poller.register(self.waker.fileno(), zmq.POLLIN)
@@ -179,14 +179,14 @@ class Agent:
     # ------------------------------------------------------------------ loop
 
     def run(self) -> None:
-        tick = min(self.timing.ping_interval / 2, 0.1)
         next_tick = time.monotonic()
         try:
             while True:
                 now = time.monotonic()
                 if now >= next_tick:
                     self._tick(now)
-                    next_tick = now + tick
+                    # wake at the membership's next timer, and at least every MAX_SLEEP
+                    next_tick = min(self.members.next_timer(now), now + MAX_SLEEP)
                     if self._leave_done(now):
                         break
                 timeout = max(next_tick - time.monotonic(), 0) * 1000
@@ -198,6 +198,10 @@ class Agent:
                         self.transport.handle_zap()
                     elif sock is self.transport.monitor:
                         self.transport.handle_monitor()
+                    elif sock in self.transport.monitors:
+                        address = self.transport.read_dealer_monitor(sock)
+                        if address is not None:  # a reset: a hint to probe that member now
+                            self._do(self.members.connection_lost(address, now), now)
                     elif sock == self.waker.fileno():
                         self.waker.drain()
                         self._read_inbox(now)
@@ -228,10 +232,7 @@ class Agent:
             return False
         if not self.dispatcher.idle() and now - self.leaving_since < self.config.leave_grace:
             return False
-        for entry in list(self.dispatcher.pending.values()):
-            result = m.Result(entry.call.call_id, False, b"", self.config.name, "AgentLeaving",
-                              "the agent left before this call finished", "")
-            self._do(self.dispatcher.remote_result(result, "leaving"), now)
+        self._do(self.dispatcher.abandon("AgentLeaving", "the agent left before this call finished"), now)
         self._do(self.members.leave(), now)
         log.info("left the mesh")
         return True
@@ -269,8 +270,8 @@ class Agent:
         if peer_id is not None and peer_id not in self.members.members:
             peer_id = None
         if peer_id is not None:
-            self.members.heard_from(peer_id, now)
-        if isinstance(msg, (m.Ping, m.Leave)):
+            self._do(self.members.heard_from(peer_id, now), now)
+        if isinstance(msg, mb.ROUTER_MESSAGES):
             self._do(self.members.receive(msg, now, identity=identity), now)
             if isinstance(msg, m.Ping):
                 self._peer_load(msg.sender, msg.load, now)
@@ -292,10 +293,11 @@ class Agent:
                 continue
             member = self.members.member_at(address)
             if member is not None:
-                self.members.heard_from(member.info.id, now)
-            if isinstance(msg, m.Pong):
+                self._do(self.members.heard_from(member.info.id, now), now)
+            if isinstance(msg, mb.DEALER_MESSAGES):
                 self._do(self.members.receive(msg, now, via=address), now)
-                self._peer_load(msg.sender, msg.load, now)
+                if isinstance(msg, m.Pong):
+                    self._peer_load(msg.sender, msg.load, now)
             elif isinstance(msg, m.Result) and member is not None:
                 self._do(self.dispatcher.remote_result(msg, member.info.id), now)
             else:
@@ -387,7 +389,8 @@ class Agent:
         if act.old == "new":
             log.info("peer %s (%s) joined", act.name, act.node_id[:8])
         else:
-            log.info("peer %s (%s): %s -> %s", act.name, act.node_id[:8], act.old, act.new)
+            log.info("peer %s (%s): %s -> %s (incarnation %d)", act.name, act.node_id[:8], act.old,
+                     act.new, act.incarnation)
         if act.new in ("dead", "left", "suspect"):
             self._do(self.dispatcher.peer_lost(act.node_id) if act.new != "suspect"
                      else self.dispatcher.peer_suspect(act.node_id), now)
@@ -424,6 +427,8 @@ class Agent:
             "dropped": dict(self.dropped, sends=self.transport.dropped_sends,
                             duplicate_results=d.counters["duplicate_results"]),
             "worker_crashes": self.pool.crashes,
+            "membership": dict(self.members.counters, local_health=self.members.health.score,
+                               incarnation=self.members.me.incarnation),
             "secure": self.config.key is not None,
             "auth": {"rejected": self.transport.auth_rejected,
                      "handshake_failures": self.transport.handshake_failures},

@@ -11,22 +11,21 @@ agent's name) attached as its ``__cause__``; otherwise as ``RemoteError``.
 from __future__ import annotations
 
 import itertools
+import os
 import pickle
 import queue
-import secrets
 import socket
 import threading
 from concurrent.futures import Future
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import parse_monitor_message
 
 from mesh import keys
 from mesh import messages as m
 from mesh.errors import AgentUnreachable, DecodeError, RemoteError, RemoteTraceback
 from mesh.keys import MeshKey
-from mesh.transport import HANDSHAKE_FAILED, curve_client
+from mesh.transport import HANDSHAKE_FAILED, curve_client, monitor_event
 
 _default: Client | None = None
 
@@ -147,7 +146,7 @@ class Client:
     def _send_call(self, function: str, payload: bytes) -> Future:
         if self._closed.is_set():
             raise AgentUnreachable("client is closed")
-        call_id = secrets.token_hex(12)
+        call_id = os.urandom(12).hex()
         fut: Future = Future()
         with self._lock:
             self._futures[call_id] = fut
@@ -201,10 +200,10 @@ class Client:
 
     def _handshake_failed(self, monitor: zmq.Socket) -> None:
         try:
-            event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
+            event = monitor_event(monitor.recv_multipart(zmq.NOBLOCK))
         except zmq.Again:
             return
-        if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             self.auth_failure = "authentication failed: the agent does not admit this mesh key"
         elif self.key is None:
             self.auth_failure = "handshake failed: the agent may require a mesh key (MESH_KEY_FILE)"

@@ -20,10 +20,10 @@ import socket
 import subprocess
 import sys
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 
 import cbor2
 
+from mesh.framing import FrameSocket
 from mesh.messages import Call, Result
 
 log = logging.getLogger("mesh.executor")
@@ -32,7 +32,7 @@ log = logging.getLogger("mesh.executor")
 @dataclass
 class Worker:
     proc: subprocess.Popen
-    conn: Connection
+    conn: FrameSocket
     call_id: str | None = None  # the call it runs, if any
     ready: bool = False
 
@@ -61,7 +61,7 @@ class WorkerPool:
             start_new_session=False,
         )
         child.close()
-        conn = Connection(parent.detach())
+        conn = FrameSocket(parent)
         return Worker(proc, conn)
 
     def resize(self, size: int) -> None:
@@ -113,7 +113,7 @@ class WorkerPool:
             if w.call_id is None:
                 w.call_id = call.call_id
                 try:
-                    w.conn.send_bytes(cbor2.dumps([call.call_id, call.function, call.payload]))
+                    w.conn.send(cbor2.dumps([call.call_id, call.function, call.payload]))
                 except OSError:
                     return self._crashed(w)
                 return None
@@ -124,8 +124,8 @@ class WorkerPool:
         means the worker died: its call fails and a new worker takes its place."""
         results: list[Result] = []
         try:
-            while w.conn.poll(0):
-                frame = cbor2.loads(w.conn.recv_bytes())
+            while w.conn.readable():
+                frame = cbor2.loads(w.conn.recv())
                 if frame and frame[0] == "ready":
                     w.ready = True
                     continue

@@ -103,6 +103,39 @@ class Pong(Message):
 
 
 @dataclass(frozen=True)
+class PingReq(Message):
+    """SWIM indirect probe: please ping ``target`` (at ``address``) for me and tell me
+    (``IndirectAck``) if it answers, or ``Nack`` if it does not in time."""
+
+    TAG: ClassVar[str] = "ping-req"
+    seq: int
+    target: str
+    address: str
+    sender: NodeInfo
+    gossip: list[Digest] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class IndirectAck(Message):
+    """Answer to ``PingReq``: ``target`` answered our ping on your behalf."""
+
+    TAG: ClassVar[str] = "ack"
+    seq: int
+    target: str
+    gossip: list[Digest] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Nack(Message):
+    """Answer to ``PingReq``: ``target`` did not answer in time (Lifeguard: tells the
+    requester that the helper itself is alive and timely)."""
+
+    TAG: ClassVar[str] = "nack"
+    seq: int
+    target: str
+
+
+@dataclass(frozen=True)
 class Leave(Message):
     """The sender is leaving on purpose (graceful leave, not a failure)."""
 
@@ -116,7 +149,8 @@ class Call(Message):
     """Run a function. ``function`` is ``"module:qualname"`` (the agent imports it) or
     empty, in which case ``payload`` is cloudpickle of ``(fn, args, kwargs)``; otherwise
     ``payload`` is pickle of ``(args, kwargs)``. ``hops`` counts delegations so far;
-    ``origin`` is the node id of the agent that accepted the call from a client."""
+    ``origin`` is the node id of the agent that accepted the call from a client;
+    ``visited`` lists the agents that delegated it, so it never comes back to one."""
 
     TAG: ClassVar[str] = "call"
     call_id: str
@@ -124,6 +158,7 @@ class Call(Message):
     payload: bytes
     hops: int = 0
     origin: str = ""
+    visited: list[str] = field(default_factory=list)  # agents it was delegated from
 
 
 @dataclass(frozen=True)
@@ -164,7 +199,8 @@ class Answer(Message):
 
 
 MESSAGES: dict[str, type[Message]] = {
-    cls.TAG: cls for cls in (Ping, Pong, Leave, Call, Result, Query, Answer)
+    cls.TAG: cls
+    for cls in (Ping, Pong, PingReq, IndirectAck, Nack, Leave, Call, Result, Query, Answer)
 }
 RECORDS = (NodeInfo, Load, Digest)
 

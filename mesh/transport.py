@@ -18,9 +18,9 @@ queue drops the frame and counts it), linger is short.
 from __future__ import annotations
 
 import logging
+import struct
 
 import zmq
-from zmq.utils.monitor import parse_monitor_message
 
 from mesh.keys import MeshKey
 from mesh.messages import MAX_FRAME
@@ -35,6 +35,15 @@ HANDSHAKE_FAILED = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
+
+
+def monitor_event(frames: list[bytes]) -> int:
+    """The event number of a ZeroMQ socket-monitor message (first frame: uint16 event,
+    uint32 value). Parsed here because ``zmq.utils.monitor`` imports asyncio and ssl,
+    which would cost an idle agent ~8 MB."""
+    if not frames or len(frames[0]) < 6:
+        return 0
+    return struct.unpack("=HI", frames[0][:6])[0]
 
 
 def curve_client(sock: zmq.Socket, key: MeshKey | None) -> None:
@@ -83,6 +92,7 @@ class Transport:
         self.host, self.port = host, port
         self.dealers: dict[str, zmq.Socket] = {}
         self.by_socket: dict[zmq.Socket, str] = {}
+        self.monitors: dict[zmq.Socket, str] = {}  # a dealer's monitor -> its address
         self.poller = zmq.Poller()
         self.poller.register(self.router, zmq.POLLIN)
         self.poller.register(self.monitor, zmq.POLLIN)
@@ -120,6 +130,9 @@ class Transport:
         self.dealers[address] = sock
         self.by_socket[sock] = address
         self.poller.register(sock, zmq.POLLIN)
+        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.monitors[monitor] = address
+        self.poller.register(monitor, zmq.POLLIN)
 
     def disconnect(self, address: str) -> None:
         sock = self.dealers.pop(address, None)
@@ -127,6 +140,12 @@ class Transport:
             return
         self.by_socket.pop(sock, None)
         self.poller.unregister(sock)
+        for monitor, addr in list(self.monitors.items()):
+            if addr == address:
+                del self.monitors[monitor]
+                self.poller.unregister(monitor)
+                sock.disable_monitor()
+                monitor.close(0)
         sock.close(100)
 
     def send(self, address: str, frame: bytes) -> bool:
@@ -150,6 +169,18 @@ class Transport:
         except zmq.ZMQError:
             self.dropped_sends += 1
             return False
+
+    def read_dealer_monitor(self, monitor: zmq.Socket) -> str | None:
+        """The address whose connection was just lost (FIN/RST), if any."""
+        lost = None
+        for _ in range(64):
+            try:
+                event = monitor_event(monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                break
+            if event == zmq.EVENT_DISCONNECTED:
+                lost = self.monitors.get(monitor)
+        return lost
 
     def handle_zap(self) -> None:
         """Answer pending ZAP requests (RFC 27): admit CURVE clients that present the
@@ -177,10 +208,10 @@ class Transport:
         """Count failed handshakes on the ROUTER (wrong key, plaintext peer, garbage)."""
         for _ in range(64):
             try:
-                event = parse_monitor_message(self.monitor.recv_multipart(zmq.NOBLOCK))
+                event = monitor_event(self.monitor.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
                 return
-            if event["event"] & HANDSHAKE_FAILED:
+            if event & HANDSHAKE_FAILED:
                 self.handshake_failures += 1
 
     def close(self) -> None:

@@ -16,10 +16,13 @@ import sys
 import threading
 import time
 import traceback
-from multiprocessing.connection import Connection
 
 import cbor2
 import cloudpickle
+
+from mesh.framing import FrameSocket
+
+NICE = 10
 
 
 def resolve(function: str):
@@ -72,20 +75,24 @@ def _watch_parent(parent: int) -> None:
 def main() -> None:
     fd, agent_name = int(sys.argv[1]), sys.argv[2]
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the agent's to handle
-    conn = Connection(socket.socket(fileno=fd).detach())
+    try:
+        os.nice(NICE)  # the agent's loop (heartbeats, probes) goes before user code
+    except OSError:
+        pass
+    conn = FrameSocket(socket.socket(fileno=fd))
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     os.environ["MESH_AGENT_NAME"] = agent_name
     for path in reversed(os.environ.get("APP_PATH", "").split(os.pathsep)):
         if path:
             sys.path.insert(0, path)  # where the application's modules live (containers)
-    conn.send_bytes(cbor2.dumps(["ready", os.getpid()]))
+    conn.send(cbor2.dumps(["ready", os.getpid()]))
     while True:
         try:
-            frame = conn.recv_bytes()
+            frame = conn.recv()
         except (EOFError, OSError):
             return
         call_id, function, payload = cbor2.loads(frame)
-        conn.send_bytes(cbor2.dumps([call_id, *run_call(function, payload)]))
+        conn.send(cbor2.dumps([call_id, *run_call(function, payload)]))
 
 
 if __name__ == "__main__":

@@ -63,3 +63,112 @@ def test_stop_and_measure_a_process_tree(tmp_path):
     # still alive after the grace period, kill it and count it as an orphan.
     assert stopped["how"] == "graceful" and stopped["orphans"] == 1
     assert common.tree(child.pid) == []
+
+
+def test_agent_command_security_mdns_and_rest_options(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    try:
+        from bench import common
+    finally:
+        sys.path.remove(str(ROOT))
+    key_file, key = common.bench_key(tmp_path)
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert common.bench_key(tmp_path)[1] == key  # one mesh key per workdir
+    state = tmp_path / "s.json"
+    base = common.agent_command(state, key_file=key_file)
+    assert base[base.index("--key-file") + 1] == str(key_file) and "--insecure" not in base
+    assert "--no-mdns" in base and base[base.index("--rest-port") + 1] == "-1"
+    assert base[base.index("--interface") + 1] == "127.0.0.1"
+    default = common.agent_command(state, key_file=key_file, mdns=True, rest=True)
+    assert "--no-mdns" not in default and default[default.index("--rest-port") + 1] == "0"
+    plain = common.agent_command(state, key_file=None)
+    assert "--insecure" in plain and "--key-file" not in plain
+
+
+@pytest.mark.timeout(90)
+def test_curve_scenario_is_listed():
+    proc = _run("--list")
+    assert proc.returncode == 0, proc.stderr
+    assert "curve" in {line.split()[0] for line in proc.stdout.strip().splitlines()}
+
+
+def _bench():
+    sys.path.insert(0, str(ROOT))
+    try:
+        from bench import common, fleet
+        from bench.scenarios import detect
+    finally:
+        sys.path.remove(str(ROOT))
+    return common, fleet, detect
+
+
+@pytest.mark.timeout(90)
+def test_membership_scenarios_are_listed():
+    proc = _run("--list")
+    assert proc.returncode == 0, proc.stderr
+    names = {line.split()[0] for line in proc.stdout.strip().splitlines()}
+    assert {"detect", "busy", "freeze"} <= names
+
+
+@pytest.mark.timeout(90)
+def test_scenario_options_are_passed_through_and_checked():
+    proc = _run("detect", "--help-options")
+    assert proc.returncode == 0, proc.stderr
+    assert "--mode" in proc.stdout and "--profile" in proc.stdout and "silent" in proc.stdout
+    bad = _run("detect", "--mode", "gentle")
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+    assert _run("footprint", "--mode", "kill").returncode == 2  # footprint has no such option
+
+
+def test_member_change_lines_are_parsed():
+    common, _, _ = _bench()
+    lines = [
+        "2024-05-01 10:00:00,123 INFO mesh.agent: peer s2g1 (abcdef01) joined",
+        "2024-05-01 10:00:01,500 INFO mesh.agent: peer s2g1 (abcdef01): alive -> suspect (incarnation 0)",
+        "2024-05-01 10:00:02,750 INFO mesh.agent: peer s2g1 (abcdef01): suspect -> dead (incarnation 0)",
+        "2024-05-01 10:00:02,800 INFO mesh.agent: something else entirely",
+    ]
+    changes = [c for c in map(common.parse_change, lines) if c is not None]
+    assert [(c.old, c.new) for c in changes] == [("new", "alive"), ("alive", "suspect"), ("suspect", "dead")]
+    assert changes[2].incarnation == 0 and changes[0].incarnation is None
+    assert abs((changes[2].t - changes[0].t) - 2.627) < 1e-6
+    assert common.member_view(changes) == {"abcdef01": "dead"}
+    assert common.first_change(changes, "abcdef01", "dead", since=changes[1].t).t == changes[2].t
+    assert common.first_change(changes, "abcdef01", "dead", since=changes[2].t + 1) is None
+
+
+def test_percentiles_victim_order_and_tally():
+    import random
+
+    common, fleet, _ = _bench()
+    assert common.pct([], 95) is None
+    s = common.spread([float(i) for i in range(1, 21)])
+    assert (s["n"], s["p50"], s["p95"], s["max"]) == (20, 10.0, 19.0, 20.0)
+    order = fleet.victim_order(random.Random(1), 6, 20)
+    assert len(order) == 20 and set(order[:6]) == set(range(1, 7))  # every slot, the seed too
+    assert all(a != b for a, b in zip(order, order[1:], strict=False))
+    C = common.MemberChange
+    logs = {"a": [C(0, "v", "v1", "alive", "suspect", 0), C(1, "v", "v1", "suspect", "dead", 0),
+                  C(2, "b", "b1", "alive", "suspect", 0), C(3, "b", "b1", "suspect", "alive", 1)]}
+    t = fleet.tally(logs, {"v1"})
+    assert t["victim_suspicions"] == 1 and t["victim_deaths"] == 1
+    assert t["false_suspicions"] == 1 and t["refutations_seen"] == 1 and t["false_deaths"] == 0
+
+
+def test_detect_silent_mode_reports_why_it_is_skipped(monkeypatch):
+    _, _, detect = _bench()
+    monkeypatch.setattr(detect, "netns_unusable", lambda: "network namespaces need root")
+    res = detect.run(quick=True, mode="silent", profile="fast")
+    assert res["series"]["silent/fast"] == {"skipped": "network namespaces need root"}
+    assert "error" not in res and res["all_targets_met"] is False
+
+
+def test_agents_outside_namespaces_stay_on_loopback(tmp_path):
+    common, _, _ = _bench()
+    with pytest.raises(common.BenchError, match="network safety"):
+        common.start_agent(tmp_path, interface="10.213.0.11")
+    with pytest.raises(common.BenchError, match="network safety"):
+        common.start_agent(tmp_path, interface="10.213.0.11", netns="default")
+    cmd = common.agent_command(tmp_path / "s.json", interface="10.213.0.12", netns="mt_h2")
+    assert cmd[:4] == ["ip", "netns", "exec", "mt_h2"]
+    assert cmd[cmd.index("--interface") + 1] == "10.213.0.12"

@@ -500,3 +500,60 @@ def test_long_seeded_random_runs_keep_the_invariants(seed):
         driver.step(rng.choice(KINDS), rng.randint(0, 1000), rng.randint(0, 1000))
     assert driver.d.counters["accepted"] > 0
     driver.settle()
+
+
+# ----------------------------------------------------------------------------- loops, strangers
+
+
+def test_a_call_never_goes_back_to_an_agent_that_delegated_it():
+    # A (full) -> B (full) -> C (full): C must not send it back to A or B, even though
+    # stale load news says they have free slots; it queues instead.
+    a = Dispatcher("a", cpus=1, node_id="A")
+    a.submit(call("busy"), CLIENT)
+    a.peer_load("B", "b", 1, 1, 0.001)
+    (fwd,) = [x for x in a.submit(call(1), CLIENT) if isinstance(x, Forward)]
+    assert fwd.call.visited == ["A"]
+    b = Dispatcher("b", cpus=1, node_id="B")
+    b.submit(call("busy-b"), CLIENT)
+    b.peer_load("A", "a", 1, 1, 0.001)
+    b.peer_load("C", "c", 1, 1, 0.001)
+    (fwd2,) = [x for x in b.submit(fwd.call, b"A-conn", from_peer="A") if isinstance(x, Forward)]
+    assert fwd2.peer_id == "C" and fwd2.call.visited == ["A", "B"]
+    c = Dispatcher("c", cpus=1, node_id="C")
+    c.submit(call("busy-c"), CLIENT)
+    c.peer_load("A", "a", 1, 1, 0.001)
+    c.peer_load("B", "b", 1, 1, 0.001)
+    assert forwards(c.submit(fwd2.call, b"B-conn", from_peer="B")) == []
+    assert c.pending[fwd2.call.call_id].where == "backlog"
+
+
+def test_a_result_from_a_peer_that_never_held_the_call_is_ignored():
+    d = Dispatcher("a", cpus=0)
+    d.peer_load("p", "p", 1, 1, 0.001)
+    d.peer_load("q", "q", 1, 1, 0.001)
+    (peer, call_id), = forwards(d.submit(call(1), CLIENT))
+    stranger = "q" if peer == "p" else "p"
+    assert d.remote_result(ok(call_id), stranger) == []
+    assert d.counters["unexpected_results"] == 1 and call_id in d.pending
+    assert [a.result.call_id for a in d.remote_result(ok(call_id), peer)] == [call_id]
+
+
+def test_a_late_result_from_a_lost_holder_is_still_accepted_once():
+    d = Dispatcher("a", cpus=0)
+    d.peer_load("p", "p", 1, 1, 0.001)
+    d.peer_load("q", "q", 1, 1, 0.001)
+    (first, call_id), = forwards(d.submit(call(1), CLIENT))
+    (second, _), = forwards(d.peer_lost(first))
+    assert second != first
+    assert len(d.remote_result(ok(call_id), first)) == 1  # the lost one was only slow
+    assert d.remote_result(ok(call_id), second) == []
+    assert d.counters["duplicate_results"] == 1
+
+
+def test_abandon_fails_every_pending_call_once():
+    d = Dispatcher("a", cpus=1)
+    for i in range(3):
+        d.submit(call(i), CLIENT)
+    acts = d.abandon("AgentLeaving", "bye")
+    assert sorted(f[1] for f in failures(acts)) == ["c0", "c1", "c2"]
+    assert d.idle() and d.queued == 0

@@ -40,6 +40,10 @@ STRATEGIES = {
                       gossip=st.lists(digests, max_size=8)),
     "pong": st.builds(m.Pong, seq=ints, sender=node_infos, load=loads,
                       gossip=st.lists(digests, max_size=8)),
+    "ping-req": st.builds(m.PingReq, seq=ints, target=texts, address=texts, sender=node_infos,
+                          gossip=st.lists(digests, max_size=8)),
+    "ack": st.builds(m.IndirectAck, seq=ints, target=texts, gossip=st.lists(digests, max_size=8)),
+    "nack": st.builds(m.Nack, seq=ints, target=texts),
     "leave": st.builds(m.Leave, node_id=texts, incarnation=ints),
     "call": st.builds(m.Call, call_id=texts, function=texts, payload=st.binary(max_size=200),
                       hops=ints, origin=texts),
@@ -62,6 +66,10 @@ EXAMPLES = [
     m.Result("c-2", False, b"", "pi-1", "ValueError", "bad", "Traceback (most recent call last):\n"),
     m.Query(3, "status"),
     m.Answer(3, "peers", [{"name": "pi-1", "rtt_ms": 0.25, "free": None}], ""),
+    m.PingReq(9, "cd" * 16, "10.0.0.6:46102", NODE,
+              [m.Digest("cd" * 16, "pi-2", "10.0.0.6:46102", "suspect", 1)]),
+    m.IndirectAck(9, "cd" * 16),
+    m.Nack(9, "cd" * 16),
 ]
 
 

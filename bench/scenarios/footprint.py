@@ -7,12 +7,19 @@ idle window. `ratio_agent_vs_dask` compares the summed RSS of the whole agent tr
 workers) with that of the whole `dask worker` tree (nanny + worker process): what each system
 keeps resident on a device. RSS sums double-count pages shared by forked children, so
 `ratio_agent_vs_dask_pss` (proportional set size, Linux) is the fairer tree comparison.
+The agent is measured in the bench's base configuration (secure with a fresh mesh key, mDNS
+off, REST off), and a second agent, started alone right after the first, in the real default
+configuration of `join` (mDNS on, pinned to 127.0.0.1 by `--interface`, and REST on an ephemeral
+port; same slot count): keys `default_config_*`. `default_config_extra_rss_mb` is what mDNS
+(zeroconf's import, its event-loop thread, sockets and caches; estimated ~10 MB beforehand)
+and the REST server add to the agent process on top of the base configuration.
 If the agent cannot start, the comparators are still measured and reported, but the result
 carries "error" and the run exits 1; no agent figures are invented.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -39,9 +46,9 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a is not None and b else None
 
 
-def _check_loopback(roots: dict[str, int]) -> None:
+def _check_loopback(roots: dict[str, int], mdns: set[str] = frozenset()) -> None:
     for name, pid in roots.items():
-        assert_loopback(pid, name)
+        assert_loopback(pid, name, allow_mdns=name in mdns)
 
 
 def run(quick: bool = False) -> dict[str, Any]:
@@ -58,11 +65,12 @@ def _run(quick: bool, errors: list[str]) -> dict[str, Any]:
     res: dict[str, Any] = {"scenario": "footprint", "slots": SLOTS}
     with tempfile.TemporaryDirectory(prefix="mesh-bench-") as tmpdir, ExitStack() as stack:
         tmp = Path(tmpdir)
-        agent = None
-        log("starting the mesh agent alone")
+        agent = default = None
+        log("starting the mesh agent alone (secure, no mDNS, no REST)")
         try:
             agent = start_agent(tmp, cpus=SLOTS)
             stack.callback(stop, agent.child)
+            res["agent_secure"] = agent.key is not None
             res["ready_s"] = round(agent.ready_s, 4)
             res["agent_pid"] = agent.pid
             if agent.issues:
@@ -72,6 +80,19 @@ def _run(quick: bool, errors: list[str]) -> dict[str, Any]:
             errors.append(str(exc))
             log(f"AGENT FAILED: {str(exc).splitlines()[0]}")
             log("measuring the comparators anyway; the run will exit 1")
+        log("starting a second agent alone in join's default configuration "
+            "(secure, mDNS on 127.0.0.1, REST on)")
+        try:
+            default = start_agent(tmp, name="bench-default", cpus=SLOTS, mdns=True, rest=True)
+            stack.callback(stop, default.child)
+            res["default_config"] = "secure, mDNS on 127.0.0.1, REST on 127.0.0.1:0"
+            res["default_config_ready_s"] = round(default.ready_s, 4)
+            if default.issues:
+                res["default_config_contract_issues"] = default.issues
+            log(f"default-config agent ready in {default.ready_s:.3f} s: {default.state}")
+        except BenchError as exc:
+            errors.append(f"default-config agent: {exc}")
+            log(f"DEFAULT-CONFIG AGENT FAILED: {str(exc).splitlines()[0]}")
 
         log("starting bare pyzmq and Dask (scheduler + 1 worker x 2 threads) on 127.0.0.1")
         zmq_child, _ = start_bare_pyzmq(tmp)
@@ -81,16 +102,18 @@ def _run(quick: bool, errors: list[str]) -> dict[str, Any]:
 
         roots = {"bare_pyzmq": zmq_child.pid, "dask_worker": dask.worker.pid,
                  "dask_scheduler": dask.scheduler.pid}
+        if default is not None:
+            roots = {"default_config": default.pid, **roots}
         if agent is not None:
             roots = {"agent": agent.pid, **roots}
-        _check_loopback(roots)
+        _check_loopback(roots, mdns={"default_config"})
         time.sleep(settle)  # let the idle processes settle before measuring (not synchronisation)
         mem = {name: tree_memory(pid) for name, pid in roots.items()}
         log(f"measuring idle CPU over {window:.0f} s")
         cpu_window = CpuWindow(roots)
         time.sleep(window)
         cpu = cpu_window.finish()
-        _check_loopback(roots)
+        _check_loopback(roots, mdns={"default_config"})
         res["idle_window_s"] = cpu["window_s"]
 
         if agent is not None:
@@ -114,6 +137,26 @@ def _run(quick: bool, errors: list[str]) -> dict[str, Any]:
                         "agent_orphans": stopped["orphans"]})
             if stopped["how"] != "graceful" or stopped["orphans"]:
                 log(f"agent did not stop cleanly on SIGTERM: {stopped}")
+
+        if default is not None:
+            if default.child.popen.poll() is not None:
+                errors.append(f"default-config agent exited during the idle window (code "
+                              f"{default.child.popen.returncode}):\n{default.child.tail()}")
+            a = mem["default_config"]
+            res.update({
+                "default_config_agent_rss_mb": a["root"]["rss_mb"],
+                "default_config_agent_uss_mb": a["root"].get("uss_mb"),
+                "default_config_agent_tree_rss_mb": a["total_rss_mb"],
+                "default_config_agent_tree_pss_mb": a.get("total_pss_mb"),
+                "default_config_idle_cpu_pct": cpu["default_config"],
+            })
+            if res.get("agent_rss_mb") is not None:
+                res["default_config_extra_rss_mb"] = round(
+                    res["default_config_agent_rss_mb"] - res["agent_rss_mb"], 2)
+            stopped = stop(default.child)
+            res.update({"default_config_stop": stopped["how"],
+                        "default_config_stop_s": stopped["stop_s"],
+                        "default_config_orphans": stopped["orphans"]})
 
         d, s, z = mem["dask_worker"], mem["dask_scheduler"], mem["bare_pyzmq"]
         workers = [p for p in d["children"] if p["pid"] in dask.worker_pids]
@@ -156,7 +199,8 @@ def _env() -> dict[str, Any]:
 
     return {"python": sys.version.split()[0], "pyzmq": zmq.__version__,
             "libzmq": zmq.zmq_version(), "distributed": distributed.__version__,
-            "cpu_count": psutil.cpu_count(), "platform": sys.platform}
+            "cpu_count": psutil.cpu_count(), "platform": sys.platform,
+            "loadavg_1m": round(os.getloadavg()[0], 2)}
 
 
 def _summary(r: dict[str, Any], quick: bool) -> list[str]:
@@ -167,9 +211,13 @@ def _summary(r: dict[str, Any], quick: bool) -> list[str]:
     return [
         f"footprint ({'quick' if quick else 'full'}, "
         f"idle window {f('idle_window_s', ' s')})",
-        f"  mesh agent : ready {f('ready_s', ' s')}, RSS {f('agent_rss_mb', ' MB')} "
+        f"  mesh agent : (secure, no mDNS/REST) ready {f('ready_s', ' s')}, RSS {f('agent_rss_mb', ' MB')} "
         f"(USS {f('agent_uss_mb', ' MB')}), workers RSS {f('worker_rss_mb')}, "
         f"tree RSS {f('agent_tree_rss_mb', ' MB')} (PSS {f('agent_tree_pss_mb', ' MB')}), idle CPU {f('idle_cpu_pct', ' %')}",
+        f"  default cfg: (mDNS + REST on) ready {f('default_config_ready_s', ' s')}, RSS "
+        f"{f('default_config_agent_rss_mb', ' MB')} (USS {f('default_config_agent_uss_mb', ' MB')}, "
+        f"+{f('default_config_extra_rss_mb', ' MB')} vs base), idle CPU "
+        f"{f('default_config_idle_cpu_pct', ' %')}",
         f"  dask worker: worker RSS {f('dask_worker_rss_mb', ' MB')}, nanny RSS "
         f"{f('dask_nanny_rss_mb', ' MB')}, tree RSS {f('dask_worker_tree_rss_mb', ' MB')} "
         f"(PSS {f('dask_worker_tree_pss_mb', ' MB')}), "

@@ -23,8 +23,10 @@ slot frees or a peer reports free slots (spill-over).
 
 Exactly once: the first result for a pending call is delivered and the entry
 removed; any later result for it (a lost peer that was only slow) is dropped and
-counted. When a peer holding calls is lost, those calls are placed again
-(bounded by ``max_attempts``).
+counted, and so is a result from a peer that never held the call. When a peer
+holding calls is lost, those calls are placed again (bounded by ``max_attempts``).
+A call records the agents that delegated it (``Call.visited``) and never goes back
+to one of them, so it cannot loop (A -> B -> C -> A) even on stale load news.
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ class Dispatcher:
 
     name: str
     cpus: int
+    node_id: str = ""
     max_hops: int = 4
     max_attempts: int = 3
     max_pending: int = 100_000
@@ -103,6 +106,7 @@ class Dispatcher:
             "failed": 0,
             "forwarded": 0,
             "duplicate_results": 0,
+            "unexpected_results": 0,
             "rejected": 0,
         }
     )
@@ -171,6 +175,14 @@ class Dispatcher:
         entry.where = "backlog"
         return self._place_or_queue(entry)
 
+    def abandon(self, error_type: str, text: str) -> list[Action]:
+        """Fail every pending call (the agent is going away)."""
+        acts: list[Action] = []
+        for entry in list(self.pending.values()):
+            acts += self._fail(entry, error_type, text)
+        self.backlog.clear()
+        return acts
+
     def set_cpus(self, cpus: int) -> list[Action]:
         self.cpus = max(cpus, 0)
         return self._retry_backlog()
@@ -215,7 +227,7 @@ class Dispatcher:
     def _pick_peer(self, entry: Pending, need_free: bool) -> str | None:
         best, best_key = None, None
         for peer_id, p in self.peers.items():
-            if peer_id in entry.tried or p.cpus <= 0:
+            if peer_id in entry.tried or peer_id in entry.call.visited or p.cpus <= 0:
                 continue
             if need_free:
                 if p.est_free <= 0:
@@ -236,7 +248,9 @@ class Dispatcher:
         entry.where = peer_id
         self.peers[peer_id].sent += 1
         self.counters["forwarded"] += 1
-        return [Forward(peer_id, replace(entry.call, hops=entry.call.hops + 1))]
+        call = entry.call
+        visited = call.visited + [self.node_id] if self.node_id else call.visited
+        return [Forward(peer_id, replace(call, hops=call.hops + 1, visited=visited))]
 
     def _retry_backlog(self) -> list[Action]:
         acts: list[Action] = []
@@ -262,6 +276,9 @@ class Dispatcher:
         entry = self.pending.get(result.call_id)
         if entry is None:
             self.counters["duplicate_results"] += 1
+            return []
+        if holder != "local" and holder != entry.where and holder not in entry.tried:
+            self.counters["unexpected_results"] += 1  # from a peer that never held it
             return []
         del self.pending[result.call_id]
         self.counters["done" if result.ok else "failed"] += 1

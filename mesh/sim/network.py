@@ -35,6 +35,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from mesh.discovery.membership import (
+    DEALER_MESSAGES,
+    ROUTER_MESSAGES,
     Connect,
     Disconnect,
     MemberChanged,
@@ -43,7 +45,9 @@ from mesh.discovery.membership import (
     Send,
     Timing,
 )
-from mesh.messages import Leave, Message, NodeInfo, Ping, Pong
+from mesh.messages import Message, NodeInfo
+
+MAX_TICK = 0.1  # the longest wait between two ticks of a node, as the agent's MAX_SLEEP
 
 
 @dataclass
@@ -107,7 +111,7 @@ class SimNetwork:
         timing = timing or Timing()
         info = NodeInfo(node_id, name, f"{name}:1", cpus, 0)
         core = Membership(info, timing, random.Random(node_id), max_members)
-        node = SimNode(name, core, tick_every=min(timing.ping_interval / 2, 0.1))
+        node = SimNode(name, core, tick_every=MAX_TICK)
         self.nodes[node_id] = node
         self.listeners[info.address] = node_id
         for address in seeds:
@@ -121,8 +125,14 @@ class SimNetwork:
 
     # ------------------------------------------------------------------ faults
 
-    def kill(self, node: SimNode) -> None:
+    def kill(self, node: SimNode, reset: bool = False) -> None:
+        """Stop ``node``. ``reset``: its host closes its TCP connections (a process
+        killed on a live host), so every peer connected to it sees a reset."""
         node.alive = False
+        if reset:
+            for other in self.nodes.values():
+                if other is not node and other.alive and node.address in other.conns:
+                    self.do(other, other.membership.connection_lost(node.address, self.now))
 
     def revive(self, node: SimNode) -> None:
         if not node.alive:
@@ -185,7 +195,9 @@ class SimNetwork:
         if not node.alive:
             return  # revive() schedules the next tick
         self.do(node, node.membership.tick(self.now))
-        self._schedule(self.now + node.tick_every, lambda: self._tick(node))
+        # as the agent: wake at the core's next timer, and at least every tick_every
+        when = min(node.membership.next_timer(self.now), self.now + node.tick_every)
+        self._schedule(max(when, self.now + 1e-4), lambda: self._tick(node))
 
     def _send(self, src: SimNode, address: str, msg: Message) -> None:
         if address not in src.conns:
@@ -235,8 +247,8 @@ class SimNetwork:
         core = dst.membership
         dst.paths[sender_id] = address  # the ROUTER replies over this connection
         if sender_id in core.members:
-            core.heard_from(sender_id, self.now)
-        if isinstance(msg, (Ping, Leave)):
+            self.do(dst, core.heard_from(sender_id, self.now))
+        if isinstance(msg, ROUTER_MESSAGES):
             self.do(dst, core.receive(msg, self.now, identity=bytes.fromhex(sender_id)))
 
     def _dealer_in(self, dst: SimNode, address: str, msg: Message) -> None:
@@ -246,6 +258,6 @@ class SimNetwork:
         core = dst.membership
         member = core.member_at(address)
         if member is not None:
-            core.heard_from(member.info.id, self.now)
-        if isinstance(msg, Pong):
+            self.do(dst, core.heard_from(member.info.id, self.now))
+        if isinstance(msg, DEALER_MESSAGES):
             self.do(dst, core.receive(msg, self.now, via=address))
