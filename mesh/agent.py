@@ -213,6 +213,8 @@ class Agent:
                         address = self.transport.by_socket.get(sock)
                         if address is not None:
                             self._read_dealer(sock, address, now)
+                # input may have set an earlier timer (a reset: probe that member now)
+                next_tick = min(next_tick, self.members.next_timer(time.monotonic()))
         finally:
             self.close()
 

@@ -174,3 +174,19 @@ def test_killed_peer_is_declared_dead_and_its_call_reassigned(agents):
                  "b to be declared dead")
         result = fut.result(30)  # reassigned to c, which runs it in full
         assert result["agent"] == "r2" and result["square"] == 1
+
+
+def test_leave_waits_for_running_calls_and_a_second_sigint_exits_at_once(agents):
+    import mesh
+
+    a = agents.start("slow")
+    with mesh.connect(a.comm) as client:
+        client.call("mesh.demo_tasks:where", (1, 60.0))
+        wait_for(lambda: json.loads(run_cli("status", "--agent", a.comm, "--json").stdout)["running"] == 1,
+                 10, "the call to run")
+        a.proc.send_signal(signal.SIGINT)
+        wait_for(lambda: "leaving" in a.log(), 10, "the agent to start leaving")
+        assert a.alive()  # still finishing its call
+        assert client.submit(abs, -1).exception(10) is not None  # no new calls while leaving
+        a.proc.send_signal(signal.SIGINT)
+        assert a.proc.wait(5) == 130

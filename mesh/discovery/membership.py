@@ -90,13 +90,13 @@ DEALER_MESSAGES = (Pong, IndirectAck, Nack)  # arrive on our own connections
 class Timing:
     """Failure-detection timings, in seconds (see ``profile``)."""
 
-    period: float = 0.5  # protocol period: one probe per period
-    ack_timeout: float = 0.2  # direct probe, before asking for indirect probes
+    period: float = 0.4  # protocol period: one probe per period
+    ack_timeout: float = 0.16  # direct probe, before asking for indirect probes
     indirect: int = 3  # helpers asked per failed direct probe
     suspicion_alpha: float = 2.0  # min suspicion = alpha * max(1, log10 n) * period
     suspicion_beta: float = 3.0  # max suspicion = beta * min
     expected_confirmations: int = 3
-    retransmit_mult: int = 3
+    retransmit_mult: int = 4  # memberlist's LAN default
     gossip_fanout: int = 8  # digests per message
     seed_retry: float = 1.0
     forget_after: float = 120.0
