@@ -36,7 +36,7 @@ from mesh.transport import Transport
 log = logging.getLogger("mesh.agent")
 
 MAX_BATCH = 256  # frames read from one socket before looking at the others
-MAX_SLEEP = 0.1  # longest poll: bounds timer lateness (and costs ~10 wake-ups/s idle)
+MAX_SLEEP = 1.0  # longest poll; timers come from the cores, other threads use the waker
 
 
 @dataclass
@@ -215,6 +215,8 @@ class Agent:
                             self._read_dealer(sock, address, now)
                 # input may have set an earlier timer (a reset: probe that member now)
                 next_tick = min(next_tick, self.members.next_timer(time.monotonic()))
+                if self.leaving_since == -1.0:
+                    next_tick = 0.0  # a leave was requested: start it now
         finally:
             self.close()
 

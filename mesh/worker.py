@@ -69,7 +69,7 @@ def _watch_parent(parent: int) -> None:
     while True:
         if os.getppid() != parent:
             os._exit(3)
-        time.sleep(1.0)
+        time.sleep(2.0)
 
 
 def main() -> None:
