@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
+from mesh import delay
 from mesh import messages as m
 from mesh.discovery import membership as mb
 from mesh.errors import DecodeError
@@ -99,6 +100,8 @@ class Agent:
         self.members = mb.Membership(self.me, self.timing, random.Random(self.node_id))
         self.dispatcher = dp.Dispatcher(config.name, config.cpus, self.node_id)
         self.pool = WorkerPool(config.cpus, config.name)
+        self.delays = delay.from_env()  # test knob: emulated one-way delays per peer name
+        self.delay_line = delay.DelayLine()
         self.waker = Waker()
         self.transport.poller.register(self.waker.fileno(), zmq.POLLIN)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()  # from other threads
@@ -189,6 +192,11 @@ class Agent:
                     next_tick = min(self.members.next_timer(now), now + MAX_SLEEP)
                     if self._leave_done(now):
                         break
+                if self.delay_line:
+                    self._flush_delayed(time.monotonic())
+                    due = self.delay_line.next_due()
+                    if due is not None:
+                        next_tick = min(next_tick, due)
                 timeout = max(next_tick - time.monotonic(), 0) * 1000
                 for sock, _ in self.transport.poller.poll(timeout):
                     now = time.monotonic()
@@ -364,9 +372,9 @@ class Agent:
         """Carry out the actions of the cores (this is the whole of the shell's job)."""
         for act in actions:
             if isinstance(act, mb.Send):
-                self.transport.send(act.address, m.encode(act.message))
-            elif isinstance(act, (mb.Reply,)):
-                self.transport.reply(act.identity, m.encode(act.message))
+                self._send(act.address, m.encode(act.message), now)
+            elif isinstance(act, mb.Reply):
+                self._reply(act.identity, m.encode(act.message), now)
             elif isinstance(act, mb.Connect):
                 self.transport.connect(act.address)
             elif isinstance(act, mb.Disconnect):
@@ -380,14 +388,39 @@ class Agent:
                     self._do(self.dispatcher.local_done(failed), now)
             elif isinstance(act, dp.Forward):
                 member = self.members.members.get(act.peer_id)
-                sent = member is not None and member.conn is not None and self.transport.send(
-                    member.conn, m.encode(act.call))
+                sent = member is not None and member.conn is not None and self._send(
+                    member.conn, m.encode(act.call), now)
                 if not sent:
                     self._do(self.dispatcher.forward_failed(act.call.call_id, act.peer_id), now)
             elif isinstance(act, dp.Deliver):
-                self.transport.reply(act.identity, m.encode(act.result))
+                self._reply(act.identity, m.encode(act.result), now)
             else:
                 raise TypeError(f"unknown action {act!r}")
+
+    def _send(self, address: str, frame: bytes, now: float) -> bool:
+        if self.delays:
+            member = self.members.member_at(address)
+            lag = self.delays.get(member.info.name, 0.0) if member is not None else 0.0
+            if lag:
+                self.delay_line.push(now + lag, ("send", address, frame))
+                return True
+        return self.transport.send(address, frame)
+
+    def _reply(self, identity: bytes, frame: bytes, now: float) -> bool:
+        if self.delays:
+            member = self.members.members.get(identity.hex()) if len(identity) == 16 else None
+            lag = self.delays.get(member.info.name, 0.0) if member is not None else 0.0
+            if lag:
+                self.delay_line.push(now + lag, ("reply", identity, frame))
+                return True
+        return self.transport.reply(identity, frame)
+
+    def _flush_delayed(self, now: float) -> None:
+        for kind, target, frame in self.delay_line.due(now):
+            if kind == "send":
+                self.transport.send(target, frame)
+            else:
+                self.transport.reply(target, frame)
 
     def _member_changed(self, act: mb.MemberChanged, now: float) -> None:
         if act.old == "new":

@@ -190,3 +190,18 @@ def test_leave_waits_for_running_calls_and_a_second_sigint_exits_at_once(agents)
         assert client.submit(abs, -1).exception(10) is not None  # no new calls while leaving
         a.proc.send_signal(signal.SIGINT)
         assert a.proc.wait(5) == 130
+
+
+def test_emulated_delay_shows_in_measured_round_trips(agents):
+    a = agents.start("d0", env={"MESH_EMULATE_DELAY": '{"d1": 25}'})
+    b = agents.start("d1", "--peer", a.comm, env={"MESH_EMULATE_DELAY": '{"d0": 25}'})
+    c = agents.start("d2", "--peer", a.comm)
+
+    def rtts():
+        got = {p["name"]: p["rtt_ms"] for p in peers_of(a)}
+        return got if got.get("d1") and got.get("d2") else None
+
+    got = wait_for(rtts, 15, "round trips to be measured")
+    assert 45 <= got["d1"] <= 150, got  # 2 x 25 ms, plus scheduling
+    assert got["d2"] < 20, got
+    assert b.alive() and c.alive()
