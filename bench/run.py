@@ -11,6 +11,7 @@ object with the figures. Exit codes: 0 ok, 1 the scenario failed (JSON has "erro
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import signal
 import sys
@@ -24,6 +25,20 @@ sys.path.insert(0, str(ROOT))
 
 from bench import scenarios  # noqa: E402
 from bench.common import BenchError  # noqa: E402
+
+
+def code_fingerprint() -> str:
+    """First 12 hex digits of a SHA-256 over the mesh package's Python sources (path and
+    content): which code a run measured. Others may edit mesh/ while a benchmark runs."""
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "mesh").rglob("*.py")):
+        digest.update(str(path.relative_to(ROOT)).encode() + b"\0")
+        try:
+            digest.update(path.read_bytes())
+        except OSError:
+            pass
+        digest.update(b"\0")
+    return digest.hexdigest()[:12]
 
 
 def scenario_options(module, name: str, extra: list[str]) -> dict:
@@ -63,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     # Turn SIGTERM into SystemExit so scenarios' cleanup (stopping agents) runs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     t0 = time.monotonic()
+    code = code_fingerprint()
     try:
         result = module.run(quick=args.quick, **options)
     except BenchError as exc:
@@ -73,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     result.setdefault("scenario", args.name)
     result["quick"] = args.quick
     result["bench_wall_s"] = round(time.monotonic() - t0, 2)
+    result["mesh_code"] = code
+    if code_fingerprint() != code:
+        result["mesh_code_changed_during_run"] = [code, code_fingerprint()]
+        print(f"bench/run.py: WARNING: mesh/ changed during the run ({code} -> {code_fingerprint()}): "
+              "agents started at different times may run different code", file=sys.stderr)
     for key in ("summary",):
         for line in result.pop(key, []):
             print(line)
