@@ -33,10 +33,12 @@ from mesh.executor import WorkerPool
 from mesh.keys import MeshKey, announcement_fields, verify
 from mesh.sched import dispatch as dp
 from mesh.transport import Transport
+from mesh.tree import LatencyTree, ParentChanged, Probe, RootChanged, SendAdvert, TreeConfig
 
 log = logging.getLogger("mesh.agent")
 
 MAX_BATCH = 256  # frames read from one socket before looking at the others
+TREE_PERIOD = {"default": 1.0, "fast": 0.25}  # seconds; the tree's own protocol period
 MAX_SLEEP = 1.0  # longest poll; timers come from the cores, other threads use the waker
 
 
@@ -99,6 +101,9 @@ class Agent:
         self.me = m.NodeInfo(self.node_id, config.name, self.address, config.cpus, 0)
         self.members = mb.Membership(self.me, self.timing, random.Random(self.node_id))
         self.dispatcher = dp.Dispatcher(config.name, config.cpus, self.node_id)
+        tree_period = TREE_PERIOD[config.profile]
+        self.tree = LatencyTree(self.node_id, float(config.cpus), random.Random(self.node_id + "tree"),
+                                TreeConfig(period=tree_period), now=self.started)
         self.pool = WorkerPool(config.cpus, config.name)
         self.delays = delay.from_env()  # test knob: emulated one-way delays per peer name
         self.delay_line = delay.DelayLine()
@@ -189,7 +194,8 @@ class Agent:
                 if now >= next_tick:
                     self._tick(now)
                     # wake at the membership's next timer, and at least every MAX_SLEEP
-                    next_tick = min(self.members.next_timer(now), now + MAX_SLEEP)
+                    next_tick = min(self.members.next_timer(now), self.tree.next_timer(now),
+                                    now + MAX_SLEEP)
                     if self._leave_done(now):
                         break
                 if self.delay_line:
@@ -222,7 +228,8 @@ class Agent:
                         if address is not None:
                             self._read_dealer(sock, address, now)
                 # input may have set an earlier timer (a reset: probe that member now)
-                next_tick = min(next_tick, self.members.next_timer(time.monotonic()))
+                t = time.monotonic()
+                next_tick = min(next_tick, self.members.next_timer(t), self.tree.next_timer(t))
                 if self.leaving_since == -1.0:
                     next_tick = 0.0  # a leave was requested: start it now
         finally:
@@ -238,6 +245,7 @@ class Agent:
             self._do(self.dispatcher.drain(), now)
         self.members.set_load(self._load())
         self._do(self.members.tick(now), now)
+        self._do(self.tree.tick(now), now)
 
     def _leave_done(self, now: float) -> bool:
         if self.leaving_since is None or self.leaving_since < 0:
@@ -287,6 +295,12 @@ class Agent:
             self._do(self.members.receive(msg, now, identity=identity), now)
             if isinstance(msg, m.Ping):
                 self._peer_load(msg.sender, msg.load, now)
+        elif isinstance(msg, m.TreeAdvert):
+            member = self.members.members.get(msg.sender)
+            if peer_id != msg.sender or member is None or member.state not in ("alive", "suspect"):
+                self.dropped["tree_advert"] = self.dropped.get("tree_advert", 0) + 1
+            else:
+                self._do(self.tree.heard(peer_id, msg.advert, member.rtt, now), now)
         elif isinstance(msg, m.Call):
             self._do(self.dispatcher.submit(msg, identity, peer_id), now)
         elif isinstance(msg, m.Query):
@@ -394,6 +408,18 @@ class Agent:
                     self._do(self.dispatcher.forward_failed(act.call.call_id, act.peer_id), now)
             elif isinstance(act, dp.Deliver):
                 self._reply(act.identity, m.encode(act.result), now)
+            elif isinstance(act, SendAdvert):
+                member = self.members.members.get(act.peer)
+                if member is not None and member.conn is not None:
+                    self._send(member.conn, m.encode(m.TreeAdvert(self.node_id, act.advert)), now)
+            elif isinstance(act, Probe):
+                self.members.probe_soon(act.peer)
+            elif isinstance(act, ParentChanged):
+                log.info("tree: parent %s -> %s (%s)", self._name_of(act.old), self._name_of(act.new),
+                         act.reason)
+            elif isinstance(act, RootChanged):
+                log.info("tree: root %s -> %s (term %d)", self._name_of(act.old), self._name_of(act.new),
+                         act.term)
             else:
                 raise TypeError(f"unknown action {act!r}")
 
@@ -422,7 +448,20 @@ class Agent:
             else:
                 self.transport.reply(target, frame)
 
+    def _name_of(self, node_id: str | None) -> str:
+        if node_id is None:
+            return "none"
+        if node_id == self.node_id:
+            return f"{self.config.name} (self)"
+        member = self.members.members.get(node_id)
+        return member.info.name if member is not None else node_id[:8]
+
     def _member_changed(self, act: mb.MemberChanged, now: float) -> None:
+        member = self.members.members.get(act.node_id)
+        if act.new == "alive":
+            self._do(self.tree.offer(act.node_id, member.rtt if member else None, now), now)
+        elif act.new in ("dead", "left"):
+            self._do(self.tree.lost(act.node_id, now), now)
         if act.old == "new":
             log.info("peer %s (%s) joined", act.name, act.node_id[:8])
         else:
@@ -477,7 +516,10 @@ class Agent:
             return m.Answer(q.qid, q.what, self.status())
         if q.what == "peers":
             return m.Answer(q.qid, q.what, self.members.views())
-        return m.Answer(q.qid, q.what, None, f"unknown query {q.what!r} (status, peers)")
+        if q.what == "tree-node":  # this agent's place in the tree (mesh tree gathers them)
+            return m.Answer(q.qid, q.what, dict(self.tree.record(self.config.name),
+                                                address=self.address, view=self.tree.view()))
+        return m.Answer(q.qid, q.what, None, f"unknown query {q.what!r} (status, peers, tree-node)")
 
 
 def install_signal_handlers(agent: Agent) -> None:

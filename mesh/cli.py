@@ -254,6 +254,29 @@ def peers(agent, timeout, key_file, as_json):
         click.echo("(no peers known yet)")
 
 
+@main.command()
+@_agent_option
+@click.option("--format", "fmt", type=click.Choice(["text", "dot", "json"]), default="text",
+              show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+def tree(agent, timeout, key_file, fmt, as_json):
+    """The latency tree, gathered from every live agent (text, Graphviz DOT or JSON)."""
+    import json as _json
+
+    from mesh.client import Client
+    from mesh.treeview import gather, render_dot, render_text
+
+    key = _load_key(key_file)
+    with _client(agent, timeout, key_file) as client:
+        doc = gather(lambda address: Client(address, timeout=timeout, key=key), client)
+    if as_json or fmt == "json":
+        click.echo(_json.dumps(doc))
+    elif fmt == "dot":
+        click.echo(render_dot(doc))
+    else:
+        click.echo(render_text(doc))
+
+
 @main.command(context_settings={"ignore_unknown_options": True})
 @_agent_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")

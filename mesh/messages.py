@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Union
 import cbor2
 
 from mesh.errors import DecodeError
+from mesh.tree.advert import Advert
 
 PROTOCOL = 1
 MAX_FRAME = 64 * 1024 * 1024  # bytes; larger frames are dropped unread
@@ -136,6 +137,16 @@ class Nack(Message):
 
 
 @dataclass(frozen=True)
+class TreeAdvert(Message):
+    """The sender's place in the latency tree (``mesh.tree.Advert``), sent to its tree
+    neighbours; accepted only from the sender's own connection."""
+
+    TAG: ClassVar[str] = "tree"
+    sender: str
+    advert: Advert
+
+
+@dataclass(frozen=True)
 class Leave(Message):
     """The sender is leaving on purpose (graceful leave, not a failure)."""
 
@@ -200,9 +211,10 @@ class Answer(Message):
 
 MESSAGES: dict[str, type[Message]] = {
     cls.TAG: cls
-    for cls in (Ping, Pong, PingReq, IndirectAck, Nack, Leave, Call, Result, Query, Answer)
+    for cls in (Ping, Pong, PingReq, IndirectAck, Nack, TreeAdvert, Leave, Call, Result, Query,
+                Answer)
 }
-RECORDS = (NodeInfo, Load, Digest)
+RECORDS = (NodeInfo, Load, Digest, Advert)
 
 
 # --------------------------------------------------------------------------- codec

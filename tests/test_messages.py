@@ -44,6 +44,10 @@ STRATEGIES = {
                           gossip=st.lists(digests, max_size=8)),
     "ack": st.builds(m.IndirectAck, seq=ints, target=texts, gossip=st.lists(digests, max_size=8)),
     "nack": st.builds(m.Nack, seq=ints, target=texts),
+    "tree": st.builds(m.TreeAdvert, sender=texts, advert=st.builds(
+        m.Advert, root=texts, term=ints, settled=ints, score=st.floats(allow_nan=False), succeeds=texts,
+        seq=ints, rank=st.floats(allow_nan=False), parent=texts, path=st.lists(texts, max_size=8),
+        stamp=ints, ask=ints)),
     "leave": st.builds(m.Leave, node_id=texts, incarnation=ints),
     "call": st.builds(m.Call, call_id=texts, function=texts, payload=st.binary(max_size=200),
                       hops=ints, origin=texts),
@@ -70,6 +74,7 @@ EXAMPLES = [
               [m.Digest("cd" * 16, "pi-2", "10.0.0.6:46102", "suspect", 1)]),
     m.IndirectAck(9, "cd" * 16),
     m.Nack(9, "cd" * 16),
+    m.TreeAdvert("ab" * 16, m.Advert("cd" * 16, 1, 1, 4.0, "", 17, 0.012, "cd" * 16, ["cd" * 16], 5, 0)),
 ]
 
 

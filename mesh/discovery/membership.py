@@ -346,6 +346,12 @@ class Membership:
         self._next_period = now  # start the next period (and this probe) at once
         return []
 
+    def probe_soon(self, node_id: str) -> None:
+        """Probe this member before the others (someone needs its round-trip time)."""
+        member = self.members.get(node_id)
+        if member is not None and member.state in ("alive", "suspect") and node_id not in self._urgent:
+            self._urgent.append(node_id)
+
     def tick(self, now: float) -> list[Action]:
         """Timers: probes, indirect probes, suspicion time-outs, seeds, forgetting."""
         acts: list[Action] = []
