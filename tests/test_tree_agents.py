@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
+import subprocess
 import time
 
 import pytest
@@ -97,6 +99,9 @@ def test_tree_shape_repair_and_reroot(agents):
     assert "server" in text.stdout and "(root)" in text.stdout
     dot = run_cli("tree", "--agent", by_name["server"].comm, "--format", "dot")
     assert dot.stdout.startswith("digraph") and "->" in dot.stdout
+    if shutil.which("dot"):  # .ci/run installs Graphviz
+        svg = subprocess.run(["dot", "-Tsvg"], input=dot.stdout, capture_output=True, text=True, timeout=30)
+        assert svg.returncode == 0 and "<svg" in svg.stdout, svg.stderr
 
     # kill -9 a hotspot: its devices re-parent (to the server or the other hub)
     killed = wall_of_day()
