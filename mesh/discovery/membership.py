@@ -57,7 +57,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from mesh.discovery.actions import Action, Connect, Disconnect, MemberChanged, Reply, Send
 from mesh.discovery.detector import GossipBuffer, LocalHealth, suspicion_bounds, suspicion_timeout
+from mesh.discovery.timing import Timing
 from mesh.errors import LocalProtocolError
 from mesh.messages import (
     Digest,
@@ -84,75 +86,6 @@ TRANSITIONS = {
 }
 ROUTER_MESSAGES = (Ping, PingReq, Leave)  # arrive on our ROUTER
 DEALER_MESSAGES = (Pong, IndirectAck, Nack)  # arrive on our own connections
-
-
-@dataclass(frozen=True)
-class Timing:
-    """Failure-detection timings, in seconds (see ``profile``)."""
-
-    period: float = 0.4  # protocol period: one probe per period
-    ack_timeout: float = 0.16  # direct probe, before asking for indirect probes
-    indirect: int = 3  # helpers asked per failed direct probe
-    suspicion_alpha: float = 2.0  # min suspicion = alpha * max(1, log10 n) * period
-    suspicion_beta: float = 3.0  # max suspicion = beta * min
-    expected_confirmations: int = 3
-    retransmit_mult: int = 4  # memberlist's LAN default
-    gossip_fanout: int = 8  # digests per message
-    seed_retry: float = 1.0
-    forget_after: float = 120.0
-    starved_after: float = 1.0  # a tick later than this means our loop was starved
-
-    @classmethod
-    def profile(cls, name: str) -> Timing:
-        """``default`` (LAN/Wi-Fi) or ``fast`` (wired/lab). Raises ValueError otherwise."""
-        if name == "default":
-            return cls()
-        if name == "fast":
-            return cls(period=0.1, ack_timeout=0.04, seed_retry=0.3, starved_after=0.3)
-        raise ValueError(f"unknown timing profile {name!r} (expected default or fast)")
-
-
-# ----------------------------------------------------------------------------- actions
-
-
-@dataclass(frozen=True)
-class Connect:
-    address: str
-
-
-@dataclass(frozen=True)
-class Disconnect:
-    address: str
-
-
-@dataclass(frozen=True)
-class Send:
-    """Send over our own connection to ``address``."""
-
-    address: str
-    message: Message
-
-
-@dataclass(frozen=True)
-class Reply:
-    """Send back over our ROUTER to the connection ``identity`` that reached us."""
-
-    identity: bytes
-    message: Message
-
-
-@dataclass(frozen=True)
-class MemberChanged:
-    """A member changed state (``old`` is "new" for a member just learnt)."""
-
-    node_id: str
-    name: str
-    old: str
-    new: str
-    incarnation: int = 0
-
-
-Action = Connect | Disconnect | Send | Reply | MemberChanged
 
 
 # ----------------------------------------------------------------------------- state

@@ -1,0 +1,47 @@
+"""What the membership core asks the agent's shell to do (frozen dataclasses)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mesh.messages import Message
+
+
+@dataclass(frozen=True)
+class Connect:
+    address: str
+
+
+@dataclass(frozen=True)
+class Disconnect:
+    address: str
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send over our own connection to ``address``."""
+
+    address: str
+    message: Message
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Send back over our ROUTER to the connection ``identity`` that reached us."""
+
+    identity: bytes
+    message: Message
+
+
+@dataclass(frozen=True)
+class MemberChanged:
+    """A member changed state (``old`` is "new" for a member just learnt)."""
+
+    node_id: str
+    name: str
+    old: str
+    new: str
+    incarnation: int = 0
+
+
+Action = Connect | Disconnect | Send | Reply | MemberChanged
