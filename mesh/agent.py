@@ -27,6 +27,7 @@ import zmq
 
 from mesh import delay
 from mesh import messages as m
+from mesh.callbook import CallBook
 from mesh.discovery import membership as mb
 from mesh.errors import DecodeError
 from mesh.executor import WorkerPool
@@ -105,6 +106,8 @@ class Agent:
         self.tree = LatencyTree(self.node_id, float(config.cpus), random.Random(self.node_id + "tree"),
                                 TreeConfig(period=tree_period), now=self.started)
         self.pool = WorkerPool(config.cpus, config.name)
+        self.bytes_in = 0
+        self.book = CallBook()  # calls submitted over REST, until read
         self.delays = delay.from_env()  # test knob: emulated one-way delays per peer name
         self.delay_line = delay.DelayLine()
         self.waker = Waker()
@@ -281,6 +284,7 @@ class Agent:
                 self.dropped["frames"] = self.dropped.get("frames", 0) + 1
                 continue
             identity, frame = parts
+            self.bytes_in += len(frame)
             msg = self._decode(frame)
             if msg is not None:
                 self._on_router(identity, msg, now)
@@ -314,6 +318,7 @@ class Agent:
                 frame = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            self.bytes_in += len(frame)
             msg = self._decode(frame)
             if msg is None:
                 continue
@@ -358,6 +363,15 @@ class Agent:
                     b.set_result(self._answer(m.Query(0, a)))
                 except Exception as exc:  # report to the asking thread, keep the loop
                     b.set_exception(exc)
+            elif kind == "rest-call":  # a: a Call built by the REST thread
+                self.book.add(a.call_id, a.function, now)
+                self._do(self.dispatcher.submit(a, CallBook.identity(a.call_id)), now)
+                b.set_result(a.call_id)
+            elif kind == "call-state":  # a: a call id
+                entry = self.dispatcher.pending.get(a)
+                where = None if entry is None else (
+                    entry.where if entry.where in ("local", "backlog") else self._name_of(entry.where))
+                b.set_result(self.book.view(a, where))
 
     def _on_announcement(self, ann) -> None:
         """mDNS thread: check the announcement's authenticator, queue it for the loop."""
@@ -373,10 +387,15 @@ class Agent:
             self._inbox.put(("found", ann.node_id, ann.address))
         self.waker.wake()
 
-    def ask(self, what: str, timeout: float = 5.0) -> m.Answer:
-        """From another thread (REST): the loop's answer to a query. Raises TimeoutError."""
+    def ask(self, what: str, timeout: float = 5.0, arg=None):
+        """From another thread (REST): ``what`` is a query name (answered with an
+        Answer), or "rest-call" (``arg``: a Call; returns its id) or "call-state"
+        (``arg``: a call id; returns the call's document or None). Raises TimeoutError."""
         fut: Future = Future()
-        self._inbox.put(("ask", what, fut))
+        if what in ("rest-call", "call-state"):
+            self._inbox.put((what, arg, fut))
+        else:
+            self._inbox.put(("ask", what, fut))
         self.waker.wake()
         return fut.result(timeout)
 
@@ -407,7 +426,10 @@ class Agent:
                 if not sent:
                     self._do(self.dispatcher.forward_failed(act.call.call_id, act.peer_id), now)
             elif isinstance(act, dp.Deliver):
-                self._reply(act.identity, m.encode(act.result), now)
+                if CallBook.owns(act.identity):
+                    self.book.finish(act.identity, act.result, now)
+                else:
+                    self._reply(act.identity, m.encode(act.result), now)
             elif isinstance(act, SendAdvert):
                 member = self.members.members.get(act.peer)
                 if member is not None and member.conn is not None:
@@ -503,6 +525,7 @@ class Agent:
             "dropped": dict(self.dropped, sends=self.transport.dropped_sends,
                             duplicate_results=d.counters["duplicate_results"]),
             "worker_crashes": self.pool.crashes,
+            "bytes": {"in": self.bytes_in, "out": self.transport.bytes_out},
             "membership": dict(self.members.counters, local_health=self.members.health.score,
                                incarnation=self.members.me.incarnation),
             "secure": self.config.key is not None,
@@ -516,10 +539,14 @@ class Agent:
             return m.Answer(q.qid, q.what, self.status())
         if q.what == "peers":
             return m.Answer(q.qid, q.what, self.members.views())
+        if q.what == "metrics":
+            from mesh.metrics import render
+
+            return m.Answer(q.qid, q.what, render(self.status(), self.members.views()))
         if q.what == "tree-node":  # this agent's place in the tree (mesh tree gathers them)
             return m.Answer(q.qid, q.what, dict(self.tree.record(self.config.name),
                                                 address=self.address, view=self.tree.view()))
-        return m.Answer(q.qid, q.what, None, f"unknown query {q.what!r} (status, peers, tree-node)")
+        return m.Answer(q.qid, q.what, None, f"unknown query {q.what!r} (status, peers, tree-node, metrics)")
 
 
 def install_signal_handlers(agent: Agent) -> None:

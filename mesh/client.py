@@ -17,6 +17,7 @@ import queue
 import socket
 import threading
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import zmq
@@ -105,7 +106,7 @@ class Client:
         self._post(m.encode(m.Query(qid, what)))
         try:
             answer = fut.result(timeout)
-        except TimeoutError:
+        except (TimeoutError, FutureTimeout):  # distinct classes on 3.10
             why = f" ({self.auth_failure})" if self.auth_failure else (
                 "" if self.key is None else " (or it does not hold this mesh key)")
             raise AgentUnreachable(f"no answer from agent at {self.address} within {timeout} s{why}") from None

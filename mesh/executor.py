@@ -8,9 +8,9 @@ call) and the worker is started again. Heartbeats are answered by the agent's
 loop, so a device whose every slot is busy is still alive.
 
 Frames between agent and worker are CBOR lists:
-  agent -> worker: ``[call_id, function, payload]``
+  agent -> worker: ``[call_id, function, payload, want_json]``
   worker -> agent: ``["ready", pid]`` once, then
-                   ``[call_id, ok, value, error_type, error, traceback]`` per call.
+                   ``[call_id, ok, value, error_type, error, traceback, json]`` per call.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ class WorkerPool:
             if w.call_id is None:
                 w.call_id = call.call_id
                 try:
-                    w.conn.send(cbor2.dumps([call.call_id, call.function, call.payload]))
+                    w.conn.send(cbor2.dumps([call.call_id, call.function, call.payload, call.want_json]))
                 except OSError:
                     return self._crashed(w)
                 return None
@@ -129,9 +129,9 @@ class WorkerPool:
                 if frame and frame[0] == "ready":
                     w.ready = True
                     continue
-                call_id, ok, value, error_type, error, tb = frame
+                call_id, ok, value, error_type, error, tb, text = frame
                 w.call_id = None
-                results.append(Result(call_id, ok, value, self.agent_name, error_type, error, tb))
+                results.append(Result(call_id, ok, value, self.agent_name, error_type, error, tb, text))
         except (EOFError, OSError, ValueError, cbor2.CBORDecodeError):
             failed = self._crashed(w)
             if failed is not None:

@@ -170,6 +170,7 @@ class Call(Message):
     hops: int = 0
     origin: str = ""
     visited: list[str] = field(default_factory=list)  # agents it was delegated from
+    want_json: bool = False  # also return the value as JSON text (REST callers)
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,7 @@ class Result(Message):
     error_type: str = ""
     error: str = ""
     traceback: str = ""
+    json: str = ""  # the value as JSON text, when the call asked for it
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,7 @@ class Transport:
         if self.zap is not None:
             self.poller.register(self.zap, zmq.POLLIN)
         self.dropped_sends = 0
+        self.bytes_out = 0
         self._closed = False
 
     @property
@@ -156,6 +157,7 @@ class Transport:
             return False
         try:
             sock.send(frame, zmq.NOBLOCK)
+            self.bytes_out += len(frame)
             return True
         except zmq.ZMQError:
             self.dropped_sends += 1
@@ -165,6 +167,7 @@ class Transport:
         """Send over the ROUTER to the connection ``identity``."""
         try:
             self.router.send_multipart([identity, frame], zmq.NOBLOCK)
+            self.bytes_out += len(frame)
             return True
         except zmq.ZMQError:
             self.dropped_sends += 1

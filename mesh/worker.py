@@ -8,6 +8,7 @@ process is gone. Exceptions in user code are results, never the worker's death.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import pickle
 import signal
@@ -38,8 +39,8 @@ def resolve(function: str):
     return obj
 
 
-def run_call(function: str, payload: bytes) -> list:
-    """Run one call; returns ``[ok, value, error_type, error, traceback]``."""
+def run_call(function: str, payload: bytes, want_json: bool = False) -> list:
+    """Run one call; returns ``[ok, value, error_type, error, traceback, json]``."""
     try:
         if function:
             fn = resolve(function)
@@ -50,7 +51,8 @@ def run_call(function: str, payload: bytes) -> list:
     except BaseException as exc:  # noqa: BLE001 - user code may raise anything, even SystemExit
         return _failure(exc)
     try:
-        return [True, cloudpickle.dumps(value), "", "", ""]
+        text = json.dumps(value, default=repr) if want_json else ""
+        return [True, cloudpickle.dumps(value), "", "", "", text]
     except Exception as exc:
         return _failure(exc, prefix="the result could not be pickled: ")
 
@@ -62,7 +64,7 @@ def _failure(exc: BaseException, prefix: str = "") -> list:
         pickle.loads(blob)  # only send what the caller can rebuild
     except Exception:
         blob = b""
-    return [False, blob, type(exc).__name__, prefix + str(exc), tb]
+    return [False, blob, type(exc).__name__, prefix + str(exc), tb, ""]
 
 
 def _watch_parent(parent: int) -> None:
@@ -91,8 +93,8 @@ def main() -> None:
             frame = conn.recv()
         except (EOFError, OSError):
             return
-        call_id, function, payload = cbor2.loads(frame)
-        conn.send(cbor2.dumps([call_id, *run_call(function, payload)]))
+        call_id, function, payload, want_json = cbor2.loads(frame)
+        conn.send(cbor2.dumps([call_id, *run_call(function, payload, want_json)]))
 
 
 if __name__ == "__main__":
