@@ -316,6 +316,51 @@ def call(agent, timeout, key_file, as_json, function, args):
         click.echo(value if isinstance(value, str) else repr(value))
 
 
+@main.group()
+def resources():
+    """COMPSs-style live resource changes: add, reduce, lost."""
+
+
+def _change(agent, timeout, key_file, action, cpus=0, peer=""):
+    with _client(agent, timeout, key_file) as client:
+        try:
+            body = client.resources(action, cpus, peer, timeout)
+        except ValueError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_RAISED)
+    click.echo(f"{body['name']}: {body['cpus']['total']} slot(s), {body['cpus']['free']} free, "
+               f"{body['peers_alive']} peer(s) alive")
+
+
+@resources.command("add")
+@_agent_option
+@click.option("--cpus", type=click.IntRange(1, 1024), default=None, help="Grow this agent's slots by N.")
+@click.option("--peer", default=None, help="Link the agent at HOST:PORT as a neighbour.")
+def resources_add(agent, timeout, key_file, cpus, peer):
+    """Add slots to the agent, or link another agent as its neighbour."""
+    if (cpus is None) == (peer is None):
+        raise click.UsageError("give exactly one of --cpus N or --peer HOST:PORT")
+    if peer is not None:
+        _address(peer, "--peer")
+    _change(agent, timeout, key_file, "add", cpus or 0, peer or "")
+
+
+@resources.command("reduce")
+@_agent_option
+@click.option("--cpus", type=click.IntRange(1, 1024), required=True, help="Remove N slots (running calls finish).")
+def resources_reduce(agent, timeout, key_file, cpus):
+    """Remove slots lazily: running calls finish first."""
+    _change(agent, timeout, key_file, "reduce", cpus)
+
+
+@resources.command("lost")
+@_agent_option
+@click.argument("member")
+def resources_lost(agent, timeout, key_file, member):
+    """Declare MEMBER (name or id) lost: dropped at once, its calls placed again."""
+    _change(agent, timeout, key_file, "lost", 0, member)
+
+
 @main.command()
 @click.option("--agents", type=click.IntRange(1, 8), default=3, show_default=True)
 @click.option("--calls", type=click.IntRange(1, 200), default=12, show_default=True)

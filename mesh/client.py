@@ -117,6 +117,25 @@ class Client:
             raise ValueError(answer.error)
         return answer.body
 
+    def resources(self, action: str, cpus: int = 0, peer: str = "", timeout: float = 5.0) -> Any:
+        """COMPSs-style resource change (see ``messages.Resources``); returns the agent's
+        status after it. Raises ValueError with the agent's message when refused."""
+        qid = next(self._qids)
+        fut: Future = Future()
+        with self._lock:
+            self._queries[qid] = fut
+        self._post(m.encode(m.Resources(qid, action, cpus, peer)))
+        try:
+            answer = fut.result(timeout)
+        except (TimeoutError, FutureTimeout):  # distinct classes on 3.10
+            raise AgentUnreachable(f"no answer from agent at {self.address} within {timeout} s") from None
+        finally:
+            with self._lock:
+                self._queries.pop(qid, None)
+        if answer.error:
+            raise ValueError(answer.error)
+        return answer.body
+
     def close(self) -> None:
         """Stop the client's thread and fail calls still pending. Safe to call twice."""
         global _default

@@ -47,6 +47,7 @@ class WorkerPool:
         self.agent_name = agent_name
         self.workers: list[Worker] = []
         self.crashes = 0
+        self.target = size
         self._closed = False
         self.resize(size)
 
@@ -65,10 +66,15 @@ class WorkerPool:
         return Worker(proc, conn)
 
     def resize(self, size: int) -> None:
-        """Grow at once; shrink by retiring idle workers (busy ones finish first)."""
-        while len(self.workers) < size:
+        """Grow at once; shrink by retiring idle workers now and busy ones when their
+        call finishes (COMPSs' lazy reduce)."""
+        self.target = max(size, 0)
+        while len(self.workers) < self.target:
             self.workers.append(self._spawn())
-        excess = len(self.workers) - size
+        self._retire_idle()
+
+    def _retire_idle(self) -> None:
+        excess = len(self.workers) - self.target
         for w in [w for w in self.workers if w.call_id is None][: max(excess, 0)]:
             self._stop(w)
             self.workers.remove(w)
@@ -132,6 +138,10 @@ class WorkerPool:
                 call_id, ok, value, error_type, error, tb, text = frame
                 w.call_id = None
                 results.append(Result(call_id, ok, value, self.agent_name, error_type, error, tb, text))
+                if len(self.workers) > self.target:
+                    self._retire_idle()  # a reduce was waiting for this call
+                    if w not in self.workers:
+                        break
         except (EOFError, OSError, ValueError, cbor2.CBORDecodeError):
             failed = self._crashed(w)
             if failed is not None:
@@ -151,7 +161,7 @@ class WorkerPool:
             w.conn.close()
         except OSError:
             pass
-        if not self._closed:
+        if not self._closed and len(self.workers) < self.target:
             self.workers.append(self._spawn())
         if w.call_id is None:
             return None

@@ -201,6 +201,20 @@ class Query(Message):
 
 
 @dataclass(frozen=True)
+class Resources(Message):
+    """COMPSs-style live resource change (a client asks an agent): ``add`` slots
+    (``cpus``) or a neighbour (``peer`` = host:port), ``reduce`` slots (lazily: running
+    calls finish), or ``lost`` (``peer`` = a member's name or id: dropped at once and
+    its calls placed again). Answered by ``Answer`` with the agent's status."""
+
+    TAG: ClassVar[str] = "resources"
+    qid: int
+    action: str
+    cpus: int = 0
+    peer: str = ""
+
+
+@dataclass(frozen=True)
 class Answer(Message):
     """Reply to ``Query``: ``body`` is plain JSON-like data (maps, lists, numbers, text)."""
 
@@ -214,7 +228,7 @@ class Answer(Message):
 MESSAGES: dict[str, type[Message]] = {
     cls.TAG: cls
     for cls in (Ping, Pong, PingReq, IndirectAck, Nack, TreeAdvert, Leave, Call, Result, Query,
-                Answer)
+                Resources, Answer)
 }
 RECORDS = (NodeInfo, Load, Digest, Advert)
 

@@ -54,6 +54,7 @@ STRATEGIES = {
     "result": st.builds(m.Result, call_id=texts, ok=st.booleans(), value=st.binary(max_size=200),
                         agent=texts, error_type=texts, error=texts, traceback=texts),
     "query": st.builds(m.Query, qid=ints, what=texts),
+    "resources": st.builds(m.Resources, qid=ints, action=texts, cpus=ints, peer=texts),
     "answer": st.builds(m.Answer, qid=ints, what=texts, body=json_like, error=texts),
 }
 any_message = st.one_of(*STRATEGIES.values())
@@ -74,6 +75,7 @@ EXAMPLES = [
               [m.Digest("cd" * 16, "pi-2", "10.0.0.6:46102", "suspect", 1)]),
     m.IndirectAck(9, "cd" * 16),
     m.Nack(9, "cd" * 16),
+    m.Resources(4, "add", 2, ""),
     m.TreeAdvert("ab" * 16, m.Advert("cd" * 16, 1, 1, 4.0, "", 17, 0.012, "cd" * 16, ["cd" * 16], 5, 0)),
 ]
 

@@ -279,6 +279,30 @@ class Membership:
         self._next_period = now  # start the next period (and this probe) at once
         return []
 
+    def declare_lost(self, node_id: str, now: float) -> list[Action]:
+        """An operator says this member is gone (COMPSs lostNode): dead at once, and
+        the news spreads. A member that is in fact alive refutes and comes back."""
+        member = self.members.get(node_id)
+        if member is None or member.state not in ("alive", "suspect"):
+            return []
+        acts = self._set_state(member, "dead", now)
+        self.counters["deaths"] += 1
+        self.gossip.add(member.digest())
+        return acts
+
+    def find(self, name_or_id: str) -> Member | None:
+        """A member by id, id prefix (8+ hex digits) or name (unique)."""
+        if name_or_id in self.members:
+            return self.members[name_or_id]
+        hits = [m for m in self.members.values()
+                if m.info.name == name_or_id or (len(name_or_id) >= 8 and m.info.id.startswith(name_or_id))]
+        return hits[0] if len(hits) == 1 else None
+
+    def set_cpus(self, cpus: int) -> None:
+        """Our slot count changed: newer news about ourselves (incarnation + 1)."""
+        self.me = NodeInfo(self.me.id, self.me.name, self.me.address, cpus, self.me.incarnation + 1)
+        self.gossip.add(Digest(self.me.id, self.me.name, self.me.address, "alive", self.me.incarnation, cpus))
+
     def probe_soon(self, node_id: str) -> None:
         """Probe this member before the others (someone needs its round-trip time)."""
         member = self.members.get(node_id)
