@@ -27,6 +27,7 @@ import zmq
 
 from mesh import delay
 from mesh import messages as m
+from mesh.agent_queries import AgentQueries
 from mesh.callbook import CallBook
 from mesh.discovery import membership as mb
 from mesh.errors import DecodeError
@@ -88,7 +89,7 @@ class Waker:
         self._w.close()
 
 
-class Agent:
+class Agent(AgentQueries):
     """One mesh agent. ``run()`` blocks until the agent has left."""
 
     def __init__(self, config: AgentConfig) -> None:
@@ -505,88 +506,6 @@ class Agent:
         for fd in set(current) - set(self._worker_fds):
             self.transport.poller.register(fd, zmq.POLLIN)
         self._worker_fds = current
-
-    # ------------------------------------------------------------------ queries
-
-    def status(self) -> dict:
-        d = self.dispatcher
-        return {
-            "id": self.node_id,
-            "name": self.config.name,
-            "address": self.address,
-            "pid": os.getpid(),
-            "protocol": m.PROTOCOL,
-            "uptime_s": round(time.monotonic() - self.started, 3),
-            "cpus": {"total": d.cpus, "free": d.free},
-            "queued": d.queued,
-            "running": d.running,
-            "done": d.counters["done"],
-            "failed": d.counters["failed"],
-            "forwarded": d.counters["forwarded"],
-            "peers_alive": len(self.members.alive()),
-            "dropped": dict(self.dropped, sends=self.transport.dropped_sends,
-                            duplicate_results=d.counters["duplicate_results"]),
-            "worker_crashes": self.pool.crashes,
-            "workers": len(self.pool.workers),
-            "bytes": {"in": self.bytes_in, "out": self.transport.bytes_out},
-            "membership": dict(self.members.counters, local_health=self.members.health.score,
-                               incarnation=self.members.me.incarnation),
-            "secure": self.config.key is not None,
-            "auth": {"rejected": self.transport.auth_rejected,
-                     "handshake_failures": self.transport.handshake_failures},
-            "leaving": self.leaving_since is not None,
-        }
-
-    def change_resources(self, req: m.Resources, now: float) -> m.Answer:
-        """COMPSs add/reduce/lost resources, from a client or REST."""
-        def fail(text: str) -> m.Answer:
-            return m.Answer(req.qid, "resources", None, text)
-
-        if req.action in ("add", "reduce") and req.cpus:
-            if req.cpus < 0 or req.cpus > 1024:
-                return fail("cpus must be between 1 and 1024")
-            cpus = self.dispatcher.cpus + (req.cpus if req.action == "add" else -req.cpus)
-            if cpus < 0:
-                return fail(f"cannot reduce by {req.cpus}: the agent has {self.dispatcher.cpus} slot(s)")
-            if self.leaving_since is not None:
-                return fail("the agent is leaving")
-            self.config.cpus = cpus
-            self.pool.resize(cpus)
-            self._sync_worker_fds()
-            self.members.set_cpus(cpus)
-            self.tree.set_score(float(cpus))
-            log.info("resources: %s %d slot(s), now %d", req.action, req.cpus, cpus)
-            self._do(self.dispatcher.set_cpus(cpus), now)
-        elif req.action == "add" and req.peer:
-            host, sep, port = req.peer.rpartition(":")
-            if not sep or not host or not port.isdigit():
-                return fail(f"expected HOST:PORT, got {req.peer!r}")
-            log.info("resources: linking %s as a neighbour", req.peer)
-            self._do(self.members.add_seed(req.peer, now), now)
-        elif req.action == "lost" and req.peer:
-            member = self.members.find(req.peer)
-            if member is None:
-                return fail(f"no member named {req.peer!r}")
-            log.info("resources: %s declared lost by an operator", member.info.name)
-            self._do(self.members.declare_lost(member.info.id, now), now)
-        else:
-            return fail("expected add/reduce with cpus, add with a peer HOST:PORT, or lost with a member")
-        return m.Answer(req.qid, "resources", self.status())
-
-    def _answer(self, q: m.Query) -> m.Answer:
-        if q.what == "status":
-            return m.Answer(q.qid, q.what, self.status())
-        if q.what == "peers":
-            return m.Answer(q.qid, q.what, self.members.views())
-        if q.what == "metrics":
-            from mesh.metrics import render
-
-            return m.Answer(q.qid, q.what, render(self.status(), self.members.views()))
-        if q.what == "tree-node":  # this agent's place in the tree (mesh tree gathers them)
-            return m.Answer(q.qid, q.what, dict(self.tree.record(self.config.name),
-                                                address=self.address, view=self.tree.view()))
-        return m.Answer(q.qid, q.what, None, f"unknown query {q.what!r} (status, peers, tree-node, metrics)")
-
 
 def install_signal_handlers(agent: Agent) -> None:
     """First SIGINT/SIGTERM: graceful leave. Second SIGINT: exit at once."""
