@@ -370,6 +370,8 @@ class Agent(AgentQueries):
                 self.book.add(a.call_id, a.function, now)
                 self._do(self.dispatcher.submit(a, CallBook.identity(a.call_id)), now)
                 b.set_result(a.call_id)
+            elif kind == "resources":  # a: a Resources request (COMPSs endpoints)
+                b.set_result(self.change_resources(a, now))
             elif kind == "call-state":  # a: a call id
                 entry = self.dispatcher.pending.get(a)
                 where = None if entry is None else (
@@ -395,7 +397,7 @@ class Agent(AgentQueries):
         Answer), or "rest-call" (``arg``: a Call; returns its id) or "call-state"
         (``arg``: a call id; returns the call's document or None). Raises TimeoutError."""
         fut: Future = Future()
-        if what in ("rest-call", "call-state"):
+        if what in ("rest-call", "call-state", "resources"):
             self._inbox.put((what, arg, fut))
         else:
             self._inbox.put(("ask", what, fut))

@@ -6,6 +6,16 @@
                            "result" | "error": {"type","message","traceback"}, "agent", "seconds"}
     GET  /metrics    Prometheus text format
 
+COMPSs-compatible (``mesh/compss.py`` parses the XML that COMPSs agent scripts send):
+
+    GET    /COMPSs/test, /COMPSs/resources
+    PUT    /COMPSs/startApplication   (lang PYTHON: className = module, methodName = function)
+                                       -> the call's id as text/plain (see /v1/calls/{id})
+    PUT    /COMPSs/addResources       own name: grow slots; another name with a Port: link it
+    PUT    /COMPSs/removeResources    own name: reduce slots lazily
+    PUT    /COMPSs/lostNode           drop that member at once, re-place its calls
+    DELETE /COMPSs                    graceful leave
+
 With a mesh key it listens on the agent's interface and every request must carry
 ``Authorization: Bearer <token>`` (``mesh token`` prints it); without a key it
 listens on loopback only. Requests are served by a standard-library HTTP server in
@@ -26,13 +36,16 @@ import threading
 from concurrent.futures import TimeoutError as FutureTimeout
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from mesh import compss
 from mesh import messages as m
 
 log = logging.getLogger("mesh.rest")
 
 MAX_BODY = 16 * 1024 * 1024
 QUERIES = {"/v1/status": "status", "/v1/peers": "peers"}
-RESOURCES = sorted([*QUERIES, "/v1/tree", "/v1/calls", "/v1/calls/{id}", "/metrics"])
+RESOURCES = sorted([*QUERIES, "/v1/tree", "/v1/calls", "/v1/calls/{id}", "/metrics", "/COMPSs/test",
+                    "/COMPSs/resources", "/COMPSs/startApplication", "/COMPSs/addResources",
+                    "/COMPSs/removeResources", "/COMPSs/lostNode", "/COMPSs"])
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -55,6 +68,10 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(200, answer.body.encode(), "text/plain; version=0.0.4; charset=utf-8")
             if path == "/v1/tree":
                 return self._json(200, self._tree())
+            if path == "/COMPSs/test":
+                return self._send(200, b"", "text/plain")
+            if path == "/COMPSs/resources":
+                return self._send(200, json.dumps(self._compss_resources()).encode(), "text/plain")
             if path.startswith("/v1/calls/"):
                 doc = self.agent.ask("call-state", arg=path[len("/v1/calls/"):])
                 if doc is None:
@@ -86,10 +103,80 @@ class _Handler(BaseHTTPRequestHandler):
         return self._json(201, {"id": call_id})
 
     def do_PUT(self) -> None:  # noqa: N802
-        if self._authorised():
-            self._json(405, {"error": "no resource here accepts PUT", "resources": RESOURCES})
+        if not self._authorised():
+            return
+        path = self.path.split("?", 1)[0].rstrip("/")
+        handler = {"/COMPSs/startApplication": self._compss_start,
+                   "/COMPSs/addResources": self._compss_resources_change,
+                   "/COMPSs/removeResources": self._compss_resources_change,
+                   "/COMPSs/lostNode": self._compss_lost}.get(path)
+        if handler is None:
+            return self._json(405 if path in QUERIES else 404,
+                              {"error": f"cannot PUT to {path}", "resources": RESOURCES})
+        length = self.headers.get("Content-Length")
+        if not length or not length.isdigit() or int(length) > compss.MAX_XML_BYTES:
+            return self._send(400, b"an XML body with a Content-Length (at most 4 MiB) is required",
+                              "text/plain")
+        body = self.rfile.read(int(length))
+        try:
+            handler(body)
+        except compss.CompssRequestError as exc:
+            self._send(exc.status, str(exc).encode(), "text/plain")
+        except (TimeoutError, FutureTimeout):  # distinct classes on 3.10
+            self._send(503, b"the agent did not answer in time", "text/plain")
 
-    do_DELETE = do_PATCH = do_PUT  # noqa: N815
+    def do_DELETE(self) -> None:  # noqa: N802
+        if not self._authorised():
+            return
+        if self.path.split("?", 1)[0].rstrip("/") == "/COMPSs":
+            self._send(200, b"", "text/plain")
+            self.agent.request_leave()  # graceful, as SIGTERM
+            return
+        self._json(405, {"error": "no resource here accepts DELETE", "resources": RESOURCES})
+
+    def do_PATCH(self) -> None:  # noqa: N802
+        if self._authorised():
+            self._json(405, {"error": "no resource here accepts PATCH", "resources": RESOURCES})
+
+    # ------------------------------------------------------------------ COMPSs
+
+    def _compss_start(self, body: bytes) -> None:
+        req = compss.parse_start_application(body)
+        payload = pickle.dumps((tuple(req.args), {}))
+        call = m.Call(os.urandom(12).hex(), f"{req.module}:{req.function}", payload, want_json=True)
+        call_id = self.agent.ask("rest-call", arg=call)
+        self._send(200, call_id.encode(), "text/plain")
+
+    def _compss_resources_change(self, body: bytes) -> None:
+        req = compss.parse_resources(body)
+        own = req.name in (self.agent.config.name, self.agent.config.interface, self.agent.address)
+        if own and req.cpus > 0:
+            answer = self.agent.ask("resources", arg=m.Resources(0, req.kind, req.cpus, ""))
+        elif not own and req.kind == "add" and req.address:
+            answer = self.agent.ask("resources", arg=m.Resources(0, "add", 0, req.address))
+        elif own:
+            raise compss.CompssRequestError(400, "no computing units to add or remove")
+        else:
+            raise compss.CompssRequestError(
+                400, f"{req.name} is not this agent: adding another agent needs its Port; "
+                     "removing applies to this agent's own slots (use lostNode to drop a peer)")
+        if answer.error:
+            raise compss.CompssRequestError(500, answer.error)
+        self._send(200, b"", "text/plain")
+
+    def _compss_lost(self, body: bytes) -> None:
+        name = compss.parse_lost_node(body)
+        answer = self.agent.ask("resources", arg=m.Resources(0, "lost", 0, name))
+        if answer.error:
+            raise compss.CompssRequestError(500, answer.error)
+        self._send(200, b"", "text/plain")
+
+    def _compss_resources(self) -> dict:
+        status = self.agent.ask("status").body
+        peers = self.agent.ask("peers").body
+        me = compss.NodeResources(status["name"], status["cpus"]["total"])
+        others = [compss.NodeResources(p["name"], p["cpus"]) for p in peers if p["state"] == "alive"]
+        return compss.resources_json(me, others)
 
     # ------------------------------------------------------------------ helpers
 
