@@ -494,9 +494,16 @@ class Agent(AgentQueries):
         else:
             log.info("peer %s (%s): %s -> %s (incarnation %d)", act.name, act.node_id[:8], act.old,
                      act.new, act.incarnation)
-        if act.new in ("dead", "left", "suspect"):
-            self._do(self.dispatcher.peer_lost(act.node_id) if act.new != "suspect"
-                     else self.dispatcher.peer_suspect(act.node_id), now)
+        if act.new == "suspect":
+            self._do(self.dispatcher.peer_suspect(act.node_id), now)
+        elif act.new in ("dead", "left"):
+            acts = self.dispatcher.peer_lost(act.node_id)
+            if acts:
+                where = ", ".join(sorted(
+                    self._name_of(a.peer_id) if isinstance(a, dp.Forward)
+                    else "here" if isinstance(a, dp.RunLocal) else "failed" for a in acts))
+                log.info("reassigning %d call(s) held by %s: %s", len(acts), act.name, where)
+            self._do(acts, now)
 
     def _sync_worker_fds(self) -> None:
         current = {w.fileno(): w for w in self.pool.workers}

@@ -174,6 +174,7 @@ def test_killed_peer_is_declared_dead_and_its_call_reassigned(agents):
                  "b to be declared dead")
         result = fut.result(30)  # reassigned to c, which runs it in full
         assert result["agent"] == "r2" and result["square"] == 1
+    assert "reassigning 1 call(s) held by r1: r2" in a.log()  # one INFO line an operator can read
 
 
 def test_leave_waits_for_running_calls_and_a_second_sigint_exits_at_once(agents):
