@@ -98,37 +98,28 @@ class Client:
         return self._send_call(function, pickle.dumps((tuple(args), dict(kwargs or {}))))
 
     def query(self, what: str, timeout: float = 5.0) -> Any:
-        """Ask the agent ``status`` or ``peers``. Raises AgentUnreachable on time-out."""
+        """Ask the agent ``status``, ``peers``, ``tree-node`` or ``metrics``. Raises
+        AgentUnreachable on time-out, ValueError when the agent refuses."""
+        return self._ask(lambda qid: m.Query(qid, what), timeout)
+
+    def resources(self, action: str, cpus: int = 0, peer: str = "", timeout: float = 5.0) -> Any:
+        """COMPSs-style resource change (see ``messages.Resources``); returns the agent's
+        status after it. Raises ValueError with the agent's message when refused."""
+        return self._ask(lambda qid: m.Resources(qid, action, cpus, peer), timeout)
+
+    def _ask(self, make, timeout: float) -> Any:
+        """Send ``make(qid)`` and wait for the ``Answer`` with that qid."""
         qid = next(self._qids)
         fut: Future = Future()
         with self._lock:
             self._queries[qid] = fut
-        self._post(m.encode(m.Query(qid, what)))
+        self._post(m.encode(make(qid)))
         try:
             answer = fut.result(timeout)
         except (TimeoutError, FutureTimeout):  # distinct classes on 3.10
             why = f" ({self.auth_failure})" if self.auth_failure else (
                 "" if self.key is None else " (or it does not hold this mesh key)")
             raise AgentUnreachable(f"no answer from agent at {self.address} within {timeout} s{why}") from None
-        finally:
-            with self._lock:
-                self._queries.pop(qid, None)
-        if answer.error:
-            raise ValueError(answer.error)
-        return answer.body
-
-    def resources(self, action: str, cpus: int = 0, peer: str = "", timeout: float = 5.0) -> Any:
-        """COMPSs-style resource change (see ``messages.Resources``); returns the agent's
-        status after it. Raises ValueError with the agent's message when refused."""
-        qid = next(self._qids)
-        fut: Future = Future()
-        with self._lock:
-            self._queries[qid] = fut
-        self._post(m.encode(m.Resources(qid, action, cpus, peer)))
-        try:
-            answer = fut.result(timeout)
-        except (TimeoutError, FutureTimeout):  # distinct classes on 3.10
-            raise AgentUnreachable(f"no answer from agent at {self.address} within {timeout} s") from None
         finally:
             with self._lock:
                 self._queries.pop(qid, None)
