@@ -10,7 +10,11 @@ from __future__ import annotations
 from mesh.errors import AgentUnreachable, MeshError, RemoteError
 
 __version__ = "0.1.0"
-__all__ = ["connect", "Client", "MeshError", "AgentUnreachable", "RemoteError", "__version__"]
+__all__ = ["connect", "Client", "MeshError", "AgentUnreachable", "RemoteError", "__version__",
+           "task", "constraint", "wait_on", "wait_on_file", "barrier", "TaskGroup", "TaskFuture",
+           "TaskFailed", "TaskCancelled", "TaskTimedOut",
+           "IN", "OUT", "INOUT", "FILE_IN", "FILE_OUT", "FILE_INOUT"]
+_API = frozenset(__all__[6:])
 
 
 def __getattr__(name: str):
@@ -18,4 +22,8 @@ def __getattr__(name: str):
         from mesh import client
 
         return getattr(client, name)
+    if name in _API:
+        from mesh import api
+
+        return getattr(api, name)
     raise AttributeError(f"module 'mesh' has no attribute {name!r}")

@@ -1,0 +1,484 @@
+"""The program-side runtime of the task model (``mesh.api``): it drives a ``TaskGraph``.
+
+Theory of operation
+-------------------
+As in PyCOMPSs, the graph lives in the process that runs the main program. One
+``Runtime`` belongs to one ``Client`` (the process's default client when a task is
+called). Every graph event runs under ``Runtime.lock`` and its actions are carried
+out at once, in order, under the same lock:
+
+* ``Snapshot``: store the program's value (the object itself, or the bytes of the
+  file read now) as that version;
+* ``Ready``: bind the versions read into the call's arguments and send
+  ``_execute(fn, ...)`` with ``client.submit`` (non-blocking: it only queues a frame);
+* ``Resolved``: complete the ``wait_on`` waiter of that version;
+* ``Release``: drop the stored value; ``Finished``/``Cancelled``/``GraphFailed``:
+  bookkeeping (the task's fate, task groups, ``barrier``).
+
+The client's thread never takes the lock: a result only puts an event on ``inbox``.
+The runtime's own thread (``mesh-runtime``) takes events off it, calls ``graph.done``
+and ticks the graph for time-outs. Futures dropped by the program post a ``forget``
+there too (a finalizer may run anywhere, even inside the lock).
+
+Values are sent when a task is ready, not copied when it is called: an object passed
+as a plain argument (not INOUT) must not be changed by the program before its task
+ran. A timed-out attempt cannot be stopped on its agent (the client has no cancel):
+its late result is ignored and its worker stays busy until the function returns.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import logging
+import os
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from mesh.errors import LocalProtocolError
+from mesh.sched.graph import (
+    IN,
+    INOUT,
+    OUT,
+    Cancelled,
+    DataVersion,
+    Finished,
+    GraphFailed,
+    Kill,
+    OnFailure,
+    Outcome,
+    Param,
+    Ready,
+    Release,
+    Resolved,
+    Snapshot,
+    TaskGraph,
+    TaskSpec,
+    TaskState,
+    return_id,
+)
+from mesh.taskexec import TaskCancelled, TaskFailed, TaskFuture, TaskTimedOut, _execute, _FileArg
+
+__all__ = ["Runtime", "TaskCancelled", "TaskFailed", "TaskFuture", "TaskTimedOut", "current"]
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------ program side
+
+
+class _Slot:
+    """Placeholder for parameter ``index`` of a call, in the argument template."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+
+@dataclass
+class _SlotInfo:
+    kind: str  # "future" | "obj" | "file"
+    value: Any = None  # the program's object (obj) or the absolute path (file)
+
+
+@dataclass
+class _Call:
+    fn: Any
+    signature: inspect.Signature
+    template: dict
+    slots: list[_SlotInfo]
+    returns: int
+    groups: list = field(default_factory=list)
+
+
+def substitute(x: Any, values: list) -> Any:
+    """``x`` with every ``_Slot`` replaced by its value; containers without slots are
+    returned as they are (no copy)."""
+    if isinstance(x, _Slot):
+        return values[x.index]
+    if type(x) in (list, tuple):
+        items = [substitute(i, values) for i in x]
+        if any(a is not b for a, b in zip(items, x, strict=True)):
+            return items if type(x) is list else tuple(items)
+        return x
+    if type(x) is dict:
+        new = {k: substitute(v, values) for k, v in x.items()}
+        return new if any(new[k] is not x[k] for k in x) else x
+    return x
+
+
+def scan(x: Any, on_future) -> Any:
+    """``x`` with every TaskFuture inside lists, tuples and dicts (recursively) replaced
+    by ``on_future(fut)``; containers without futures are returned as they are."""
+    if isinstance(x, TaskFuture):
+        return on_future(x)
+    if type(x) in (list, tuple):
+        items = [scan(i, on_future) for i in x]
+        if any(a is not b for a, b in zip(items, x, strict=True)):
+            return items if type(x) is list else tuple(items)
+        return x
+    if type(x) is dict:
+        new = {k: scan(v, on_future) for k, v in x.items()}
+        return new if any(new[k] is not x[k] for k in x) else x
+    return x
+
+
+class _Group:
+    def __init__(self) -> None:
+        self.pending = 0
+        self.failed: list[str] = []
+
+
+class Runtime:
+    """The task graph of the program's tasks sent through one client. See the module
+    docstring."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+        self.graph = TaskGraph()
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._ids = itertools.count(1)
+        self._calls: dict[str, _Call] = {}
+        self._values: dict[DataVersion, Any] = {}
+        self._running: dict[str, Ready] = {}
+        self._waiters: dict[DataVersion, tuple[Future, str | None]] = {}
+        self._last_exc: dict[str, BaseException] = {}
+        self._fate: dict[str, BaseException] = {}
+        self._last_writer: dict[str, str] = {}
+        self._objects: dict[int, tuple[str, Any]] = {}  # id(obj) -> (data id, obj): pinned
+        self._object_of: dict[str, Any] = {}
+        self._groups: dict[str, list[_Group]] = {}
+        self.failure: tuple[str, str] | None = None
+        self.failure_exc: BaseException | None = None
+        self._failed_exc: BaseException | None = None
+        self.stale_results = 0
+        self._thread = threading.Thread(target=self._loop, name="mesh-runtime", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ program thread
+
+    def call(self, fn, signature: inspect.Signature, directions: dict, args: tuple, kwargs: dict,
+             returns: int, name: str, priority: bool, on_failure: OnFailure,
+             time_out: float | None, groups: list) -> list[str]:
+        """Submit one task call; returns its task id and the data ids of its returns."""
+        bound = signature.bind(*args, **kwargs)
+        params: list[Param] = []
+        slots: list[_SlotInfo] = []
+
+        def add(param: Param, info: _SlotInfo) -> _Slot:
+            params.append(param)
+            slots.append(info)
+            return _Slot(len(params) - 1)
+
+        def future(fut: TaskFuture) -> _Slot:
+            if fut.runtime is not self:
+                raise ValueError("this future belongs to another mesh connection")
+            return add(Param(IN, fut.data_id), _SlotInfo("future"))
+
+        template: dict = {}
+        with self.lock:
+            for pname, value in bound.arguments.items():
+                d = directions.get(pname, IN)
+                if d.is_file:
+                    path = os.path.abspath(os.fspath(value))
+                    data_id = "file:" + path
+                    if d.reads and not os.path.exists(path) and not self._known(data_id):
+                        raise FileNotFoundError(f"{name}: input file {path!r} does not exist")
+                    template[pname] = add(Param(d, data_id), _SlotInfo("file", path))
+                elif d in (INOUT, OUT):
+                    if isinstance(value, TaskFuture):
+                        template[pname] = add(Param(d, value.data_id), _SlotInfo("obj", None))
+                    else:
+                        template[pname] = add(Param(d, self._object_id(value)), _SlotInfo("obj", value))
+                elif isinstance(value, TaskFuture):
+                    template[pname] = future(value)
+                elif id(value) in self._objects and self._objects[id(value)][1] is value:
+                    data_id = self._objects[id(value)][0]  # an object a task writes: a dependency
+                    template[pname] = add(Param(IN, data_id), _SlotInfo("obj", value))
+                else:
+                    template[pname] = scan(value, future)
+            task_id = f"{name}-{next(self._ids)}"
+            spec = TaskSpec(task_id, name, params, returns, priority, on_failure, time_out)
+            self._calls[task_id] = _Call(fn, signature, template, slots, returns, groups)
+            try:
+                acts = self.graph.submit(spec, time.monotonic())
+            except BaseException:
+                del self._calls[task_id]
+                raise
+            for p in params:
+                if p.direction.writes:
+                    self._last_writer[p.data_id] = task_id
+            for g in groups:
+                g.pending += 1
+            if groups:
+                self._groups[task_id] = groups
+            self._apply(acts)
+            self.cond.notify_all()
+        return [task_id] + [return_id(task_id, i) for i in range(returns)]
+
+    def wait(self, items: list[tuple[str, str | None]]) -> list[Any]:
+        """The values of the latest versions of these data (data id, writer task id);
+        raises what the first one that failed raised."""
+        waits = []
+        with self.lock:
+            for data_id, writer in items:
+                version = self.graph.data_state(data_id).version
+                entry = self._waiters.get(version)
+                if entry is None:
+                    entry = self._waiters[version] = (Future(), self._last_writer.get(data_id, writer))
+                waits.append(entry[0])
+            self._apply(self.graph.wait_on([d for d, _ in items]))
+            self.cond.notify_all()
+        return [w.result() for w in waits]
+
+    def object_data_id(self, obj: Any) -> str | None:
+        with self.lock:
+            entry = self._objects.get(id(obj))
+            return entry[0] if entry is not None and entry[1] is obj else None
+
+    def known(self, data_id: str) -> bool:
+        with self.lock:
+            return self._known(data_id)
+
+    def barrier(self) -> None:
+        with self.cond:
+            self.cond.wait_for(lambda: self.graph.active_count == 0)
+            failure = self.failure
+        if failure is not None:
+            task_id, error = failure
+            raise TaskFailed(f"the task graph failed: task {task_id} failed: {error}") \
+                from self.failure_exc
+
+    def wait_group(self, group: _Group) -> None:
+        with self.cond:
+            self.cond.wait_for(lambda: group.pending == 0)
+
+    def forget(self, data_id: str) -> None:
+        """From a finalizer: never takes the lock here."""
+        self.inbox.put(("forget", data_id))
+
+    # ------------------------------------------------------------------ internals
+
+    def _known(self, data_id: str) -> bool:
+        try:
+            self.graph.data_state(data_id)
+        except LocalProtocolError:
+            return False
+        return True
+
+    def _object_id(self, obj: Any) -> str:
+        entry = self._objects.get(id(obj))
+        if entry is not None and entry[1] is obj:
+            return entry[0]
+        data_id = f"obj:{next(self._ids)}"
+        self._objects[id(obj)] = (data_id, obj)
+        self._object_of[data_id] = obj
+        return data_id
+
+    def _loop(self) -> None:
+        closed_since = None
+        while True:
+            with self.lock:
+                nd = self.graph.next_deadline()
+            timeout = 0.5 if nd is None else min(0.5, max(0.0, nd - time.monotonic()))
+            try:
+                events = [self.inbox.get(timeout=timeout)]
+            except queue.Empty:
+                events = []
+            while True:
+                try:
+                    events.append(self.inbox.get_nowait())
+                except queue.Empty:
+                    break
+            with self.cond:
+                for ev in events:
+                    try:
+                        self._event(ev)
+                    except Exception:  # a bug here: keep the runtime alive, say so
+                        log.exception("mesh runtime: handling %r failed", ev[:2])
+                if self.graph.next_deadline() is not None:
+                    self._apply(self.graph.tick(time.monotonic()))
+                self.cond.notify_all()
+                idle = self.graph.active_count == 0
+            if self.client._closed.is_set():
+                closed_since = closed_since or time.monotonic()
+                if (idle and self.inbox.empty()) or time.monotonic() - closed_since > 30:
+                    return
+
+    def _event(self, ev: tuple) -> None:
+        kind = ev[0]
+        if kind == "forget":
+            data_id = ev[1]
+            self._apply(self.graph.forget(data_id))
+            self._last_writer.pop(data_id, None)
+            task_id = data_id.rpartition("#r")[0]
+            if task_id and self.graph.task_state(task_id) is None:
+                self._fate.pop(task_id, None)
+            return
+        _, task_id, attempt, payload = ev
+        ready = self._running.get(task_id)
+        if ready is None or ready.attempt != attempt:
+            self.stale_results += 1  # a killed (timed-out) or cancelled attempt
+            return
+        del self._running[task_id]
+        now = time.monotonic()
+        exc = payload if kind == "failed" else payload.exception()
+        if exc is None:
+            try:
+                self._store(task_id, ready, payload.result())
+            except Exception as e:  # a malformed answer, or writing a file back failed
+                exc = e
+        if exc is None:
+            self._apply(self.graph.done(task_id, attempt, Outcome.OK, now))
+        else:
+            self._last_exc[task_id] = exc
+            self._apply(self.graph.done(task_id, attempt,
+                                        Outcome.failed(f"{type(exc).__name__}: {exc}"), now))
+
+    def _store(self, task_id: str, ready: Ready, result: tuple) -> None:
+        value, outs, files = result
+        call = self._calls[task_id]
+        if call.returns == 1:
+            self._values[ready.returns[0]] = value
+        else:
+            for v, x in zip(ready.returns, value or (), strict=True):
+                self._values[v] = x
+        outs, files = list(outs), list(files)
+        for access, info in zip(ready.params, call.slots, strict=True):
+            data = files.pop(0) if info.kind == "file" else None
+            if access.write is None:
+                continue
+            if info.kind == "file":
+                self._values[access.write] = data
+                if self.graph.data_state(access.write.data_id).version == access.write:
+                    tmp = f"{info.value}.mesh-tmp"
+                    with open(tmp, "wb") as fh:
+                        fh.write(data)
+                    os.replace(tmp, info.value)
+            else:
+                self._values[access.write] = outs.pop(0)
+
+    def _apply(self, acts: list) -> None:
+        for act in acts:
+            if isinstance(act, Ready):
+                self._submit(act)
+            elif isinstance(act, Resolved):
+                entry = self._waiters.pop(act.version, None)
+                if entry is None:
+                    continue
+                fut, writer = entry
+                if act.ok:
+                    fut.set_result(self._values.get(act.version))
+                else:
+                    fut.set_exception(self._fate.get(writer) or TaskFailed(act.error))
+            elif isinstance(act, Snapshot):
+                data_id = act.version.data_id
+                if data_id.startswith("file:"):
+                    try:
+                        with open(data_id[5:], "rb") as fh:
+                            self._values[act.version] = fh.read()
+                    except OSError as exc:  # the task that reads it fails with this
+                        self._values[act.version] = exc
+                else:
+                    self._values[act.version] = self._object_of[data_id]
+            elif isinstance(act, Release):
+                self._values.pop(act.version, None)
+            elif isinstance(act, Kill):
+                ready = self._running.get(act.task_id)
+                if ready is not None and ready.attempt == act.attempt:
+                    del self._running[act.task_id]
+            elif isinstance(act, Finished):
+                if act.state is TaskState.FAILED:
+                    exc = self._last_exc.pop(act.task_id, None)
+                    if exc is None:
+                        cls = TaskTimedOut if act.error.startswith("TimedOut") else TaskFailed
+                        exc = cls(f"task {act.task_id} failed: {act.error}")
+                    self._fate[act.task_id] = exc
+                    self._failed_exc = exc
+                else:
+                    self._last_exc.pop(act.task_id, None)
+                self._terminal(act.task_id, act.state is TaskState.FAILED)
+            elif isinstance(act, Cancelled):
+                self._running.pop(act.task_id, None)
+                self._fate[act.task_id] = TaskCancelled(f"task {act.task_id} cancelled: {act.reason}")
+                self._terminal(act.task_id, False)
+            elif isinstance(act, GraphFailed):
+                self.failure = (act.task_id, act.error)
+                self.failure_exc = self._failed_exc
+
+    def _terminal(self, task_id: str, failed: bool) -> None:
+        self._calls.pop(task_id, None)
+        for g in self._groups.pop(task_id, ()):
+            g.pending -= 1
+            if failed:
+                g.failed.append((task_id, self._fate.get(task_id)))
+        if self.graph.task_state(task_id) is None:  # no output left: nobody can wait on it
+            self._fate.pop(task_id, None)
+
+    def _submit(self, ready: Ready) -> None:
+        call = self._calls[ready.task_id]
+        values: list[Any] = []
+        outs: list[Any] = []
+        files: list[_FileArg] = []
+        for access, info in zip(ready.params, call.slots, strict=True):
+            if info.kind == "file":
+                data = self._values[access.read] if access.read is not None else None
+                if access.read_failed:
+                    data = b""
+                if isinstance(data, OSError):
+                    self._running[ready.task_id] = ready
+                    self.inbox.put(("failed", ready.task_id, ready.attempt, data))
+                    return
+                f = _FileArg(os.path.basename(info.value), data, access.write is not None)
+                files.append(f)
+                values.append(f)
+                continue
+            if access.read is None:  # an OUT object: the program's object as given
+                v = info.value
+            else:
+                v = None if access.read_failed else self._values[access.read]
+            values.append(v)
+            if access.write is not None:
+                outs.append(v)
+        arguments = {k: substitute(t, values) for k, t in call.template.items()}
+        bound = inspect.BoundArguments(call.signature, arguments)
+        task_id, attempt = ready.task_id, ready.attempt
+        try:
+            cf = self.client.submit(_execute, call.fn, bound.args, bound.kwargs, outs, files,
+                                    call.returns)
+        except BaseException as exc:  # client closed, or the arguments do not pickle
+            self._running[task_id] = ready
+            self.inbox.put(("failed", task_id, attempt, exc))
+            return
+        self._running[task_id] = ready
+        if ready.spec.time_out is not None:
+            self._apply(self.graph.started(task_id, attempt, time.monotonic()))
+        cf.add_done_callback(lambda f: self.inbox.put(("result", task_id, attempt, f)))
+
+
+_current: Runtime | None = None
+_current_lock = threading.Lock()
+
+
+def current(create: bool = True) -> Runtime | None:
+    """The runtime of the process's default client, or None when no mesh is connected
+    (task calls then run sequentially)."""
+    global _current
+    from mesh.client import default_client
+
+    client = default_client()
+    if client is None:
+        return None
+    with _current_lock:
+        if _current is None or _current.client is not client:
+            if not create:
+                return None
+            _current = Runtime(client)
+        return _current
