@@ -106,7 +106,10 @@ class Agent(AgentQueries):
         tree_period = TREE_PERIOD[config.profile]
         self.tree = LatencyTree(self.node_id, float(config.cpus), random.Random(self.node_id + "tree"),
                                 TreeConfig(period=tree_period), now=self.started)
-        self.pool = WorkerPool(config.cpus, config.name)
+        worker_env = {"MESH_WORKER_AGENT": self.address}  # nested tasks reach us here
+        if config.key is not None:
+            worker_env["MESH_WORKER_KEY"] = config.key.text()
+        self.pool = WorkerPool(config.cpus, config.name, worker_env)
         self.bytes_in = 0
         self.book = CallBook()  # calls submitted over REST, until read
         self.delays = delay.from_env()  # test knob: emulated one-way delays per peer name
@@ -347,7 +350,11 @@ class Agent(AgentQueries):
         self._do(acts, now)
 
     def _read_worker(self, worker, now: float) -> None:
-        for result in self.pool.readable(worker):
+        results = self.pool.readable(worker)
+        lends, self.pool.lends = self.pool.lends, []
+        for call_id, lent in lends:
+            self._do(self.dispatcher.lend(call_id, lent), now)
+        for result in results:
             self._do(self.dispatcher.local_done(result), now)
         self._sync_worker_fds()
 

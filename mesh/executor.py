@@ -16,6 +16,7 @@ Frames between agent and worker are CBOR lists:
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -35,6 +36,7 @@ class Worker:
     conn: FrameSocket
     call_id: str | None = None  # the call it runs, if any
     ready: bool = False
+    lent: bool = False  # its call is blocked waiting for other tasks (slot lent)
 
     def fileno(self) -> int:
         return self.conn.fileno()
@@ -43,10 +45,12 @@ class Worker:
 class WorkerPool:
     """``size`` worker processes; the dispatcher never gives it more calls than slots."""
 
-    def __init__(self, size: int, agent_name: str) -> None:
+    def __init__(self, size: int, agent_name: str, env: dict | None = None) -> None:
         self.agent_name = agent_name
+        self.env = env  # extra environment of workers (how nested tasks reach the agent)
         self.workers: list[Worker] = []
         self.crashes = 0
+        self.lends: list[tuple[str, bool]] = []  # (call id, lent?) read by the agent
         self.target = size
         self._closed = False
         self.resize(size)
@@ -59,6 +63,7 @@ class WorkerPool:
             [sys.executable, "-m", "mesh.worker", str(child.fileno()), self.agent_name],
             pass_fds=(child.fileno(),),
             stdin=subprocess.DEVNULL,
+            env=None if self.env is None else {**os.environ, **self.env},
             start_new_session=False,
         )
         child.close()
@@ -113,17 +118,19 @@ class WorkerPool:
     # ------------------------------------------------------------------ calls
 
     def run(self, call: Call) -> Result | None:
-        """Hand ``call`` to an idle worker. Returns a failure ``Result`` at once when
-        no worker can take it (a bug in slot accounting, reported, not raised)."""
-        for w in self.workers:
-            if w.call_id is None:
-                w.call_id = call.call_id
-                try:
-                    w.conn.send(cbor2.dumps([call.call_id, call.function, call.payload, call.want_json]))
-                except OSError:
-                    return self._crashed(w)
-                return None
-        return Result(call.call_id, False, b"", self.agent_name, "NoSlot", "no idle worker", "")
+        """Hand ``call`` to an idle worker; when every worker is busy (some of them
+        blocked with their slot lent, see ``mesh.slot``), start one more, retired once
+        idle. Returns a failure ``Result`` only if the worker died at once."""
+        idle = next((w for w in self.workers if w.call_id is None), None)
+        if idle is None:
+            idle = self._spawn()
+            self.workers.append(idle)
+        idle.call_id = call.call_id
+        try:
+            idle.conn.send(cbor2.dumps([call.call_id, call.function, call.payload, call.want_json]))
+        except OSError:
+            return self._crashed(idle)
+        return None
 
     def readable(self, w: Worker) -> list[Result]:
         """The worker's socket is readable: collect what it sent. A closed socket
@@ -135,8 +142,12 @@ class WorkerPool:
                 if frame and frame[0] == "ready":
                     w.ready = True
                     continue
+                if frame and frame[0] == "lend":  # the task blocks on other tasks, or resumes
+                    self.lends.append((frame[1], bool(frame[2])))
+                    w.lent = bool(frame[2])
+                    continue
                 call_id, ok, value, error_type, error, tb, text = frame
-                w.call_id = None
+                w.call_id, w.lent = None, False
                 results.append(Result(call_id, ok, value, self.agent_name, error_type, error, tb, text))
                 if len(self.workers) > self.target:
                     self._retire_idle()  # a reduce was waiting for this call

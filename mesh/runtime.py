@@ -39,6 +39,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from mesh import slot
 from mesh.errors import LocalProtocolError
 from mesh.sched.graph import (
     IN,
@@ -236,7 +237,10 @@ class Runtime:
                 waits.append(entry[0])
             self._apply(self.graph.wait_on([d for d, _ in items]))
             self.cond.notify_all()
-        return [w.result() for w in waits]
+        if all(w.done() for w in waits):
+            return [w.result() for w in waits]
+        with slot.lent():  # inside a task: give the slot back while we wait
+            return [w.result() for w in waits]
 
     def object_data_id(self, obj: Any) -> str | None:
         with self.lock:
@@ -248,7 +252,7 @@ class Runtime:
             return self._known(data_id)
 
     def barrier(self) -> None:
-        with self.cond:
+        with slot.lent(), self.cond:
             self.cond.wait_for(lambda: self.graph.active_count == 0)
             failure = self.failure
         if failure is not None:
@@ -257,7 +261,7 @@ class Runtime:
                 from self.failure_exc
 
     def wait_group(self, group: _Group) -> None:
-        with self.cond:
+        with slot.lent(), self.cond:
             self.cond.wait_for(lambda: group.pending == 0)
 
     def forget(self, data_id: str) -> None:
@@ -474,6 +478,8 @@ def current(create: bool = True) -> Runtime | None:
     from mesh.client import default_client
 
     client = default_client()
+    if client is None and create and slot.channel is not None:
+        client = _worker_client()  # inside a task on an agent: nested tasks go to its mesh
     if client is None:
         return None
     with _current_lock:
@@ -482,3 +488,21 @@ def current(create: bool = True) -> Runtime | None:
                 return None
             _current = Runtime(client)
         return _current
+
+
+def _worker_client():
+    """In a worker process: connect to our own agent (address and key from the
+    environment the agent gave us), once; None if it does not answer."""
+    from mesh import keys
+    from mesh.client import connect
+    from mesh.errors import MeshError
+
+    address = os.environ.get("MESH_WORKER_AGENT")
+    if not address:
+        return None
+    try:
+        key = keys.MeshKey.parse(os.environ["MESH_WORKER_KEY"]) if os.environ.get("MESH_WORKER_KEY") else None
+        return connect(address, timeout=10, key=key)
+    except MeshError as exc:
+        log.warning("nested tasks run here sequentially: cannot reach agent %s: %s", address, exc)
+        return None

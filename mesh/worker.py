@@ -21,6 +21,7 @@ import traceback
 import cbor2
 import cloudpickle
 
+from mesh import slot
 from mesh.framing import FrameSocket
 
 NICE = 10
@@ -87,6 +88,7 @@ def main() -> None:
     for path in reversed(os.environ.get("APP_PATH", "").split(os.pathsep)):
         if path:
             sys.path.insert(0, path)  # where the application's modules live (containers)
+    slot.channel = conn  # tasks that block on other tasks lend their slot (mesh.slot)
     conn.send(cbor2.dumps(["ready", os.getpid()]))
     while True:
         try:
@@ -94,7 +96,10 @@ def main() -> None:
         except (EOFError, OSError):
             return
         call_id, function, payload, want_json = cbor2.loads(frame)
-        conn.send(cbor2.dumps([call_id, *run_call(function, payload, want_json)]))
+        slot.call_id = call_id
+        outcome = run_call(function, payload, want_json)
+        slot.call_id = None
+        conn.send(cbor2.dumps([call_id, *outcome]))
 
 
 if __name__ == "__main__":

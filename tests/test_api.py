@@ -26,6 +26,7 @@ from mesh.api import (
     wait_on,
     wait_on_file,
 )
+from mesh.client import Client
 from tests.conftest import wait_for
 
 # the sequential tests start no agent; they carry the marker so the file runs as one unit
@@ -116,7 +117,15 @@ def constrained(x):
 
 @task(returns=1)
 def outer(n):
-    return [inc(i) for i in range(n)]  # nested task calls: sequential inside the worker
+    return wait_on([inc(i) for i in range(n)])  # nested: the inner tasks go to the mesh too
+
+
+@task(returns=1)
+def fib(n):
+    if n < 2:
+        return n
+    a, b = fib(n - 1), fib(n - 2)  # nested tasks; the caller lends its slot while it waits
+    return wait_on(a) + wait_on(b)
 
 
 @pytest.fixture
@@ -176,7 +185,7 @@ def test_chain_fan_out_fan_in_and_containers(connected):
     q, r = divmod_task(inc(6), 2)
     assert wait_on(q, r) == [3, 1]
     assert wait_on(constrained(4)) == 4
-    # nested: inner task calls run sequentially in the worker (it has no default client)
+    # nested: inner task calls go to the mesh from the worker
     assert wait_on(outer(3)) == [1, 2, 3]
     barrier()
 
@@ -313,3 +322,26 @@ def test_thousand_tiny_tasks(connected, capsys):
     runtime = rt_mod.current()
     wait_for(lambda: graph.task_count < 50 and len(runtime._values) < 50, 10,
              "the runtime to release finished tasks and their values")
+
+
+@pytest.mark.timeout(120)
+def test_recursive_nested_tasks_across_a_chain_of_four_one_slot_agents(agents):
+    """COMPSs' nested test: a recursive computation over a chain of 4 agents with one
+    slot each. Without slot lending the first blocked fib() would hold the only slot
+    of its agent and the mesh would deadlock."""
+    chain = [agents.start("fib0", cpus=1)]
+    for i in range(1, 4):
+        chain.append(agents.start(f"fib{i}", "--peer", chain[-1].comm, cpus=1))
+    with mesh.connect(chain[0].comm) as client:
+        wait_for(lambda: sum(p["state"] == "alive" for p in client.query("peers")) == 3, 15,
+                 "the chain to know each other")
+        assert wait_on(fib(7)) == 13
+        body = client.query("status")
+    statuses = [body]
+    for a in chain[1:]:
+        with Client(a.comm) as other:
+            statuses.append(other.query("status"))
+    ran = {s["name"]: s["done"] for s in statuses}
+    print("calls done per agent:", ran)
+    assert sum(ran.values()) >= 41  # fib(7) makes 41 calls; delegated ones count on both
+    assert body["forwarded"] > 0  # the graph spread beyond the first agent

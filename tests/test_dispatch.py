@@ -557,3 +557,27 @@ def test_abandon_fails_every_pending_call_once():
     acts = d.abandon("AgentLeaving", "bye")
     assert sorted(f[1] for f in failures(acts)) == ["c0", "c1", "c2"]
     assert d.idle() and d.queued == 0
+
+
+def test_a_blocked_call_lends_its_slot_and_takes_it_back():
+    d = Dispatcher("a", cpus=1)
+    (run,) = [x for x in d.submit(call("parent"), CLIENT) if isinstance(x, RunLocal)]
+    assert d.submit(call("child"), CLIENT) == [] and d.queued == 1  # the only slot is taken
+    acts = d.lend("cparent", True)  # the parent waits for the child: its slot is lent
+    assert [a.call.call_id for a in acts if isinstance(a, RunLocal)] == ["cchild"]
+    assert d.lend("cparent", True) == []  # idempotent
+    d.local_done(ok("cchild"))
+    assert d.running == 0
+    d.lend("cparent", False)  # resumes
+    assert d.running == 1
+    d.local_done(ok("cparent"))
+    assert d.running == 0 and d.idle()
+    assert d.counters["lent"] == 1 and d.counters["reclaimed"] == 1
+
+
+def test_a_call_that_finishes_while_lent_does_not_free_a_slot_twice():
+    d = Dispatcher("a", cpus=1)
+    d.submit(call("p"), CLIENT)
+    d.lend("cp", True)
+    d.local_done(ok("cp"))  # (a crash while blocked)
+    assert d.running == 0 and d.free == 1

@@ -82,6 +82,7 @@ class Pending:
     where: str  # "local", "backlog" or a peer id
     tried: set[str] = field(default_factory=set)
     attempts: int = 0
+    lent: bool = False  # running here, blocked on other tasks, its slot lent
 
 
 @dataclass
@@ -107,6 +108,8 @@ class Dispatcher:
             "forwarded": 0,
             "duplicate_results": 0,
             "unexpected_results": 0,
+            "lent": 0,
+            "reclaimed": 0,
             "rejected": 0,
         }
     )
@@ -133,7 +136,9 @@ class Dispatcher:
 
     def local_done(self, result: Result) -> list[Action]:
         """A worker slot finished a call (successfully or not) and is free again."""
-        self.running = max(self.running - 1, 0)
+        entry = self.pending.get(result.call_id)
+        if entry is None or not entry.lent:  # a lent call already gave its slot back
+            self.running = max(self.running - 1, 0)
         acts = self._finish(result, holder="local")
         return acts + self._retry_backlog()
 
@@ -159,6 +164,19 @@ class Dispatcher:
                 entry.where = "backlog"
                 acts += self._place_or_queue(entry)
         return acts
+
+    def lend(self, call_id: str, lent: bool) -> list[Action]:
+        """A local call blocks waiting for other tasks (``lent``): its slot is free
+        meanwhile, so the tasks it waits for can run here (no deadlock on recursive
+        graphs); or it resumes and takes a slot again (possibly over ``cpus`` for a
+        while: the call was already running)."""
+        entry = self.pending.get(call_id)
+        if entry is None or entry.where != "local" or entry.lent == lent:
+            return []
+        entry.lent = lent
+        self.running += -1 if lent else 1
+        self.counters["lent" if lent else "reclaimed"] += 1
+        return self._retry_backlog() if lent else []
 
     def peer_suspect(self, peer_id: str) -> list[Action]:
         """A peer stopped answering for a while: send it nothing new until it reports
