@@ -316,6 +316,78 @@ def call(agent, timeout, key_file, as_json, function, args):
         click.echo(value if isinstance(value, str) else repr(value))
 
 
+@main.command(context_settings={"ignore_unknown_options": True})
+@_agent_option
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.argument("script", type=click.Path(exists=True, dir_okay=False))
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def run(agent, timeout, key_file, as_json, script, args):
+    """Run SCRIPT's main(*ARGS) on the mesh as the main program of a task graph.
+
+    ARGS are Python literals when they parse, else strings. Progress (calls done on
+    the mesh) goes to stderr; at the end, a summary per agent."""
+    from mesh.runner import run_script
+
+    with open(script, encoding="utf-8") as f:
+        source = f.read()
+    values = tuple(parse_arg(a) for a in args)
+    with _client(agent, timeout, key_file) as client:
+        before = _done_per_agent(client, timeout)
+        fut = client.submit(run_script, source, script, values)
+        tty = sys.stderr.isatty()
+        last = ""
+        while True:
+            try:
+                value = fut.result(0.5)
+                break
+            except Exception as exc:  # noqa: BLE001 - a time-out here only means "not yet"
+                if fut.done():
+                    cause = exc.__cause__
+                    click.echo(str(cause) if cause is not None else repr(exc), err=True)
+                    click.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+                    sys.exit(EXIT_RAISED)
+            line = _progress(client, before, timeout)
+            if line != last:
+                click.echo(("\r" + line) if tty else line, err=True, nl=not tty)
+                last = line
+        if tty and last:
+            click.echo("", err=True)
+        after = _done_per_agent(client, timeout)
+    ran = {name: after.get(name, 0) - before.get(name, 0) for name in after}
+    summary = ", ".join(f"{name} {n}" for name, n in sorted(ran.items()) if n > 0)
+    click.echo(f"calls run per agent: {summary or 'none'}", err=True)
+    if as_json:
+        click.echo(json.dumps(value, default=repr))
+    else:
+        click.echo(value if isinstance(value, str) else repr(value))
+
+
+def _done_per_agent(client, timeout: float) -> dict[str, int]:
+    """Calls finished so far on this agent and every live peer (by name)."""
+    from mesh.client import Client
+
+    done = {}
+    status = client.query("status", timeout)
+    done[status["name"]] = status["done"] + status["failed"] - status["forwarded"]
+    for p in client.query("peers", timeout):
+        if p["state"] != "alive":
+            continue
+        try:
+            with Client(p["address"], timeout=timeout, key=client.key) as other:
+                s = other.query("status", timeout)
+            done[s["name"]] = s["done"] + s["failed"] - s["forwarded"]
+        except Exception:  # a peer that does not answer is left out of the summary
+            continue
+    return done
+
+
+def _progress(client, before: dict[str, int], timeout: float) -> str:
+    s = client.query("status", timeout)
+    return (f"{s['name']}: {s['running']} running, {s['queued']} queued, "
+            f"{s['done'] + s['failed'] - before.get(s['name'], 0)} finished here or through here, "
+            f"{s['failed']} failed, {s['peers_alive']} peer(s)")
+
+
 @main.group()
 def resources():
     """COMPSs-style live resource changes: add, reduce, lost."""

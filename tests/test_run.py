@@ -1,0 +1,61 @@
+"""`mesh run SCRIPT.py`: a script's main runs on an agent as the main program of a
+task graph; its tasks spread over the mesh."""
+
+from __future__ import annotations
+
+import pytest
+
+from mesh.client import Client
+from tests.conftest import run_cli, wait_for
+
+pytestmark = [pytest.mark.agents, pytest.mark.timeout(120)]
+
+SCRIPT = '''
+from mesh import task, wait_on
+
+@task(returns=1)
+def square(x):
+    return x * x
+
+@task(returns=1)
+def total(xs):
+    return sum(xs)
+
+def main(n=10):
+    return wait_on(total([square(i) for i in range(n)]))
+'''
+
+FAILING = '''
+from mesh import task, wait_on
+
+@task(returns=1, on_failure="FAIL")
+def explode(x):
+    raise ValueError(f"bad input {x}")
+
+def main():
+    return wait_on(explode(1))
+'''
+
+
+def test_run_a_script_on_the_mesh(agents, tmp_path):
+    a = agents.start("run0", cpus=2)
+    agents.start("run1", "--peer", a.comm, cpus=2)
+    with Client(a.comm) as c:
+        wait_for(lambda: c.query("status")["peers_alive"] == 1, 10, "the mesh")
+    script = tmp_path / "prog.py"
+    script.write_text(SCRIPT)
+    res = run_cli("run", "--agent", a.comm, str(script), "50", timeout=90)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == str(sum(i * i for i in range(50)))
+    summary = [line for line in res.stderr.splitlines() if line.startswith("calls run per agent:")]
+    assert summary and "run0" in summary[0] and "run1" in summary[0], res.stderr
+
+    bad = tmp_path / "bad.py"
+    bad.write_text(FAILING)
+    res = run_cli("run", "--agent", a.comm, str(bad), timeout=90)
+    assert res.returncode == 1 and "ValueError" in res.stderr and "bad input 1" in res.stderr
+    nomain = tmp_path / "nomain.py"
+    nomain.write_text("x = 1\n")
+    res = run_cli("run", "--agent", a.comm, str(nomain), timeout=60)
+    assert res.returncode == 1 and "main()" in res.stderr
+    assert run_cli("run", "--agent", a.comm, str(tmp_path / "missing.py")).returncode == 2
