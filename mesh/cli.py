@@ -319,9 +319,11 @@ def call(agent, timeout, key_file, as_json, function, args):
 @main.command(context_settings={"ignore_unknown_options": True})
 @_agent_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--graph", "graph_file", type=click.Path(dir_okay=False), default=None,
+              help="Write the run's task graph as Graphviz DOT here (nodes coloured by agent).")
 @click.argument("script", type=click.Path(exists=True, dir_okay=False))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def run(agent, timeout, key_file, as_json, script, args):
+def run(agent, timeout, key_file, as_json, graph_file, script, args):
     """Run SCRIPT's main(*ARGS) on the mesh as the main program of a task graph.
 
     ARGS are Python literals when they parse, else strings. Progress (calls done on
@@ -333,7 +335,7 @@ def run(agent, timeout, key_file, as_json, script, args):
     values = tuple(parse_arg(a) for a in args)
     with _client(agent, timeout, key_file) as client:
         before = _done_per_agent(client, timeout)
-        fut = client.submit(run_script, source, script, values)
+        fut = client.submit(run_script, source, script, values, graph_file is not None)
         tty = sys.stderr.isatty()
         last = ""
         while True:
@@ -353,6 +355,11 @@ def run(agent, timeout, key_file, as_json, script, args):
         if tty and last:
             click.echo("", err=True)
         after = _done_per_agent(client, timeout)
+    if graph_file is not None:
+        value, dot = value
+        with open(graph_file, "w", encoding="utf-8") as f:
+            f.write(dot)
+        click.echo(f"task graph written to {graph_file}", err=True)
     ran = {name: after.get(name, 0) - before.get(name, 0) for name in after}
     summary = ", ".join(f"{name} {n}" for name, n in sorted(ran.items()) if n > 0)
     click.echo(f"calls run per agent: {summary or 'none'}", err=True)

@@ -13,13 +13,21 @@ import sys
 import types
 
 MODULE = "__mesh_main__"
+TaskTraceEmpty = "digraph tasks {\n}\n"  # a run that called no task on the mesh
 
 
-def run_script(source: str, filename: str, args: tuple):
-    """Executed in a worker: run ``source`` as a module and return ``main(*args)``.
-    Raises what the script raises; NameError-like errors if it has no ``main``."""
+def run_script(source: str, filename: str, args: tuple, graph: bool = False):
+    """Executed in a worker: run ``source`` as a module and return ``main(*args)``
+    (with ``graph``: the pair (value, the task graph as DOT)). Raises what the script
+    raises; AttributeError if it has no ``main``."""
     import cloudpickle
 
+    from mesh.runtime import current
+    from mesh.tasktrace import TaskTrace
+
+    rt = current(create=True)  # this worker's connection to its agent (None: sequential)
+    if rt is not None:
+        rt.trace = TaskTrace()  # this run's graph only (the worker may have run others)
     module = types.ModuleType(MODULE)
     module.__file__ = filename
     sys.modules[MODULE] = module
@@ -34,7 +42,10 @@ def run_script(source: str, filename: str, args: tuple):
         from mesh.api import barrier, wait_on
 
         barrier()  # every task the program started has ended
-        return wait_on(result)
+        value = wait_on(result)
+        if not graph:
+            return value
+        return value, (rt.trace.dot() if rt is not None else TaskTraceEmpty)
     finally:
         cloudpickle.unregister_pickle_by_value(module)
         sys.modules.pop(MODULE, None)

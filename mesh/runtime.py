@@ -63,6 +63,7 @@ from mesh.sched.graph import (
     return_id,
 )
 from mesh.taskexec import TaskCancelled, TaskFailed, TaskFuture, TaskTimedOut, _execute, _FileArg
+from mesh.tasktrace import TaskTrace
 
 __all__ = ["Runtime", "TaskCancelled", "TaskFailed", "TaskFuture", "TaskTimedOut", "current"]
 
@@ -160,6 +161,7 @@ class Runtime:
         self.failure_exc: BaseException | None = None
         self._failed_exc: BaseException | None = None
         self.stale_results = 0
+        self.trace = TaskTrace()  # the run's task graph, for `mesh run --graph`
         self._thread = threading.Thread(target=self._loop, name="mesh-runtime", daemon=True)
         self._thread.start()
 
@@ -213,6 +215,15 @@ class Runtime:
             except BaseException:
                 del self._calls[task_id]
                 raise
+            depends_on = set()
+            for p in params:
+                if p.direction.reads:
+                    writer = self._last_writer.get(p.data_id)
+                    if writer is None and "#r" in p.data_id:
+                        writer = p.data_id.rsplit("#r", 1)[0]  # a future: its task
+                    if writer is not None:
+                        depends_on.add(writer)
+            self.trace.task(task_id, name, depends_on)
             for p in params:
                 if p.direction.writes:
                     self._last_writer[p.data_id] = task_id
@@ -347,7 +358,8 @@ class Runtime:
                                         Outcome.failed(f"{type(exc).__name__}: {exc}"), now))
 
     def _store(self, task_id: str, ready: Ready, result: tuple) -> None:
-        value, outs, files = result
+        value, outs, files, agent = result
+        self.trace.ran(task_id, agent)
         call = self._calls[task_id]
         if call.returns == 1:
             self._values[ready.returns[0]] = value

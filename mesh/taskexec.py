@@ -82,7 +82,7 @@ class _FileArg:
 
 def _execute(fn, args: tuple, kwargs: dict, outs: list, files: list, returns: int):
     """Runs on the worker: call ``fn`` and send back (value, mutated INOUT/OUT objects,
-    bytes of written files). The objects in ``outs`` and ``files`` are the very ones in
+    bytes of written files, the agent's name). The objects in ``outs`` and ``files`` are the very ones in
     ``args``/``kwargs`` (one pickle keeps identity), so in-place changes are seen."""
     tmp = tempfile.mkdtemp(prefix="mesh-task-") if files else None
     try:
@@ -113,7 +113,7 @@ def _execute(fn, args: tuple, kwargs: dict, outs: list, files: list, returns: in
                 raise FileNotFoundError(f"the task did not write its output file {f.name!r}")
             with open(f.path, "rb") as fh:
                 written.append(fh.read())
-        return value, outs, written
+        return value, outs, written, os.environ.get("MESH_AGENT_NAME", "?")
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

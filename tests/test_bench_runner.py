@@ -172,3 +172,10 @@ def test_agents_outside_namespaces_stay_on_loopback(tmp_path):
     cmd = common.agent_command(tmp_path / "s.json", interface="10.213.0.12", netns="mt_h2")
     assert cmd[:4] == ["ip", "netns", "exec", "mt_h2"]
     assert cmd[cmd.index("--interface") + 1] == "10.213.0.12"
+
+
+@pytest.mark.timeout(90)
+def test_tasks_scenario_is_listed():
+    proc = _run("--list")
+    assert proc.returncode == 0, proc.stderr
+    assert "tasks" in {line.split()[0] for line in proc.stdout.strip().splitlines()}

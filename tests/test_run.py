@@ -3,6 +3,9 @@ task graph; its tasks spread over the mesh."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import pytest
 
 from mesh.client import Client
@@ -49,6 +52,18 @@ def test_run_a_script_on_the_mesh(agents, tmp_path):
     assert res.stdout.strip() == str(sum(i * i for i in range(50)))
     summary = [line for line in res.stderr.splitlines() if line.startswith("calls run per agent:")]
     assert summary and "run0" in summary[0] and "run1" in summary[0], res.stderr
+
+    graph = tmp_path / "graph.dot"
+    res = run_cli("run", "--agent", a.comm, "--graph", str(graph), str(script), "20", timeout=90)
+    assert res.returncode == 0, res.stderr
+    dot = graph.read_text()
+    nodes = [line for line in dot.splitlines() if "fillcolor=" in line and "agent:" not in line]
+    edges = [line for line in dot.splitlines() if "->" in line]
+    assert len(nodes) == 21 and len(edges) == 20  # 20 squares into one total
+    assert 'tooltip="total on run' in dot
+    if shutil.which("dot"):  # .ci/run installs Graphviz
+        svg = subprocess.run(["dot", "-Tsvg", str(graph)], capture_output=True, text=True, timeout=30)
+        assert svg.returncode == 0 and "<svg" in svg.stdout, svg.stderr
 
     bad = tmp_path / "bad.py"
     bad.write_text(FAILING)
