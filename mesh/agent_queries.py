@@ -86,6 +86,8 @@ class AgentQueries:
             return m.Answer(q.qid, q.what, self.status())
         if q.what == "peers":
             return m.Answer(q.qid, q.what, self.members.views())
+        if q.what == "progress":  # of a task graph run by a call here (mesh run)
+            return m.Answer(q.qid, q.what, self.pool.progress.get(q.arg))
         if q.what == "metrics":
             from mesh.metrics import render
 

@@ -348,7 +348,7 @@ def run(agent, timeout, key_file, as_json, graph_file, script, args):
                     click.echo(str(cause) if cause is not None else repr(exc), err=True)
                     click.echo(f"error: {type(exc).__name__}: {exc}", err=True)
                     sys.exit(EXIT_RAISED)
-            line = _progress(client, before, timeout)
+            line = _progress(client, before, timeout, fut.call_id)
             if line != last:
                 click.echo(("\r" + line) if tty else line, err=True, nl=not tty)
                 last = line
@@ -388,11 +388,20 @@ def _done_per_agent(client, timeout: float) -> dict[str, int]:
     return done
 
 
-def _progress(client, before: dict[str, int], timeout: float) -> str:
+def _progress(client, before: dict[str, int], timeout: float, call_id: str) -> str:
+    """One progress line: the task graph's done/total when the main program runs on
+    this agent, else what this agent sees."""
     s = client.query("status", timeout)
-    return (f"{s['name']}: {s['running']} running, {s['queued']} queued, "
-            f"{s['done'] + s['failed'] - before.get(s['name'], 0)} finished here or through here, "
-            f"{s['failed']} failed, {s['peers_alive']} peer(s)")
+    p = client.query("progress", timeout, arg=call_id)
+    mesh_part = f"{s['running']} running here, {s['queued']} queued, {s['peers_alive']} peer(s)"
+    if not p:
+        done = s["done"] + s["failed"] - before.get(s["name"], 0)
+        return f"{s['name']}: {done} call(s) finished here or through here; {mesh_part}"
+    total, done, failed = p["total"], p["done"], p["failed"]
+    width = 24
+    filled = width * (done + failed) // max(total, 1)
+    bar = "#" * filled + "." * (width - filled)
+    return f"[{bar}] {done}/{total} tasks done, {failed} failed; {mesh_part}"
 
 
 @main.group()

@@ -97,10 +97,11 @@ class Client:
         """Run ``module:function`` as the agent imports it, with picklable arguments."""
         return self._send_call(function, pickle.dumps((tuple(args), dict(kwargs or {}))))
 
-    def query(self, what: str, timeout: float = 5.0) -> Any:
-        """Ask the agent ``status``, ``peers``, ``tree-node`` or ``metrics``. Raises
-        AgentUnreachable on time-out, ValueError when the agent refuses."""
-        return self._ask(lambda qid: m.Query(qid, what), timeout)
+    def query(self, what: str, timeout: float = 5.0, arg: str = "") -> Any:
+        """Ask the agent ``status``, ``peers``, ``tree-node``, ``metrics`` or ``progress``
+        (``arg``: a call id). Raises AgentUnreachable on time-out, ValueError when the
+        agent refuses."""
+        return self._ask(lambda qid: m.Query(qid, what, arg), timeout)
 
     def resources(self, action: str, cpus: int = 0, peer: str = "", timeout: float = 5.0) -> Any:
         """COMPSs-style resource change (see ``messages.Resources``); returns the agent's
@@ -159,6 +160,7 @@ class Client:
             raise AgentUnreachable("client is closed")
         call_id = os.urandom(12).hex()
         fut: Future = Future()
+        fut.call_id = call_id  # type: ignore[attr-defined]  # (mesh run asks for its progress)
         with self._lock:
             self._futures[call_id] = fut
         self._post(m.encode(m.Call(call_id, function, payload)))

@@ -51,6 +51,7 @@ class WorkerPool:
         self.workers: list[Worker] = []
         self.crashes = 0
         self.lends: list[tuple[str, bool]] = []  # (call id, lent?) read by the agent
+        self.progress: dict[str, dict] = {}  # call id -> task graph progress (mesh run)
         self.target = size
         self._closed = False
         self.resize(size)
@@ -79,7 +80,8 @@ class WorkerPool:
         self._retire_idle()
 
     def _retire_idle(self) -> None:
-        excess = len(self.workers) - self.target
+        # a worker whose call lent its slot does not count: its stand-in stays
+        excess = len(self.workers) - self.target - sum(1 for w in self.workers if w.lent)
         for w in [w for w in self.workers if w.call_id is None][: max(excess, 0)]:
             self._stop(w)
             self.workers.remove(w)
@@ -142,12 +144,16 @@ class WorkerPool:
                 if frame and frame[0] == "ready":
                     w.ready = True
                     continue
+                if frame and frame[0] == "progress":  # [_, call_id, total, done, failed]
+                    self.progress[frame[1]] = {"total": frame[2], "done": frame[3], "failed": frame[4]}
+                    continue
                 if frame and frame[0] == "lend":  # the task blocks on other tasks, or resumes
                     self.lends.append((frame[1], bool(frame[2])))
                     w.lent = bool(frame[2])
                     continue
                 call_id, ok, value, error_type, error, tb, text = frame
                 w.call_id, w.lent = None, False
+                self.progress.pop(call_id, None)
                 results.append(Result(call_id, ok, value, self.agent_name, error_type, error, tb, text))
                 if len(self.workers) > self.target:
                     self._retire_idle()  # a reduce was waiting for this call

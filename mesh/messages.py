@@ -198,6 +198,7 @@ class Query(Message):
     TAG: ClassVar[str] = "query"
     qid: int
     what: str
+    arg: str = ""  # e.g. the call id of "progress"
 
 
 @dataclass(frozen=True)

@@ -299,6 +299,7 @@ class Runtime:
 
     def _loop(self) -> None:
         closed_since = None
+        last_progress, last_sent = None, 0.0
         while True:
             with self.lock:
                 nd = self.graph.next_deadline()
@@ -322,6 +323,11 @@ class Runtime:
                     self._apply(self.graph.tick(time.monotonic()))
                 self.cond.notify_all()
                 idle = self.graph.active_count == 0
+                c = self.graph.counters
+                progress = (c["submitted"], c["done"], c["failed"] + c["cancelled"])
+            if progress != last_progress and time.monotonic() - last_sent >= 0.2:
+                slot.progress(*progress)  # inside `mesh run`: the CLI shows done/total
+                last_progress, last_sent = progress, time.monotonic()
             if self.client._closed.is_set():
                 closed_since = closed_since or time.monotonic()
                 if (idle and self.inbox.empty()) or time.monotonic() - closed_since > 30:

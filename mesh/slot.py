@@ -40,3 +40,13 @@ def lent():
             _depth -= 1
             if _depth == 0:
                 channel.send(cbor2.dumps(["lend", call_id, False]))
+
+
+def progress(total: int, done: int, failed: int) -> None:
+    """Tell the agent how the task graph run by this worker's call is going (``mesh
+    run`` shows it). Does nothing outside a worker."""
+    chan, cid = channel, call_id
+    if chan is None or cid is None:
+        return
+    with _lock:
+        chan.send(cbor2.dumps(["progress", cid, total, done, failed]))

@@ -28,6 +28,19 @@ def main(n=10):
     return wait_on(total([square(i) for i in range(n)]))
 '''
 
+SLOW = '''
+import time
+from mesh import task, wait_on
+
+@task(returns=1)
+def nap(i):
+    time.sleep(0.3)
+    return i
+
+def main():
+    return sum(wait_on([nap(i) for i in range(8)]))
+'''
+
 FAILING = '''
 from mesh import task, wait_on
 
@@ -64,6 +77,13 @@ def test_run_a_script_on_the_mesh(agents, tmp_path):
     if shutil.which("dot"):  # .ci/run installs Graphviz
         svg = subprocess.run(["dot", "-Tsvg", str(graph)], capture_output=True, text=True, timeout=30)
         assert svg.returncode == 0 and "<svg" in svg.stdout, svg.stderr
+
+    slow = tmp_path / "slow.py"
+    slow.write_text(SLOW)
+    res = run_cli("run", "--agent", a.comm, str(slow), timeout=90)
+    assert res.returncode == 0 and res.stdout.strip() == "28", res.stderr
+    progress = [line for line in res.stderr.splitlines() if "tasks done" in line]
+    assert progress and progress[-1].split("]")[1].split()[0].endswith("/8"), res.stderr
 
     bad = tmp_path / "bad.py"
     bad.write_text(FAILING)
