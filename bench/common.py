@@ -445,6 +445,11 @@ def pct(samples: Sequence[float], q: float) -> float | None:
     return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
+def ratio(a: float | None, b: float | None, nd: int = 3) -> float | None:
+    """a / b rounded, or None when either is missing (or b is 0)."""
+    return round(a / b, nd) if a is not None and b else None
+
+
 def spread(samples: Sequence[float], nd: int = 3) -> dict[str, Any]:
     """n, p50, p95, max and mean of `samples`, rounded."""
     if not samples:

@@ -48,6 +48,8 @@ from bench.common import (
     assert_loopback,
     bench_key,
     log,
+    pct,
+    ratio,
     read_json,
     spawn,
     start_agent,
@@ -62,14 +64,6 @@ BLOCK = 100  # sequential samples per block before switching sides (raw)
 MESH_BLOCK = 50
 
 
-def _pct(samples: list[float], q: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(samples)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
-
-
-def _ratio(a: float | None, b: float | None, nd: int = 3) -> float | None:
-    return round(a / b, nd) if a is not None and b else None
 
 
 # -- the echo server (a separate process) ------------------------------------------------------
@@ -258,11 +252,11 @@ def _raw(tmp: Path, key_file: Path, key, quick: bool, res: dict[str, Any]) -> No
         for name, samples in rtt.items():
             us = [s * 1e6 for s in samples]
             res[f"raw_rtt_1k_{name}_median_us"] = round(statistics.median(us), 1)
-            res[f"raw_rtt_1k_{name}_p99_us"] = round(_pct(us, 99), 1)
+            res[f"raw_rtt_1k_{name}_p99_us"] = round(pct(us, 99), 1)
             res[f"raw_rtt_1k_{name}_mean_us"] = round(statistics.fmean(us), 1)
         res["raw_rtt_samples"] = n_rtt
         for stat in ("median", "p99"):
-            res[f"ratio_raw_rtt_1k_{stat}"] = _ratio(res[f"raw_rtt_1k_curve_{stat}_us"],
+            res[f"ratio_raw_rtt_1k_{stat}"] = ratio(res[f"raw_rtt_1k_curve_{stat}_us"],
                                                      res[f"raw_rtt_1k_plain_{stat}_us"])
 
         for label, (size, window) in tput.items():
@@ -282,9 +276,9 @@ def _raw(tmp: Path, key_file: Path, key, quick: bool, res: dict[str, Any]) -> No
                 res[f"raw_tput_{label}_{name}_messages"] = sum(x["messages"] for x in rs)
                 res[f"raw_tput_{label}_{name}_msgs_s_runs"] = [round(x["msgs_s"]) for x in rs]
             res[f"raw_tput_{label}_window"] = window
-            res[f"ratio_raw_tput_{label}"] = _ratio(res[f"raw_tput_{label}_curve_msgs_s"],
+            res[f"ratio_raw_tput_{label}"] = ratio(res[f"raw_tput_{label}_curve_msgs_s"],
                                                     res[f"raw_tput_{label}_plain_msgs_s"])
-            res[f"ratio_raw_cpu_per_msg_{label}"] = _ratio(
+            res[f"ratio_raw_cpu_per_msg_{label}"] = ratio(
                 res[f"raw_tput_{label}_curve_cpu_us_per_msg"],
                 res[f"raw_tput_{label}_plain_cpu_us_per_msg"])
         res["raw_tput_rounds"] = rounds
@@ -299,7 +293,7 @@ def _raw(tmp: Path, key_file: Path, key, quick: bool, res: dict[str, Any]) -> No
             res[f"raw_handshake_{name}_median_ms"] = round(statistics.median(ms), 3)
             res[f"raw_handshake_{name}_min_ms"] = round(min(ms), 3)
         res["raw_handshake_samples"] = n_hs
-        res["ratio_raw_handshake"] = _ratio(res["raw_handshake_curve_median_ms"],
+        res["ratio_raw_handshake"] = ratio(res["raw_handshake_curve_median_ms"],
                                             res["raw_handshake_plain_median_ms"])
         assert_loopback(server.pid, "the echo server")
         stopped = stop(server)
@@ -348,11 +342,11 @@ def _mesh(tmp: Path, quick: bool, res: dict[str, Any]) -> None:
                     samples[name].append((time.perf_counter() - t0) * 1e3)
         for name, ms in samples.items():
             res[f"mesh_rtt_{name}_median_ms"] = round(statistics.median(ms), 3)
-            res[f"mesh_rtt_{name}_p99_ms"] = round(_pct(ms, 99), 3)
+            res[f"mesh_rtt_{name}_p99_ms"] = round(pct(ms, 99), 3)
             res[f"mesh_rtt_{name}_mean_ms"] = round(statistics.fmean(ms), 3)
         res["mesh_rtt_samples"] = n
         for stat in ("median", "p99"):
-            res[f"ratio_mesh_rtt_{stat}"] = _ratio(res[f"mesh_rtt_curve_{stat}_ms"],
+            res[f"ratio_mesh_rtt_{stat}"] = ratio(res[f"mesh_rtt_curve_{stat}_ms"],
                                                    res[f"mesh_rtt_plain_{stat}_ms"])
         for name, agent in agents.items():
             assert_loopback(agent.pid, f"the {name} agent")

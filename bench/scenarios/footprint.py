@@ -32,6 +32,7 @@ from bench.common import (
     CpuWindow,
     assert_loopback,
     log,
+    ratio,
     start_agent,
     stop,
     tree_memory,
@@ -41,9 +42,6 @@ from bench.refs import start_bare_pyzmq, start_dask
 TARGETS = {"agent_rss_mb": 30, "idle_cpu_pct": 1, "ready_s": 0.5}
 SLOTS = 2
 
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return round(a / b, 3) if a is not None and b else None
 
 
 def _check_loopback(roots: dict[str, int], mdns: set[str] = frozenset()) -> None:
@@ -174,11 +172,11 @@ def _run(quick: bool, errors: list[str]) -> dict[str, Any]:
             "bare_pyzmq_uss_mb": z["root"].get("uss_mb"),
             "bare_pyzmq_idle_cpu_pct": cpu["bare_pyzmq"],
         })
-        res["ratio_agent_vs_dask"] = _ratio(res.get("agent_tree_rss_mb"),
+        res["ratio_agent_vs_dask"] = ratio(res.get("agent_tree_rss_mb"),
                                             res["dask_worker_tree_rss_mb"])
-        res["ratio_agent_vs_dask_pss"] = _ratio(res.get("agent_tree_pss_mb"),
+        res["ratio_agent_vs_dask_pss"] = ratio(res.get("agent_tree_pss_mb"),
                                                 res["dask_worker_tree_pss_mb"])
-        res["ratio_agent_vs_bare_pyzmq"] = _ratio(res.get("agent_rss_mb"),
+        res["ratio_agent_vs_bare_pyzmq"] = ratio(res.get("agent_rss_mb"),
                                                   res["bare_pyzmq_rss_mb"])
         res["dask_stop"] = {k: v["how"] for k, v in dask.stop().items()}
 

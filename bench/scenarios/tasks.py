@@ -46,6 +46,8 @@ from bench.common import (
     BenchError,
     assert_loopback,
     log,
+    pct,
+    ratio,
     read_json,
     spawn,
     start_agent,
@@ -61,13 +63,6 @@ BLOCK = 50
 RESULT_TIMEOUT_S = 120
 
 
-def _pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
-
-
-def _ratio(a: float | None, b: float | None, nd: int = 3) -> float | None:
-    return round(a / b, nd) if a is not None and b else None
 
 
 # -- the raw pyzmq dispatcher --------------------------------------------------------------------
@@ -256,8 +251,8 @@ def run(quick: bool = False) -> dict[str, Any]:
             res[f"a_{name}_tasks_s"] = round(statistics.median(tps))
             res[f"a_{name}_tasks_s_runs"] = [round(x) for x in tps]
         for mname in ("mesh_task", "mesh_submit"):
-            res[f"a_ratio_{mname}_over_raw"] = _ratio(res[f"a_{mname}_tasks_s"], res["a_raw_tasks_s"])
-            res[f"a_ratio_{mname}_over_dask"] = _ratio(res[f"a_{mname}_tasks_s"], res["a_dask_tasks_s"])
+            res[f"a_ratio_{mname}_over_raw"] = ratio(res[f"a_{mname}_tasks_s"], res["a_raw_tasks_s"])
+            res[f"a_ratio_{mname}_over_dask"] = ratio(res[f"a_{mname}_tasks_s"], res["a_dask_tasks_s"])
 
         # (b) sequential round trips
         log(f"(b) {n_rtt} sequential no-op round trips per system, rotating blocks of {BLOCK}")
@@ -272,11 +267,11 @@ def run(quick: bool = False) -> dict[str, Any]:
                     rtt[name].append((time.perf_counter() - t0) * 1e6)
         for name, us in rtt.items():
             res[f"b_{name}_rtt_median_us"] = round(statistics.median(us), 1)
-            res[f"b_{name}_rtt_p99_us"] = round(_pct(us, 99), 1)
+            res[f"b_{name}_rtt_p99_us"] = round(pct(us, 99), 1)
             res[f"b_{name}_rtt_mean_us"] = round(statistics.fmean(us), 1)
         for stat in ("median", "p99"):
             for ref in ("raw", "dask"):
-                res[f"b_ratio_mesh_over_{ref}_{stat}"] = _ratio(res[f"b_mesh_rtt_{stat}_us"],
+                res[f"b_ratio_mesh_over_{ref}_{stat}"] = ratio(res[f"b_mesh_rtt_{stat}_us"],
                                                                 res[f"b_{ref}_rtt_{stat}_us"])
 
         # (c) reduction tree
@@ -294,7 +289,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             res[f"c_{name}_tree_s"] = round(statistics.median(w), 4)
             res[f"c_{name}_tree_s_runs"] = [round(x, 4) for x in w]
         for ref in ("raw", "dask"):
-            res[f"c_ratio_mesh_over_{ref}"] = _ratio(res["c_mesh_tree_s"], res[f"c_{ref}_tree_s"])
+            res[f"c_ratio_mesh_over_{ref}"] = ratio(res["c_mesh_tree_s"], res[f"c_{ref}_tree_s"])
 
         for pid, what in ((agent.pid, "the mesh agent"), (raw_child.pid, "the raw dispatcher"),
                           (dask.scheduler.pid, "the dask scheduler"),
