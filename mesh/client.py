@@ -3,17 +3,25 @@
 A background thread owns the client's DEALER socket (ZeroMQ sockets belong to one
 thread); ``submit`` and ``call`` hand it frames through a queue and a waker and
 return ``concurrent.futures.Future`` objects that the thread completes when the
-``Result`` arrives. A result that raised on the agent is re-raised here as the
-original exception when it could be rebuilt, with the remote traceback (and the
-agent's name) attached as its ``__cause__``; otherwise as ``RemoteError``.
+``Result`` arrives. One wake per burst, not per frame: a sender writes the waker's
+byte only when no wake is pending yet; the thread clears the flag *before* it empties
+the queue, so a frame queued after that finds the flag clear and wakes it again, and
+a burst of submissions costs the thread one wake and one pass over the queue. While
+the thread is awake (handling what arrived, when futures' callbacks may queue new
+calls) the flag stays set: nobody wakes it for nothing.
+
+A result that raised on the agent is re-raised here as the original exception when
+it could be rebuilt, with the remote traceback (and the agent's name) attached as its
+``__cause__``; otherwise as ``RemoteError``.
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
+import logging
 import os
 import pickle
-import queue
 import socket
 import threading
 from concurrent.futures import Future
@@ -26,9 +34,12 @@ from mesh import keys
 from mesh import messages as m
 from mesh.errors import AgentUnreachable, DecodeError, RemoteError, RemoteTraceback
 from mesh.keys import MeshKey
+from mesh.taskexec import dumps
 from mesh.transport import HANDSHAKE_FAILED, curve_client, monitor_event
 
+log = logging.getLogger(__name__)
 _default: Client | None = None
+RECV_BATCH = 256  # frames the client's thread takes off the socket before handling them
 
 
 def default_client() -> Client | None:
@@ -67,7 +78,8 @@ class Client:
         self.key = keys.load() if key == "auto" else key
         self.auth_failure: str | None = None
         self.ctx = zmq.Context.instance()
-        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._outbox: collections.deque[bytes] = collections.deque()  # frames to send
+        self._wake_pending = False  # a wake byte is on its way (see the module docstring)
         self._futures: dict[str, Future] = {}
         self._queries: dict[int, Future] = {}
         self._qids = itertools.count(1)
@@ -77,6 +89,7 @@ class Client:
         self._w.setblocking(False)
         self._closed = threading.Event()
         self.dropped = 0
+        self.late_results = 0  # results for calls already answered (or never made)
         self._thread = threading.Thread(target=self._loop, name=f"mesh-client-{address}", daemon=True)
         self._thread.start()
         try:
@@ -89,9 +102,13 @@ class Client:
 
     def submit(self, fn, /, *args, **kwargs) -> Future:
         """Run ``fn(*args, **kwargs)`` on the mesh; ``fn`` travels by cloudpickle."""
-        import cloudpickle
+        return self._send_call("", dumps((fn, args, kwargs)))
 
-        return self._send_call("", cloudpickle.dumps((fn, args, kwargs)))
+    def _submit_to(self, on_done, fn, /, *args, **kwargs) -> None:
+        """``submit`` for the task runtime (``mesh.runtime``): no Future, which costs
+        more than the rest of the bookkeeping; ``on_done(ok, value or exception)`` is
+        called once, on the thread that completes the call (the client's, as a rule)."""
+        self._send_call("", dumps((fn, args, kwargs)), on_done=on_done)
 
     def call(self, function: str, args: tuple = (), kwargs: dict | None = None) -> Future:
         """Run ``module:function`` as the agent imports it, with picklable arguments."""
@@ -155,20 +172,26 @@ class Client:
 
     # ------------------------------------------------------------------ internals
 
-    def _send_call(self, function: str, payload: bytes) -> Future:
+    def _send_call(self, function: str, payload: bytes, *, on_done=None) -> Future:
         if self._closed.is_set():
             raise AgentUnreachable("client is closed")
         call_id = os.urandom(12).hex()
-        fut: Future = Future()
-        fut.call_id = call_id  # type: ignore[attr-defined]  # (mesh run asks for its progress)
+        fut: Future
+        if on_done is None:
+            fut = Future()
+            fut.call_id = call_id  # type: ignore[attr-defined]  # (mesh run asks for its progress)
+        else:
+            fut = _Callback(call_id, on_done)  # type: ignore[assignment]
         with self._lock:
             self._futures[call_id] = fut
         self._post(m.encode(m.Call(call_id, function, payload)))
         return fut
 
     def _post(self, frame: bytes) -> None:
-        self._outbox.put(frame)
-        self._wake()
+        self._outbox.append(frame)
+        if not self._wake_pending:
+            self._wake_pending = True
+            self._wake()
 
     def _wake(self) -> None:
         try:
@@ -189,7 +212,11 @@ class Client:
         poller.register(self._r, zmq.POLLIN)
         try:
             while not self._closed.is_set():
-                for item, _ in poller.poll(500):
+                ready = poller.poll(500)
+                # awake now: frames queued from here on (also by the futures' callbacks
+                # below) need no wake, they are sent right after
+                self._wake_pending = True
+                for item, _ in ready:
                     if item is sock:
                         self._receive(sock)
                     elif item is monitor:
@@ -200,12 +227,10 @@ class Client:
                                 pass
                         except (BlockingIOError, OSError):
                             pass
-                while True:
-                    try:
-                        frame = self._outbox.get_nowait()
-                    except queue.Empty:
-                        break
-                    sock.send(frame)
+                self._wake_pending = False  # before emptying the queue: see the docstring
+                outbox = self._outbox
+                while outbox:
+                    sock.send(outbox.popleft())
         finally:
             sock.disable_monitor()
             monitor.close(0)
@@ -225,25 +250,68 @@ class Client:
 
     def _receive(self, sock: zmq.Socket) -> None:
         while True:
-            try:
-                frame = sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
+            # take what has arrived first, then complete the futures in one go: a
+            # future's callbacks (the task runtime's) then see a burst of results,
+            # not one at a time between two socket reads
+            frames = []  # (asking EVENTS is cheaper than the zmq.Again of an empty recv)
+            while len(frames) < RECV_BATCH and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                try:
+                    frames.append(sock.recv(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+            for frame in frames:
+                self._handle(frame)
+            if len(frames) < RECV_BATCH:
                 return
-            try:
-                msg = m.decode(frame)
-            except DecodeError:
-                self.dropped += 1
-                continue
-            if isinstance(msg, m.Result):
-                with self._lock:
-                    fut = self._futures.pop(msg.call_id, None)
-                if fut is not None:
-                    _complete(fut, msg)
-            elif isinstance(msg, m.Answer):
-                with self._lock:
-                    qfut = self._queries.get(msg.qid)
-                if qfut is not None and not qfut.done():
-                    qfut.set_result(msg)
+
+    def _handle(self, frame: bytes) -> None:
+        try:
+            msg = m.decode(frame)
+        except DecodeError:
+            self.dropped += 1
+            return
+        if isinstance(msg, m.Result):
+            with self._lock:
+                fut = self._futures.pop(msg.call_id, None)
+            if fut is not None:
+                _complete(fut, msg)
+            else:  # a second result for one call: the mesh promises this never happens
+                self.late_results += 1
+        elif isinstance(msg, m.Answer):
+            with self._lock:
+                qfut = self._queries.get(msg.qid)
+            if qfut is not None and not qfut.done():
+                qfut.set_result(msg)
+
+
+class _Callback:
+    """Stands in for the Future of a call made with ``_submit_to`` (in ``_futures``,
+    completed like one): passes the outcome to ``on_done(ok, value or exception)``."""
+
+    __slots__ = ("call_id", "_on_done", "_done")
+
+    def __init__(self, call_id: str, on_done) -> None:
+        self.call_id = call_id
+        self._on_done = on_done
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, value: Any) -> None:
+        self._finish(True, value)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._finish(False, exc)
+
+    def _finish(self, ok: bool, value: Any) -> None:
+        if self._done:
+            return
+        self._done = True
+        try:
+            self._on_done(ok, value)
+        except Exception:  # as a Future's callback: never the client thread's death
+            log.exception("mesh client: the callback of call %s failed", self.call_id)
 
 
 def _complete(fut: Future, result: m.Result) -> None:

@@ -10,15 +10,26 @@ out at once, in order, under the same lock:
 * ``Snapshot``: store the program's value (the object itself, or the bytes of the
   file read now) as that version;
 * ``Ready``: bind the versions read into the call's arguments and send
-  ``_execute(fn, ...)`` with ``client.submit`` (non-blocking: it only queues a frame);
+  ``_execute(fn, ...)`` with ``client._submit_to`` (``submit`` with a callback instead
+  of a Future; non-blocking: it only queues a frame);
 * ``Resolved``: complete the ``wait_on`` waiter of that version;
 * ``Release``: drop the stored value; ``Finished``/``Cancelled``/``GraphFailed``:
   bookkeeping (the task's fate, task groups, ``barrier``).
 
-The client's thread never takes the lock: a result only puts an event on ``inbox``.
-The runtime's own thread (``mesh-runtime``) takes events off it, calls ``graph.done``
-and ticks the graph for time-outs. Futures dropped by the program post a ``forget``
-there too (a finalizer may run anywhere, even inside the lock).
+The client's thread never waits for the lock. A result is handled where it arrives
+(``_result``, the call's callback, on the client's thread) when the lock is free:
+``graph.done`` and the ``Ready`` tasks it frees are sent at once, without waking
+another thread (what makes a chain of dependent tasks fast). When the lock is taken
+(the program is submitting tasks) the result only becomes an event on ``inbox``: the
+runtime's own thread (``mesh-runtime``) takes events off it, calls ``graph.done`` and
+ticks the graph for time-outs. Futures dropped by the program post a ``forget`` there
+too (a finalizer may run anywhere, even inside the lock). Waking a thread costs more
+than handling an event, so ``_post`` rings the thread's doorbell only when no ring is
+pending; the thread clears that flag *before* it empties ``inbox``, so an event
+posted after that rings again, and a burst of results and dropped futures wakes the
+thread once, not once per event. (Events of different tasks may so be handled out of
+order; the graph does not mind.) Progress (``slot.progress``, inside a worker) is
+reported by whichever thread handled a result, at most every 0.2 s.
 
 Values are sent when a task is ready, not copied when it is called: an object passed
 as a plain argument (not INOUT) must not be changed by the program before its task
@@ -28,6 +39,8 @@ its late result is ignored and its worker stays busy until the function returns.
 
 from __future__ import annotations
 
+import collections
+import functools
 import inspect
 import itertools
 import logging
@@ -96,6 +109,28 @@ class _Call:
     slots: list[_SlotInfo]
     returns: int
     groups: list = field(default_factory=list)
+    positional: bool = False  # every parameter given by position (no defaults, no *args)
+
+
+# types of argument values that cannot hold a TaskFuture (``call`` still checks that
+# such a value is not an object a task writes, e.g. a str passed as INOUT elsewhere)
+_ATOMS = frozenset({int, float, str, bytes, bool, type(None), complex})
+_POSITIONAL_KINDS = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+_names_cache: dict[int, tuple[inspect.Signature, tuple[str, ...] | None]] = {}
+
+
+def _positional_names(signature: inspect.Signature) -> tuple[str, ...] | None:
+    """The parameter names when every parameter is plain positional (no ``*args``,
+    ``**kwargs`` or keyword-only), else None. Cached per signature."""
+    entry = _names_cache.get(id(signature))
+    if entry is not None and entry[0] is signature:
+        return entry[1]
+    params = signature.parameters.values()
+    names = tuple(p.name for p in params) if all(p.kind in _POSITIONAL_KINDS for p in params) else None
+    if len(_names_cache) > 1024:
+        _names_cache.clear()
+    _names_cache[id(signature)] = (signature, names)
+    return names
 
 
 def substitute(x: Any, values: list) -> Any:
@@ -145,7 +180,9 @@ class Runtime:
         self.graph = TaskGraph()
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
-        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.inbox: collections.deque[tuple] = collections.deque()  # events, see ``_post``
+        self._doorbell: queue.SimpleQueue = queue.SimpleQueue()
+        self._rung = False  # the doorbell was rung and the thread has not answered yet
         self._ids = itertools.count(1)
         self._calls: dict[str, _Call] = {}
         self._values: dict[DataVersion, Any] = {}
@@ -161,6 +198,8 @@ class Runtime:
         self.failure_exc: BaseException | None = None
         self._failed_exc: BaseException | None = None
         self.stale_results = 0
+        self._progress: tuple[tuple | None, float] = (None, 0.0)  # last reported, when
+        self._progress_base: tuple[str | None, tuple] = (None, (0, 0, 0))  # call, counters
         self.trace = TaskTrace()  # the run's task graph, for `mesh run --graph`
         self._thread = threading.Thread(target=self._loop, name="mesh-runtime", daemon=True)
         self._thread.start()
@@ -171,7 +210,13 @@ class Runtime:
              returns: int, name: str, priority: bool, on_failure: OnFailure,
              time_out: float | None, groups: list) -> list[str]:
         """Submit one task call; returns its task id and the data ids of its returns."""
-        bound = signature.bind(*args, **kwargs)
+        names = _positional_names(signature)
+        if names is not None and not kwargs and len(args) == len(names):
+            arguments = dict(zip(names, args, strict=True))  # as signature.bind, cheaper
+            positional = True
+        else:
+            arguments = signature.bind(*args, **kwargs).arguments
+            positional = False
         params: list[Param] = []
         slots: list[_SlotInfo] = []
 
@@ -187,19 +232,26 @@ class Runtime:
 
         template: dict = {}
         with self.lock:
-            for pname, value in bound.arguments.items():
-                d = directions.get(pname, IN)
-                if d.is_file:
+            if slot.call_id != self._progress_base[0]:  # a worker's next call: a new run
+                c = self.graph.counters
+                self._progress_base = (slot.call_id,
+                                       (c["submitted"], c["done"], c["failed"] + c["cancelled"]))
+            for pname, value in arguments.items():
+                d = directions.get(pname, IN) if directions else IN
+                if d is not IN and d.is_file:  # (Direction's properties cost a call)
                     path = os.path.abspath(os.fspath(value))
                     data_id = "file:" + path
                     if d.reads and not os.path.exists(path) and not self._known(data_id):
                         raise FileNotFoundError(f"{name}: input file {path!r} does not exist")
                     template[pname] = add(Param(d, data_id), _SlotInfo("file", path))
-                elif d in (INOUT, OUT):
+                elif d is INOUT or d is OUT:
                     if isinstance(value, TaskFuture):
                         template[pname] = add(Param(d, value.data_id), _SlotInfo("obj", None))
                     else:
                         template[pname] = add(Param(d, self._object_id(value)), _SlotInfo("obj", value))
+                elif type(value) in _ATOMS and id(value) not in self._objects:
+                    # the common case: no future inside, not an object a task writes
+                    template[pname] = value
                 elif isinstance(value, TaskFuture):
                     template[pname] = future(value)
                 elif id(value) in self._objects and self._objects[id(value)][1] is value:
@@ -209,7 +261,7 @@ class Runtime:
                     template[pname] = scan(value, future)
             task_id = f"{name}-{next(self._ids)}"
             spec = TaskSpec(task_id, name, params, returns, priority, on_failure, time_out)
-            self._calls[task_id] = _Call(fn, signature, template, slots, returns, groups)
+            self._calls[task_id] = _Call(fn, signature, template, slots, returns, groups, positional)
             try:
                 acts = self.graph.submit(spec, time.monotonic())
             except BaseException:
@@ -217,7 +269,7 @@ class Runtime:
                 raise
             depends_on = set()
             for p in params:
-                if p.direction.reads:
+                if p.direction is IN or p.direction.reads:
                     writer = self._last_writer.get(p.data_id)
                     if writer is None and "#r" in p.data_id:
                         writer = p.data_id.rsplit("#r", 1)[0]  # a future: its task
@@ -225,7 +277,7 @@ class Runtime:
                         depends_on.add(writer)
             self.trace.task(task_id, name, depends_on)
             for p in params:
-                if p.direction.writes:
+                if p.direction is not IN and p.direction.writes:
                     self._last_writer[p.data_id] = task_id
             for g in groups:
                 g.pending += 1
@@ -277,7 +329,15 @@ class Runtime:
 
     def forget(self, data_id: str) -> None:
         """From a finalizer: never takes the lock here."""
-        self.inbox.put(("forget", data_id))
+        self._post(("forget", data_id))
+
+    def _post(self, event: tuple) -> None:
+        """Hand an event to the runtime's thread (from any thread, never under a lock
+        of ours); see the module docstring."""
+        self.inbox.append(event)
+        if not self._rung:
+            self._rung = True
+            self._doorbell.put(None)
 
     # ------------------------------------------------------------------ internals
 
@@ -299,42 +359,78 @@ class Runtime:
 
     def _loop(self) -> None:
         closed_since = None
-        last_progress, last_sent = None, 0.0
         while True:
             with self.lock:
                 nd = self.graph.next_deadline()
             timeout = 0.5 if nd is None else min(0.5, max(0.0, nd - time.monotonic()))
             try:
-                events = [self.inbox.get(timeout=timeout)]
+                self._doorbell.get(timeout=timeout)
             except queue.Empty:
-                events = []
-            while True:
-                try:
-                    events.append(self.inbox.get_nowait())
-                except queue.Empty:
-                    break
+                pass
+            self._rung = False  # before emptying the inbox: see the module docstring
+            events = []
+            while self.inbox:
+                events.append(self.inbox.popleft())
             with self.cond:
-                for ev in events:
-                    try:
-                        self._event(ev)
-                    except Exception:  # a bug here: keep the runtime alive, say so
-                        log.exception("mesh runtime: handling %r failed", ev[:2])
-                if self.graph.next_deadline() is not None:
-                    self._apply(self.graph.tick(time.monotonic()))
-                self.cond.notify_all()
+                self._handle(events)
                 idle = self.graph.active_count == 0
-                c = self.graph.counters
-                progress = (c["submitted"], c["done"], c["failed"] + c["cancelled"])
-            if progress != last_progress and time.monotonic() - last_sent >= 0.2:
+                progress = self._progress_due()
+            if progress is not None:
                 slot.progress(*progress)  # inside `mesh run`: the CLI shows done/total
-                last_progress, last_sent = progress, time.monotonic()
             if self.client._closed.is_set():
                 closed_since = closed_since or time.monotonic()
-                if (idle and self.inbox.empty()) or time.monotonic() - closed_since > 30:
+                if (idle and not self.inbox) or time.monotonic() - closed_since > 30:
                     return
+
+    def _handle(self, events: list[tuple]) -> None:
+        """Carry out events, under the lock."""
+        for ev in events:
+            try:
+                self._event(ev)
+            except Exception:  # a bug here: keep the runtime alive, say so
+                log.exception("mesh runtime: handling %r failed", ev[:2])
+        if self.graph.next_deadline() is not None:
+            self._apply(self.graph.tick(time.monotonic()))
+        self.cond.notify_all()
+
+    def _progress_due(self) -> tuple[int, int, int] | None:
+        """Under the lock: the graph's (submitted, done, failed) since the worker's call
+        began (a worker runs one ``mesh run`` after another with this runtime), when it
+        changed and the last report is 0.2 s old (reports go to the agent:
+        ``slot.progress``)."""
+        c, base = self.graph.counters, self._progress_base[1]
+        progress = (c["submitted"] - base[0], c["done"] - base[1],
+                    c["failed"] + c["cancelled"] - base[2])
+        now = time.monotonic()
+        if progress == self._progress[0] or now - self._progress[1] < 0.2:
+            return None
+        self._progress = (progress, now)
+        return progress
+
+    def _result(self, task_id: str, attempt: int, ok: bool, value: Any) -> None:
+        """A call is done (on the client's thread, as a rule): ``value`` is what
+        ``_execute`` returned, or the exception. Handled here if the lock is free, else
+        handed to the runtime's thread (see the module docstring)."""
+        event = ("result" if ok else "failed", task_id, attempt, value)
+        if not self.lock.acquire(blocking=False):
+            self._post(event)
+            return
+        progress = None
+        try:
+            self._handle([event])
+            if self.graph.next_deadline() is not None:
+                self._post(("tick",))  # the runtime's thread sleeps until the next deadline
+            if slot.channel is not None:  # (only a worker reports progress)
+                progress = self._progress_due()
+        finally:
+            self.lock.release()
+        if progress is not None:
+            slot.progress(*progress)
 
     def _event(self, ev: tuple) -> None:
         kind = ev[0]
+        if kind == "tick":
+            return
         if kind == "forget":
             data_id = ev[1]
             self._apply(self.graph.forget(data_id))
@@ -350,10 +446,10 @@ class Runtime:
             return
         del self._running[task_id]
         now = time.monotonic()
-        exc = payload if kind == "failed" else payload.exception()
+        exc = payload if kind == "failed" else None
         if exc is None:
             try:
-                self._store(task_id, ready, payload.result())
+                self._store(task_id, ready, payload)
             except Exception as e:  # a malformed answer, or writing a file back failed
                 exc = e
         if exc is None:
@@ -456,7 +552,7 @@ class Runtime:
                     data = b""
                 if isinstance(data, OSError):
                     self._running[ready.task_id] = ready
-                    self.inbox.put(("failed", ready.task_id, ready.attempt, data))
+                    self._post(("failed", ready.task_id, ready.attempt, data))
                     return
                 f = _FileArg(os.path.basename(info.value), data, access.write is not None)
                 files.append(f)
@@ -469,20 +565,22 @@ class Runtime:
             values.append(v)
             if access.write is not None:
                 outs.append(v)
-        arguments = {k: substitute(t, values) for k, t in call.template.items()}
-        bound = inspect.BoundArguments(call.signature, arguments)
+        if call.positional:  # the arguments in the signature's order, all by position
+            args, kwargs = tuple([substitute(t, values) for t in call.template.values()]), {}
+        else:
+            bound = inspect.BoundArguments(
+                call.signature, {k: substitute(t, values) for k, t in call.template.items()})
+            args, kwargs = bound.args, bound.kwargs
         task_id, attempt = ready.task_id, ready.attempt
-        try:
-            cf = self.client.submit(_execute, call.fn, bound.args, bound.kwargs, outs, files,
-                                    call.returns)
-        except BaseException as exc:  # client closed, or the arguments do not pickle
-            self._running[task_id] = ready
-            self.inbox.put(("failed", task_id, attempt, exc))
-            return
         self._running[task_id] = ready
+        try:
+            self.client._submit_to(functools.partial(self._result, task_id, attempt),
+                                   _execute, call.fn, args, kwargs, outs, files, call.returns)
+        except BaseException as exc:  # client closed, or the arguments do not pickle
+            self._post(("failed", task_id, attempt, exc))
+            return
         if ready.spec.time_out is not None:
             self._apply(self.graph.started(task_id, attempt, time.monotonic()))
-        cf.add_done_callback(lambda f: self.inbox.put(("result", task_id, attempt, f)))
 
 
 _current: Runtime | None = None
@@ -500,6 +598,9 @@ def current(create: bool = True) -> Runtime | None:
         client = _worker_client()  # inside a task on an agent: nested tasks go to its mesh
     if client is None:
         return None
+    rt = _current
+    if rt is not None and rt.client is client:  # the common case, without the lock
+        return rt
     with _current_lock:
         if _current is None or _current.client is not client:
             if not create:

@@ -23,6 +23,7 @@ import cloudpickle
 
 from mesh import slot
 from mesh.framing import FrameSocket
+from mesh.taskexec import dumps
 
 NICE = 10
 
@@ -53,7 +54,7 @@ def run_call(function: str, payload: bytes, want_json: bool = False) -> list:
         return _failure(exc)
     try:
         text = json.dumps(value, default=repr) if want_json else ""
-        return [True, cloudpickle.dumps(value), "", "", "", text]
+        return [True, dumps(value), "", "", "", text]
     except Exception as exc:
         return _failure(exc, prefix="the result could not be pickled: ")
 
