@@ -21,7 +21,7 @@ import signal
 import socket
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import zmq
 
@@ -102,7 +102,7 @@ class Agent(AgentQueries):
         self.address = self.transport.address
         self.me = m.NodeInfo(self.node_id, config.name, self.address, config.cpus, 0)
         self.members = mb.Membership(self.me, self.timing, random.Random(self.node_id))
-        self.dispatcher = dp.Dispatcher(config.name, config.cpus, self.node_id)
+        self.dispatcher = dp.Dispatcher(config.name, config.cpus, self.node_id, prefetch=1)
         tree_period = TREE_PERIOD[config.profile]
         self.tree = LatencyTree(self.node_id, float(config.cpus), random.Random(self.node_id + "tree"),
                                 TreeConfig(period=tree_period), now=self.started)
@@ -249,7 +249,11 @@ class Agent(AgentQueries):
             if self.mdns is not None:
                 self.mdns.close()
                 self.mdns = None
-            self._do(self.dispatcher.drain(), now)
+            acts = self.dispatcher.drain()
+            handed = sum(1 for a in acts if isinstance(a, dp.SendTo) and isinstance(a.message, m.Handback))
+            if handed:
+                log.info("leaving: handed %d queued call(s) back to the agents that sent them", handed)
+            self._do(acts, now)
         self.members.set_load(self._load())
         self._do(self.members.tick(now), now)
         self._do(self.tree.tick(now), now)
@@ -311,6 +315,12 @@ class Agent(AgentQueries):
                 self._do(self.tree.heard(peer_id, msg.advert, member.rtt, now), now)
         elif isinstance(msg, m.Call):
             self._do(self.dispatcher.submit(msg, identity, peer_id), now)
+        elif isinstance(msg, m.Cancel):
+            self._do(self.dispatcher.cancel(msg.call_id, identity), now)
+        elif isinstance(msg, m.Result) and peer_id is not None:  # a far holder answering us
+            self._do(self.dispatcher.remote_result(msg, peer_id), now)
+        elif isinstance(msg, m.Handback) and peer_id is not None:
+            self._do(self.dispatcher.handed_back(msg.call_id, peer_id), now)
         elif isinstance(msg, m.Query):
             self.transport.reply(identity, m.encode(self._answer(msg)))
         elif isinstance(msg, m.Resources):
@@ -337,6 +347,8 @@ class Agent(AgentQueries):
                     self._peer_load(msg.sender, msg.load, now)
             elif isinstance(msg, m.Result) and member is not None:
                 self._do(self.dispatcher.remote_result(msg, member.info.id), now)
+            elif isinstance(msg, m.Handback) and member is not None:
+                self._do(self.dispatcher.handed_back(msg.call_id, member.info.id), now)
             else:
                 self.dropped["unexpected"] = self.dropped.get("unexpected", 0) + 1
             if address not in self.transport.dealers:
@@ -346,7 +358,8 @@ class Agent(AgentQueries):
         member = self.members.members.get(sender.id)
         if member is None or member.state != "alive":
             return
-        acts = self.dispatcher.peer_load(sender.id, sender.name, load.cpus, load.free, member.rtt)
+        acts = self.dispatcher.peer_load(sender.id, sender.name, load.cpus, load.free, member.rtt,
+                                         load.queued)
         self._do(acts, now)
 
     def _read_worker(self, worker, now: float) -> None:
@@ -426,6 +439,11 @@ class Agent(AgentQueries):
                 self.transport.disconnect(act.address)
             elif isinstance(act, mb.MemberChanged):
                 self._member_changed(act, now)
+            elif isinstance(act, mb.DeclaredDead):
+                acts = self.dispatcher.declared_dead()
+                log.warning("we were declared dead (incarnation %d) and refuted: %d call action(s) "
+                            "to re-place or hand back", act.incarnation, len(acts))
+                self._do(acts, now)
             elif isinstance(act, dp.RunLocal):
                 failed = self.pool.run(act.call)
                 self._sync_worker_fds()
@@ -440,8 +458,25 @@ class Agent(AgentQueries):
             elif isinstance(act, dp.Deliver):
                 if CallBook.owns(act.identity):
                     self.book.finish(act.identity, act.result, now)
-                else:
-                    self._reply(act.identity, m.encode(act.result), now)
+                    continue
+                result = act.result
+                if len(act.identity) == 16:  # to a peer: with our load, so it can send more
+                    result = replace(result, free=self.dispatcher.free, queued=self.dispatcher.queued)
+                if not self._reply(act.identity, m.encode(result), now) and len(act.identity) == 16:
+                    # a member whose connection to us is gone: answer over ours
+                    self._do([dp.SendTo(act.identity.hex(), result)], now)
+            elif isinstance(act, dp.SendTo):
+                member = self.members.members.get(act.peer_id)
+                msg = act.message
+                if isinstance(msg, m.Result):
+                    msg = replace(msg, free=self.dispatcher.free, queued=self.dispatcher.queued)
+                if member is None or member.conn is None or not self._send(
+                        member.conn, m.encode(msg), now):
+                    self.dropped["unsent"] = self.dropped.get("unsent", 0) + 1
+            elif isinstance(act, dp.KillLocal):
+                if self.pool.cancel(act.call_id):
+                    log.info("stopped the worker running %s: nobody wants its result", act.call_id)
+                self._sync_worker_fds()
             elif isinstance(act, SendAdvert):
                 member = self.members.members.get(act.peer)
                 if member is not None and member.conn is not None:
@@ -493,6 +528,7 @@ class Agent(AgentQueries):
     def _member_changed(self, act: mb.MemberChanged, now: float) -> None:
         member = self.members.members.get(act.node_id)
         if act.new == "alive":
+            self._do(self.dispatcher.peer_alive(act.node_id), now)
             self._do(self.tree.offer(act.node_id, member.rtt if member else None, now), now)
         elif act.new in ("dead", "left"):
             self._do(self.tree.lost(act.node_id, now), now)
@@ -504,13 +540,27 @@ class Agent(AgentQueries):
         if act.new == "suspect":
             self._do(self.dispatcher.peer_suspect(act.node_id), now)
         elif act.new in ("dead", "left"):
+            c = self.dispatcher.counters
+            before = c["reassigned"], c["redirected"], c["cancelled"]
             acts = self.dispatcher.peer_lost(act.node_id)
-            if acts:
-                where = ", ".join(sorted(
-                    self._name_of(a.peer_id) if isinstance(a, dp.Forward)
-                    else "here" if isinstance(a, dp.RunLocal) else "failed" for a in acts))
-                log.info("reassigning %d call(s) held by %s: %s", len(acts), act.name, where)
+            moved, redirected, cancelled = (c["reassigned"] - before[0], c["redirected"] - before[1],
+                                            c["cancelled"] - before[2])
+            if moved or redirected or cancelled:
+                where = ", ".join(sorted(self._describe(a) for a in acts)) or "none"
+                log.info("peer %s lost: re-placed %d call(s), %d answered to their origin directly, "
+                         "%d cancelled; actions: %s", act.name, moved, redirected, cancelled, where)
             self._do(acts, now)
+
+    def _describe(self, act) -> str:
+        if isinstance(act, dp.Forward):
+            return f"to {self._name_of(act.peer_id)}"
+        if isinstance(act, dp.RunLocal):
+            return "here"
+        if isinstance(act, dp.SendTo):
+            return f"{type(act.message).__name__.lower()} {self._name_of(act.peer_id)}"
+        if isinstance(act, dp.KillLocal):
+            return "stopped here"
+        return "failed"
 
     def _sync_worker_fds(self) -> None:
         current = {w.fileno(): w for w in self.pool.workers}

@@ -31,6 +31,8 @@ class AgentQueries:
             "done": d.counters["done"],
             "failed": d.counters["failed"],
             "forwarded": d.counters["forwarded"],
+            "ledger": {k: d.counters[k] for k in ("reassigned", "redirected", "cancelled",
+                                                   "handed_back", "joined")},
             "peers_alive": len(self.members.alive()),
             "dropped": dict(self.dropped, sends=self.transport.dropped_sends,
                             duplicate_results=d.counters["duplicate_results"]),

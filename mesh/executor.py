@@ -15,8 +15,10 @@ Frames between agent and worker are CBOR lists:
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -28,6 +30,17 @@ from mesh.framing import FrameSocket
 from mesh.messages import Call, Result
 
 log = logging.getLogger("mesh.executor")
+
+try:  # Linux: a worker is killed when its agent dies, even by SIGKILL (no orphan keeps
+    # running a call nobody will collect)
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+except (OSError, AttributeError):
+    _prctl = None
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_agent() -> None:  # in the child, between fork and exec: no imports here
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @dataclass
@@ -66,6 +79,7 @@ class WorkerPool:
             stdin=subprocess.DEVNULL,
             env=None if self.env is None else {**os.environ, **self.env},
             start_new_session=False,
+            preexec_fn=_die_with_agent if _prctl is not None else None,
         )
         child.close()
         conn = FrameSocket(parent)
@@ -133,6 +147,27 @@ class WorkerPool:
         except OSError:
             return self._crashed(idle)
         return None
+
+    def cancel(self, call_id: str) -> bool:
+        """Stop the worker running ``call_id`` at once (nobody wants its result) and
+        start a new one in its place; nothing is reported for the call."""
+        w = next((w for w in self.workers if w.call_id == call_id), None)
+        if w is None:
+            return False
+        self.workers.remove(w)
+        try:
+            w.conn.close()
+        except OSError:
+            pass
+        w.proc.kill()
+        try:
+            w.proc.wait(1.0)
+        except subprocess.TimeoutExpired:
+            log.warning("worker %d did not exit after SIGKILL", w.proc.pid)
+        self.progress.pop(call_id, None)
+        if not self._closed and len(self.workers) < self.target:
+            self.workers.append(self._spawn())
+        return True
 
     def readable(self, w: Worker) -> list[Result]:
         """The worker's socket is readable: collect what it sent. A closed socket

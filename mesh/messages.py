@@ -160,8 +160,10 @@ class Call(Message):
     """Run a function. ``function`` is ``"module:qualname"`` (the agent imports it) or
     empty, in which case ``payload`` is cloudpickle of ``(fn, args, kwargs)``; otherwise
     ``payload`` is pickle of ``(args, kwargs)``. ``hops`` counts delegations so far;
-    ``origin`` is the node id of the agent that accepted the call from a client;
-    ``visited`` lists the agents that delegated it, so it never comes back to one."""
+    ``origin`` is the node id of the agent that accepted the call from a client (the
+    one a far holder answers directly when the agent between them is lost);
+    ``visited`` lists the agents that delegated it, so it never comes back to one;
+    ``attempt`` counts the placements after a holder was lost (0: the first)."""
 
     TAG: ClassVar[str] = "call"
     call_id: str
@@ -171,6 +173,28 @@ class Call(Message):
     origin: str = ""
     visited: list[str] = field(default_factory=list)  # agents it was delegated from
     want_json: bool = False  # also return the value as JSON text (REST callers)
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class Cancel(Message):
+    """Whoever asked for ``call_id`` no longer wants its result: a client (a task timed
+    out), or the agent that delegated it (it got the result elsewhere, or the call's
+    origin died). Sent down the path the call took; holders stop it."""
+
+    TAG: ClassVar[str] = "cancel"
+    call_id: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Handback(Message):
+    """The sender held ``call_id`` for us and gives it back unfinished (it is leaving,
+    or it was declared dead and lost track of it): place it again."""
+
+    TAG: ClassVar[str] = "handback"
+    call_id: str
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -189,6 +213,8 @@ class Result(Message):
     error: str = ""
     traceback: str = ""
     json: str = ""  # the value as JSON text, when the call asked for it
+    free: int = -1  # the sender's free slots when it sent this (-1: not said): load news
+    queued: int = 0  # and its backlog
 
 
 @dataclass(frozen=True)
@@ -228,8 +254,8 @@ class Answer(Message):
 
 MESSAGES: dict[str, type[Message]] = {
     cls.TAG: cls
-    for cls in (Ping, Pong, PingReq, IndirectAck, Nack, TreeAdvert, Leave, Call, Result, Query,
-                Resources, Answer)
+    for cls in (Ping, Pong, PingReq, IndirectAck, Nack, TreeAdvert, Leave, Call, Cancel, Handback,
+                Result, Query, Resources, Answer)
 }
 RECORDS = (NodeInfo, Load, Digest, Advert)
 

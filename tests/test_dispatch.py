@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh.messages import Call, Result
-from mesh.sched.dispatch import Deliver, Dispatcher, Forward, RunLocal
+from mesh.messages import Call, Cancel, Handback, Result
+from mesh.sched.dispatch import Deliver, Dispatcher, Forward, KillLocal, RunLocal, SendTo
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -45,7 +45,7 @@ def check(d: Dispatcher) -> None:
         if entry.where == "backlog":
             assert call_id in d.backlog
         elif entry.where != "local":  # held by a peer: one it may go to
-            assert entry.where not in entry.tried and entry.where != entry.from_peer
+            assert entry.where not in entry.peers_asking()
     local = sum(1 for e in d.pending.values() if e.where == "local")
     assert local <= d.running
     assert d.queued >= sum(1 for e in d.pending.values() if e.where == "backlog")
@@ -293,13 +293,14 @@ def test_first_result_is_delivered_exactly_once_and_duplicates_are_counted():
     assert d.idle()
 
 
-def test_duplicate_call_ids_are_rejected_without_touching_the_first():
+def test_a_call_asked_again_joins_the_first_and_both_get_the_one_result():
     d = Dispatcher("a", cpus=1)
     assert d.submit(call(1), b"first") == [RunLocal(call(1))]
-    assert failures(d.submit(call(1), b"second")) == [(b"second", "c1", "DuplicateCall")]
-    assert d.pending["c1"].reply_to == b"first" and d.running == 1
-    assert d.counters["rejected"] == 1 and d.counters["accepted"] == 1
-    assert d.local_done(ok("c1")) == [Deliver(b"first", ok("c1"))]
+    assert d.submit(call(1), b"second") == []  # no second run, no error
+    assert d.submit(call(1), b"second") == []  # a retransmission: nothing new
+    assert [r.identity for r in d.pending["c1"].requesters] == [b"first", b"second"]
+    assert d.running == 1 and d.counters["joined"] == 1 and d.counters["accepted"] == 1
+    assert d.local_done(ok("c1")) == [Deliver(b"first", ok("c1")), Deliver(b"second", ok("c1"))]
     # once finished, the id may be used again
     assert d.submit(call(1), b"third") == [RunLocal(call(1))]
 
@@ -361,7 +362,8 @@ def test_failure_results_name_this_agent():
 
 PEERS = ["p0", "p1", "p2", "p3"]
 KINDS = ["client", "client", "peer_call", "local_done", "local_done", "result", "late_result",
-         "load", "load", "lost", "suspect", "fwd_failed", "cpus", "drain", "dup"]
+         "load", "load", "lost", "suspect", "fwd_failed", "cpus", "drain", "dup",
+         "declared_dead", "cancel", "handback", "peer_dup"]
 events = st.lists(
     st.tuples(
         st.sampled_from(KINDS),
@@ -384,6 +386,9 @@ class Driver:
         self.accepted: dict[bytes, str] = {}  # reply_to -> call id
         self.delivered: Counter[bytes] = Counter()
         self.last_action: dict[str, object] = {}
+        self.by_peer: dict[tuple[str, str], bytes] = {}  # (call id, peer) -> reply_to
+        self.released: set[bytes] = set()  # requesters dropped on purpose (peer lost)
+        self.fresh: list[str] = []
 
     def do(self, acts) -> None:
         for act in acts:
@@ -394,11 +399,23 @@ class Driver:
             elif isinstance(act, Forward):
                 assert act.call.hops <= self.d.max_hops
                 entry = self.d.pending[act.call.call_id]
-                assert act.peer_id != entry.from_peer
-                assert act.peer_id in self.d.peers and self.d.peers[act.peer_id].cpus > 0
+                assert act.peer_id not in entry.peers_asking()
+                resent = self.last_action.get(act.call.call_id) == act.peer_id  # to its holder
+                assert resent or (act.peer_id in self.d.peers and self.d.peers[act.peer_id].cpus > 0)
                 self.held[act.peer_id].append(act.call.call_id)
                 self.last_fwd.append((act.call.call_id, act.peer_id))
                 self.last_action[act.call.call_id] = act.peer_id
+            elif isinstance(act, KillLocal):
+                self.running.remove(act.call_id)
+                self.last_action[act.call_id] = "killed"
+            elif isinstance(act, SendTo):
+                msg = act.message
+                if isinstance(msg, (Result, Handback)):  # to a direct origin, or handed back
+                    reply_to = self.by_peer.get((msg.call_id, act.peer_id), act.peer_id.encode())
+                    self.delivered[reply_to] += 1
+                    assert self.delivered[reply_to] == 1, "delivered twice"
+                else:
+                    assert isinstance(msg, Cancel) and act.peer_id in PEERS + self.fresh
             else:
                 self.delivered[act.identity] += 1
                 assert self.delivered[act.identity] == 1, "delivered twice"
@@ -413,9 +430,11 @@ class Driver:
     def submit(self, c: Call, from_peer: str | None) -> None:
         self.n += 1
         reply_to = b"r%d" % self.n
-        before = self.d.counters["accepted"]
+        before = self.d.counters["accepted"], self.d.counters["joined"]
+        if from_peer is not None:
+            self.by_peer[(c.call_id, from_peer)] = reply_to
         self.do(self.d.submit(c, reply_to, from_peer))
-        if self.d.counters["accepted"] > before:
+        if (self.d.counters["accepted"], self.d.counters["joined"]) != before:
             self.accepted[reply_to] = c.call_id
         else:
             assert self.delivered[reply_to] == 1  # rejected at once
@@ -444,7 +463,25 @@ class Driver:
         elif kind == "load":
             self.do(d.peer_load(peer, peer, b % 5, (b // 5) % 5, (a % 7) / 100))
         elif kind == "lost":
+            self.released |= {r.identity for e in d.pending.values() for r in e.requesters
+                              if r.peer == peer}
             self.do(d.peer_lost(peer))
+        elif kind == "declared_dead":
+            self.do(d.declared_dead())
+        elif kind == "cancel" and d.pending:
+            entry = list(d.pending.values())[a % len(d.pending)]
+            r = entry.requesters[b % len(entry.requesters)]
+            if not r.direct:
+                self.released.add(r.identity)
+                self.do(d.cancel(entry.call.call_id, r.identity))
+        elif kind == "handback" and d.pending:
+            entry = list(d.pending.values())[a % len(d.pending)]
+            if entry.where in PEERS:
+                self.do(d.handed_back(entry.call.call_id, entry.where))
+        elif kind == "peer_dup" and d.pending:
+            entry = list(d.pending.values())[a % len(d.pending)]
+            if peer not in entry.peers_asking() and peer != entry.where:
+                self.submit(entry.call, peer)
         elif kind == "suspect":
             self.do(d.peer_suspect(peer))
         elif kind == "fwd_failed" and self.last_fwd:
@@ -471,6 +508,7 @@ class Driver:
                 self.do(d.remote_result(Result(call_id, True, b"", peer), peer))
                 continue
             fresh = f"fresh{_}"
+            self.fresh.append(fresh)
             self.held[fresh] = []
             self.do(d.peer_load(fresh, fresh, 100, 100, 0.5))
             for call_id, entry in list(d.pending.items()):
@@ -478,7 +516,7 @@ class Driver:
                     self.do(d.remote_result(Result(call_id, True, b"", fresh), fresh))
         assert not d.pending, d.pending
         for reply_to in self.accepted:
-            assert self.delivered[reply_to] == 1, reply_to
+            assert self.delivered[reply_to] == (0 if reply_to in self.released else 1), reply_to
 
 
 @settings(max_examples=300, deadline=None, database=None)
@@ -527,15 +565,16 @@ def test_a_call_never_goes_back_to_an_agent_that_delegated_it():
     assert c.pending[fwd2.call.call_id].where == "backlog"
 
 
-def test_a_result_from_a_peer_that_never_held_the_call_is_ignored():
+def test_a_result_from_a_member_that_never_held_the_call_is_taken_and_the_holder_stopped():
+    # the far end of a chain (origin -> p -> far) answers the origin directly
     d = Dispatcher("a", cpus=0)
     d.peer_load("p", "p", 1, 1, 0.001)
-    d.peer_load("q", "q", 1, 1, 0.001)
     (peer, call_id), = forwards(d.submit(call(1), CLIENT))
-    stranger = "q" if peer == "p" else "p"
-    assert d.remote_result(ok(call_id), stranger) == []
-    assert d.counters["unexpected_results"] == 1 and call_id in d.pending
-    assert [a.result.call_id for a in d.remote_result(ok(call_id), peer)] == [call_id]
+    acts = d.remote_result(ok(call_id), "far")
+    assert acts == [Deliver(CLIENT, ok(call_id)),
+                    SendTo(peer, Cancel(call_id, "its result arrived from elsewhere"))]
+    assert d.remote_result(ok(call_id), peer) == []
+    assert d.counters["duplicate_results"] == 1 and d.idle()
 
 
 def test_a_late_result_from_a_lost_holder_is_still_accepted_once():
@@ -543,11 +582,101 @@ def test_a_late_result_from_a_lost_holder_is_still_accepted_once():
     d.peer_load("p", "p", 1, 1, 0.001)
     d.peer_load("q", "q", 1, 1, 0.001)
     (first, call_id), = forwards(d.submit(call(1), CLIENT))
-    (second, _), = forwards(d.peer_lost(first))
-    assert second != first
-    assert len(d.remote_result(ok(call_id), first)) == 1  # the lost one was only slow
-    assert d.remote_result(ok(call_id), second) == []
-    assert d.counters["duplicate_results"] == 1
+    (fwd,) = d.peer_lost(first)
+    assert fwd.peer_id != first and fwd.call.attempt == 1
+    acts = d.remote_result(ok(call_id), first)  # the lost one was only slow
+    assert acts == [Deliver(CLIENT, ok(call_id)),
+                    SendTo(fwd.peer_id, Cancel(call_id, "its result arrived from elsewhere"))]
+    assert d.remote_result(ok(call_id), fwd.peer_id) == []
+    assert d.counters["duplicate_results"] == 1 and d.counters["reassigned"] == 1
+
+
+def chain():
+    """A (origin, full) -> B (full) -> C (runs it)."""
+    a, b, c = (Dispatcher(n, cpus=1, node_id=n.upper()) for n in "abc")
+    a.submit(call("busy-a"), CLIENT)
+    b.submit(call("busy-b"), CLIENT)
+    a.peer_load("B", "b", 1, 1, 0.001)
+    a.peer_load("D", "d", 1, 1, 0.002)
+    b.peer_load("C", "c", 1, 1, 0.001)
+    (fa,) = [x for x in a.submit(Call("t", "m:f", b""), b"prog") if isinstance(x, Forward)]
+    assert fa.peer_id == "B" and fa.call.origin == "A"
+    (fb,) = [x for x in b.submit(fa.call, b"A", from_peer="A") if isinstance(x, Forward)]
+    assert fb.peer_id == "C"
+    assert c.submit(fb.call, b"B", from_peer="B") == [RunLocal(fb.call)]
+    return a, b, c
+
+
+def test_when_the_middle_of_a_chain_dies_the_far_result_reaches_the_origin_once():
+    a, b, c = chain()
+    (again,) = a.peer_lost("B")  # A re-places its call on D
+    assert isinstance(again, Forward) and again.peer_id == "D" and again.call.attempt == 1
+    assert c.peer_lost("B") == []  # C keeps running it, for the origin now
+    assert c.counters["redirected"] == 1
+    res = Result("t", True, b"42", "c")
+    (send,) = c.local_done(res)
+    assert send == SendTo("A", res)
+    acts = a.remote_result(res, "C")
+    assert acts == [Deliver(b"prog", res), SendTo("D", Cancel("t", "its result arrived from elsewhere"))]
+    assert a.remote_result(Result("t", True, b"42", "d"), "D") == []  # D was too slow: dropped
+
+
+def test_calls_of_a_dead_origin_are_cancelled_down_their_path():
+    a, b, c = chain()
+    b.submit(Call("queued", "m:f", b"", 1, "A"), b"A", from_peer="A")  # waits in B's backlog
+    acts = b.peer_lost("A")
+    assert acts == [SendTo("C", Cancel("t", "its origin was lost"))]
+    assert set(b.pending) == {"cbusy-b"} and b.counters["cancelled"] == 2
+    acts = c.peer_lost("A")
+    assert acts == [KillLocal("t")] and c.running == 0 and c.idle()
+
+
+def test_a_caller_cancel_stops_the_call_where_it_is():
+    d = Dispatcher("a", cpus=1)
+    d.submit(call(1), b"x")
+    assert d.cancel("c1", b"someone-else") == []  # not a requester of it: nothing
+    assert d.cancel("c1", b"x") == [KillLocal("c1")] and d.running == 0 and d.idle()
+    d.submit(call(2), b"x")
+    d.peer_load("p", "p", 1, 1, 0.001)
+    (fwd,) = d.submit(call(3), b"y")
+    assert d.cancel("c3", b"y") == [SendTo("p", Cancel("c3", "cancelled by its requester"))]
+    d.submit(call(4), b"z")  # p's estimated slot is taken: backlog
+    assert d.cancel("c4", b"z") == [] and "c4" not in d.pending
+    assert d.local_done(ok("c2")) == [Deliver(b"x", ok("c2"))]  # c4 is skipped, not run
+
+
+def test_declared_dead_replaces_our_calls_and_hands_back_what_we_held_for_peers():
+    d = Dispatcher("b", cpus=1, node_id="B")
+    d.peer_load("C", "c", 1, 1, 0.001)
+    d.peer_load("E", "e", 1, 1, 0.001)
+    d.submit(Call("mine-local", "m:f", b""), CLIENT)
+    d.submit(Call("mine-away", "m:f", b""), CLIENT)  # -> C or E
+    d.submit(Call("theirs-away", "m:f", b"", 1, "A"), b"A", from_peer="A")  # -> the other
+    d.submit(Call("theirs-queued", "m:f", b"", 1, "A"), b"A", from_peer="A")  # backlog
+    held = {cid: e.where for cid, e in d.pending.items()}
+    acts = d.declared_dead()
+    handed = [a.message.call_id for a in acts if isinstance(a, SendTo) and isinstance(a.message, Handback)]
+    assert sorted(handed) == ["theirs-away", "theirs-queued"]
+    assert SendTo(held["theirs-away"], Cancel("theirs-away", "declared dead while holding it")) in acts
+    assert set(d.pending) == {"mine-local", "mine-away"}
+    assert d.pending["mine-away"].attempts == 1 and d.pending["mine-local"].where == "local"
+
+
+def test_leaving_hands_queued_calls_back_to_their_sender():
+    d = Dispatcher("b", cpus=1, node_id="B")
+    d.submit(call("running"), b"A", from_peer="A")
+    d.submit(call("queued"), b"A", from_peer="A")
+    acts = d.drain()
+    assert acts == [SendTo("A", Handback("cqueued", "the agent is leaving"))]
+    assert list(d.pending) == ["crunning"]
+    acts = d.abandon("AgentLeaving", "left")  # the running one, past the grace period
+    assert acts == [SendTo("A", Handback("crunning", "left")), KillLocal("crunning")]
+    a = Dispatcher("a", cpus=0, node_id="A")
+    a.peer_load("B", "b", 1, 1, 0.001)
+    a.peer_load("C", "c", 1, 1, 0.002)
+    a.submit(call("x"), CLIENT)
+    (fwd,) = a.handed_back("cx", "B")
+    assert fwd.peer_id == "C" and a.handed_back("cx", "B") == []
 
 
 def test_abandon_fails_every_pending_call_once():
@@ -581,3 +710,57 @@ def test_a_call_that_finishes_while_lent_does_not_free_a_slot_twice():
     d.lend("cp", True)
     d.local_done(ok("cp"))  # (a crash while blocked)
     assert d.running == 0 and d.free == 1
+
+
+# ----------------------------------------------------------------------------- self-clocked spreading
+
+
+def test_results_carry_load_so_a_busy_origin_keeps_its_peers_fed():
+    d = Dispatcher("a", cpus=1, node_id="A", prefetch=1)
+    d.peer_load("p", "p", 2, 2, 0.001)
+    acts = [a for i in range(8) for a in d.submit(call(i), CLIENT)]
+    # 1 here, 2 to p's free slots, 2 more queued at p (prefetch 1 per slot), 3 wait here
+    assert [type(a).__name__ for a in acts].count("RunLocal") == 1
+    assert [f[0] for f in forwards(acts)] == ["p"] * 4
+    assert d.queued == 3
+    # p finishes one and says it has 0 free, 1 queued: room for one more from us
+    done = forwards(acts)[0][1]
+    acts = d.remote_result(Result(done, True, b"", "p", free=0, queued=1), "p")
+    assert forwards(acts) == [("p", "c5")] and d.queued == 2
+
+
+def test_a_call_is_queued_at_a_peer_only_if_it_would_start_sooner_there():
+    d = Dispatcher("a", cpus=4, node_id="A", prefetch=4)
+    d.peer_load("p", "p", 1, 0, 0.001, queued=3)  # one slot, three waiting: 4 deep
+    acts = [a for i in range(5) for a in d.submit(call(i), CLIENT)]
+    assert forwards(acts) == []  # our own queue is shorter per slot
+    assert d.queued == 1
+    assert d.prefetch == 4 and Dispatcher("b", 1).prefetch == 0  # off unless the agent asks
+
+
+def test_calls_cancelled_for_an_origin_that_comes_back_are_handed_back_to_it():
+    # the race seen on a loaded machine: the origin refuted a suspicion before our
+    # death verdict reached it, so it never learnt it was declared dead and still waits
+    c = Dispatcher("c", cpus=1, node_id="C")
+    c.submit(Call("x", "m:f", b"", 1, "A"), b"A", from_peer="A")
+    c.submit(Call("y", "m:f", b"", 2, "A"), b"B", from_peer="B")  # A -> B -> C
+    assert c.peer_lost("A") == [KillLocal("x")]  # y waits in the backlog: just dropped
+    assert c.idle()
+    acts = c.peer_alive("A")
+    reason = "cancelled while its origin seemed dead"
+    assert acts == [SendTo("A", Handback("x", reason)), SendTo("B", Handback("y", reason))]
+    assert c.peer_alive("A") == []  # once
+    a = Dispatcher("a", cpus=0, node_id="A")
+    a.peer_load("C", "c", 1, 1, 0.001)
+    (fwd,) = a.submit(Call("x", "m:f", b""), CLIENT)
+    (again,) = a.handed_back("x", "C")  # C is the only agent with slots: it is used again
+    assert again.peer_id == "C" and again.call.attempt == 1
+
+
+def test_orphan_records_are_bounded():
+    c = Dispatcher("c", cpus=0, node_id="C", max_orphans=3)
+    c.peer_load("D", "d", 9, 9, 0.001)
+    for i in range(5):
+        c.submit(Call(f"x{i}", "m:f", b"", 1, f"O{i}"), b"P", from_peer="P")
+        c.peer_lost(f"O{i}")
+    assert sum(map(len, c.orphans.values())) == 3 and list(c.orphans) == ["O2", "O3", "O4"]

@@ -50,7 +50,9 @@ STRATEGIES = {
         stamp=ints, ask=ints)),
     "leave": st.builds(m.Leave, node_id=texts, incarnation=ints),
     "call": st.builds(m.Call, call_id=texts, function=texts, payload=st.binary(max_size=200),
-                      hops=ints, origin=texts),
+                      hops=ints, origin=texts, visited=st.lists(texts, max_size=8), attempt=ints),
+    "cancel": st.builds(m.Cancel, call_id=texts, reason=texts),
+    "handback": st.builds(m.Handback, call_id=texts, reason=texts),
     "result": st.builds(m.Result, call_id=texts, ok=st.booleans(), value=st.binary(max_size=200),
                         agent=texts, error_type=texts, error=texts, traceback=texts),
     "query": st.builds(m.Query, qid=ints, what=texts),
@@ -77,6 +79,9 @@ EXAMPLES = [
     m.Nack(9, "cd" * 16),
     m.Resources(4, "add", 2, ""),
     m.TreeAdvert("ab" * 16, m.Advert("cd" * 16, 1, 1, 4.0, "", 17, 0.012, "cd" * 16, ["cd" * 16], 5, 0)),
+    m.Call("c-1", "", b"p", 1, "ab" * 16, ["cd" * 16], True, 3),
+    m.Cancel("c-1", "timed out"),
+    m.Handback("c-1", "leaving"),
 ]
 
 

@@ -44,4 +44,12 @@ class MemberChanged:
     incarnation: int = 0
 
 
-Action = Connect | Disconnect | Send | Reply | MemberChanged
+@dataclass(frozen=True)
+class DeclaredDead:
+    """Others declared this node dead (it was frozen or cut off) at ``incarnation``; it
+    has refuted, but what it delegated or held may have been re-placed meanwhile."""
+
+    incarnation: int
+
+
+Action = Connect | Disconnect | Send | Reply | MemberChanged | DeclaredDead

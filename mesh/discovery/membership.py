@@ -57,7 +57,15 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from mesh.discovery.actions import Action, Connect, Disconnect, MemberChanged, Reply, Send
+from mesh.discovery.actions import (
+    Action,
+    Connect,
+    DeclaredDead,
+    Disconnect,
+    MemberChanged,
+    Reply,
+    Send,
+)
 from mesh.discovery.detector import GossipBuffer, LocalHealth, suspicion_bounds, suspicion_timeout
 from mesh.discovery.timing import Timing
 from mesh.errors import LocalProtocolError
@@ -542,7 +550,7 @@ class Membership:
         self.health.up()
         self.gossip.add(Digest(self.me.id, self.me.name, self.me.address, "alive",
                                self.me.incarnation, self.me.cpus))
-        return []
+        return [DeclaredDead(d.incarnation)] if d.state in ("dead", "left") else []
 
     def _gossip_for(self, receiver: str | None) -> list[Digest]:
         """What to piggyback on a message to ``receiver``: its own bad news first (so a

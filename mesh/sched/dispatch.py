@@ -1,32 +1,50 @@
-"""Dispatcher: where each call runs, and where its result goes.
+"""Dispatcher: where each call runs, and where its result goes (the call ledger).
 
 Theory of operation
 -------------------
 A pure state machine per agent; the agent feeds it events and carries out the
-returned actions (``RunLocal``, ``Forward``, ``Deliver``).
+returned actions (``RunLocal``, ``Forward``, ``Deliver``, ``SendTo``, ``KillLocal``).
 
 Every call the agent accepts (from a client, or delegated by a peer) becomes a
-``Pending`` entry until its result has been delivered back on the path it came
-from. An entry is in exactly one place: ``local`` (running in a worker slot),
-``backlog`` (waiting), or a peer's node id (delegated to it).
+``Pending`` entry until its result has been delivered. An entry is in exactly one
+place: ``local`` (running in a worker slot), ``backlog`` (waiting), or a peer's node
+id (delegated to it), and has one or more *requesters*: the client or peer
+connections that asked for it (a call re-placed by its origin may reach an agent
+that still holds it from an earlier path: the new requester joins the entry).
 
-Placement, the walking skeleton's simple rule (``place``):
+Placement (``_place``):
   1. a free local slot: run here;
   2. else a live peer believed to have a free slot (its last heartbeat's ``free``
      minus what we sent it since), most free first, then the lowest round trip:
      delegate, unless the call already made ``max_hops`` hops;
   3. else wait in the local backlog if this agent has slots;
   4. an agent without slots delegates to the least loaded live peer with slots.
-A call is never sent back to the peer it came from, nor to a peer that already
-held it and was lost, so it cannot ping-pong. The backlog is retried whenever a
-slot frees or a peer reports free slots (spill-over).
+A call is never sent back to an agent that delegated it (``Call.visited``), so it
+cannot loop; a peer that already held it and was lost is chosen again only by an
+agent without slots of its own, when no other will do. The backlog is retried whenever a slot frees or a peer reports free
+slots (spill-over).
 
-Exactly once: the first result for a pending call is delivered and the entry
-removed; any later result for it (a lost peer that was only slow) is dropped and
-counted, and so is a result from a peer that never held the call. When a peer
-holding calls is lost, those calls are placed again (bounded by ``max_attempts``).
-A call records the agents that delegated it (``Call.visited``) and never goes back
-to one of them, so it cannot loop (A -> B -> C -> A) even on stale load news.
+The ledger: each hop keeps its own entry, so a delegation chain origin -> B -> C is
+known piecewise (origin: "at B"; B: "at C, for origin"). Failures are handled by
+the hop that sees them, from membership's verdicts:
+
+* a holder is lost (``peer_lost``): its calls are placed again, with
+  ``attempt + 1``, never on that peer (bounded by ``max_attempts``);
+* a requester is lost: if the call's origin is alive the holder answers the origin
+  directly (``SendTo``), so the far result of a chain whose middle agent died still
+  arrives; if the origin itself is lost the call is cancelled everywhere down its
+  path (``KillLocal``, ``Cancel``) so it stops using the mesh;
+* we learn that we were declared dead (``declared_dead``, a frozen agent waking):
+  everyone else re-placed what we held for them or cancelled what we asked of them,
+  so calls of our own clients held by peers are placed again, and calls we held for
+  peers but had delegated or not started are handed back (``Handback``);
+* leaving (``drain``): queued calls go to peers, or back to who sent them.
+
+Exactly once: the first result for a pending entry is delivered to its requesters
+and the entry removed; a result may come from any member (the far end of a chain
+answering the origin directly). A later result for the same call (a lost peer that
+was only slow, a frozen one that woke) finds no entry and is dropped and counted.
+Whoever else still holds the call is told to stop (``Cancel``).
 """
 
 from __future__ import annotations
@@ -34,7 +52,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field, replace
 
-from mesh.messages import Call, Result
+from mesh.messages import Call, Cancel, Handback, Message, Result
 
 
 @dataclass(frozen=True)
@@ -56,7 +74,22 @@ class Deliver:
     result: Result
 
 
-Action = RunLocal | Forward | Deliver
+@dataclass(frozen=True)
+class SendTo:
+    """Send ``message`` to the member ``peer_id`` over our own connection to it."""
+
+    peer_id: str
+    message: Message
+
+
+@dataclass(frozen=True)
+class KillLocal:
+    """Stop the worker running ``call_id`` (nobody wants its result any more)."""
+
+    call_id: str
+
+
+Action = RunLocal | Forward | Deliver | SendTo | KillLocal
 
 
 @dataclass
@@ -68,35 +101,64 @@ class PeerSlots:
     free: int
     rtt: float
     sent: int = 0  # calls we delegated to it since its last report
+    queued: int = 0
 
     @property
     def est_free(self) -> int:
         return self.free - self.sent
 
 
+@dataclass(frozen=True)
+class Requester:
+    """Who wants a call's result: a connection on our ROUTER (``identity``; ``peer`` is
+    its node id when it is a member, None for a client), or, with ``direct``, the
+    call's origin answered over our own connection to it."""
+
+    identity: bytes
+    peer: str | None
+    direct: bool = False
+
+
 @dataclass
 class Pending:
     call: Call
-    reply_to: bytes
-    from_peer: str | None
+    requesters: list[Requester]
     where: str  # "local", "backlog" or a peer id
     tried: set[str] = field(default_factory=set)
     attempts: int = 0
     lent: bool = False  # running here, blocked on other tasks, its slot lent
 
+    @property
+    def reply_to(self) -> bytes:
+        return self.requesters[0].identity
+
+    @property
+    def from_peer(self) -> str | None:
+        return self.requesters[0].peer
+
+    def peers_asking(self) -> list[str]:
+        return [r.peer for r in self.requesters if r.peer is not None]
+
 
 @dataclass
 class Dispatcher:
-    """Placement and result routing of one agent. See the module docstring."""
+    """Placement, result routing and the call ledger of one agent. See the module
+    docstring."""
 
     name: str
     cpus: int
     node_id: str = ""
     max_hops: int = 4
-    max_attempts: int = 3
+    max_attempts: int = 5
     max_pending: int = 100_000
+    prefetch: int = 0  # calls a busy peer may queue from us, per slot of its (0: none)
     pending: dict[str, Pending] = field(default_factory=dict)
     peers: dict[str, PeerSlots] = field(default_factory=dict)
+    lost: set[str] = field(default_factory=set)  # members declared dead or left
+    suspected: set[str] = field(default_factory=set)  # members suspected since their last report
+    orphans: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # origin -> (call, requester)
+    max_orphans: int = 100_000
+    _orphaned: int = 0
     backlog: deque[str] = field(default_factory=deque)
     running: int = 0
     draining: bool = False
@@ -107,10 +169,15 @@ class Dispatcher:
             "failed": 0,
             "forwarded": 0,
             "duplicate_results": 0,
-            "unexpected_results": 0,
+            "joined": 0,
             "lent": 0,
             "reclaimed": 0,
             "rejected": 0,
+            "reassigned": 0,
+            "redirected": 0,
+            "cancelled": 0,
+            "handed_back": 0,
+            "resent": 0,
         }
     )
 
@@ -118,9 +185,15 @@ class Dispatcher:
 
     def submit(self, call: Call, reply_to: bytes, from_peer: str | None = None) -> list[Action]:
         """A call arrived from a client (``from_peer`` None) or a peer."""
-        if call.call_id in self.pending:
-            self.counters["rejected"] += 1
-            return [Deliver(reply_to, self._failure(call, "DuplicateCall", "call id already in use"))]
+        requester = Requester(reply_to, from_peer)
+        entry = self.pending.get(call.call_id)
+        if entry is not None:  # asked again: by a new path, or a retransmission
+            # (an origin we were answering directly now asks over its own connection)
+            entry.requesters = [r for r in entry.requesters if not (r.direct and r.peer == from_peer)]
+            if all(r.identity != reply_to or r.direct for r in entry.requesters):
+                entry.requesters.append(requester)
+                self.counters["joined"] += 1
+            return []
         if len(self.pending) >= self.max_pending:
             self.counters["rejected"] += 1
             return [Deliver(reply_to, self._failure(call, "Overloaded", "too many pending calls"))]
@@ -128,10 +201,15 @@ class Dispatcher:
             self.counters["rejected"] += 1
             return [Deliver(reply_to, self._failure(call, "AgentLeaving", "agent is leaving"))]
         self.counters["accepted"] += 1
-        entry = Pending(call, reply_to, from_peer, "backlog")
+        if from_peer is None and not call.origin and self.node_id:
+            call = replace(call, origin=self.node_id)
+        entry = Pending(call, [requester], "backlog")
         if from_peer is not None:
             entry.tried.add(from_peer)
         self.pending[call.call_id] = entry
+        if self.backlog:  # first come, first placed
+            self.backlog.append(call.call_id)
+            return self._retry_backlog()
         return self._place_or_queue(entry)
 
     def local_done(self, result: Result) -> list[Action]:
@@ -143,27 +221,114 @@ class Dispatcher:
         return acts + self._retry_backlog()
 
     def remote_result(self, result: Result, peer_id: str) -> list[Action]:
-        """A peer sent the result of a call we delegated."""
-        return self._finish(result, holder=peer_id)
+        """A member sent the result of a call: the peer we delegated it to, or the far
+        end of a chain whose middle was lost (answering us, the origin, directly).
+        A result carries its sender's load: fresh news that it can take more."""
+        acts = self._finish(result, holder=peer_id)
+        peer = self.peers.get(peer_id)
+        if peer is not None and result.free >= 0:
+            peer.free, peer.queued, peer.sent = result.free, result.queued, 0
+            acts += self._retry_backlog()
+        return acts
 
-    def peer_load(self, peer_id: str, name: str, cpus: int, free: int, rtt: float | None) -> list[Action]:
+    def peer_load(self, peer_id: str, name: str, cpus: int, free: int, rtt: float | None,
+                  queued: int = 0) -> list[Action]:
         """A heartbeat from a live peer told us its capacity."""
-        self.peers[peer_id] = PeerSlots(name, cpus, free, rtt if rtt is not None else 1.0)
-        return self._retry_backlog()
+        self.peers[peer_id] = PeerSlots(name, cpus, free, rtt if rtt is not None else 1.0,
+                                        queued=queued)
+        self.lost.discard(peer_id)
+        acts: list[Action] = []
+        if peer_id in self.suspected:
+            # it answers again: what we sent it while it was out of reach may have been
+            # lost with the link (or its results were); send it again. It ignores a copy
+            # of a call it still holds for us; one it finished already runs again.
+            self.suspected.discard(peer_id)
+            for entry in self.pending.values():
+                if entry.where == peer_id:
+                    acts.append(Forward(peer_id, self._outgoing(entry)))
+                    self.counters["resent"] += 1
+        return acts + self._retry_backlog()
+
+    def peer_alive(self, peer_id: str) -> list[Action]:
+        """Membership says the peer is alive (again). If we had cancelled calls because
+        we took it for a dead origin, it was not: it may never have learnt that we
+        declared it dead (its refutation of a suspicion can overtake our verdict), so
+        it still waits for them. Hand them back to whoever sent them to us."""
+        self.lost.discard(peer_id)
+        acts: list[Action] = []
+        for call_id, requester in self.orphans.pop(peer_id, ()):
+            if requester not in self.lost:
+                acts.append(SendTo(requester, Handback(call_id, "cancelled while its origin seemed dead")))
+                self.counters["handed_back"] += 1
+        return acts
 
     def peer_lost(self, peer_id: str) -> list[Action]:
-        """A peer died or left: calls it held are placed again."""
+        """A peer died or left: calls it held are placed again; calls it asked for
+        are answered to their origin directly, or cancelled if it was the origin."""
         self.peers.pop(peer_id, None)
+        self.lost.add(peer_id)
         acts: list[Action] = []
-        for entry in [e for e in self.pending.values() if e.where == peer_id]:
-            entry.tried.add(peer_id)
-            entry.attempts += 1
-            if entry.attempts > self.max_attempts:
-                acts += self._fail(entry, "PeerLost", f"lost {entry.attempts} holders of this call")
-            else:
-                entry.where = "backlog"
-                acts += self._place_or_queue(entry)
-        return acts
+        for entry in list(self.pending.values()):
+            if entry.call.call_id not in self.pending:
+                continue
+            if entry.call.origin == peer_id:
+                self._orphan(entry)
+                acts += self._cancel(entry, "its origin was lost")
+                continue
+            if any(r.peer == peer_id for r in entry.requesters):
+                entry.requesters = [r for r in entry.requesters if r.peer != peer_id]
+                if not entry.requesters:
+                    origin = entry.call.origin
+                    if origin and origin != self.node_id and origin not in self.lost:
+                        entry.requesters.append(Requester(b"", origin, direct=True))
+                        self.counters["redirected"] += 1
+                    else:
+                        entry.requesters = [Requester(peer_id.encode(), peer_id)]
+                        self._orphan(entry)
+                        acts += self._cancel(entry, "nobody is left to want it")
+                        continue
+            if entry.where == peer_id:
+                acts += self._replace(entry, peer_id)
+        return acts + self._retry_backlog()
+
+    def declared_dead(self) -> list[Action]:
+        """Membership tells us that others declared us dead (we were frozen, or cut
+        off): they re-placed what we held for them and cancelled what we asked of them.
+        Place our own clients' calls held by peers again; hand back to peers what we
+        held for them but had not started here."""
+        acts: list[Action] = []
+        for entry in list(self.pending.values()):
+            if entry.where == "local":
+                continue  # its result still goes up; duplicates are dropped there
+            asking = entry.peers_asking()
+            if not asking or any(r.direct for r in entry.requesters):
+                if entry.where not in ("local", "backlog"):
+                    holder = entry.where  # it may still hold it, for a chain that lost it
+                    if holder not in self.lost:
+                        acts.append(SendTo(holder, Cancel(entry.call.call_id, "re-placed: we were "
+                                                          "declared dead")))
+                    acts += self._replace(entry, holder)
+                continue
+            acts += self._give_back(entry, "declared dead while holding it")
+        return acts + self._retry_backlog()
+
+    def cancel(self, call_id: str, identity: bytes) -> list[Action]:
+        """The requester on ``identity`` no longer wants the call (a client whose task
+        timed out, or the agent that delegated it to us)."""
+        entry = self.pending.get(call_id)
+        if entry is None:
+            return []
+        entry.requesters = [r for r in entry.requesters if r.identity != identity or r.direct]
+        if entry.requesters:
+            return []
+        return self._cancel(entry, "cancelled by its requester") + self._retry_backlog()
+
+    def handed_back(self, call_id: str, peer_id: str) -> list[Action]:
+        """The peer holding a call gives it back unfinished: place it again."""
+        entry = self.pending.get(call_id)
+        if entry is None or entry.where != peer_id:
+            return []
+        return self._replace(entry, peer_id)
 
     def lend(self, call_id: str, lent: bool) -> list[Action]:
         """A local call blocks waiting for other tasks (``lent``): its slot is free
@@ -182,6 +347,7 @@ class Dispatcher:
         """A peer stopped answering for a while: send it nothing new until it reports
         again (its calls stay with it until it is declared dead)."""
         self.peers.pop(peer_id, None)
+        self.suspected.add(peer_id)
         return []
 
     def forward_failed(self, call_id: str, peer_id: str) -> list[Action]:
@@ -194,10 +360,14 @@ class Dispatcher:
         return self._place_or_queue(entry)
 
     def abandon(self, error_type: str, text: str) -> list[Action]:
-        """Fail every pending call (the agent is going away)."""
+        """The agent is going away: calls held for peers go back to them, calls of our
+        own clients fail."""
         acts: list[Action] = []
         for entry in list(self.pending.values()):
-            acts += self._fail(entry, error_type, text)
+            if entry.peers_asking():
+                acts += self._give_back(entry, text)
+            if entry.call.call_id in self.pending:
+                acts += self._fail(entry, error_type, text)
         self.backlog.clear()
         return acts
 
@@ -207,10 +377,15 @@ class Dispatcher:
 
     def drain(self) -> list[Action]:
         """Leaving: accept no new client calls, run nothing new here, hand the backlog
-        to peers. Calls already running finish."""
+        to peers, or back to the peers that sent it. Calls already running finish."""
         self.draining = True
         self.cpus = 0
-        return self._retry_backlog()
+        acts = self._retry_backlog()
+        for call_id in list(self.backlog):
+            entry = self.pending.get(call_id)
+            if entry is not None and entry.where == "backlog" and entry.peers_asking():
+                acts += self._give_back(entry, "the agent is leaving")
+        return acts
 
     # ------------------------------------------------------------------ queries
 
@@ -235,6 +410,8 @@ class Dispatcher:
             peer = self._pick_peer(entry, need_free=True)
             if peer is None and self.cpus == 0:
                 peer = self._pick_peer(entry, need_free=False)
+            elif peer is None:
+                peer = self._pick_queue(entry)
             if peer is not None:
                 return self._forward(entry, peer)
         if self.cpus == 0 and call.hops >= self.max_hops:
@@ -244,16 +421,40 @@ class Dispatcher:
 
     def _pick_peer(self, entry: Pending, need_free: bool) -> str | None:
         best, best_key = None, None
+        asking = entry.peers_asking()
         for peer_id, p in self.peers.items():
-            if peer_id in entry.tried or peer_id in entry.call.visited or p.cpus <= 0:
+            if (peer_id in entry.call.visited or peer_id in asking or p.cpus <= 0
+                    or (peer_id in entry.tried and self.cpus > 0)):
                 continue
             if need_free:
                 if p.est_free <= 0:
                     continue
-                key = (-p.est_free, p.rtt)
+                key = (peer_id in entry.tried, -p.est_free, p.rtt)
             else:
-                key = ((p.cpus - p.est_free) / p.cpus, p.rtt)
+                key = (peer_id in entry.tried, (p.cpus - p.est_free) / p.cpus, p.rtt)
             if best_key is None or key < best_key:
+                best, best_key = peer_id, key
+        return best
+
+    def _pick_queue(self, entry: Pending) -> str | None:
+        """Every slot is busy, here and (as far as we know) at every peer: queue the call
+        where it will start soonest. Our wait is our backlog per slot; a peer's is the
+        calls queued there per slot (what it reported, plus what we sent since), and a
+        peer queues at most ``prefetch`` calls per slot from us. Results carry their
+        sender's load, so this is self-clocked: each result frees room for the next."""
+        ours = (len(self.backlog) + 1) / max(self.cpus, 1)
+        best, best_key = None, None
+        asking = entry.peers_asking()
+        for peer_id, p in self.peers.items():
+            if (peer_id in entry.call.visited or peer_id in asking or p.cpus <= 0
+                    or peer_id in entry.tried):
+                continue
+            waiting = p.queued + max(-p.est_free, 0)
+            if waiting >= self.prefetch * p.cpus:
+                continue
+            theirs = (waiting + 1) / p.cpus
+            key = (peer_id in entry.tried, theirs, p.rtt)
+            if theirs < ours and (best_key is None or key < best_key):
                 best, best_key = peer_id, key
         return best
 
@@ -266,9 +467,22 @@ class Dispatcher:
         entry.where = peer_id
         self.peers[peer_id].sent += 1
         self.counters["forwarded"] += 1
+        return [Forward(peer_id, self._outgoing(entry))]
+
+    def _outgoing(self, entry: Pending) -> Call:
         call = entry.call
         visited = call.visited + [self.node_id] if self.node_id else call.visited
-        return [Forward(peer_id, replace(call, hops=call.hops + 1, visited=visited))]
+        return replace(call, hops=call.hops + 1, visited=visited, attempt=entry.attempts)
+
+    def _replace(self, entry: Pending, holder: str) -> list[Action]:
+        """The holder lost the call: place it again (attempt + 1), not on that holder."""
+        entry.tried.add(holder)
+        entry.attempts += 1
+        if entry.attempts > self.max_attempts:
+            return self._fail(entry, "PeerLost", f"lost {entry.attempts} holders of this call")
+        self.counters["reassigned"] += 1
+        entry.where = "backlog"
+        return self._place_or_queue(entry)
 
     def _retry_backlog(self) -> list[Action]:
         acts: list[Action] = []
@@ -291,21 +505,65 @@ class Dispatcher:
         return acts
 
     def _finish(self, result: Result, holder: str) -> list[Action]:
-        entry = self.pending.get(result.call_id)
+        entry = self.pending.pop(result.call_id, None)
         if entry is None:
             self.counters["duplicate_results"] += 1
             return []
-        if holder != "local" and holder != entry.where and holder not in entry.tried:
-            self.counters["unexpected_results"] += 1  # from a peer that never held it
-            return []
-        del self.pending[result.call_id]
         self.counters["done" if result.ok else "failed"] += 1
-        return [Deliver(entry.reply_to, result)]
+        acts = self._deliver(entry, result)
+        if entry.where != holder:  # someone else still has it: stop them
+            acts += self._stop(entry, "its result arrived from elsewhere")
+            if entry.where == "local":
+                acts += self._retry_backlog()
+        return acts
+
+    def _deliver(self, entry: Pending, result: Result) -> list[Action]:
+        return [SendTo(r.peer, result) if r.direct else Deliver(r.identity, result)
+                for r in entry.requesters]
+
+    def _stop(self, entry: Pending, reason: str) -> list[Action]:
+        """Undo the entry's placement (the entry is already out of ``pending``)."""
+        if entry.where == "local":
+            if not entry.lent:
+                self.running = max(self.running - 1, 0)
+            return [KillLocal(entry.call.call_id)]  # (the caller retries the backlog)
+        if entry.where != "backlog" and entry.where not in self.lost:
+            return [SendTo(entry.where, Cancel(entry.call.call_id, reason))]
+        return []  # backlog: its id is skipped when the backlog reaches it
+
+    def _orphan(self, entry: Pending) -> None:
+        """Remember a call cancelled for its lost origin, in case the origin comes back
+        (bounded: the oldest are forgotten)."""
+        if not entry.call.origin:
+            return
+        asked = self.orphans.setdefault(entry.call.origin, [])
+        new = [(entry.call.call_id, r.peer) for r in entry.requesters if r.peer is not None]
+        asked += new
+        self._orphaned += len(new)
+        while self._orphaned > self.max_orphans and self.orphans:
+            oldest = next(iter(self.orphans))
+            self._orphaned -= len(self.orphans.pop(oldest))
+
+    def _cancel(self, entry: Pending, reason: str) -> list[Action]:
+        self.pending.pop(entry.call.call_id, None)
+        self.counters["cancelled"] += 1
+        return self._stop(entry, reason)
+
+    def _give_back(self, entry: Pending, reason: str) -> list[Action]:
+        """Return the call to the peers that asked for it; our clients' requests stay."""
+        acts = [SendTo(r.peer, Handback(entry.call.call_id, reason))
+                for r in entry.requesters if r.peer is not None and not r.direct]
+        self.counters["handed_back"] += len(acts)
+        entry.requesters = [r for r in entry.requesters if r.peer is None]
+        if not entry.requesters:
+            self.pending.pop(entry.call.call_id, None)
+            acts += self._stop(entry, reason)
+        return acts
 
     def _fail(self, entry: Pending, error_type: str, text: str) -> list[Action]:
         self.pending.pop(entry.call.call_id, None)
         self.counters["failed"] += 1
-        return [Deliver(entry.reply_to, self._failure(entry.call, error_type, text))]
+        return self._deliver(entry, self._failure(entry.call, error_type, text))
 
     def _failure(self, call: Call, error_type: str, text: str) -> Result:
         return Result(call.call_id, False, b"", self.name, error_type, text, "")

@@ -38,6 +38,7 @@ from mesh.discovery.membership import (
     DEALER_MESSAGES,
     ROUTER_MESSAGES,
     Connect,
+    DeclaredDead,
     Disconnect,
     MemberChanged,
     Membership,
@@ -61,6 +62,7 @@ class SimNode:
     conns: set[str] = field(default_factory=set)  # addresses we have a connection to
     paths: dict[str, str] = field(default_factory=dict)  # peer id -> address it reached us on
     changes: list[tuple[float, MemberChanged]] = field(default_factory=list)
+    declared_dead: list[float] = field(default_factory=list)  # when it learnt it was
 
     @property
     def id(self) -> str:
@@ -183,6 +185,8 @@ class SimNetwork:
                 self._reply(node, act.identity.hex(), act.message)
             elif isinstance(act, MemberChanged):
                 node.changes.append((self.now, act))
+            elif isinstance(act, DeclaredDead):
+                node.declared_dead.append(self.now)
             else:
                 raise TypeError(f"unknown action {act!r}")
 
