@@ -1,0 +1,645 @@
+"""A virtual clock and fake network that drive real ``Dispatcher`` ledgers (issue 6).
+
+Theory of operation
+-------------------
+No socket, thread or real clock: events wait in a heap ordered by (virtual time,
+sequence number) and all randomness comes from one seeded ``random.Random``, so one
+seed gives one run, action for action (``python -m mesh.sim.ledger_sim --seed N``
+replays it).
+
+Agents: each holds a real ``mesh.sched.dispatch.Dispatcher``; its actions are carried
+out as ``Agent._do`` does (``mesh/agent.py``):
+
+* ``RunLocal``: a virtual worker runs the call for its duration (in the payload),
+  then the agent gets ``local_done``; ``KillLocal`` cancels that run.
+* ``Forward(peer, call)``: the peer gets ``submit(call, <our id bytes>, from_peer=us)``.
+* ``Deliver(identity, result)``: our client's identity: the program gets it; a peer's
+  identity (16 bytes): the peer gets ``remote_result(result, us)`` (a ROUTER reply).
+* ``SendTo(peer, msg)``: Result -> ``remote_result``, Cancel -> ``cancel(id, <our id
+  bytes>)``, Handback -> ``handed_back``.
+
+Links: per direction and per connection (our DEALER -> their ROUTER for Forward and
+SendTo; our ROUTER reply -> their DEALER for Deliver) FIFO as TCP, delay ``DELAY``.
+A message is lost if its sender or receiver is dead at arrival, or a partition
+separates them. A frozen agent (SIGSTOP) processes nothing and so emits nothing; what
+reaches it (messages, its workers' completions) waits in its inbox (kernel buffers)
+and is processed in order when it wakes. Its workers keep running.
+
+Membership is modelled (SWIM itself is tested in ``test_sim_membership``): every
+``HEARTBEAT`` a live agent's load (``free`` = its real free slots) reaches each live
+observer that sees it and holds it alive (``peer_load``). When a node stops being
+visible to an observer (killed, frozen, partitioned away), the observer gets
+``peer_suspect`` after ``SUSPECT`` and ``peer_lost`` after ``DETECT`` (drawn per
+observer), unless it became visible again meanwhile. When it is visible again,
+observers that held it dead get ``peer_alive`` (then loads) after ``REVIVE``, and the
+node itself gets ``declared_dead`` once after ``REFUTE`` if anyone had declared it
+dead (the SWIM refutation; gossip carries the verdict). A node cut off from everyone
+declares everyone dead.
+
+Programs: a few origins each run a client with a share of the task graph (roots,
+chains, fan-in, a final reduction); a task is submitted when its dependencies'
+results have arrived, with a call id unique per (task, submission); a failure result
+is resubmitted (up to ``MAX_SUBMISSIONS``). Faults per seed: kills, freezes (0.5-6 s)
+and partitions (healed after 1-8 s), aimed at random agents, origins, or the agent
+holding the most calls.
+
+Checks (``Report.violations``): a live origin gets exactly one result for each call
+it submitted, never two; every live program finishes within ``TIME_LIMIT``; after
+quiescing no live agent holds entries (leaks, by kind) and its busy slots match its
+running workers. Figures: extra executions (runs beyond one per call), runs of a
+killed origin's calls started where its death was already detected, failures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import itertools
+import random
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from mesh.messages import Call, Cancel, Handback, Result
+from mesh.sched.dispatch import Deliver, Dispatcher, Forward, KillLocal, RunLocal, SendTo
+
+HEARTBEAT = 0.4
+DELAY = (0.0005, 0.005)  # one-way link delay, s
+LOCAL = 0.0002  # client <-> its agent
+SUSPECT, DETECT = (0.4, 0.9), (1.0, 3.0)  # after a node stops being visible
+REVIVE, REFUTE = (0.05, 1.0), (0.02, 0.3)  # after it is visible again
+DURATION = (0.005, 0.2)
+MAX_SUBMISSIONS = 4
+TIME_LIMIT = 120.0  # virtual seconds for every live program to finish
+QUIESCE = 6.0  # run on after the last program and fault, then look for leaks
+
+
+@dataclass
+class Node:
+    i: int
+    name: str
+    id: str
+    d: Dispatcher
+    alive: bool = True
+    frozen: bool = False
+    side: int = 0  # partitions: nodes see each other only on the same side
+    refuting: bool = False
+    inbox: list = field(default_factory=list)
+    runs: dict[str, tuple[int, str]] = field(default_factory=dict)  # call id -> (token, origin)
+    program: Program | None = None
+
+
+@dataclass
+class Report:
+    seed: int
+    agents: int
+    tasks: int
+    faults: list[str]
+    calls: int = 0  # submitted by programs whose origin is alive at the end
+    failures: dict[str, int] = field(default_factory=dict)
+    gave_up: int = 0
+    executions: int = 0
+    extra_executions: int = 0
+    dead_origin_runs: int = 0  # started where the (killed) origin was already declared dead
+    dead_origin_kept: int = 0  # still running right after the holder declared the origin dead
+    leaks: dict[str, int] = field(default_factory=dict)
+    end_time: float = 0.0
+    counters: dict[str, int] = field(default_factory=dict)
+    violations: list[str] = field(default_factory=list)
+    trace: list[tuple] | None = None
+    wall: float = field(default=0.0, compare=False)
+
+    def summary(self) -> str:
+        return (f"seed {self.seed}: {len(self.faults)} faults, {self.calls} calls, "
+                f"{self.executions} runs (+{self.extra_executions}), failures "
+                f"{dict(self.failures)}, leaks {dict(self.leaks)}, end {self.end_time:.1f}s, "
+                f"{len(self.violations)} violation(s)")
+
+
+class Program:
+    """A client on ``node`` running ``deps`` (task -> its dependencies) with futures."""
+
+    def __init__(self, sim: LedgerSim, node: Node, deps: list[list[int]]) -> None:
+        self.sim, self.node, self.deps = sim, node, deps
+        self.identity = b"client-" + node.name.encode()
+        self.durations = [sim.rng.uniform(*sim.durations) for _ in deps]
+        self.children: list[list[int]] = [[] for _ in deps]
+        for t, ds in enumerate(deps):
+            for p in ds:
+                self.children[p].append(t)
+        self.waiting = [len(ds) for ds in deps]
+        self.subs = [0] * len(deps)
+        self.calls: dict[str, int] = {}
+        self.results: Counter[str] = Counter()
+        self.done = 0
+        self.gave_up = 0
+        self.finished_at: float | None = None if deps else 0.0
+
+    def start(self) -> None:
+        for t, n in enumerate(self.waiting):
+            if n == 0:
+                self.submit(t)
+
+    def submit(self, t: int) -> None:
+        cid = f"{self.node.name}.t{t}.s{self.subs[t]}"
+        self.subs[t] += 1
+        self.calls[cid] = t
+        self.sim.client_send(self.node, Call(cid, "sim:task", repr(self.durations[t]).encode()))
+
+    def receive(self, result: Result) -> None:
+        if not self.node.alive:
+            return
+        cid, sim = result.call_id, self.sim
+        self.results[cid] += 1
+        if cid not in self.calls:
+            sim.violation(f"{self.node.name} got a result for a call it never made: {cid}")
+            return
+        if self.results[cid] > 1:
+            sim.violation(f"{self.node.name} got {self.results[cid]} results for {cid}")
+            return
+        t = self.calls[cid]
+        if not result.ok:
+            sim.failures[result.error_type] += 1
+            if self.subs[t] < MAX_SUBMISSIONS:
+                self.submit(t)
+                return
+            self.gave_up += 1
+        self.done += 1
+        for c in self.children[t]:
+            self.waiting[c] -= 1
+            if self.waiting[c] == 0:
+                self.submit(c)
+        if self.done == len(self.deps):
+            self.finished_at = sim.now
+
+
+def make_graph(rng: random.Random, n: int) -> list[list[int]]:
+    """Roots (fan-out), chains, fan-ins, and a final reduction over every sink."""
+    deps: list[list[int]] = []
+    sinks: set[int] = set()
+    for t in range(n):
+        r = rng.random()
+        if t and t == n - 1:
+            ds = sorted(sinks)
+        elif t == 0 or r < 0.35:
+            ds = []
+        elif r < 0.75:
+            ds = [rng.randrange(max(0, t - 10), t)]
+        else:
+            ds = rng.sample(range(t), min(t, rng.randint(2, 4)))
+        deps.append(ds)
+        sinks.difference_update(ds)
+        sinks.add(t)
+    return deps
+
+
+class LedgerSim:
+    """Agents with real dispatchers, a fake network, modelled membership, programs."""
+
+    def __init__(self, seed: int, *, agents: int = 50, tasks: int = 500,
+                 cpus: list[int] | None = None, origins: list[int] | None = None,
+                 durations: tuple[float, float] = DURATION, record: bool = False,
+                 hold: bool = False) -> None:
+        self.rng = rng = random.Random(seed)
+        self.seed, self.now, self.durations, self.hold = seed, 0.0, durations, hold
+        self.held: list[tuple] = []  # with ``hold``: messages waiting for a partition to heal
+        self._heap: list = []
+        self._seq = itertools.count()
+        self.fifo: dict[tuple, float] = {}
+        self.violations: list[str] = []
+        self.failures: Counter[str] = Counter()
+        self.trace: list[tuple] | None = [] if record else None
+        self.faults: list[str] = []
+        self.fault_end = 0.0
+        self.executions: Counter[str] = Counter()
+        self.dead_origin_runs = self.dead_origin_kept = 0
+        if cpus is None:
+            cpus = [0 if rng.random() < 0.15 else rng.randint(1, 4) for _ in range(agents)]
+        n = len(cpus)
+        self.nodes = [Node(i, f"a{i:02d}", f"{rng.getrandbits(128):032x}",
+                           Dispatcher(f"a{i:02d}", c, "")) for i, c in enumerate(cpus)]
+        for node in self.nodes:
+            node.d.node_id = node.id
+        self.by_id = {node.id: node for node in self.nodes}
+        self.rtt = [rng.uniform(0.001, 0.01) for _ in range(n * n)]
+        self.visible = [True] * (n * n)
+        self.gen = [0] * (n * n)
+        self.dead_view: set[int] = set()  # o * n + p: o holds p dead
+        self.declared_by: list[set[int]] = [set() for _ in range(n)]
+        if origins is None:
+            origins = sorted(rng.sample(range(n), min(n, rng.randint(3, 5))))
+        share = [tasks // len(origins) + (k < tasks % len(origins)) for k in range(len(origins))]
+        self.programs = [Program(self, self.nodes[o], make_graph(rng, s))
+                         for o, s in zip(origins, share, strict=True)]
+        for prog in self.programs:
+            prog.node.program = prog
+        for node in self.nodes:  # every agent knows every other (a converged mesh)
+            self._heartbeat(node, reschedule=False)
+            self.at(rng.uniform(0, HEARTBEAT), self._heartbeat, node)
+        for prog in self.programs:
+            self.at(0.001, prog.start)
+
+    # ------------------------------------------------------------------ clock
+
+    def at(self, when: float, fn, *args) -> None:
+        heapq.heappush(self._heap, (when, next(self._seq), fn, args))
+
+    def run_until(self, until: float, stop=None) -> bool:
+        while self._heap and self._heap[0][0] <= until:
+            when, _, fn, args = heapq.heappop(self._heap)
+            self.now = when
+            fn(*args)
+            if stop is not None and stop():
+                return True
+        self.now = max(self.now, until)
+        return False
+
+    def finished(self) -> bool:
+        return all(p.finished_at is not None for p in self.programs if p.node.alive)
+
+    def violation(self, text: str) -> None:
+        self.violations.append(f"t={self.now:.3f} {text}")
+
+    def node(self, name: str) -> Node:
+        return next(n for n in self.nodes if n.name == name)
+
+    # ------------------------------------------------------------------ faults
+
+    def kill(self, node: Node) -> None:
+        self.faults.append(f"t={self.now:.2f} kill {node.name}")
+        node.alive, node.frozen = False, False
+        node.runs.clear()
+        node.inbox.clear()
+        self._topology()
+
+    def freeze(self, node: Node, seconds: float) -> None:
+        self.faults.append(f"t={self.now:.2f} freeze {node.name} {seconds:.1f}s")
+        node.frozen = True
+        self.fault_end = max(self.fault_end, self.now + seconds)
+        self.at(self.now + seconds, self._wake, node)
+        self._topology()
+
+    def partition(self, nodes: list[Node], seconds: float) -> None:
+        names = ",".join(n.name for n in nodes)
+        self.faults.append(f"t={self.now:.2f} partition [{names}] {seconds:.1f}s")
+        for n in nodes:
+            n.side = 1
+        self.fault_end = max(self.fault_end, self.now + seconds)
+        self.at(self.now + seconds, self._heal)
+        self._topology()
+
+    def _wake(self, node: Node) -> None:
+        if not node.alive:
+            return
+        node.frozen = False
+        inbox, node.inbox = node.inbox, []
+        for fn, args in inbox:
+            if node.alive and not node.frozen:
+                fn(*args)
+        self._topology()
+
+    def _heal(self) -> None:
+        for n in self.nodes:
+            n.side = 0
+        held, self.held = self.held, []
+        for args in held:
+            self._arrive(*args)
+        self._topology()
+
+    def holder(self) -> Node:
+        """The live agent holding the most calls."""
+        return max((n for n in self.nodes if n.alive), key=lambda n: (len(n.d.pending), -n.i))
+
+    # ------------------------------------------------------------------ membership model
+
+    def _topology(self) -> None:
+        n, rng = len(self.nodes), self.rng
+        for o in self.nodes:
+            if not o.alive:
+                continue
+            for p in self.nodes:
+                if p is o:
+                    continue
+                k = o.i * n + p.i
+                v = p.alive and not p.frozen and o.side == p.side
+                if v == self.visible[k]:
+                    continue
+                self.visible[k] = v
+                self.gen[k] += 1
+                if not v:
+                    self.at(self.now + rng.uniform(*SUSPECT), self._suspect, o, p, self.gen[k])
+                    self.at(self.now + rng.uniform(*DETECT), self._detect, o, p, self.gen[k])
+                elif k in self.dead_view:
+                    self.at(self.now + rng.uniform(*REVIVE), self._revive, o, p, self.gen[k])
+        for p in self.nodes:
+            if p.alive and not p.frozen and self.declared_by[p.i] and not p.refuting \
+                    and self._seen(p):
+                p.refuting = True
+                self.at(self.now + rng.uniform(*REFUTE), self._refute, p)
+
+    def _seen(self, p: Node) -> bool:
+        n = len(self.nodes)
+        return any(o.alive and o is not p and self.visible[o.i * n + p.i] for o in self.nodes)
+
+    def _suspect(self, o: Node, p: Node, g: int) -> None:
+        k = o.i * len(self.nodes) + p.i
+        if self.gen[k] != g or not o.alive or k in self.dead_view:
+            return
+        if o.frozen:  # it suspects when it wakes and its probes go unanswered
+            self.at(self.now + 0.2, self._suspect, o, p, g)
+            return
+        self._do(o, o.d.peer_suspect(p.id))
+
+    def _detect(self, o: Node, p: Node, g: int) -> None:
+        k = o.i * len(self.nodes) + p.i
+        if self.gen[k] != g or not o.alive or k in self.dead_view:
+            return
+        if o.frozen:
+            self.at(self.now + 0.2, self._detect, o, p, g)
+            return
+        self.dead_view.add(k)
+        self.declared_by[p.i].add(o.i)
+        self._do(o, o.d.peer_lost(p.id))
+        if not p.alive:
+            self.dead_origin_kept += sum(1 for _, origin in o.runs.values() if origin == p.id)
+
+    def _revive(self, o: Node, p: Node, g: int) -> None:
+        k = o.i * len(self.nodes) + p.i
+        if self.gen[k] != g or not o.alive:
+            return
+        if o.frozen:
+            self.at(self.now + 0.2, self._revive, o, p, g)
+            return
+        self.dead_view.discard(k)
+        self._do(o, o.d.peer_alive(p.id))
+
+    def _refute(self, p: Node) -> None:
+        p.refuting = False
+        if p.alive and not p.frozen and self.declared_by[p.i] and self._seen(p):
+            self.declared_by[p.i].clear()
+            self._record(p, "declared_dead", "")
+            self._do(p, p.d.declared_dead())
+
+    def _heartbeat(self, p: Node, reschedule: bool = True) -> None:
+        if not p.alive:
+            return
+        if reschedule:
+            self.at(self.now + HEARTBEAT, self._heartbeat, p)
+        if p.frozen:
+            return
+        n, free = len(self.nodes), p.d.free
+        for o in self.nodes:
+            k = o.i * n + p.i
+            if o is not p and o.alive and not o.frozen and self.visible[k] \
+                    and k not in self.dead_view:
+                self._do(o, o.d.peer_load(p.id, p.name, p.d.cpus, free, self.rtt[k]))
+
+    # ------------------------------------------------------------------ network
+
+    def _handle(self, node: Node, fn, *args) -> None:
+        if node.frozen:
+            node.inbox.append((fn, args))
+        else:
+            fn(*args)
+
+    def client_send(self, node: Node, call: Call) -> None:
+        self.at(self.now + LOCAL, self._client_in, node, call)
+
+    def _client_in(self, node: Node, call: Call) -> None:
+        if node.alive:
+            self._handle(node, lambda: self._do(node, node.d.submit(call, node.program.identity)))
+
+    def _send(self, src: Node, dst: Node, conn: str, kind: str, msg) -> None:
+        key = (src.i, dst.i, conn)
+        when = max(self.now + self.rng.uniform(*DELAY), self.fifo.get(key, 0.0))
+        self.fifo[key] = when
+        self.at(when, self._arrive, src, dst, kind, msg)
+
+    def _arrive(self, src: Node, dst: Node, kind: str, msg) -> None:
+        if not (src.alive and dst.alive):
+            return
+        if src.side == dst.side:
+            self._handle(dst, self._receive, src, dst, kind, msg)
+        elif self.hold:  # TCP retransmits over the connection until the partition heals
+            self.held.append((src, dst, kind, msg))
+
+    def _receive(self, src: Node, dst: Node, kind: str, msg) -> None:
+        d, ident = dst.d, bytes.fromhex(src.id)
+        if kind == "call":
+            acts = d.submit(msg, ident, src.id)
+        elif kind == "result":
+            acts = d.remote_result(msg, src.id)
+        elif kind == "cancel":
+            acts = d.cancel(msg.call_id, ident)
+        else:
+            acts = d.handed_back(msg.call_id, src.id)
+        self._do(dst, acts)
+
+    def _record(self, node: Node, what: str, detail: str) -> None:
+        if self.trace is not None:
+            self.trace.append((round(self.now, 9), node.name, what, detail))
+
+    def _do(self, node: Node, actions: list) -> None:
+        """Carry out ``node``'s dispatcher actions, as ``Agent._do`` does."""
+        for act in actions:
+            if isinstance(act, RunLocal):
+                self._record(node, "run", act.call.call_id)
+                self._run(node, act.call)
+            elif isinstance(act, Forward):
+                self._record(node, "forward", f"{act.call.call_id} {self.by_id[act.peer_id].name}")
+                self._send(node, self.by_id[act.peer_id], "dealer", "call", act.call)
+            elif isinstance(act, Deliver):
+                self._record(node, "deliver", act.result.call_id)
+                prog = node.program
+                if prog is not None and act.identity == prog.identity:
+                    self.at(self.now + LOCAL, prog.receive, act.result)
+                elif len(act.identity) == 16 and act.identity.hex() in self.by_id:
+                    self._send(node, self.by_id[act.identity.hex()], "router", "result",
+                               act.result)
+                else:
+                    self.violation(f"{node.name} delivers to unknown identity {act.identity!r}")
+            elif isinstance(act, SendTo):
+                msg = act.message
+                kind = ("result" if isinstance(msg, Result) else "cancel"
+                        if isinstance(msg, Cancel) else "handback" if isinstance(msg, Handback)
+                        else None)
+                if kind is None:
+                    raise TypeError(f"unexpected message {msg!r}")
+                self._record(node, kind, f"{getattr(msg, 'call_id', '')} "
+                             f"{self.by_id[act.peer_id].name}")
+                self._send(node, self.by_id[act.peer_id], "dealer", kind, msg)
+            elif isinstance(act, KillLocal):
+                self._record(node, "kill", act.call_id)
+                node.runs.pop(act.call_id, None)
+            else:
+                raise TypeError(f"unknown action {act!r}")
+
+    def _run(self, node: Node, call: Call) -> None:
+        cid = call.call_id
+        if cid in node.runs:
+            self.violation(f"{node.name} runs {cid} twice at once")
+        origin = self.by_id.get(call.origin)
+        if origin is not None and not origin.alive and \
+                node.i * len(self.nodes) + origin.i in self.dead_view:
+            self.dead_origin_runs += 1
+        token = next(self._seq)
+        node.runs[cid] = (token, call.origin)
+        self.executions[cid] += 1
+        self.at(self.now + float(call.payload), self._run_end, node, cid, token)
+
+    def _run_end(self, node: Node, cid: str, token: int) -> None:
+        if node.alive and node.runs.get(cid, (None,))[0] == token:
+            del node.runs[cid]
+            result = Result(cid, True, b"", node.name)
+            self._handle(node, lambda: self._do(node, node.d.local_done(result)))
+
+    # ------------------------------------------------------------------ end
+
+    def finish(self, limit: float = TIME_LIMIT) -> Report:
+        """Run until every live program is done (or ``limit``), quiesce, and check."""
+        done = self.run_until(limit, lambda: self.finished() and self.now >= self.fault_end)
+        end = max((p.finished_at or 0.0) for p in self.programs if p.node.alive) \
+            if any(p.node.alive for p in self.programs) else self.now
+        if not done:
+            for p in self.programs:
+                if p.node.alive and p.finished_at is None:
+                    self.violation(f"program on {p.node.name} unfinished: {p.done}/{len(p.deps)}"
+                                   f" tasks done by the time limit")
+        self.run_until(self.now + QUIESCE)
+        rep = Report(self.seed, len(self.nodes), sum(len(p.deps) for p in self.programs),
+                     self.faults, end_time=round(end, 6), trace=self.trace)
+        killed = {n.id for n in self.nodes if not n.alive}
+        resolved: set[str] = set()
+        for p in self.programs:
+            if not p.node.alive:
+                continue
+            rep.calls += len(p.calls)
+            rep.gave_up += p.gave_up
+            resolved.update(p.results)
+            missing = [c for c in p.calls if p.results[c] == 0]
+            if missing and p.finished_at is not None:
+                self.violation(f"{p.node.name} never got results for {missing[:5]}")
+        leaks: Counter[str] = Counter()
+        counters: Counter[str] = Counter()
+        for node in self.nodes:
+            if not node.alive:
+                continue
+            counters.update(node.d.counters)
+            for cid, e in node.d.pending.items():
+                kind = ("dead-origin" if e.call.origin in killed else
+                        "finished" if cid in resolved else "other")
+                leaks[f"{kind}:{e.where if e.where in ('local', 'backlog') else 'peer'}"] += 1
+                self.violation(f"leak on {node.name}: {cid} ({kind}) where={e.where}")
+            if node.d.running != len(node.runs):
+                self.violation(f"{node.name} counts {node.d.running} busy slots, "
+                               f"runs {len(node.runs)}")
+        rep.leaks, rep.counters = dict(sorted(leaks.items())), dict(sorted(counters.items()))
+        rep.failures = dict(sorted(self.failures.items()))
+        rep.executions = sum(self.executions.values())
+        rep.extra_executions = sum(c - 1 for c in self.executions.values() if c > 1)
+        rep.dead_origin_runs, rep.dead_origin_kept = self.dead_origin_runs, self.dead_origin_kept
+        rep.violations = self.violations
+        return rep
+
+
+def random_faults(sim: LedgerSim, rng: random.Random, horizon: float) -> None:
+    """Schedule 1-8 kills, freezes and partitions over ``horizon`` virtual seconds."""
+    origins = [p.node for p in sim.programs]
+
+    def target(kind: str) -> Node | None:
+        live = [n for n in sim.nodes if n.alive and not (kind == "freeze" and n.frozen)]
+        r = rng.random()
+        if r < 0.25:
+            live_origins = [n for n in origins if n in live]
+            if kind != "kill" or sum(o.alive for o in origins) > 1:
+                live = live_origins or live
+        elif r < 0.55:
+            return sim.holder() if kind != "freeze" or not sim.holder().frozen else None
+        return rng.choice(live) if live else None
+
+    def fire(kind: str, seconds: float) -> None:
+        node = target(kind)
+        if kind == "kill" and node is not None:
+            sim.kill(node)
+        elif kind == "freeze" and node is not None:
+            sim.freeze(node, seconds)
+        elif kind == "partition" and all(n.side == 0 for n in sim.nodes):
+            small = rng.sample(sim.nodes, rng.randint(1, len(sim.nodes) // 3))
+            if node is not None and rng.random() < 0.5 and node not in small:
+                small.append(node)
+            sim.partition(small, seconds)
+
+    for _ in range(rng.randint(1, 8)):
+        kind = rng.choices(("kill", "freeze", "partition"), (0.35, 0.4, 0.25))[0]
+        seconds = rng.uniform(0.5, 6.0) if kind == "freeze" else rng.uniform(1.0, 8.0)
+        when = rng.uniform(0.05, horizon)
+        sim.fault_end = max(sim.fault_end, when)
+        sim.at(when, fire, kind, seconds)
+
+
+def run_seed(seed: int, *, agents: int = 50, tasks: int = 500, faults: bool = True,
+             record: bool = False, hold: bool = False) -> Report:
+    """One seeded run: random agents, programs and faults. Same seed, same report."""
+    start = time.perf_counter()
+    sim = LedgerSim(seed, agents=agents, tasks=tasks, record=record, hold=hold)
+    if faults:
+        random_faults(sim, random.Random(f"faults-{seed}"), horizon=1.5)
+    rep = sim.finish()
+    rep.wall = time.perf_counter() - start
+    return rep
+
+
+def _sweep_one(args: tuple[int, int, int, bool]) -> Report:
+    return run_seed(args[0], agents=args[1], tasks=args[2], hold=args[3])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seed", type=int, help="run (replay) one seed and print its report")
+    ap.add_argument("--seeds", type=int, default=100, help="how many seeds to sweep")
+    ap.add_argument("--start", type=int, default=0)
+    ap.add_argument("--agents", type=int, default=50)
+    ap.add_argument("--tasks", type=int, default=500)
+    ap.add_argument("--hold", action="store_true",
+                    help="partitions delay messages (TCP) instead of dropping them")
+    ap.add_argument("--jobs", type=int, default=1, help="worker processes for a sweep")
+    args = ap.parse_args(argv)
+    if args.seed is not None:
+        rep = run_seed(args.seed, agents=args.agents, tasks=args.tasks, hold=args.hold)
+        print("\n".join(rep.faults))
+        print(rep.summary(), f"counters {rep.counters}", sep="\n")
+        print("\n".join(rep.violations))
+        return 1 if rep.violations else 0
+    started = time.perf_counter()
+    work = [(s, args.agents, args.tasks, args.hold) for s in range(args.start, args.start + args.seeds)]
+    if args.jobs > 1:
+        from multiprocessing import Pool
+
+        with Pool(args.jobs) as pool:
+            reports = pool.map(_sweep_one, work, chunksize=4)
+    else:
+        reports = [_sweep_one(w) for w in work]
+    bad = [r for r in reports if r.violations]
+    for r in bad:
+        print(r.summary(), *r.violations[:5], f"  replay: python -m mesh.sim.ledger_sim "
+              f"--seed {r.seed} --agents {r.agents} --tasks {r.tasks}", sep="\n  ")
+    nfaults = sum(len(r.faults) for r in reports)
+    extra = sum(r.extra_executions for r in reports)
+    fails: Counter[str] = Counter()
+    leaks: Counter[str] = Counter()
+    for r in reports:
+        fails.update(r.failures)
+        leaks.update(r.leaks)
+    print(f"{len(reports)} seeds, {len(bad)} with violations, {nfaults} faults, "
+          f"{sum(r.calls for r in reports)} calls, {sum(r.executions for r in reports)} runs, "
+          f"{extra} extra ({extra / max(nfaults, 1):.2f} per fault), failures {dict(fails)}, "
+          f"gave up {sum(r.gave_up for r in reports)}, leaks {dict(leaks)}, dead-origin runs "
+          f"{sum(r.dead_origin_runs for r in reports)} (+{sum(r.dead_origin_kept for r in reports)}"
+          f" kept), max end {max(r.end_time for r in reports):.1f}s, "
+          f"{time.perf_counter() - started:.1f}s wall")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
