@@ -594,3 +594,176 @@ class Netns:
 
     def __exit__(self, *exc: Any) -> None:
         self.script("netns_down.sh")
+
+
+# -- CPU-bound task bodies, calibrated (hetero, scale) ----------------------------------------
+
+def spin(n: int) -> dict[str, Any]:
+    """`n` iterations of a pure-Python loop (busy work that holds one core and the GIL), as a
+    task body: returns where it ran (the worker's MESH_AGENT_NAME) and its own wall and CPU
+    seconds, so a scenario sees each agent's real per-slot speed."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    x = 0
+    for i in range(n):
+        x = (x + i * i) % 1_000_003
+    return {"agent": os.environ.get("MESH_AGENT_NAME", "?"), "wall": time.perf_counter() - t0,
+            "cpu": time.process_time() - c0, "x": x}
+
+
+def where() -> str:
+    """A no-op task body that says where it ran (the worker's MESH_AGENT_NAME)."""
+    return os.environ.get("MESH_AGENT_NAME", "?")
+
+
+def calibrate_spin(target_s: float, tries: int = 5) -> tuple[int, float]:
+    """Iterations of `spin` that take `target_s` on one core of this machine, in this process,
+    and the measured seconds for that many (best of `tries`: other load only ever slows it)."""
+    n = 10_000
+    while True:  # grow until one measurement is long enough to scale from
+        t = spin(n)["cpu"]
+        if t >= 0.02:
+            break
+        n *= 4
+    per_iter = min(spin(n)["cpu"] / n for _ in range(tries))
+    n = max(1, round(target_s / per_iter))
+    return n, min(spin(n)["cpu"] for _ in range(tries))
+
+
+def wait_members(clients: Sequence[Any], n: int, timeout: float, what: str = "the mesh") -> None:
+    """Poll each client's agent (`status`) until every one counts `n - 1` live peers."""
+    def full() -> bool:
+        return all(c.query("status", timeout=5.0)["peers_alive"] >= n - 1 for c in clients)
+
+    wait_until(full, timeout, f"{what} to form ({n} agents each seeing {n - 1} live peers)",
+               interval=0.05)
+
+
+# -- CPU-capped agents (cgroup v1, harness cg_limit.sh) ----------------------------------------
+
+CG_ROOT = Path("/sys/fs/cgroup")
+
+
+def cgroups_unusable() -> str | None:
+    """Why `cg_limit.sh` cannot cap an agent here, or None if it can (a probe group is made,
+    run and removed)."""
+    if not sys.platform.startswith("linux"):
+        return f"cgroups need Linux (this is {sys.platform})"
+    if os.geteuid() != 0:
+        return "cgroups need root (cg_limit.sh writes /sys/fs/cgroup)"
+    script = HARNESS / "cg_limit.sh"
+    if not script.is_file():
+        return f"harness script {script} not found (set BENCH_HARNESS)"
+    if not (CG_ROOT / "cpu" / "cpu.cfs_quota_us").exists():
+        return "no cgroup v1 cpu controller at /sys/fs/cgroup/cpu (cfs quota)"
+    probe = CpuCap(f"probe{os.getpid()}", 25, 0)
+    try:
+        proc = subprocess.run(probe.prefix() + ["true"], capture_output=True, text=True, timeout=20)
+        if proc.returncode != 0:
+            return f"cg_limit.sh run failed ({proc.returncode}): {proc.stderr.strip()[-300:]}"
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"cg_limit.sh run failed: {exc}"
+    finally:
+        probe.remove()
+    return None
+
+
+@dataclass
+class CpuCap:
+    """A cgroup `mt_NAME` made by the harness's `cg_limit.sh run NAME PCT MEM_MB -- CMD`:
+    PCT % of one core (CFS quota over a 100 ms period) for the whole process tree, and a
+    MEM_MB memory limit (0: none)."""
+
+    name: str
+    pct: int
+    mem_mb: int = 0
+
+    @property
+    def group(self) -> str:
+        return f"mt_{self.name}"
+
+    def prefix(self) -> list[str]:
+        return ["bash", str(HARNESS / "cg_limit.sh"), "run", self.name, str(self.pct),
+                str(self.mem_mb), "--"]
+
+    def holds(self, pid: int) -> bool:
+        """Whether `pid` is in this group's cpu cgroup."""
+        try:
+            lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+        except OSError:
+            return False
+        for line in lines:
+            _, controllers, path = line.split(":", 2)
+            if "cpu" in controllers.split(",") and path.rstrip("/").endswith("/" + self.group):
+                return True
+        return False
+
+    def stat(self) -> dict[str, Any]:
+        """Quota, period and throttling counters of the cpu group (empty if gone)."""
+        d = CG_ROOT / "cpu" / self.group
+        try:
+            out: dict[str, Any] = {"quota_us": int((d / "cpu.cfs_quota_us").read_text()),
+                                   "period_us": int((d / "cpu.cfs_period_us").read_text())}
+            for line in (d / "cpu.stat").read_text().splitlines():
+                k, v = line.split()
+                out[k] = int(v)
+        except (OSError, ValueError):
+            return {}
+        return out
+
+    def remove(self) -> None:
+        """`cg_limit.sh rm NAME` (its processes must have exited); errors are ignored."""
+        try:
+            subprocess.run(["bash", str(HARNESS / "cg_limit.sh"), "rm", self.name],
+                           capture_output=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+
+
+def start_capped_agent(workdir: Path, cap: CpuCap, name: str, cpus: int,
+                       extra: Sequence[str] = (), timeout: float = 30.0) -> Agent:
+    """Like `start_agent` (secure, 127.0.0.1, no mDNS, no REST), but the agent is exec'ed by
+    `cg_limit.sh` inside `cap`'s cgroup (its workers inherit it): the pid is the agent's.
+    Checks loopback-only sockets and that the agent really sits in the group."""
+    key_file, key = bench_key(workdir)
+    state_file = Path(workdir) / f"{name}.state.json"
+    cmd = cap.prefix() + agent_command(state_file, name, cpus, extra, key_file)
+    child = spawn(f"agent-{name}", cmd, workdir)
+    try:
+        state = wait_until(lambda: read_json(state_file, STATE_KEYS), timeout,
+                           f"the agent's state file {state_file}", child)
+        ready_s = time.perf_counter() - child.started
+        assert_loopback(child.pid, f"the mesh agent {name}")
+        if not cap.holds(child.pid):
+            raise BenchError(f"agent {name} (pid {child.pid}) is not in cgroup {cap.group}")
+    except BaseException:
+        stop(child)
+        raise
+    issues = []
+    if state.get("pid") != child.pid:
+        issues.append(f"state pid {state.get('pid')!r} != process pid {child.pid}")
+    return Agent(child, state, ready_s, issues, key, False)
+
+
+class MachineCpu:
+    """CPU of the whole machine and of this process's tree (it, the agents it started, their
+    workers) over one window, in cores: `others_cores` is what everything else used (other
+    work on a shared machine), the honest caveat next to a throughput or capacity figure."""
+
+    def __init__(self) -> None:
+        self.roots = [os.getpid()]
+        self.t0 = time.monotonic()
+        self.sys0 = psutil.cpu_times()
+        self.own0 = _cpu_snapshot(self.roots)
+
+    @staticmethod
+    def _busy(t: Any) -> float:
+        return sum(getattr(t, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq", "steal"))
+
+    def finish(self) -> dict[str, float]:
+        wall = time.monotonic() - self.t0
+        busy = self._busy(psutil.cpu_times()) - self._busy(self.sys0)
+        own1 = _cpu_snapshot(self.roots)
+        ours = sum(v - self.own0.get(k, 0.0) for k, v in own1.items())
+        wall = max(wall, 1e-9)
+        return {"machine_busy_cores": round(busy / wall, 3), "ours_cores": round(ours / wall, 3),
+                "others_cores": round(max(busy - ours, 0.0) / wall, 3)}
