@@ -65,6 +65,10 @@ def result_value(result: m.Result) -> Any:
     if not isinstance(exc, BaseException):
         exc = RemoteError(result.error_type, result.error, result.traceback, result.agent)
     exc.__cause__ = cause
+    try:
+        exc.mesh_agent = result.agent  # where it failed (a RETRY goes elsewhere)
+    except AttributeError:  # an exception type with __slots__
+        pass
     raise exc
 
 
@@ -104,11 +108,25 @@ class Client:
         """Run ``fn(*args, **kwargs)`` on the mesh; ``fn`` travels by cloudpickle."""
         return self._send_call("", dumps((fn, args, kwargs)))
 
-    def _submit_to(self, on_done, fn, /, *args, **kwargs) -> None:
+    def _submit_to(self, on_done, avoid, fn, /, *args, **kwargs) -> str:
         """``submit`` for the task runtime (``mesh.runtime``): no Future, which costs
         more than the rest of the bookkeeping; ``on_done(ok, value or exception)`` is
-        called once, on the thread that completes the call (the client's, as a rule)."""
-        self._send_call("", dumps((fn, args, kwargs)), on_done=on_done)
+        called once, on the thread that completes the call (the client's, as a rule).
+        ``avoid``: agent names where it failed before. Returns the call id."""
+        return self._send_call("", dumps((fn, args, kwargs)), on_done=on_done, avoid=avoid).call_id
+
+    def cancel(self, call_id: str) -> bool:
+        """Stop waiting for a call and tell the agent: it stops the call wherever it is
+        (a task that timed out). Its result, if one still comes, is dropped. False if
+        the call was not pending."""
+        with self._lock:
+            fut = self._futures.pop(call_id, None)
+        if fut is None:
+            return False
+        self._post(m.encode(m.Cancel(call_id, "cancelled by the caller")))
+        if isinstance(fut, Future) and not fut.done():
+            fut.cancel()
+        return True
 
     def call(self, function: str, args: tuple = (), kwargs: dict | None = None) -> Future:
         """Run ``module:function`` as the agent imports it, with picklable arguments."""
@@ -172,7 +190,7 @@ class Client:
 
     # ------------------------------------------------------------------ internals
 
-    def _send_call(self, function: str, payload: bytes, *, on_done=None) -> Future:
+    def _send_call(self, function: str, payload: bytes, *, on_done=None, avoid=()) -> Future:
         if self._closed.is_set():
             raise AgentUnreachable("client is closed")
         call_id = os.urandom(12).hex()
@@ -184,7 +202,9 @@ class Client:
             fut = _Callback(call_id, on_done)  # type: ignore[assignment]
         with self._lock:
             self._futures[call_id] = fut
-        self._post(m.encode(m.Call(call_id, function, payload)))
+        call = m.Call(call_id, function, payload, avoid=list(avoid)) if avoid else \
+            m.Call(call_id, function, payload)
+        self._post(m.encode(call))
         return fut
 
     def _post(self, frame: bytes) -> None:

@@ -163,7 +163,9 @@ class Call(Message):
     ``origin`` is the node id of the agent that accepted the call from a client (the
     one a far holder answers directly when the agent between them is lost);
     ``visited`` lists the agents that delegated it, so it never comes back to one;
-    ``attempt`` counts the placements after a holder was lost (0: the first)."""
+    ``attempt`` counts the placements after a holder was lost (0: the first);
+    ``avoid`` names agents where an earlier attempt failed (a RETRY goes elsewhere when
+    another agent can take it)."""
 
     TAG: ClassVar[str] = "call"
     call_id: str
@@ -174,6 +176,7 @@ class Call(Message):
     visited: list[str] = field(default_factory=list)  # agents it was delegated from
     want_json: bool = False  # also return the value as JSON text (REST callers)
     attempt: int = 0
+    avoid: list[str] = field(default_factory=list)  # agent names: elsewhere, if any will do
 
 
 @dataclass(frozen=True)

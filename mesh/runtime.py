@@ -33,8 +33,9 @@ reported by whichever thread handled a result, at most every 0.2 s.
 
 Values are sent when a task is ready, not copied when it is called: an object passed
 as a plain argument (not INOUT) must not be changed by the program before its task
-ran. A timed-out attempt cannot be stopped on its agent (the client has no cancel):
-its late result is ignored and its worker stays busy until the function returns.
+ran. A timed-out attempt (``Kill``) is cancelled (``Client.cancel``): the agents stop
+it wherever it runs, and a result that still arrives is ignored. A failed attempt's
+agent is remembered, and a RETRY asks the mesh to run it elsewhere (``Call.avoid``).
 """
 
 from __future__ import annotations
@@ -187,6 +188,8 @@ class Runtime:
         self._calls: dict[str, _Call] = {}
         self._values: dict[DataVersion, Any] = {}
         self._running: dict[str, Ready] = {}
+        self._call_id: dict[str, str] = {}  # task id -> the call of its running attempt
+        self._failed_on: dict[str, list[str]] = {}  # task id -> agents its attempts failed on
         self._waiters: dict[DataVersion, tuple[Future, str | None]] = {}
         self._last_exc: dict[str, BaseException] = {}
         self._fate: dict[str, BaseException] = {}
@@ -445,6 +448,7 @@ class Runtime:
             self.stale_results += 1  # a killed (timed-out) or cancelled attempt
             return
         del self._running[task_id]
+        self._call_id.pop(task_id, None)
         now = time.monotonic()
         exc = payload if kind == "failed" else None
         if exc is None:
@@ -456,6 +460,9 @@ class Runtime:
             self._apply(self.graph.done(task_id, attempt, Outcome.OK, now))
         else:
             self._last_exc[task_id] = exc
+            agent = getattr(exc, "mesh_agent", None)
+            if agent:
+                self._failed_on.setdefault(task_id, []).append(agent)
             self._apply(self.graph.done(task_id, attempt,
                                         Outcome.failed(f"{type(exc).__name__}: {exc}"), now))
 
@@ -512,7 +519,11 @@ class Runtime:
                 ready = self._running.get(act.task_id)
                 if ready is not None and ready.attempt == act.attempt:
                     del self._running[act.task_id]
+                    call_id = self._call_id.pop(act.task_id, None)
+                    if call_id is not None:  # the agent stops it wherever it runs
+                        self.client.cancel(call_id)
             elif isinstance(act, Finished):
+                self._failed_on.pop(act.task_id, None)
                 if act.state is TaskState.FAILED:
                     exc = self._last_exc.pop(act.task_id, None)
                     if exc is None:
@@ -574,8 +585,9 @@ class Runtime:
         task_id, attempt = ready.task_id, ready.attempt
         self._running[task_id] = ready
         try:
-            self.client._submit_to(functools.partial(self._result, task_id, attempt),
-                                   _execute, call.fn, args, kwargs, outs, files, call.returns)
+            self._call_id[task_id] = self.client._submit_to(
+                functools.partial(self._result, task_id, attempt), self._failed_on.get(task_id, ()),
+                _execute, call.fn, args, kwargs, outs, files, call.returns)
         except BaseException as exc:  # client closed, or the arguments do not pickle
             self._post(("failed", task_id, attempt, exc))
             return

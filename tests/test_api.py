@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -275,15 +276,37 @@ def test_fail_makes_barrier_raise_and_cancels_the_rest(connected):
 
 
 @pytest.mark.timeout(90)
-def test_time_out_ignores_the_late_result(connected):
-    fut = slow(2.0)
+def test_time_out_cancels_the_attempt_where_it_runs(connected, agents):
+    fut = slow(30.0)
     with pytest.raises(api.TaskTimedOut):
         wait_on(fut)
     assert wait_on(inc(1)) == 2
-    runtime = rt_mod.current()
-    wait_for(lambda: runtime.stale_results == 1, 15, "the late result to arrive")
-    with pytest.raises(api.TaskTimedOut):  # and to be ignored
+
+    def running(a) -> int:
+        with mesh.client.Client(a.comm) as c:
+            return c.query("status")["running"]
+
+    # the agent running it was told to stop it: no slot stays busy for 30 s
+    wait_for(lambda: all(running(a) == 0 for a in agents.agents), 15, "the attempt to be stopped")
+    assert any("nobody wants its result" in a.log() for a in agents.agents)
+    assert rt_mod.current().stale_results == 0
+    with pytest.raises(api.TaskTimedOut):  # and the task stays timed out
         wait_on(fut)
+
+
+@task(returns=1, on_failure="RETRY")
+def fails_on(agent):
+    here = os.environ.get("MESH_AGENT_NAME")
+    if here == agent:
+        raise RuntimeError(f"{here} cannot do this")
+    return here
+
+
+@pytest.mark.timeout(90)
+def test_a_retry_runs_on_another_agent(connected):
+    # the first attempt runs where the program is connected (api0, free slots) and
+    # fails; retried there it would fail every time
+    assert wait_on(fails_on("api0")) == "api1"
 
 
 @pytest.mark.timeout(90)

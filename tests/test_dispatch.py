@@ -8,6 +8,7 @@ through long event sequences and checks its invariants after every step.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -764,3 +765,18 @@ def test_orphan_records_are_bounded():
         c.submit(Call(f"x{i}", "m:f", b"", 1, f"O{i}"), b"P", from_peer="P")
         c.peer_lost(f"O{i}")
     assert sum(map(len, c.orphans.values())) == 3 and list(c.orphans) == ["O2", "O3", "O4"]
+
+
+def test_a_call_avoiding_this_agent_goes_elsewhere_if_anyone_can_take_it():
+    d = Dispatcher("a", cpus=2, node_id="A")
+    retry = Call("r", "m:f", b"", avoid=["a"])
+    assert d.submit(retry, CLIENT) == [RunLocal(replace(retry, origin="A"))]  # nobody else
+    d.peer_load("B", "b", 1, 0, 0.001)  # busy, but it can queue it
+    d.peer_load("C", "c", 1, 1, 0.001)
+    d.peer_load("X", "x", 4, 4, 0.001)  # free, but an attempt failed there too
+    (fwd,) = d.submit(Call("r2", "m:f", b"", avoid=["a", "x"]), CLIENT)
+    assert fwd.peer_id == "C"
+    (fwd,) = d.submit(Call("r3", "m:f", b"", avoid=["a", "x"]), CLIENT)
+    assert fwd.peer_id == "B"  # no one free: the least loaded of those not avoided
+    assert d.submit(Call("r4", "m:f", b"", avoid=["x"]), CLIENT)[0] == RunLocal(
+        Call("r4", "m:f", b"", origin="A", avoid=["x"]))

@@ -142,7 +142,7 @@ def test_client_bursts_from_threads_and_callback_calls(agents):
 
         def burst(k: int) -> None:
             for i in range(150):
-                client._submit_to(lambda ok, v: got.put((ok, v)), operator.add, 1000 * k, i)
+                client._submit_to(lambda ok, v: got.put((ok, v)), (), operator.add, 1000 * k, i)
 
         threads = [threading.Thread(target=burst, args=(k,)) for k in (1, 2)]
         for t in threads:
@@ -154,10 +154,10 @@ def test_client_bursts_from_threads_and_callback_calls(agents):
         outcomes = [got.get(timeout=60) for _ in range(300)]
         assert all(ok for ok, _ in outcomes)
         assert sorted(v for _, v in outcomes) == sorted(1000 * k + i for k in (1, 2) for i in range(150))
-        client._submit_to(lambda ok, v: got.put((ok, v)), operator.truediv, 1, 0)
+        client._submit_to(lambda ok, v: got.put((ok, v)), (), operator.truediv, 1, 0)
         ok, exc = got.get(timeout=60)
         assert not ok and isinstance(exc, ZeroDivisionError)
-        client._submit_to(lambda ok, v: got.put((ok, v)), time.sleep, 1.5)  # still running at close
+        client._submit_to(lambda ok, v: got.put((ok, v)), (), time.sleep, 1.5)  # still running at close
     finally:
         client.close()
     ok, exc = got.get(timeout=10)

@@ -19,6 +19,8 @@ Placement (``_place``):
      delegate, unless the call already made ``max_hops`` hops;
   3. else wait in the local backlog if this agent has slots;
   4. an agent without slots delegates to the least loaded live peer with slots.
+A call that names agents to avoid (a RETRY after it failed there) goes to another
+agent when one can take it, and runs on an avoided one only when none can.
 A call is never sent back to an agent that delegated it (``Call.visited``), so it
 cannot loop; a peer that already held it and was lost is chosen again only by an
 agent without slots of its own, when no other will do. The backlog is retried whenever a slot frees or a peer reports free
@@ -404,16 +406,19 @@ class Dispatcher:
 
     def _place(self, entry: Pending) -> list[Action]:
         call = entry.call
-        if self.free > 0:
+        avoid_here = bool(call.avoid) and self.name in call.avoid  # an attempt failed here
+        if self.free > 0 and not avoid_here:
             return self._run_local(entry)
         if call.hops < self.max_hops:
             peer = self._pick_peer(entry, need_free=True)
-            if peer is None and self.cpus == 0:
+            if peer is None and (self.cpus == 0 or avoid_here):
                 peer = self._pick_peer(entry, need_free=False)
             elif peer is None:
                 peer = self._pick_queue(entry)
             if peer is not None:
                 return self._forward(entry, peer)
+        if self.free > 0:  # failed here before, but nobody else can take it
+            return self._run_local(entry)
         if self.cpus == 0 and call.hops >= self.max_hops:
             return self._fail(entry, "NoCapacity", f"no agent with a free slot within {self.max_hops} hops")
         entry.where = "backlog"
@@ -426,12 +431,15 @@ class Dispatcher:
             if (peer_id in entry.call.visited or peer_id in asking or p.cpus <= 0
                     or (peer_id in entry.tried and self.cpus > 0)):
                 continue
+            avoided = p.name in entry.call.avoid
+            if avoided and self.name in entry.call.avoid:
+                continue  # we look elsewhere only for agents not yet tried
             if need_free:
                 if p.est_free <= 0:
                     continue
-                key = (peer_id in entry.tried, -p.est_free, p.rtt)
+                key = (avoided, peer_id in entry.tried, -p.est_free, p.rtt)
             else:
-                key = (peer_id in entry.tried, (p.cpus - p.est_free) / p.cpus, p.rtt)
+                key = (avoided, peer_id in entry.tried, (p.cpus - p.est_free) / p.cpus, p.rtt)
             if best_key is None or key < best_key:
                 best, best_key = peer_id, key
         return best
@@ -447,7 +455,7 @@ class Dispatcher:
         asking = entry.peers_asking()
         for peer_id, p in self.peers.items():
             if (peer_id in entry.call.visited or peer_id in asking or p.cpus <= 0
-                    or peer_id in entry.tried):
+                    or peer_id in entry.tried or p.name in entry.call.avoid):
                 continue
             waiting = p.queued + max(-p.est_free, 0)
             if waiting >= self.prefetch * p.cpus:
