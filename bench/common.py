@@ -517,9 +517,9 @@ def first_change(changes: Iterable[MemberChange], id8: str, new: str, since: flo
     return None
 
 
-# -- the network-namespace harness (/work/shared/harness) ---------------------------------------
+# -- the network-namespace harness (harness/, copied from the shared one) ---------------------------------------
 
-HARNESS = Path(os.environ.get("BENCH_HARNESS") or ROOT.parent / "shared" / "harness")
+HARNESS = Path(os.environ.get("BENCH_HARNESS") or ROOT / "harness")
 NETNS_PREFIX = "10.213.0"
 
 

@@ -43,7 +43,7 @@ from tests.conftest import ROOT, wait_for
 
 pytestmark = [pytest.mark.chaos, pytest.mark.agents, pytest.mark.timeout(240)]
 
-HARNESS = Path(os.environ.get("BENCH_HARNESS") or Path(ROOT).parent / "shared" / "harness")
+HARNESS = Path(os.environ.get("BENCH_HARNESS") or Path(ROOT) / "harness")
 PREFIX = "10.213.0"
 HOSTS = 4
 PORT = 46102

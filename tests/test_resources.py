@@ -50,7 +50,7 @@ def test_lost_drops_a_peer_at_once_and_reassigns_its_calls(agents):
     busy = agents.start("busy", "--peer", front.comm, cpus=1)
     wait_for(lambda: status(front)["peers_alive"] == 1, 10, "front to know busy")
     with mesh.connect(front.comm) as client:
-        fut = client.call("mesh.demo_tasks:where", (7, 2.0))
+        fut = client.call("mesh.demo_tasks:where", (7, 6.0))  # still running at the verdict
         wait_for(lambda: status(busy)["running"] == 1, 10, "the call to run on busy")
         spare = agents.start("spare", "--peer", front.comm, cpus=1)
         wait_for(lambda: status(front)["peers_alive"] == 2, 10, "front to know spare")
