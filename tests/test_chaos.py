@@ -35,7 +35,7 @@ pytestmark = [pytest.mark.chaos, pytest.mark.agents, pytest.mark.timeout(240)]
 
 N_AGENTS = 8
 LEAVES, CHAINS, STEPS = 800, 100, 4
-WORK = 0.015  # seconds of CPU per task
+WORK = 0.02  # seconds of CPU per task
 
 
 def _busy(seconds: float) -> None:
