@@ -84,24 +84,26 @@ def reduce_pairwise(values, name, log):
     return values[0]
 
 
-def submit_graph(log):
-    leaves = [leaf(i, log) for i in range(LEAVES)]
+def submit_graph(log, leaves=LEAVES, chains=CHAINS, steps=STEPS):
+    """Independent leaves, chains of steps, and a pairwise reduction of each: returns
+    the futures of the two sums."""
+    futures = [leaf(i, log) for i in range(leaves)]
     ends = []
-    for c in range(CHAINS):
+    for c in range(chains):
         x = c
-        for k in range(STEPS):
+        for k in range(steps):
             x = step(x, f"{c}.{k}", log)
         ends.append(x)
-    return reduce_pairwise(leaves, "L", log), reduce_pairwise(ends, "C", log)
+    return reduce_pairwise(futures, "L", log), reduce_pairwise(ends, "C", log)
 
 
-def expected_tasks() -> int:
-    return LEAVES + CHAINS * STEPS + (LEAVES - 1) + (CHAINS - 1)
+def expected_tasks(leaves=LEAVES, chains=CHAINS, steps=STEPS) -> int:
+    return leaves + chains * steps + (leaves - 1) + (chains - 1)
 
 
-def expected_values() -> list[int]:
-    chain_end = sum((2 ** STEPS) * c + (2 ** STEPS - 1) for c in range(CHAINS))
-    return [sum(i + 1 for i in range(LEAVES)), chain_end]
+def expected_values(leaves=LEAVES, chains=CHAINS, steps=STEPS) -> list[int]:
+    return [sum(i + 1 for i in range(leaves)),
+            sum((2 ** steps) * c + (2 ** steps - 1) for c in range(chains))]
 
 
 def status(agent) -> dict:

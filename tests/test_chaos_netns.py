@@ -29,7 +29,6 @@ import datetime
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -39,11 +38,12 @@ from pathlib import Path
 
 import pytest
 
+from bench.common import HARNESS, netns_unusable
 from tests.conftest import ROOT, wait_for
+from tests.test_chaos import expected_tasks, expected_values
 
 pytestmark = [pytest.mark.chaos, pytest.mark.agents, pytest.mark.timeout(240)]
 
-HARNESS = Path(os.environ.get("BENCH_HARNESS") or Path(ROOT) / "harness")
 PREFIX = "10.213.0"
 HOSTS = 4
 PORT = 46102
@@ -60,7 +60,7 @@ sys.path.insert(0, cfg["root"])
 import mesh
 from mesh import wait_on
 from mesh.client import Client
-from tests.test_chaos import leaf, reduce_pairwise, step
+from tests.test_chaos import submit_graph
 
 
 def until(pred, timeout, what):
@@ -93,14 +93,7 @@ with mesh.connect(cfg["agent"], timeout=10) as client:
     open(cfg["ready"], "w").close()
     until(lambda: os.path.exists(cfg["go"]), cfg["timeout"], "the go signal")
     t0, wall0 = time.monotonic(), time.time()
-    leaves = [leaf(i, log) for i in range(L)]
-    ends = []
-    for c in range(C):
-        x = c
-        for k in range(S):
-            x = step(x, f"{c}.{k}", log)
-        ends.append(x)
-    futures = [reduce_pairwise(leaves, "L", log), reduce_pairwise(ends, "C", log)]
+    futures = list(submit_graph(log, L, C, S))
     open(cfg["submitted"], "w").close()
     values = wait_on(futures)
     took, wall_end = time.monotonic() - t0, time.time()
@@ -110,30 +103,6 @@ with mesh.connect(cfg["agent"], timeout=10) as client:
                       "failed": st["failed"], "duplicates_dropped": st["dropped"]["duplicate_results"],
                       "peers_alive": st["peers_alive"]}), flush=True)
 '''
-
-
-def graph_tasks(leaves: int, chains: int, steps: int) -> int:
-    return leaves + chains * steps + (leaves - 1) + (chains - 1)
-
-
-def graph_values(leaves: int, chains: int, steps: int) -> list[int]:
-    return [sum(i + 1 for i in range(leaves)),
-            sum((2 ** steps) * c + (2 ** steps - 1) for c in range(chains))]
-
-
-def harness_unusable() -> str | None:
-    """Why the namespace harness cannot run here, or None if it can."""
-    if not sys.platform.startswith("linux"):
-        return f"network namespaces need Linux (this is {sys.platform})"
-    if os.geteuid() != 0:
-        return "network namespaces need root (the harness runs `ip netns add`)"
-    for tool in ("ip", "bridge", "bash"):
-        if shutil.which(tool) is None:
-            return f"no `{tool}` command (Debian package iproute2{'' if tool != 'bash' else ' / bash'})"
-    for script in ("netns_up.sh", "netns_down.sh", "chaos.sh"):
-        if not (HARNESS / script).is_file():
-            return f"harness script {HARNESS / script} not found (set BENCH_HARNESS)"
-    return None
 
 
 def address(i: int) -> str:
@@ -260,7 +229,7 @@ class Hosts:
 
 @pytest.fixture
 def hosts(tmp_path):
-    why = harness_unusable()
+    why = netns_unusable()
     if why:
         pytest.skip(why)
     h = Hosts(tmp_path)
@@ -309,7 +278,7 @@ def test_power_loss_of_a_host_during_a_task_graph(hosts, tmp_path):
     t_test = time.monotonic()
     victim = 3
     hosts.start_mesh({1: 1, 2: 1, 3: 2, 4: 1})  # host 3 (2 slots) is the likeliest tree root
-    n_tasks = graph_tasks(**POWER_GRAPH)
+    n_tasks = expected_tasks(**POWER_GRAPH)
     proc, cfg = hosts.program(1, "p1", mode="graph", **POWER_GRAPH)
     wait_for(lambda: os.path.exists(cfg["ready"]) or proc.poll() is not None, 40,
              "the program in mt_h1 to see the whole mesh")
@@ -335,7 +304,7 @@ def test_power_loss_of_a_host_during_a_task_graph(hosts, tmp_path):
     report["fault_to_dead_s"] = round(log_time(dead) - t_fault, 2) if dead else None
     report["origin_reassign_line"] = replaced[24:] if replaced else None
     print(json.dumps(report))
-    assert out["values"] == graph_values(**POWER_GRAPH), out
+    assert out["values"] == expected_values(**POWER_GRAPH), out
     assert len(ran) == n_tasks, f"{n_tasks - len(ran)} task(s) never ran"
     assert out["late_results"] == 0, out
     assert out["done"] == n_tasks and out["failed"] == 0, out
@@ -350,7 +319,7 @@ def test_cut_off_origin_finishes_its_graph_alone(hosts, tmp_path):
     t_test = time.monotonic()
     cut = 2
     hosts.start_mesh({i: 1 for i in range(1, HOSTS + 1)})
-    n_tasks = graph_tasks(**CUT_GRAPH)
+    n_tasks = expected_tasks(**CUT_GRAPH)
     # host 2's graph starts first, alone, so that its calls spread over the idle peers; the
     # other three start once peers run some of it, and the cable is pulled at once, while
     # peers still hold some of host 2's calls (checked from its log)
@@ -411,7 +380,7 @@ def test_cut_off_origin_finishes_its_graph_alone(hosts, tmp_path):
                              for i, (_, c) in progs.items()}}
     for i, (_, c) in progs.items():
         ran = runs(c["log"])
-        assert outs[i]["values"] == graph_values(**CUT_GRAPH), (i, outs[i])
+        assert outs[i]["values"] == expected_values(**CUT_GRAPH), (i, outs[i])
         assert len(ran) == n_tasks, f"p{i}: {n_tasks - len(ran)} task(s) never ran"
         assert outs[i]["late_results"] == 0, (i, outs[i])
         assert outs[i]["failed"] == 0, (i, outs[i])
