@@ -780,3 +780,15 @@ def test_a_call_avoiding_this_agent_goes_elsewhere_if_anyone_can_take_it():
     assert fwd.peer_id == "B"  # no one free: the least loaded of those not avoided
     assert d.submit(Call("r4", "m:f", b"", avoid=["x"]), CLIENT)[0] == RunLocal(
         Call("r4", "m:f", b"", origin="A", avoid=["x"]))
+
+
+def test_a_slow_slot_gets_work_only_while_our_queue_is_long():
+    d = Dispatcher("hub", cpus=1, node_id="H", prefetch=1)
+    d.peer_load("P", "pi", 1, 1, 0.001, speed=0.25)  # a quarter of a core
+    d.submit(call(0), CLIENT)  # runs here
+    assert forwards(d.submit(call(1), CLIENT)) == []  # done here in 2 task times, there in 4
+    assert forwards(d.submit(call(2), CLIENT)) == []
+    assert forwards(d.submit(call(3), CLIENT)) == [("P", "c1")]  # the queue is long now
+    assert forwards(d.peer_load("F", "fast", 1, 1, 0.001, speed=1.0)) == [("F", "c2")]  # at once
+    done = Result("c1", True, b"", "pi", free=1, queued=0)
+    assert d.queued == 1 and forwards(d.remote_result(done, "P")) == []  # short queue: not to pi

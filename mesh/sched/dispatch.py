@@ -15,8 +15,11 @@ that still holds it from an earlier path: the new requester joins the entry).
 Placement (``_place``):
   1. a free local slot: run here;
   2. else a live peer believed to have a free slot (its last heartbeat's ``free``
-     minus what we sent it since), most free first, then the lowest round trip:
-     delegate, unless the call already made ``max_hops`` hops;
+     minus what we sent it since) where the call would finish sooner than here
+     (earliest finish: a slot's *speed* is its effective cores, so a device capped at
+     a quarter of a core gets work only while our queue is long), fastest and most
+     free first, then the lowest round trip: delegate, unless the call already made
+     ``max_hops`` hops;
   3. else wait in the local backlog if this agent has slots;
   4. an agent without slots delegates to the least loaded live peer with slots.
 A call that names agents to avoid (a RETRY after it failed there) goes to another
@@ -104,6 +107,7 @@ class PeerSlots:
     rtt: float
     sent: int = 0  # calls we delegated to it since its last report
     queued: int = 0
+    speed: float = 1.0  # effective cores per slot (a CPU-capped device: < 1)
 
     @property
     def est_free(self) -> int:
@@ -154,6 +158,7 @@ class Dispatcher:
     max_attempts: int = 5
     max_pending: int = 100_000
     prefetch: int = 0  # calls a busy peer may queue from us, per slot of its (0: none)
+    speed: float = 1.0  # our own effective cores per slot (mesh.cpuquota)
     pending: dict[str, Pending] = field(default_factory=dict)
     peers: dict[str, PeerSlots] = field(default_factory=dict)
     lost: set[str] = field(default_factory=set)  # members declared dead or left
@@ -234,10 +239,10 @@ class Dispatcher:
         return acts
 
     def peer_load(self, peer_id: str, name: str, cpus: int, free: int, rtt: float | None,
-                  queued: int = 0) -> list[Action]:
+                  queued: int = 0, speed: float = 1.0) -> list[Action]:
         """A heartbeat from a live peer told us its capacity."""
         self.peers[peer_id] = PeerSlots(name, cpus, free, rtt if rtt is not None else 1.0,
-                                        queued=queued)
+                                        queued=queued, speed=min(max(speed, 0.01), 1.0))
         self.lost.discard(peer_id)
         acts: list[Action] = []
         if peer_id in self.suspected:
@@ -424,9 +429,18 @@ class Dispatcher:
         entry.where = "backlog"
         return []
 
+    def _local_end(self) -> float:
+        """When a call queued here now would finish, in task times of a full-speed slot
+        (every slot busy: it waits for the backlog and for a running call)."""
+        return ((len(self.backlog) + 1) / max(self.cpus, 1) + 1) / self.speed
+
     def _pick_peer(self, entry: Pending, need_free: bool) -> str | None:
+        """A peer with a free slot (``need_free``) where the call finishes before it
+        would here (a slow slot, e.g. a CPU-capped device, only takes work when our
+        queue is long enough); or, for an agent that cannot run it, the least loaded."""
         best, best_key = None, None
         asking = entry.peers_asking()
+        here = self._local_end() if self.cpus > 0 and self.name not in entry.call.avoid else None
         for peer_id, p in self.peers.items():
             if (peer_id in entry.call.visited or peer_id in asking or p.cpus <= 0
                     or (peer_id in entry.tried and self.cpus > 0)):
@@ -435,9 +449,9 @@ class Dispatcher:
             if avoided and self.name in entry.call.avoid:
                 continue  # we look elsewhere only for agents not yet tried
             if need_free:
-                if p.est_free <= 0:
+                if p.est_free <= 0 or (here is not None and 1 / p.speed > here):
                     continue
-                key = (avoided, peer_id in entry.tried, -p.est_free, p.rtt)
+                key = (avoided, peer_id in entry.tried, 1 / p.speed, -p.est_free, p.rtt)
             else:
                 key = (avoided, peer_id in entry.tried, (p.cpus - p.est_free) / p.cpus, p.rtt)
             if best_key is None or key < best_key:
@@ -450,7 +464,7 @@ class Dispatcher:
         calls queued there per slot (what it reported, plus what we sent since), and a
         peer queues at most ``prefetch`` calls per slot from us. Results carry their
         sender's load, so this is self-clocked: each result frees room for the next."""
-        ours = (len(self.backlog) + 1) / max(self.cpus, 1)
+        ours = self._local_end()
         best, best_key = None, None
         asking = entry.peers_asking()
         for peer_id, p in self.peers.items():
@@ -460,7 +474,7 @@ class Dispatcher:
             waiting = p.queued + max(-p.est_free, 0)
             if waiting >= self.prefetch * p.cpus:
                 continue
-            theirs = (waiting + 1) / p.cpus
+            theirs = ((waiting + 1) / p.cpus + 1) / p.speed
             key = (peer_id in entry.tried, theirs, p.rtt)
             if theirs < ours and (best_key is None or key < best_key):
                 best, best_key = peer_id, key
