@@ -21,7 +21,7 @@ import signal
 import socket
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import zmq
 
@@ -29,6 +29,7 @@ from mesh import delay
 from mesh import messages as m
 from mesh.agent_queries import AgentQueries
 from mesh.callbook import CallBook
+from mesh.cpuquota import quota_cores, slot_speed
 from mesh.discovery import membership as mb
 from mesh.errors import DecodeError
 from mesh.executor import WorkerPool
@@ -42,6 +43,7 @@ log = logging.getLogger("mesh.agent")
 MAX_BATCH = 256  # frames read from one socket before looking at the others
 TREE_PERIOD = {"default": 1.0, "fast": 0.25}  # seconds; the tree's own protocol period
 MAX_SLEEP = 1.0  # longest poll; timers come from the cores, other threads use the waker
+_EVENTS, _POLLIN = zmq.EVENTS, int(zmq.POLLIN)
 
 
 @dataclass
@@ -102,7 +104,9 @@ class Agent(AgentQueries):
         self.address = self.transport.address
         self.me = m.NodeInfo(self.node_id, config.name, self.address, config.cpus, 0)
         self.members = mb.Membership(self.me, self.timing, random.Random(self.node_id))
-        self.dispatcher = dp.Dispatcher(config.name, config.cpus, self.node_id, prefetch=1)
+        self.cpu_quota = quota_cores()  # cores the cgroup lets us use (None: no cap)
+        self.dispatcher = dp.Dispatcher(config.name, config.cpus, self.node_id, prefetch=1,
+                                        speed=slot_speed(config.cpus, self.cpu_quota))
         tree_period = TREE_PERIOD[config.profile]
         self.tree = LatencyTree(self.node_id, float(config.cpus), random.Random(self.node_id + "tree"),
                                 TreeConfig(period=tree_period), now=self.started)
@@ -123,7 +127,17 @@ class Agent(AgentQueries):
         self.mdns = None
         self.rest = None
         self._worker_fds: dict[int, object] = {}
+        self._workers_seen: list = []  # pool.workers as of the last _sync_worker_fds
         self._sync_worker_fds()
+        self._handlers: dict[type, object] = {  # action type -> its method (see _do)
+            mb.Send: self._act_send, mb.Reply: self._act_reply, mb.Connect: self._act_connect,
+            mb.Disconnect: self._act_disconnect, mb.MemberChanged: self._member_changed,
+            mb.DeclaredDead: self._act_declared_dead, dp.RunLocal: self._act_run_local,
+            dp.Forward: self._act_forward, dp.Deliver: self._act_deliver,
+            dp.SendTo: self._act_send_to, dp.KillLocal: self._act_kill_local,
+            SendAdvert: self._act_send_advert, Probe: self._act_probe,
+            ParentChanged: self._act_parent_changed, RootChanged: self._act_root_changed,
+        }
 
     # ------------------------------------------------------------------ start / stop
 
@@ -205,14 +219,20 @@ class Agent(AgentQueries):
                                     now + MAX_SLEEP)
                     if self._leave_done(now):
                         break
-                if self.delay_line:
+                if self.delays and self.delay_line:  # (only used with emulated delays)
                     self._flush_delayed(time.monotonic())
                     due = self.delay_line.next_due()
                     if due is not None:
                         next_tick = min(next_tick, due)
                 timeout = max(next_tick - time.monotonic(), 0) * 1000
+                only_workers = True  # a worker's results move no membership or tree timer
                 for sock, _ in self.transport.poller.poll(timeout):
                     now = time.monotonic()
+                    worker = self._worker_fds.get(sock)
+                    if worker is not None:
+                        self._read_worker(worker, now)
+                        continue
+                    only_workers = False
                     if sock is self.transport.router:
                         self._read_router(now)
                     elif sock is self.transport.zap:
@@ -226,17 +246,13 @@ class Agent(AgentQueries):
                     elif sock == self.waker.fileno():
                         self.waker.drain()
                         self._read_inbox(now)
-                    elif isinstance(sock, int):
-                        worker = self._worker_fds.get(sock)
-                        if worker is not None:
-                            self._read_worker(worker, now)
-                    else:
+                    elif not isinstance(sock, int):
                         address = self.transport.by_socket.get(sock)
                         if address is not None:
                             self._read_dealer(sock, address, now)
-                # input may have set an earlier timer (a reset: probe that member now)
-                t = time.monotonic()
-                next_tick = min(next_tick, self.members.next_timer(t), self.tree.next_timer(t))
+                if not only_workers:  # input may have set an earlier timer (a reset: probe
+                    t = time.monotonic()  # that member now)
+                    next_tick = min(next_tick, self.members.next_timer(t), self.tree.next_timer(t))
                 if self.leaving_since == -1.0:
                     next_tick = 0.0  # a leave was requested: start it now
         finally:
@@ -270,7 +286,7 @@ class Agent(AgentQueries):
 
     def _load(self) -> m.Load:
         d = self.dispatcher
-        return m.Load(d.cpus, d.free, d.queued, d.running)
+        return m.Load(d.cpus, d.free, d.queued, d.running, d.speed)
 
     # ------------------------------------------------------------------ input
 
@@ -283,19 +299,25 @@ class Agent(AgentQueries):
             return None
 
     def _read_router(self, now: float) -> None:
+        """Read what the poll said is waiting, up to MAX_BATCH messages. Whether one more
+        is there is asked of the socket (EVENTS) after each: cheaper than the exception
+        (zmq.Again) that reading an empty socket raises."""
+        router = self.transport.router
         for _ in range(MAX_BATCH):
             try:
-                parts = self.transport.router.recv_multipart(zmq.NOBLOCK, copy=True)
+                parts = router.recv_multipart(zmq.NOBLOCK, copy=True)
             except zmq.Again:
                 return
-            if len(parts) != 2:
+            if len(parts) == 2:
+                identity, frame = parts
+                self.bytes_in += len(frame)
+                msg = self._decode(frame)
+                if msg is not None:
+                    self._on_router(identity, msg, now)
+            else:
                 self.dropped["frames"] = self.dropped.get("frames", 0) + 1
-                continue
-            identity, frame = parts
-            self.bytes_in += len(frame)
-            msg = self._decode(frame)
-            if msg is not None:
-                self._on_router(identity, msg, now)
+            if not router.get(_EVENTS) & _POLLIN:
+                return
 
     def _on_router(self, identity: bytes, msg: m.Message, now: float) -> None:
         peer_id = identity.hex() if len(identity) == 16 else None
@@ -359,7 +381,7 @@ class Agent(AgentQueries):
         if member is None or member.state != "alive":
             return
         acts = self.dispatcher.peer_load(sender.id, sender.name, load.cpus, load.free, member.rtt,
-                                         load.queued)
+                                         load.queued, load.speed)
         self._do(acts, now)
 
     def _read_worker(self, worker, now: float) -> None:
@@ -427,70 +449,92 @@ class Agent(AgentQueries):
     # ------------------------------------------------------------------ output
 
     def _do(self, actions: list, now: float) -> None:
-        """Carry out the actions of the cores (this is the whole of the shell's job)."""
+        """Carry out the actions of the cores (this is the whole of the shell's job): each
+        by the ``_act_*`` method for its type (``_handlers``)."""
+        handlers = self._handlers
         for act in actions:
-            if isinstance(act, mb.Send):
-                self._send(act.address, m.encode(act.message), now)
-            elif isinstance(act, mb.Reply):
-                self._reply(act.identity, m.encode(act.message), now)
-            elif isinstance(act, mb.Connect):
-                self.transport.connect(act.address)
-            elif isinstance(act, mb.Disconnect):
-                self.transport.disconnect(act.address)
-            elif isinstance(act, mb.MemberChanged):
-                self._member_changed(act, now)
-            elif isinstance(act, mb.DeclaredDead):
-                acts = self.dispatcher.declared_dead()
-                log.warning("we were declared dead (incarnation %d) and refuted: %d call action(s) "
-                            "to re-place or hand back", act.incarnation, len(acts))
-                self._do(acts, now)
-            elif isinstance(act, dp.RunLocal):
-                failed = self.pool.run(act.call)
-                self._sync_worker_fds()
-                if failed is not None:
-                    self._do(self.dispatcher.local_done(failed), now)
-            elif isinstance(act, dp.Forward):
-                member = self.members.members.get(act.peer_id)
-                sent = member is not None and member.conn is not None and self._send(
-                    member.conn, m.encode(act.call), now)
-                if not sent:
-                    self._do(self.dispatcher.forward_failed(act.call.call_id, act.peer_id), now)
-            elif isinstance(act, dp.Deliver):
-                if CallBook.owns(act.identity):
-                    self.book.finish(act.identity, act.result, now)
-                    continue
-                result = act.result
-                if len(act.identity) == 16:  # to a peer: with our load, so it can send more
-                    result = replace(result, free=self.dispatcher.free, queued=self.dispatcher.queued)
-                if not self._reply(act.identity, m.encode(result), now) and len(act.identity) == 16:
-                    # a member whose connection to us is gone: answer over ours
-                    self._do([dp.SendTo(act.identity.hex(), result)], now)
-            elif isinstance(act, dp.SendTo):
-                member = self.members.members.get(act.peer_id)
-                msg = act.message
-                if isinstance(msg, m.Result):
-                    msg = replace(msg, free=self.dispatcher.free, queued=self.dispatcher.queued)
-                if member is None or member.conn is None or not self._send(
-                        member.conn, m.encode(msg), now):
-                    self.dropped["unsent"] = self.dropped.get("unsent", 0) + 1
-            elif isinstance(act, dp.KillLocal):
-                if self.pool.cancel(act.call_id):
-                    log.info("stopped the worker running %s: nobody wants its result", act.call_id)
-                self._sync_worker_fds()
-            elif isinstance(act, SendAdvert):
-                member = self.members.members.get(act.peer)
-                if member is not None and member.conn is not None:
-                    self._send(member.conn, m.encode(m.TreeAdvert(self.node_id, act.advert)), now)
-            elif isinstance(act, Probe):
-                self.members.probe_soon(act.peer)
-            elif isinstance(act, ParentChanged):
-                log.info("tree: parent %s -> %s (%s)", self._name_of(act.old), self._name_of(act.new),
-                         act.reason)
-            elif isinstance(act, RootChanged):
-                log.info("tree: root %s -> %s (term %d)", self._name_of(act.old), self._name_of(act.new),
-                         act.term)
-            else:
-                raise TypeError(f"unknown action {act!r}")
+            handler = handlers.get(type(act))
+            if handler is None:
+                handler = self._handler_of(act)
+            handler(act, now)
+
+    def _handler_of(self, act):
+        """The handler of an action whose exact type is not in the table (a subclass)."""
+        for kind, handler in self._handlers.items():
+            if isinstance(act, kind):
+                return handler
+        raise TypeError(f"unknown action {act!r}")
+
+    def _act_send(self, act: mb.Send, now: float) -> None:
+        self._send(act.address, m.encode(act.message), now)
+
+    def _act_reply(self, act: mb.Reply, now: float) -> None:
+        self._reply(act.identity, m.encode(act.message), now)
+
+    def _act_connect(self, act: mb.Connect, now: float) -> None:
+        self.transport.connect(act.address)
+
+    def _act_disconnect(self, act: mb.Disconnect, now: float) -> None:
+        self.transport.disconnect(act.address)
+
+    def _act_declared_dead(self, act: mb.DeclaredDead, now: float) -> None:
+        acts = self.dispatcher.declared_dead()
+        log.warning("we were declared dead (incarnation %d) and refuted: %d call action(s) "
+                    "to re-place or hand back", act.incarnation, len(acts))
+        self._do(acts, now)
+
+    def _act_run_local(self, act: dp.RunLocal, now: float) -> None:
+        failed = self.pool.run(act.call)
+        self._sync_worker_fds()
+        if failed is not None:
+            self._do(self.dispatcher.local_done(failed), now)
+
+    def _act_forward(self, act: dp.Forward, now: float) -> None:
+        member = self.members.members.get(act.peer_id)
+        sent = member is not None and member.conn is not None and self._send(
+            member.conn, m.encode(act.call), now)
+        if not sent:
+            self._do(self.dispatcher.forward_failed(act.call.call_id, act.peer_id), now)
+
+    def _act_deliver(self, act: dp.Deliver, now: float) -> None:
+        if CallBook.owns(act.identity):
+            self.book.finish(act.identity, act.result, now)
+            return
+        result = act.result
+        if len(act.identity) == 16:  # to a peer: with our load, so it can send more
+            result = m.evolve(result, free=self.dispatcher.free, queued=self.dispatcher.queued)
+        if not self._reply(act.identity, m.encode(result), now) and len(act.identity) == 16:
+            # a member whose connection to us is gone: answer over ours
+            self._do([dp.SendTo(act.identity.hex(), result)], now)
+
+    def _act_send_to(self, act: dp.SendTo, now: float) -> None:
+        member = self.members.members.get(act.peer_id)
+        msg = act.message
+        if isinstance(msg, m.Result):
+            msg = m.evolve(msg, free=self.dispatcher.free, queued=self.dispatcher.queued)
+        if member is None or member.conn is None or not self._send(member.conn, m.encode(msg), now):
+            self.dropped["unsent"] = self.dropped.get("unsent", 0) + 1
+
+    def _act_kill_local(self, act: dp.KillLocal, now: float) -> None:
+        if self.pool.cancel(act.call_id):
+            log.info("stopped the worker running %s: nobody wants its result", act.call_id)
+        self._sync_worker_fds()
+
+    def _act_send_advert(self, act: SendAdvert, now: float) -> None:
+        member = self.members.members.get(act.peer)
+        if member is not None and member.conn is not None:
+            self._send(member.conn, m.encode(m.TreeAdvert(self.node_id, act.advert)), now)
+
+    def _act_probe(self, act: Probe, now: float) -> None:
+        self.members.probe_soon(act.peer)
+
+    def _act_parent_changed(self, act: ParentChanged, now: float) -> None:
+        log.info("tree: parent %s -> %s (%s)", self._name_of(act.old), self._name_of(act.new),
+                 act.reason)
+
+    def _act_root_changed(self, act: RootChanged, now: float) -> None:
+        log.info("tree: root %s -> %s (term %d)", self._name_of(act.old), self._name_of(act.new),
+                 act.term)
 
     def _send(self, address: str, frame: bytes, now: float) -> bool:
         if self.delays:
@@ -563,7 +607,13 @@ class Agent(AgentQueries):
         return "failed"
 
     def _sync_worker_fds(self) -> None:
-        current = {w.fileno(): w for w in self.pool.workers}
+        """Poll exactly the pool's workers' sockets (called after anything that may
+        start or stop a worker; usually nothing changed, which is checked first)."""
+        workers, seen = self.pool.workers, self._workers_seen
+        if len(workers) == len(seen) and all(w is s for w, s in zip(workers, seen, strict=True)):
+            return
+        self._workers_seen = list(workers)
+        current = {w.fileno(): w for w in workers}
         for fd in set(self._worker_fds) - set(current):
             try:
                 self.transport.poller.unregister(fd)

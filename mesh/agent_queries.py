@@ -11,6 +11,7 @@ import os
 import time
 
 from mesh import messages as m
+from mesh.cpuquota import slot_speed
 
 log = logging.getLogger("mesh.agent")
 
@@ -25,7 +26,7 @@ class AgentQueries:
             "pid": os.getpid(),
             "protocol": m.PROTOCOL,
             "uptime_s": round(time.monotonic() - self.started, 3),
-            "cpus": {"total": d.cpus, "free": d.free},
+            "cpus": {"total": d.cpus, "free": d.free, "speed": d.speed},
             "queued": d.queued,
             "running": d.running,
             "done": d.counters["done"],
@@ -66,6 +67,7 @@ class AgentQueries:
             self.members.set_cpus(cpus)
             self.tree.set_score(float(cpus))
             log.info("resources: %s %d slot(s), now %d", req.action, req.cpus, cpus)
+            self.dispatcher.speed = slot_speed(cpus, self.cpu_quota)
             self._do(self.dispatcher.set_cpus(cpus), now)
         elif req.action == "add" and req.peer:
             host, sep, port = req.peer.rpartition(":")

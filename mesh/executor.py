@@ -176,15 +176,8 @@ class WorkerPool:
         try:
             while w.conn.readable():
                 frame = cbor2.loads(w.conn.recv())
-                if frame and frame[0] == "ready":
-                    w.ready = True
-                    continue
-                if frame and frame[0] == "progress":  # [_, call_id, total, done, failed]
-                    self.progress[frame[1]] = {"total": frame[2], "done": frame[3], "failed": frame[4]}
-                    continue
-                if frame and frame[0] == "lend":  # the task blocks on other tasks, or resumes
-                    self.lends.append((frame[1], bool(frame[2])))
-                    w.lent = bool(frame[2])
+                if len(frame) != 7:  # not a result: one of the worker's notices
+                    self._notice(w, frame)
                     continue
                 call_id, ok, value, error_type, error, tb, text = frame
                 w.call_id, w.lent = None, False
@@ -199,6 +192,20 @@ class WorkerPool:
             if failed is not None:
                 results.append(failed)
         return results
+
+    def _notice(self, w: Worker, frame: list) -> None:
+        """A frame from the worker that is not a result; anything else than these three
+        is a broken channel (ValueError, as a result of the wrong length would be)."""
+        kind = frame[0] if frame else None
+        if kind == "ready":
+            w.ready = True
+        elif kind == "progress":  # [_, call_id, total, done, failed]
+            self.progress[frame[1]] = {"total": frame[2], "done": frame[3], "failed": frame[4]}
+        elif kind == "lend":  # the task blocks on other tasks, or resumes
+            self.lends.append((frame[1], bool(frame[2])))
+            w.lent = bool(frame[2])
+        else:
+            raise ValueError(f"unexpected frame from a worker: {kind!r}")
 
     def _crashed(self, w: Worker) -> Result | None:
         self.crashes += 1

@@ -59,6 +59,7 @@ class Load:
     free: int
     queued: int
     running: int
+    speed: float = 1.0  # effective cores per slot (< 1 on a CPU-capped device)
 
 
 @dataclass(frozen=True)
@@ -264,6 +265,16 @@ RECORDS = (NodeInfo, Load, Digest, Advert)
 
 
 # --------------------------------------------------------------------------- codec
+#
+# Every frame of every call goes through ``decode`` and ``encode`` on the agent's loop,
+# so the per-type work (type hints, field lists, defaults, which fields need a check
+# or a conversion) is done once per class and kept in a ``_Codec``; each field gets a
+# small checker function chosen from its type hint.
+
+_NONE = type(None)
+_MISSING = dataclasses.MISSING
+
+Checker = typing.Callable[[Any, str], Any]  # (value, where) -> value, or DecodeError
 
 
 def _cut(text: str) -> str:
@@ -276,17 +287,160 @@ def _cut(text: str) -> str:
     return text[:head] + mark + text[len(text) - (MAX_STR - len(mark) - head):]
 
 
-def _to_wire(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        hints = _hints(type(value))
-        body = {}
-        for f in dataclasses.fields(value):
-            v = getattr(value, f.name)
-            body[f.name] = _cut(v) if hints[f.name] is str and isinstance(v, str) else _to_wire(v)
-        return body
-    if isinstance(value, list):
-        return [_to_wire(v) for v in value]
+def _check_any(value: Any, where: str) -> Any:
     return value
+
+
+def _check_bool(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise DecodeError("field", f"{where}: expected bool")
+    return value
+
+
+def _check_int(value: Any, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise DecodeError("field", f"{where}: expected int")
+    return value
+
+
+def _check_float(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DecodeError("field", f"{where}: expected number")
+    return float(value)
+
+
+def _check_str(value: Any, where: str) -> str:
+    if not isinstance(value, str) or len(value) > MAX_STR:
+        raise DecodeError("field", f"{where}: expected text of at most {MAX_STR} characters")
+    return value
+
+
+def _check_bytes(value: Any, where: str) -> bytes:
+    if not isinstance(value, bytes):
+        raise DecodeError("field", f"{where}: expected bytes")
+    return value
+
+
+_SCALARS: dict[Any, Checker] = {
+    Any: _check_any, bool: _check_bool, int: _check_int, float: _check_float, str: _check_str,
+    bytes: _check_bytes,
+}
+
+
+def _checker(hint: Any) -> Checker:
+    """The function that checks (and converts) a decoded value of type ``hint``."""
+    scalar = _SCALARS.get(hint)
+    if scalar is not None:
+        return scalar
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(hint)
+        inner = _checker([o for o in args if o is not _NONE][0])
+        if _NONE not in args:
+            return inner
+        return lambda value, where: None if value is None else inner(value, where)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return _list_checker(_checker(item))
+    if hint in RECORDS:
+        return lambda value, where: _record(hint, value, where)
+    raise TypeError(f"unsupported field type {hint!r}")  # our bug, not the peer's
+
+
+def _list_checker(item: Checker) -> Checker:
+    def check_list(value: Any, where: str) -> list:
+        if not isinstance(value, list) or len(value) > MAX_LIST:
+            raise DecodeError("field", f"{where}: expected a list of at most {MAX_LIST}")
+        if not value:  # the usual case (Call.visited, Call.avoid); a fresh list from CBOR
+            return value
+        where = f"{where}[]"
+        return [item(v, where) for v in value]
+    return check_list
+
+
+def _plain(hint: Any) -> bool:
+    """Whether ``encode`` sends a value of this type as it is (no text to cut, no record
+    to turn into a map). Text in lists is not cut: ``decode`` does not bound it."""
+    if hint in (bool, int, float, bytes):
+        return True
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return item is str or _plain(item)
+    if origin in (Union, types.UnionType):
+        return all(o is _NONE or _plain(o) for o in typing.get_args(hint))
+    return False
+
+
+class _Codec:
+    """What ``encode`` and ``decode`` need to know about one dataclass, worked out once:
+    its field names in order; per field its checker, default and default factory; which
+    fields are text (cut by ``encode``) and which need converting (records, lists of
+    them, ``Any``); and the error paths of its fields under a given parent path."""
+
+    def __init__(self, cls: type) -> None:
+        hints = typing.get_type_hints(cls)
+        fields = dataclasses.fields(cls)
+        self.cls = cls
+        self.names = tuple(f.name for f in fields)
+        self.fields = tuple((f.name, _checker(hints[f.name]), f.default, f.default_factory)
+                            for f in fields)
+        self.text = tuple(f.name for f in fields if hints[f.name] is str)
+        self.nested = tuple(f.name for f in fields
+                            if hints[f.name] is not str and not _plain(hints[f.name]))
+        # the generated __init__ of a frozen dataclass sets each field through
+        # object.__setattr__; one whose fields all live in its __dict__ and that has no
+        # __post_init__ is built by filling that dict instead (same object, ~5x cheaper)
+        self.direct = not hasattr(cls, "__post_init__") and not hasattr(cls, "__slots__")
+        self._paths: dict[str, tuple[str, ...]] = {}
+
+    def paths(self, where: str) -> tuple[str, ...]:
+        """``where.field`` for every field (cached: ``where`` comes from our own schema,
+        so there are only a few of them)."""
+        paths = self._paths.get(where)
+        if paths is None:
+            paths = self._paths[where] = tuple(f"{where}.{name}" for name in self.names)
+        return paths
+
+    def build(self, values: dict[str, Any]) -> Any:
+        """An instance from a complete map of field values."""
+        if not self.direct:
+            return self.cls(**values)
+        obj = object.__new__(self.cls)
+        obj.__dict__.update(values)
+        return obj
+
+
+_CODECS: dict[type, _Codec] = {}
+
+
+def _codec(cls: type) -> _Codec:
+    codec = _CODECS.get(cls)
+    if codec is None:
+        codec = _CODECS[cls] = _Codec(cls)
+    return codec
+
+
+def _to_wire(value: Any) -> Any:
+    codec = _CODECS.get(type(value))
+    if codec is None:
+        if isinstance(value, list):
+            return [_to_wire(v) for v in value]
+        if not dataclasses.is_dataclass(value) or isinstance(value, type):
+            return value
+        codec = _codec(type(value))
+    if codec.direct:
+        fields = value.__dict__
+        body = {name: fields[name] for name in codec.names}
+    else:
+        body = {name: getattr(value, name) for name in codec.names}
+    for name in codec.text:
+        text = body[name]
+        if isinstance(text, str) and len(text) > MAX_STR:
+            body[name] = _cut(text)
+    for name in codec.nested:
+        body[name] = _to_wire(body[name])
+    return body
 
 
 def encode(msg: Message) -> bytes:
@@ -299,69 +453,40 @@ def encode(msg: Message) -> bytes:
     return cbor2.dumps(body)
 
 
-_HINTS: dict[type, dict[str, Any]] = {}
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    hints = _HINTS.get(cls)
-    if hints is None:
-        hints = typing.get_type_hints(cls)
-        hints = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-        _HINTS[cls] = hints
-    return hints
-
-
-def _check(value: Any, hint: Any, where: str) -> Any:
-    """Return ``value`` converted to ``hint`` or raise DecodeError('field')."""
-    if hint is Any:
-        return value
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        for option in typing.get_args(hint):
-            if option is type(None) and value is None:
-                return None
-        options = [o for o in typing.get_args(hint) if o is not type(None)]
-        return _check(value, options[0], where)
-    if origin is list:
-        if not isinstance(value, list) or len(value) > MAX_LIST:
-            raise DecodeError("field", f"{where}: expected a list of at most {MAX_LIST}")
-        (inner,) = typing.get_args(hint)
-        return [_check(v, inner, f"{where}[]") for v in value]
-    if hint in RECORDS:
-        return _record(hint, value, where)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise DecodeError("field", f"{where}: expected bool")
-        return value
-    if hint is int:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise DecodeError("field", f"{where}: expected int")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise DecodeError("field", f"{where}: expected number")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str) or len(value) > MAX_STR:
-            raise DecodeError("field", f"{where}: expected text of at most {MAX_STR} characters")
-        return value
-    if hint is bytes:
-        if not isinstance(value, bytes):
-            raise DecodeError("field", f"{where}: expected bytes")
-        return value
-    raise TypeError(f"unsupported field type {hint!r} at {where}")  # our bug, not the peer's
+def evolve(msg: Any, **changes: Any) -> Any:
+    """``dataclasses.replace`` for messages and records, without the generated
+    ``__init__`` (a copy of the fields with ``changes`` applied; like ``replace``,
+    nothing is validated, and an unknown field name is a TypeError)."""
+    codec = _codec(type(msg))
+    if not codec.direct:
+        return dataclasses.replace(msg, **changes)
+    for name in changes:
+        if name not in codec.names:
+            raise TypeError(f"{type(msg).__name__} has no field {name!r}")
+    fields = msg.__dict__
+    values = {name: fields[name] for name in codec.names}
+    values.update(changes)
+    return codec.build(values)
 
 
 def _record(cls: type, body: Any, where: str) -> Any:
+    """An instance of ``cls`` from the CBOR map ``body``, every field checked; a missing
+    field takes its default, or is an error if it has none. ``where`` names the map in
+    errors (``call``, ``ping.sender``, ``ping.gossip[]``)."""
     if not isinstance(body, dict):
         raise DecodeError("field", f"{where}: expected a map")
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name in body:
-            kwargs[f.name] = _check(body[f.name], _hints(cls)[f.name], f"{where}.{f.name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise DecodeError("field", f"{where}: missing field {f.name!r}")
-    return cls(**kwargs)
+    codec = _codec(cls)
+    values = {}
+    for (name, check, default, factory), path in zip(codec.fields, codec.paths(where), strict=True):
+        if name in body:
+            values[name] = check(body[name], path)
+        elif default is not _MISSING:
+            values[name] = default
+        elif factory is not _MISSING:
+            values[name] = factory()
+        else:
+            raise DecodeError("field", f"{where}: missing field {name!r}")
+    return codec.build(values)
 
 
 def decode(frame: bytes, max_size: int = MAX_FRAME) -> Message:

@@ -126,7 +126,8 @@ def test_status_and_usage_errors(agents):
     a = agents.start("st0", cpus=2)
     res = run_cli("status", "--agent", a.comm, "--json")
     body = json.loads(res.stdout)
-    assert body["name"] == "st0" and body["cpus"] == {"total": 2, "free": 2}
+    assert body["name"] == "st0" and body["cpus"]["total"] == 2 and body["cpus"]["free"] == 2
+    assert 0 < body["cpus"]["speed"] <= 1  # (below 1 only under a CPU quota)
     assert {"uptime_s", "queued", "running", "done", "failed", "peers_alive"} <= set(body)
     text = run_cli("status", "--agent", a.comm)
     assert text.returncode == 0 and "st0" in text.stdout

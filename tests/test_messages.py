@@ -27,7 +27,8 @@ FUZZ = settings(max_examples=400, deadline=None, database=None,
 ints = st.one_of(st.integers(-(2**63), 2**64 - 1), st.integers(-(2**200), 2**200))
 texts = st.text(max_size=40)
 node_infos = st.builds(m.NodeInfo, id=texts, name=texts, address=texts, cpus=ints, incarnation=ints)
-loads = st.builds(m.Load, cpus=ints, free=ints, queued=ints, running=ints)
+loads = st.builds(m.Load, cpus=ints, free=ints, queued=ints, running=ints,
+                  speed=st.floats(0, 1))
 digests = st.builds(m.Digest, id=texts, name=texts, address=texts,
                     state=st.sampled_from(m.STATES), incarnation=ints, cpus=ints)
 json_like = st.recursive(
