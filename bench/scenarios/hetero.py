@@ -34,10 +34,11 @@ before and after the bag differs by more than 15%: then the ratio says little.
 The bag: N tasks (400; 100 with --quick) called with `@task` from a client connected to `hub`
 (`mesh.connect`), then `wait_on` on all of them; makespan = first call to last value. Reported:
 makespan, ideal, ratio = makespan / ideal (target <= 1.15), tasks run per agent against the
-share its capacity would give it. Placement in the mesh is the simple rule (local free slot,
-else a peer believed to have a free slot from its last heartbeat, else the local backlog), so
-peers are fed on heartbeats: `--profile fast` (probe period 0.1 s instead of 0.5 s) shows how
-much of the gap is that. `membership_changes` counts the suspicions and deaths each agent
+share its capacity would give it. Placement is the mesh's scheduler (mesh/sched/dispatch.py):
+local first, then the peer where a call finishes earliest, with each slot's speed taken from
+its cgroup quota (so `pi` gets work only while `hub`'s queue is long), load news carried by
+every result, and at most one call per slot queued at a busy peer. `--profile fast` only
+changes failure detection. `membership_changes` counts the suspicions and deaths each agent
 logged: a capped agent's own loop waits for its quota too (up to 75 ms of every 100 ms for
 `pi`), longer than the fast profile's 40 ms probe time-out.
 """
