@@ -176,7 +176,7 @@ def test_killed_peer_is_declared_dead_and_its_call_reassigned(agents):
         result = fut.result(30)  # reassigned to c, which runs it in full
         assert result["agent"] == "r2" and result["square"] == 1
     assert "peer r1 lost: re-placed 1 call(s), 0 answered to their origin directly, 0 cancelled; " \
-        "actions: to r2" in a.log()  # one INFO line an operator can read
+        "actions: cancel r1, to r2" in a.log()  # one INFO line an operator can read
 
 
 def test_leave_waits_for_running_calls_and_a_second_sigint_exits_at_once(agents):

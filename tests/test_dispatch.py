@@ -228,7 +228,7 @@ def test_peer_lost_leaves_other_calls_alone():
     d.submit(call(1), CLIENT)
     d.submit(call(2), CLIENT)
     assert (d.pending["c1"].where, d.pending["c2"].where) == ("p1", "p2")
-    assert d.peer_lost("p1") == []  # p2 is believed full: c1 waits here
+    assert d.peer_lost("p1") == [SendTo("p1", Cancel("c1", "re-placed: you were lost"))]  # waits here
     assert d.pending["c1"].where == "backlog" and d.pending["c2"].where == "p2"
     assert d.peer_lost("unknown") == []
     check(d)
@@ -583,7 +583,8 @@ def test_a_late_result_from_a_lost_holder_is_still_accepted_once():
     d.peer_load("p", "p", 1, 1, 0.001)
     d.peer_load("q", "q", 1, 1, 0.001)
     (first, call_id), = forwards(d.submit(call(1), CLIENT))
-    (fwd,) = d.peer_lost(first)
+    cancel, fwd = d.peer_lost(first)
+    assert cancel == SendTo(first, Cancel(call_id, "re-placed: you were lost"))  # read if it wakes
     assert fwd.peer_id != first and fwd.call.attempt == 1
     acts = d.remote_result(ok(call_id), first)  # the lost one was only slow
     assert acts == [Deliver(CLIENT, ok(call_id)),
@@ -610,7 +611,7 @@ def chain():
 
 def test_when_the_middle_of_a_chain_dies_the_far_result_reaches_the_origin_once():
     a, b, c = chain()
-    (again,) = a.peer_lost("B")  # A re-places its call on D
+    _, again = a.peer_lost("B")  # A re-places its call on D (and tells B, were it only frozen)
     assert isinstance(again, Forward) and again.peer_id == "D" and again.call.attempt == 1
     assert c.peer_lost("B") == []  # C keeps running it, for the origin now
     assert c.counters["redirected"] == 1

@@ -58,7 +58,7 @@ def test_lost_drops_a_peer_at_once_and_reassigns_its_calls(agents):
         assert res.returncode == 0, res.stderr
         # the call is placed again at once, on spare
         wait_for(lambda: "peer busy lost: re-placed 1 call(s)" in front.log(), 10, "front to re-place it")
-        assert "actions: to spare" in front.log()
+        assert "actions: cancel busy, to spare" in front.log()
         result = fut.result(30)
         assert result["square"] == 49 and result["agent"] in ("busy", "spare")
     # busy was alive all along: it refutes and comes back; the copy that did not finish

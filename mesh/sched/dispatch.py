@@ -34,7 +34,8 @@ known piecewise (origin: "at B"; B: "at C, for origin"). Failures are handled by
 the hop that sees them, from membership's verdicts:
 
 * a holder is lost (``peer_lost``): its calls are placed again, with
-  ``attempt + 1``, never on that peer (bounded by ``max_attempts``);
+  ``attempt + 1``, never on that peer (bounded by ``max_attempts``), and it is sent a
+  ``Cancel`` for each, which a frozen holder reads when it wakes;
 * a requester is lost: if the call's origin is alive the holder answers the origin
   directly (``SendTo``), so the far result of a chain whose middle agent died still
   arrives; if the origin itself is lost the call is cancelled everywhere down its
@@ -295,6 +296,8 @@ class Dispatcher:
                         acts += self._cancel(entry, "nobody is left to want it")
                         continue
             if entry.where == peer_id:
+                # if it was only frozen, it finds this when it wakes and stops its copy
+                acts.append(SendTo(peer_id, Cancel(entry.call.call_id, "re-placed: you were lost")))
                 acts += self._replace(entry, peer_id)
         return acts + self._retry_backlog()
 
