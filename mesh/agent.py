@@ -500,19 +500,14 @@ class Agent(AgentQueries):
         if CallBook.owns(act.identity):
             self.book.finish(act.identity, act.result, now)
             return
-        result = act.result
-        if len(act.identity) == 16:  # to a peer: with our load, so it can send more
-            result = m.evolve(result, free=self.dispatcher.free, queued=self.dispatcher.queued)
-        if not self._reply(act.identity, m.encode(result), now) and len(act.identity) == 16:
+        if not self._reply(act.identity, m.encode(act.result), now) and len(act.identity) == 16:
             # a member whose connection to us is gone: answer over ours
-            self._do([dp.SendTo(act.identity.hex(), result)], now)
+            self._do([dp.SendTo(act.identity.hex(), act.result)], now)
 
     def _act_send_to(self, act: dp.SendTo, now: float) -> None:
         member = self.members.members.get(act.peer_id)
-        msg = act.message
-        if isinstance(msg, m.Result):
-            msg = m.evolve(msg, free=self.dispatcher.free, queued=self.dispatcher.queued)
-        if member is None or member.conn is None or not self._send(member.conn, m.encode(msg), now):
+        if member is None or member.conn is None or not self._send(
+                member.conn, m.encode(act.message), now):
             self.dropped["unsent"] = self.dropped.get("unsent", 0) + 1
 
     def _act_kill_local(self, act: dp.KillLocal, now: float) -> None:

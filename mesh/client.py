@@ -202,9 +202,7 @@ class Client:
             fut = _Callback(call_id, on_done)  # type: ignore[assignment]
         with self._lock:
             self._futures[call_id] = fut
-        call = m.Call(call_id, function, payload, avoid=list(avoid)) if avoid else \
-            m.Call(call_id, function, payload)
-        self._post(m.encode(call))
+        self._post(m.encode(m.Call(call_id, function, payload, avoid=list(avoid))))
         return fut
 
     def _post(self, frame: bytes) -> None:

@@ -154,19 +154,8 @@ class WorkerPool:
         w = next((w for w in self.workers if w.call_id == call_id), None)
         if w is None:
             return False
-        self.workers.remove(w)
-        try:
-            w.conn.close()
-        except OSError:
-            pass
-        w.proc.kill()
-        try:
-            w.proc.wait(1.0)
-        except subprocess.TimeoutExpired:
-            log.warning("worker %d did not exit after SIGKILL", w.proc.pid)
+        self._replace(w)
         self.progress.pop(call_id, None)
-        if not self._closed and len(self.workers) < self.target:
-            self.workers.append(self._spawn())
         return True
 
     def readable(self, w: Worker) -> list[Result]:
@@ -209,12 +198,24 @@ class WorkerPool:
 
     def _crashed(self, w: Worker) -> Result | None:
         self.crashes += 1
+        code = self._replace(w)
+        log.warning("worker %d exited (code %s) while running %s; starting a new one",
+                    w.proc.pid, code, w.call_id or "nothing")
+        if w.call_id is None:
+            return None
+        return Result(w.call_id, False, b"", self.agent_name, "WorkerDied",
+                      f"the worker process running this call exited with code {code}", "")
+
+    def _replace(self, w: Worker) -> int | None:
+        """Kill ``w`` (if it still runs), drop it, and start a new worker if the pool is
+        below its size. Returns the old worker's exit code."""
         code = w.proc.poll()
         if code is None:
             w.proc.kill()
-            code = w.proc.wait(1.0)
-        log.warning("worker %d exited (code %s) while running %s; starting a new one",
-                    w.proc.pid, code, w.call_id or "nothing")
+            try:
+                code = w.proc.wait(1.0)
+            except subprocess.TimeoutExpired:
+                log.warning("worker %d did not exit after SIGKILL", w.proc.pid)
         self.workers.remove(w)
         try:
             w.conn.close()
@@ -222,10 +223,7 @@ class WorkerPool:
             pass
         if not self._closed and len(self.workers) < self.target:
             self.workers.append(self._spawn())
-        if w.call_id is None:
-            return None
-        return Result(w.call_id, False, b"", self.agent_name, "WorkerDied",
-                      f"the worker process running this call exited with code {code}", "")
+        return code
 
     @property
     def idle(self) -> int:

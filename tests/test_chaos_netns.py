@@ -60,17 +60,8 @@ sys.path.insert(0, cfg["root"])
 import mesh
 from mesh import wait_on
 from mesh.client import Client
+from tests.conftest import wait_for as until
 from tests.test_chaos import submit_graph
-
-
-def until(pred, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise SystemExit(f"timed out after {timeout} s waiting for {what}")
 
 
 def peers_alive(c):

@@ -66,3 +66,36 @@ def test_a_process_in_a_capped_cgroup_sees_its_quota(tmp_path):
         assert out.stdout.strip().splitlines()[-1] == "0.25", out.stdout
     finally:
         subprocess.run(["bash", str(harness), "rm", name], capture_output=True, timeout=30)
+
+
+@pytest.mark.agents
+def test_a_capped_agent_reports_its_slot_speed(tmp_path):
+    import json
+    import signal
+
+    from bench.common import cgroups_unusable
+    from mesh.client import Client
+    from tests.conftest import mesh_cmd, wait_for
+
+    why = cgroups_unusable()
+    if why:
+        pytest.skip(why)
+    harness = Path(__file__).resolve().parent.parent / "harness" / "cg_limit.sh"
+    name, state = f"speed{os.getpid()}", tmp_path / "pi.state.json"
+    cmd = mesh_cmd("join", "--name", "pi", "--interface", "127.0.0.1", "--comm-port", "0",
+                   "--rest-port", "-1", "--no-mdns", "--cpus", "1", "--state-file", str(state))
+    with open(tmp_path / "pi.log", "w") as log:
+        proc = subprocess.Popen(["bash", str(harness), "run", name, "25", "256", "--", *cmd],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        comm = wait_for(lambda: json.loads(state.read_text())["comm"], 20, "the capped agent")
+        with Client(comm) as c:
+            assert c.query("status")["cpus"]["speed"] == 0.25
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        subprocess.run(["bash", str(harness), "rm", name], capture_output=True, timeout=30)

@@ -617,9 +617,10 @@ def test_when_the_middle_of_a_chain_dies_the_far_result_reaches_the_origin_once(
     assert c.counters["redirected"] == 1
     res = Result("t", True, b"42", "c")
     (send,) = c.local_done(res)
-    assert send == SendTo("A", res)
-    acts = a.remote_result(res, "C")
-    assert acts == [Deliver(b"prog", res), SendTo("D", Cancel("t", "its result arrived from elsewhere"))]
+    assert send == SendTo("A", replace(res, free=1, queued=0))  # with C's load news
+    acts = a.remote_result(send.message, "C")
+    assert acts == [Deliver(b"prog", send.message),
+                    SendTo("D", Cancel("t", "its result arrived from elsewhere"))]
     assert a.remote_result(Result("t", True, b"42", "d"), "D") == []  # D was too slow: dropped
 
 

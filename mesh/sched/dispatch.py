@@ -56,9 +56,9 @@ Whoever else still holds the call is told to stop (``Cancel``).
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
-from mesh.messages import Call, Cancel, Handback, Message, Result
+from mesh.messages import Call, Cancel, Handback, Message, Result, evolve
 
 
 @dataclass(frozen=True)
@@ -210,7 +210,7 @@ class Dispatcher:
             return [Deliver(reply_to, self._failure(call, "AgentLeaving", "agent is leaving"))]
         self.counters["accepted"] += 1
         if from_peer is None and not call.origin and self.node_id:
-            call = replace(call, origin=self.node_id)
+            call = evolve(call, origin=self.node_id)
         entry = Pending(call, [requester], "backlog")
         if from_peer is not None:
             entry.tried.add(from_peer)
@@ -497,7 +497,7 @@ class Dispatcher:
     def _outgoing(self, entry: Pending) -> Call:
         call = entry.call
         visited = call.visited + [self.node_id] if self.node_id else call.visited
-        return replace(call, hops=call.hops + 1, visited=visited, attempt=entry.attempts)
+        return evolve(call, hops=call.hops + 1, visited=visited, attempt=entry.attempts)
 
     def _replace(self, entry: Pending, holder: str) -> list[Action]:
         """The holder lost the call: place it again (attempt + 1), not on that holder."""
@@ -543,8 +543,18 @@ class Dispatcher:
         return acts
 
     def _deliver(self, entry: Pending, result: Result) -> list[Action]:
-        return [SendTo(r.peer, result) if r.direct else Deliver(r.identity, result)
-                for r in entry.requesters]
+        """To each requester; a result going to a peer carries our load (free slots and
+        backlog as of now), so the peer can send the next call at once."""
+        to_peer = None
+        acts: list[Action] = []
+        for r in entry.requesters:
+            if r.peer is None:
+                acts.append(Deliver(r.identity, result))
+                continue
+            if to_peer is None:
+                to_peer = evolve(result, free=self.free, queued=self.queued)
+            acts.append(SendTo(r.peer, to_peer) if r.direct else Deliver(r.identity, to_peer))
+        return acts
 
     def _stop(self, entry: Pending, reason: str) -> list[Action]:
         """Undo the entry's placement (the entry is already out of ``pending``)."""
