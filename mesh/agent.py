@@ -27,6 +27,7 @@ import zmq
 
 from mesh import delay
 from mesh import messages as m
+from mesh.agent_objects import AgentObjects
 from mesh.agent_queries import AgentQueries
 from mesh.callbook import CallBook
 from mesh.cpuquota import quota_cores, slot_speed
@@ -60,6 +61,8 @@ class AgentConfig:
     leave_grace: float = 10.0
     max_frame: int = m.MAX_FRAME
     key: MeshKey | None = None  # None: plaintext (--insecure, or loopback without a key)
+    memory: int = 0  # bytes offered to tasks (@constraint(memory=...)); 0: not said
+    labels: list[str] = field(default_factory=list)  # capabilities (@constraint(labels=...))
 
 
 class Waker:
@@ -91,7 +94,7 @@ class Waker:
         self._w.close()
 
 
-class Agent(AgentQueries):
+class Agent(AgentQueries, AgentObjects):
     """One mesh agent. ``run()`` blocks until the agent has left."""
 
     def __init__(self, config: AgentConfig) -> None:
@@ -106,11 +109,14 @@ class Agent(AgentQueries):
         self.members = mb.Membership(self.me, self.timing, random.Random(self.node_id))
         self.cpu_quota = quota_cores()  # cores the cgroup lets us use (None: no cap)
         self.dispatcher = dp.Dispatcher(config.name, config.cpus, self.node_id, prefetch=1,
-                                        speed=slot_speed(config.cpus, self.cpu_quota))
+                                        speed=slot_speed(config.cpus, self.cpu_quota),
+                                        memory=config.memory, labels=frozenset(config.labels),
+                                        unfit_grace=float(os.environ.get("MESH_UNFIT_GRACE", 30)))
         tree_period = TREE_PERIOD[config.profile]
         self.tree = LatencyTree(self.node_id, float(config.cpus), random.Random(self.node_id + "tree"),
                                 TreeConfig(period=tree_period), now=self.started)
-        worker_env = {"MESH_WORKER_AGENT": self.address}  # nested tasks reach us here
+        worker_env = {"MESH_WORKER_AGENT": self.address,  # nested tasks reach us here
+                      "MESH_AGENT_ID": self.node_id}  # (outputs kept here name us)
         if config.key is not None:
             worker_env["MESH_WORKER_KEY"] = config.key.text()
         self.pool = WorkerPool(config.cpus, config.name, worker_env)
@@ -138,6 +144,7 @@ class Agent(AgentQueries):
             SendAdvert: self._act_send_advert, Probe: self._act_probe,
             ParentChanged: self._act_parent_changed, RootChanged: self._act_root_changed,
         }
+        self._objects_setup()  # task outputs kept here (mesh.agent_objects)
 
     # ------------------------------------------------------------------ start / stop
 
@@ -270,6 +277,10 @@ class Agent(AgentQueries):
             if handed:
                 log.info("leaving: handed %d queued call(s) back to the agents that sent them", handed)
             self._do(acts, now)
+        if self.objects.fetching:
+            self._do(self.objects.tick(now), now)
+        if self.dispatcher.backlog:  # calls whose constraints no known agent meets
+            self._do(self.dispatcher.expire_unfit(now), now)
         self.members.set_load(self._load())
         self._do(self.members.tick(now), now)
         self._do(self.tree.tick(now), now)
@@ -286,7 +297,8 @@ class Agent(AgentQueries):
 
     def _load(self) -> m.Load:
         d = self.dispatcher
-        return m.Load(d.cpus, d.free, d.queued, d.running, d.speed)
+        return m.Load(d.cpus, d.free, d.queued, d.running, d.speed, self.config.memory,
+                      self.config.labels)
 
     # ------------------------------------------------------------------ input
 
@@ -336,13 +348,19 @@ class Agent(AgentQueries):
             else:
                 self._do(self.tree.heard(peer_id, msg.advert, member.rtt, now), now)
         elif isinstance(msg, m.Call):
-            self._do(self.dispatcher.submit(msg, identity, peer_id), now)
+            self._do(self.dispatcher.submit(msg, identity, peer_id, now), now)
         elif isinstance(msg, m.Cancel):
             self._do(self.dispatcher.cancel(msg.call_id, identity), now)
+        elif isinstance(msg, m.Fetch):
+            self._on_fetch(identity, peer_id, msg, now)
+        elif isinstance(msg, m.Free):
+            self._on_free(msg, peer_id, now)
         elif isinstance(msg, m.Result) and peer_id is not None:  # a far holder answering us
             self._do(self.dispatcher.remote_result(msg, peer_id), now)
         elif isinstance(msg, m.Handback) and peer_id is not None:
             self._do(self.dispatcher.handed_back(msg.call_id, peer_id), now)
+        elif isinstance(msg, m.Reclaim) and peer_id is not None:  # an idle peer (work stealing)
+            self._do(self.dispatcher.reclaim(msg.call_ids, peer_id, msg.free, msg.queued), now)
         elif isinstance(msg, m.Query):
             self.transport.reply(identity, m.encode(self._answer(msg)))
         elif isinstance(msg, m.Resources):
@@ -369,6 +387,8 @@ class Agent(AgentQueries):
                     self._peer_load(msg.sender, msg.load, now)
             elif isinstance(msg, m.Result) and member is not None:
                 self._do(self.dispatcher.remote_result(msg, member.info.id), now)
+            elif isinstance(msg, m.Object):
+                self._do(self.objects.fetched(msg.oid, msg.data if msg.ok else None, msg.error), now)
             elif isinstance(msg, m.Handback) and member is not None:
                 self._do(self.dispatcher.handed_back(msg.call_id, member.info.id), now)
             else:
@@ -381,7 +401,7 @@ class Agent(AgentQueries):
         if member is None or member.state != "alive":
             return
         acts = self.dispatcher.peer_load(sender.id, sender.name, load.cpus, load.free, member.rtt,
-                                         load.queued, load.speed)
+                                         load.queued, load.speed, load.memory, load.labels)
         self._do(acts, now)
 
     def _read_worker(self, worker, now: float) -> None:
@@ -389,6 +409,8 @@ class Agent(AgentQueries):
         lends, self.pool.lends = self.pool.lends, []
         for call_id, lent in lends:
             self._do(self.dispatcher.lend(call_id, lent), now)
+        if self.pool.puts or self.pool.gets:
+            self._worker_objects(now)
         for result in results:
             self._do(self.dispatcher.local_done(result), now)
         self._sync_worker_fds()
@@ -410,7 +432,7 @@ class Agent(AgentQueries):
                     b.set_exception(exc)
             elif kind == "rest-call":  # a: a Call built by the REST thread
                 self.book.add(a.call_id, a.function, now)
-                self._do(self.dispatcher.submit(a, CallBook.identity(a.call_id)), now)
+                self._do(self.dispatcher.submit(a, CallBook.identity(a.call_id), None, now), now)
                 b.set_result(a.call_id)
             elif kind == "resources":  # a: a Resources request (COMPSs endpoints)
                 b.set_result(self.change_resources(a, now))
@@ -579,6 +601,7 @@ class Agent(AgentQueries):
         if act.new == "suspect":
             self._do(self.dispatcher.peer_suspect(act.node_id), now)
         elif act.new in ("dead", "left"):
+            self._objects_peer_lost(act.node_id, act.name)
             c = self.dispatcher.counters
             before = c["reassigned"], c["redirected"], c["cancelled"]
             acts = self.dispatcher.peer_lost(act.node_id)

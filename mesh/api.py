@@ -3,9 +3,9 @@
 
 With no mesh connected (``mesh.client.default_client()`` is None) a task call simply
 runs the function at once and returns its value: ``wait_on`` is then the identity and
-``barrier`` does nothing, as PyCOMPSs without its runtime. This is also what happens
-to a task called *inside* a task on an agent: the worker has no default client, so
-the inner call runs sequentially in that worker (nested tasks are not distributed yet).
+``barrier`` does nothing, as PyCOMPSs without its runtime. A task called *inside* a
+task on an agent goes to that agent's mesh (nested tasks; a task blocked in ``wait_on``
+lends its slot, so recursive graphs cannot deadlock the mesh).
 
 With a mesh connected (``mesh.connect(...)``) a task call returns a ``TaskFuture`` at
 once (a tuple of them for ``returns`` > 1, None for ``returns=0``) and the program-side
@@ -25,17 +25,22 @@ runtime (``mesh.runtime``) runs the task on the mesh when its inputs exist:
   (every pending task is cancelled, later calls are cancelled at once and ``barrier``
   raises ``TaskFailed``; the graph of this connection stays failed) and IGNORE (its
   outputs become None for the tasks that read them; ``wait_on`` on them raises);
-* ``time_out`` seconds per attempt: a late result is ignored; the remote function is
-  not stopped (its worker stays busy until it returns);
+* ``time_out`` seconds per attempt: the attempt is stopped where it runs (its worker is
+  killed and replaced) and a late result is ignored;
+* ``@constraint(cpus=..., memory=..., labels=[...])``: the task runs only on an agent
+  with that many slots (it takes them all while it runs), offering at least that much
+  memory (``join --memory``) and every label (``join --label``); it waits while such
+  agents are busy, and fails with ``NoSuitableAgent`` when no agent that fits is known
+  for ``MESH_UNFIT_GRACE`` seconds (30 by default, set on the agent);
+* outputs that pickle to more than 100 kB stay at the agent that made them
+  (``mesh.objects``): readers run there or fetch them from it, and a lost one is
+  recomputed from its lineage;
 * ``wait_on`` on a failed task raises the task's own exception, with the remote
   traceback as ``__cause__``.
 
-Not yet (explicitly): ``@constraint`` is recorded, not enforced (placement by
-constraints is a later issue); nested task calls run sequentially in the worker unless
-that worker process has a default client of its own (then the inner calls go to the
-mesh through it, and their futures must be resolved inside the task: a TaskFuture
-cannot be returned); a timed-out attempt is not stopped; an object used as INOUT/OUT
-is held by the runtime for the life of the connection (its id names the datum); plain
+Limits: a TaskFuture cannot be returned by a task (resolve inner futures inside it);
+an object used as INOUT/OUT is held by the runtime for the life of the connection (its
+id names the datum); plain
 arguments are serialized when their task is sent, so changing them before that is
 seen by the task; file contents travel in memory inside the call frames (64 MiB cap);
 a failed graph (FAIL) stays failed for this connection (connect again to start anew).
@@ -72,8 +77,8 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Constraints:
-    """What a task needs from the agent that runs it. Stored only: placement by
-    constraints is a later issue, the mesh does not enforce them yet."""
+    """What a task needs from the agent that runs it (placement honours it: see the
+    module docstring)."""
 
     cpus: int = 1
     memory: int | None = None  # bytes
@@ -81,10 +86,10 @@ class Constraints:
 
 
 def constraint(cpus: int = 1, memory: int | None = None, labels=()):
-    """``@constraint(cpus=..., memory=..., labels=[...])``: record what a task needs on
-    the function (``fn.__mesh_constraints__``, also ``Task.constraints``), above or below
-    ``@task``. NOT enforced yet: placement by constraints is a later issue, and a task
-    runs on whichever agent the mesh picks."""
+    """``@constraint(cpus=..., memory=..., labels=[...])``: what a task needs of the
+    agent that runs it (slots, bytes offered, capabilities), above or below ``@task``;
+    stored on the function (``fn.__mesh_constraints__``, also ``Task.constraints``) and
+    sent with each call. ``memory`` is in bytes."""
     c = Constraints(int(cpus), memory, tuple(labels))
 
     def deco(fn):

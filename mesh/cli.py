@@ -26,6 +26,26 @@ def parse_arg(text: str):
         return text
 
 
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1000, "KIB": 1 << 10, "M": 1 << 20, "MB": 1000**2,
+          "MIB": 1 << 20, "G": 1 << 30, "GB": 1000**3, "GIB": 1 << 30, "T": 1 << 40, "TB": 1000**4,
+          "TIB": 1 << 40}
+
+
+def _size(text: str, option: str) -> int:
+    """``512M``, ``2G``, ``1.5GiB``, ``1000000`` -> bytes (K/M/G/T alone are powers of 1024)."""
+    t = text.strip().upper()
+    digits = t.rstrip("KMGTIB")
+    unit = t[len(digits):]
+    try:
+        value = float(digits)
+    except ValueError:
+        value = -1.0
+    if unit not in _UNITS or not value > 0:
+        raise click.BadParameter(f"{text!r}: expected a size such as 512M, 2G or 1000000",
+                                 param_hint=option)
+    return int(value * _UNITS[unit])
+
+
 def _address(text: str, what: str) -> str:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -67,6 +87,12 @@ def main() -> None:
 @click.option("--no-mdns", is_flag=True, help="Use seeds and gossip only; no mDNS.")
 @click.option("--cpus", type=click.IntRange(0, 1024), default=None,
               help="Worker slots (default: the number of cores).")
+@click.option("--memory", default=None, metavar="SIZE",
+              help="Memory offered to tasks, e.g. 512M or 2G (default: the machine's); "
+                   "tasks with @constraint(memory=...) above it run elsewhere.")
+@click.option("--label", "labels", multiple=True, metavar="TEXT",
+              help="A capability of this device for @constraint(labels=[...]), e.g. gpu or "
+                   "an image name (repeatable).")
 @click.option("--state-file", type=click.Path(dir_okay=False), default=None,
               help="Write {id,name,comm,rest,pid} as JSON here once ready.")
 @click.option("--profile", type=click.Choice(["default", "fast"]), default="default",
@@ -76,8 +102,8 @@ def main() -> None:
 @click.option("--insecure", is_flag=True, help="Plaintext, unauthenticated mesh (anyone can run code here).")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
               default="INFO", show_default=True)
-def join(name, interfaces, comm_port, rest_port, peers, no_mdns, cpus, state_file, profile, key_file,
-         insecure, log_level):
+def join(name, interfaces, comm_port, rest_port, peers, no_mdns, cpus, memory, labels, state_file,
+         profile, key_file, insecure, log_level):
     """Run an agent in the foreground until SIGINT/SIGTERM (graceful leave)."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     seeds = []
@@ -94,12 +120,22 @@ def join(name, interfaces, comm_port, rest_port, peers, no_mdns, cpus, state_fil
         import psutil
 
         cpus = psutil.cpu_count() or 1
+    if memory is None:
+        import psutil
+
+        memory_bytes = psutil.virtual_memory().total
+    else:
+        memory_bytes = _size(memory, "--memory")
+    for label in labels:
+        if not label or len(label) > 200 or any(c.isspace() for c in label):
+            raise click.BadParameter(f"{label!r}: a label is one word of at most 200 characters",
+                                     param_hint="--label")
     from mesh.agent import Agent, AgentConfig, install_signal_handlers
 
     config = AgentConfig(
         name=name or socket.gethostname(), interface=interface, comm_port=comm_port,
         rest_port=rest_port, peers=seeds, mdns=not no_mdns, cpus=cpus, state_file=state_file,
-        profile=profile, key=key,
+        profile=profile, key=key, memory=memory_bytes, labels=sorted(set(labels)),
     )
     try:
         agent = Agent(config)
@@ -224,6 +260,16 @@ def status(agent, timeout, key_file, as_json):
         f"calls     {body['running']} running, {body['queued']} queued, {body['done']} done, "
         f"{body['failed']} failed, {body['forwarded']} forwarded",
         f"peers     {body['peers_alive']} alive",
+    ]
+    if body.get("labels") or body.get("memory"):
+        lines.append(f"offers    {body.get('memory', 0) / (1 << 30):.1f} GiB"
+                     + (", labels " + " ".join(body["labels"]) if body.get("labels") else ""))
+    objects = body.get("objects")
+    if objects:
+        lines.append(f"objects   {objects['objects']} kept ({objects['bytes'] / (1 << 20):.1f} of "
+                     f"{objects['max_bytes'] / (1 << 20):.0f} MiB), {objects['served']} served, "
+                     f"{objects['fetched']} fetched, {objects['lost']} lost")
+    lines += [
         "security  " + ("CURVE, mesh key" if body.get("secure") else "PLAINTEXT")
         + f" ({body['auth']['rejected']} rejected, {body['auth']['handshake_failures']} failed handshakes)",
         "dropped   " + (", ".join(f"{k} {v}" for k, v in sorted(body["dropped"].items()) if v) or "none"),

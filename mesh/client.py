@@ -34,11 +34,13 @@ from mesh import keys
 from mesh import messages as m
 from mesh.errors import AgentUnreachable, DecodeError, RemoteError, RemoteTraceback
 from mesh.keys import MeshKey
+from mesh.objects import ObjectLost
 from mesh.taskexec import dumps
 from mesh.transport import HANDSHAKE_FAILED, curve_client, monitor_event
 
 log = logging.getLogger(__name__)
 _default: Client | None = None
+CLOSE_LINGER_MS = 500  # how long frames queued at close() may still take to go
 RECV_BATCH = 256  # frames the client's thread takes off the socket before handling them
 
 
@@ -86,6 +88,9 @@ class Client:
         self._wake_pending = False  # a wake byte is on its way (see the module docstring)
         self._futures: dict[str, Future] = {}
         self._queries: dict[int, Future] = {}
+        self._fetches: dict[str, list[Future]] = {}  # oid -> waiting fetch() calls
+        self.closing_hooks: list = []  # called by close() while frames can still be sent
+        self.session = os.urandom(8).hex()  # owner of what our calls leave at agents
         self._qids = itertools.count(1)
         self._lock = threading.Lock()
         self._r, self._w = socket.socketpair()
@@ -108,12 +113,44 @@ class Client:
         """Run ``fn(*args, **kwargs)`` on the mesh; ``fn`` travels by cloudpickle."""
         return self._send_call("", dumps((fn, args, kwargs)))
 
-    def _submit_to(self, on_done, avoid, fn, /, *args, **kwargs) -> str:
+    def _submit_to(self, on_done, avoid, fn, /, *args, inputs=(), needs=None, **kwargs) -> str:
         """``submit`` for the task runtime (``mesh.runtime``): no Future, which costs
         more than the rest of the bookkeeping; ``on_done(ok, value or exception)`` is
         called once, on the thread that completes the call (the client's, as a rule).
-        ``avoid``: agent names where it failed before. Returns the call id."""
-        return self._send_call("", dumps((fn, args, kwargs)), on_done=on_done, avoid=avoid).call_id
+        ``avoid``: agent names where it failed before; ``inputs``: ``Holding`` records
+        (where the call's big inputs are); ``needs``: its constraints (``Needs``).
+        Returns the call id."""
+        return self._send_call("", dumps((fn, args, kwargs)), on_done=on_done, avoid=avoid,
+                               inputs=inputs, needs=needs).call_id
+
+    def fetch(self, oid: str, holder: str, timeout: float = 120.0) -> bytes:
+        """The pickled bytes of a task output kept at the agent ``holder`` (a
+        ``mesh.objects.Ref``), through our agent. Raises ``ObjectLost`` when it is gone,
+        AgentUnreachable when our agent does not answer."""
+        fut: Future = Future()
+        with self._lock:
+            self._fetches.setdefault(oid, []).append(fut)
+        self._post(m.encode(m.Fetch(oid, holder)))
+        try:
+            msg = fut.result(timeout)
+        except (TimeoutError, FutureTimeout):
+            raise AgentUnreachable(f"no object {oid[:8]} from agent at {self.address} "
+                                   f"within {timeout} s") from None
+        finally:
+            with self._lock:
+                waiters = self._fetches.get(oid)
+                if waiters is not None and fut in waiters:
+                    waiters.remove(fut)
+                    if not waiters:
+                        del self._fetches[oid]
+        if not msg.ok:
+            raise ObjectLost(oid, msg.error or "ObjectLost")
+        return msg.data
+
+    def free(self, holder: str, oids: list[str]) -> None:
+        """Nobody here reads these objects of ``holder`` again (non-blocking)."""
+        if oids and not self._closed.is_set():
+            self._post(m.encode(m.Free(holder, list(oids))))
 
     def cancel(self, call_id: str) -> bool:
         """Stop waiting for a call and tell the agent: it stops the call wherever it is
@@ -168,6 +205,17 @@ class Client:
         global _default
         if self._closed.is_set():
             return
+        with self._lock:
+            pending = list(self._futures)
+        for call_id in pending:  # nobody will read these: the agents stop them
+            self._post(m.encode(m.Cancel(call_id, "the caller closed its connection")))
+        # and drop what our calls kept at agents (mesh.objects), even what they still make
+        self._post(m.encode(m.Free("", [], self.session)))
+        for hook in self.closing_hooks:  # e.g. the task runtime frees its objects
+            try:
+                hook()
+            except Exception:
+                log.exception("mesh client: a closing hook failed")
         self._closed.set()
         self._wake()
         self._thread.join(2.0)
@@ -190,7 +238,8 @@ class Client:
 
     # ------------------------------------------------------------------ internals
 
-    def _send_call(self, function: str, payload: bytes, *, on_done=None, avoid=()) -> Future:
+    def _send_call(self, function: str, payload: bytes, *, on_done=None, avoid=(),
+                   inputs=(), needs=None) -> Future:
         if self._closed.is_set():
             raise AgentUnreachable("client is closed")
         call_id = os.urandom(12).hex()
@@ -202,7 +251,8 @@ class Client:
             fut = _Callback(call_id, on_done)  # type: ignore[assignment]
         with self._lock:
             self._futures[call_id] = fut
-        self._post(m.encode(m.Call(call_id, function, payload, avoid=list(avoid))))
+        self._post(m.encode(m.Call(call_id, function, payload, avoid=list(avoid),
+                                   inputs=list(inputs), owner=self.session, needs=needs)))
         return fut
 
     def _post(self, frame: bytes) -> None:
@@ -249,10 +299,18 @@ class Client:
                 outbox = self._outbox
                 while outbox:
                     sock.send(outbox.popleft())
-        finally:
+        finally:  # what was queued before close() still goes (e.g. the runtime's last
+            # Free messages), for up to CLOSE_LINGER_MS after the socket is closed
+            outbox = self._outbox
+            sent = bool(outbox)
+            while outbox:
+                try:
+                    sock.send(outbox.popleft(), zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    break
             sock.disable_monitor()
             monitor.close(0)
-            sock.close(0)
+            sock.close(CLOSE_LINGER_MS if sent else 0)
 
     def _handshake_failed(self, monitor: zmq.Socket) -> None:
         try:
@@ -300,6 +358,12 @@ class Client:
                 qfut = self._queries.get(msg.qid)
             if qfut is not None and not qfut.done():
                 qfut.set_result(msg)
+        elif isinstance(msg, m.Object):
+            with self._lock:
+                waiters = self._fetches.pop(msg.oid, [])
+            for f in waiters:
+                if not f.done():
+                    f.set_result(msg)
 
 
 class _Callback:

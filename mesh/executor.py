@@ -8,9 +8,15 @@ call) and the worker is started again. Heartbeats are answered by the agent's
 loop, so a device whose every slot is busy is still alive.
 
 Frames between agent and worker are CBOR lists:
-  agent -> worker: ``[call_id, function, payload, want_json]``
+  agent -> worker: ``[call_id, function, payload, want_json, inline_max, put_room]``
+                   (the last two: ``mesh.objects``; bytes the call may keep here), and
+                   ``["obj", oid, data or None, error]`` answering a worker's ``get``;
   worker -> agent: ``["ready", pid]`` once, then
-                   ``[call_id, ok, value, error_type, error, traceback, json]`` per call.
+                   ``[call_id, ok, value, error_type, error, traceback, json]`` per call,
+                   and while a call runs: ``["put", call_id, oid, data]`` (keep this
+                   output here), ``["get", call_id, oid, holder]`` (send me this object),
+                   ``["hit", call_id, oid]`` (read from the worker's own recent copies),
+                   ``["lend", call_id, bool]``, ``["progress", call_id, total, done, failed]``.
 """
 
 from __future__ import annotations
@@ -65,6 +71,11 @@ class WorkerPool:
         self.crashes = 0
         self.lends: list[tuple[str, bool]] = []  # (call id, lent?) read by the agent
         self.progress: dict[str, dict] = {}  # call id -> task graph progress (mesh run)
+        self.puts: list[tuple[str, str, bytes]] = []  # (call id, oid, data) read by the agent
+        self.gets: list[tuple[Worker, str, str]] = []  # (worker, oid, holder) read by the agent
+        self.inline_max = 0  # set by the agent: see mesh.objects
+        self.worker_hits = 0  # objects a worker read from its own recent copies
+        self.room = lambda: 0  # bytes a call may put in the agent's store, asked per call
         self.target = size
         self._closed = False
         self.resize(size)
@@ -143,10 +154,20 @@ class WorkerPool:
             self.workers.append(idle)
         idle.call_id = call.call_id
         try:
-            idle.conn.send(cbor2.dumps([call.call_id, call.function, call.payload, call.want_json]))
+            room = self.room() // max(self.target, 1) if self.inline_max else 0
+            idle.conn.send(cbor2.dumps([call.call_id, call.function, call.payload, call.want_json,
+                                        self.inline_max, room]))
         except OSError:
             return self._crashed(idle)
         return None
+
+    def give(self, w: Worker, oid: str, data: bytes | None, error: str) -> None:
+        """Answer a worker's ``get`` (if it is still there: it may have been killed)."""
+        if w in self.workers:
+            try:
+                w.conn.send(cbor2.dumps(["obj", oid, data, error]))
+            except OSError:
+                pass  # it died: readable() reports it
 
     def cancel(self, call_id: str) -> bool:
         """Stop the worker running ``call_id`` at once (nobody wants its result) and
@@ -183,7 +204,7 @@ class WorkerPool:
         return results
 
     def _notice(self, w: Worker, frame: list) -> None:
-        """A frame from the worker that is not a result; anything else than these three
+        """A frame from the worker that is not a result; anything else than these
         is a broken channel (ValueError, as a result of the wrong length would be)."""
         kind = frame[0] if frame else None
         if kind == "ready":
@@ -193,6 +214,12 @@ class WorkerPool:
         elif kind == "lend":  # the task blocks on other tasks, or resumes
             self.lends.append((frame[1], bool(frame[2])))
             w.lent = bool(frame[2])
+        elif kind == "put" and len(frame) == 4 and isinstance(frame[3], bytes):
+            self.puts.append((frame[1], frame[2], frame[3]))
+        elif kind == "get" and len(frame) == 4:
+            self.gets.append((w, str(frame[2]), str(frame[3])))
+        elif kind == "hit":  # the worker had the object's bytes already
+            self.worker_hits += 1
         else:
             raise ValueError(f"unexpected frame from a worker: {kind!r}")
 

@@ -60,6 +60,8 @@ class Load:
     queued: int
     running: int
     speed: float = 1.0  # effective cores per slot (< 1 on a CPU-capped device)
+    memory: int = 0  # bytes offered to tasks (0: not said)
+    labels: list[str] = field(default_factory=list)  # capabilities, for task constraints
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,25 @@ class Digest:
     state: str
     incarnation: int
     cpus: int = 0
+
+
+@dataclass(frozen=True)
+class Holding:
+    """``nbytes`` of a call's inputs are held by the agent ``node`` (a node id): where
+    the call's data is (``mesh.objects``), a hint for placement."""
+
+    node: str
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a call needs of the agent that runs it (``@constraint``): ``cpus`` slots,
+    ``memory`` bytes offered (0: any), and every one of ``labels``."""
+
+    cpus: int = 1
+    memory: int = 0
+    labels: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- messages
@@ -178,6 +199,9 @@ class Call(Message):
     want_json: bool = False  # also return the value as JSON text (REST callers)
     attempt: int = 0
     avoid: list[str] = field(default_factory=list)  # agent names: elsewhere, if any will do
+    inputs: list[Holding] = field(default_factory=list)  # where its big inputs are held
+    owner: str = ""  # the client session it is for (its outputs kept at agents are theirs)
+    needs: Needs | None = None  # constraints (None: one slot anywhere)
 
 
 @dataclass(frozen=True)
@@ -199,6 +223,55 @@ class Handback(Message):
     TAG: ClassVar[str] = "handback"
     call_id: str
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class Reclaim(Message):
+    """The sender has free slots and nothing waiting (work stealing, ``mesh.sched.dispatch``):
+    its load news (``free`` slots, ``queued`` calls, as a ``Result`` carries), and please
+    give back those of ``call_ids`` (calls it delegated to us) that have not started here,
+    each with a ``Handback``. Started ones run on; their results still come."""
+
+    TAG: ClassVar[str] = "reclaim"
+    call_ids: list[str]
+    free: int = 0
+    queued: int = 0
+
+
+@dataclass(frozen=True)
+class Fetch(Message):
+    """Send me the object ``oid`` (a task's output kept where it was made,
+    ``mesh.objects``). A client asks its agent, naming the ``holder`` (a node id); an
+    agent asks the holder itself (``holder`` empty: you). Answered by ``Object``."""
+
+    TAG: ClassVar[str] = "fetch"
+    oid: str
+    holder: str = ""
+
+
+@dataclass(frozen=True)
+class Object(Message):
+    """Answer to ``Fetch``: the object's pickled bytes, or why not (``error``; it is
+    gone: its holder left, or it was freed)."""
+
+    TAG: ClassVar[str] = "object"
+    oid: str
+    ok: bool
+    data: bytes = b""
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Free(Message):
+    """Nobody will read these objects of ``holder`` (a node id) again: drop them. Sent by
+    a program to its agent, which passes it on to the holder. With ``owner`` (a client
+    session that closed): drop every object kept for it, everywhere (the agent passes it
+    on to every member), and any that calls of it still make."""
+
+    TAG: ClassVar[str] = "free"
+    holder: str
+    oids: list[str] = field(default_factory=list)
+    owner: str = ""
 
 
 @dataclass(frozen=True)
@@ -259,9 +332,9 @@ class Answer(Message):
 MESSAGES: dict[str, type[Message]] = {
     cls.TAG: cls
     for cls in (Ping, Pong, PingReq, IndirectAck, Nack, TreeAdvert, Leave, Call, Cancel, Handback,
-                Result, Query, Resources, Answer)
+                Reclaim, Fetch, Object, Free, Result, Query, Resources, Answer)
 }
-RECORDS = (NodeInfo, Load, Digest, Advert)
+RECORDS = (NodeInfo, Load, Digest, Advert, Holding, Needs)
 
 
 # --------------------------------------------------------------------------- codec

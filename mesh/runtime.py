@@ -36,6 +36,12 @@ as a plain argument (not INOUT) must not be changed by the program before its ta
 ran. A timed-out attempt (``Kill``) is cancelled (``Client.cancel``): the agents stop
 it wherever it runs, and a result that still arrives is ignored. A failed attempt's
 agent is remembered, and a RETRY asks the mesh to run it elsewhere (``Call.avoid``).
+
+A big task output stays at the agent that made it (``mesh.objects``): the version's
+value is then a ``Ref``, sent as such to the tasks that read it (the call names where
+its inputs are, ``Call.inputs``, for placement), fetched by ``wait_on``, and freed at its
+holder when the version is released. When a holder lost one, the task that made it runs
+again (``mesh.lineage``, whose ``Recovery`` mixin holds that part of this class).
 """
 
 from __future__ import annotations
@@ -55,6 +61,9 @@ from typing import Any
 
 from mesh import slot
 from mesh.errors import LocalProtocolError
+from mesh.lineage import Lineage, Recovery, holdings, outputs_of
+from mesh.messages import Needs
+from mesh.objects import ObjectLost, Ref
 from mesh.sched.graph import (
     IN,
     INOUT,
@@ -111,6 +120,7 @@ class _Call:
     returns: int
     groups: list = field(default_factory=list)
     positional: bool = False  # every parameter given by position (no defaults, no *args)
+    needs: Any = None  # messages.Needs from the function's @constraint (None: none)
 
 
 # types of argument values that cannot hold a TaskFuture (``call`` still checks that
@@ -172,7 +182,7 @@ class _Group:
         self.failed: list[str] = []
 
 
-class Runtime:
+class Runtime(Recovery):
     """The task graph of the program's tasks sent through one client. See the module
     docstring."""
 
@@ -204,6 +214,9 @@ class Runtime:
         self._progress: tuple[tuple | None, float] = (None, 0.0)  # last reported, when
         self._progress_base: tuple[str | None, tuple] = (None, (0, 0, 0))  # call, counters
         self.trace = TaskTrace()  # the run's task graph, for `mesh run --graph`
+        self._sent: dict[str, tuple] = {}  # task id -> _execute's arguments as sent
+        self.lineage = Lineage()  # how lost outputs kept at agents are made again
+        self._to_free: dict[str, list[str]] = {}  # holder -> released oids, sent after _apply
         self._thread = threading.Thread(target=self._loop, name="mesh-runtime", daemon=True)
         self._thread.start()
 
@@ -264,7 +277,8 @@ class Runtime:
                     template[pname] = scan(value, future)
             task_id = f"{name}-{next(self._ids)}"
             spec = TaskSpec(task_id, name, params, returns, priority, on_failure, time_out)
-            self._calls[task_id] = _Call(fn, signature, template, slots, returns, groups, positional)
+            self._calls[task_id] = _Call(fn, signature, template, slots, returns, groups, positional,
+                                         needs_of(fn))
             try:
                 acts = self.graph.submit(spec, time.monotonic())
             except BaseException:
@@ -304,9 +318,11 @@ class Runtime:
             self._apply(self.graph.wait_on([d for d, _ in items]))
             self.cond.notify_all()
         if all(w.done() for w in waits):
-            return [w.result() for w in waits]
-        with slot.lent():  # inside a task: give the slot back while we wait
-            return [w.result() for w in waits]
+            values = [w.result() for w in waits]
+        else:
+            with slot.lent():  # inside a task: give the slot back while we wait
+                values = [w.result() for w in waits]
+        return [self._fetch(v) if type(v) is Ref else v for v in values]
 
     def object_data_id(self, obj: Any) -> str | None:
         with self.lock:
@@ -410,11 +426,11 @@ class Runtime:
         self._progress = (progress, now)
         return progress
 
-    def _result(self, task_id: str, attempt: int, ok: bool, value: Any) -> None:
+    def _result(self, task_id: str, attempt: int, ok: bool, value: Any, kind: str = "") -> None:
         """A call is done (on the client's thread, as a rule): ``value`` is what
         ``_execute`` returned, or the exception. Handled here if the lock is free, else
         handed to the runtime's thread (see the module docstring)."""
-        event = ("result" if ok else "failed", task_id, attempt, value)
+        event = (kind + ("result" if ok else "failed"), task_id, attempt, value)
         if not self.lock.acquire(blocking=False):
             self._post(event)
             return
@@ -442,6 +458,9 @@ class Runtime:
             if task_id and self.graph.task_state(task_id) is None:
                 self._fate.pop(task_id, None)
             return
+        if kind.startswith("rerun"):
+            self._rerun_finished(ev[1], kind == "rerunresult", ev[3])
+            return
         _, task_id, attempt, payload = ev
         ready = self._running.get(task_id)
         if ready is None or ready.attempt != attempt:
@@ -451,9 +470,15 @@ class Runtime:
         self._call_id.pop(task_id, None)
         now = time.monotonic()
         exc = payload if kind == "failed" else None
+        if type(exc) is ObjectLost and self._recover(exc.oid, ("resubmit", task_id)) is not None:
+            self._running[task_id] = ready  # sent again once its input is made again
+            return
+        sent = self._sent.pop(task_id, None)
         if exc is None:
             try:
-                self._store(task_id, ready, payload)
+                outputs = self._store(task_id, ready, payload)
+                if sent is not None:
+                    self.lineage.record(task_id, ready, self._calls[task_id], sent, outputs)
             except Exception as e:  # a malformed answer, or writing a file back failed
                 exc = e
         if exc is None:
@@ -466,29 +491,29 @@ class Runtime:
             self._apply(self.graph.done(task_id, attempt,
                                         Outcome.failed(f"{type(exc).__name__}: {exc}"), now))
 
-    def _store(self, task_id: str, ready: Ready, result: tuple) -> None:
+    def _store(self, task_id: str, ready: Ready, result: tuple) -> list:
+        """Keep a task's outputs as the values of their versions (files are written
+        back); returns the object outputs [(version, value)] (values may be ``Ref``)."""
         value, outs, files, agent = result
         self.trace.ran(task_id, agent)
         call = self._calls[task_id]
-        if call.returns == 1:
-            self._values[ready.returns[0]] = value
-        else:
-            for v, x in zip(ready.returns, value or (), strict=True):
-                self._values[v] = x
-        outs, files = list(outs), list(files)
+        outputs = outputs_of(ready, call, result)
+        for version, v in outputs:
+            self._values[version] = v
+        files = list(files)
         for access, info in zip(ready.params, call.slots, strict=True):
-            data = files.pop(0) if info.kind == "file" else None
+            if info.kind != "file":
+                continue
+            data = files.pop(0)
             if access.write is None:
                 continue
-            if info.kind == "file":
-                self._values[access.write] = data
-                if self.graph.data_state(access.write.data_id).version == access.write:
-                    tmp = f"{info.value}.mesh-tmp"
-                    with open(tmp, "wb") as fh:
-                        fh.write(data)
-                    os.replace(tmp, info.value)
-            else:
-                self._values[access.write] = outs.pop(0)
+            self._values[access.write] = data
+            if self.graph.data_state(access.write.data_id).version == access.write:
+                tmp = f"{info.value}.mesh-tmp"
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                os.replace(tmp, info.value)
+        return outputs
 
     def _apply(self, acts: list) -> None:
         for act in acts:
@@ -514,11 +539,14 @@ class Runtime:
                 else:
                     self._values[act.version] = self._object_of[data_id]
             elif isinstance(act, Release):
-                self._values.pop(act.version, None)
+                value = self._values.pop(act.version, None)
+                if type(value) is Ref:  # kept at an agent: free it there
+                    self._to_free.setdefault(value.holder, []).append(value.oid)
             elif isinstance(act, Kill):
                 ready = self._running.get(act.task_id)
                 if ready is not None and ready.attempt == act.attempt:
                     del self._running[act.task_id]
+                    self._sent.pop(act.task_id, None)
                     call_id = self._call_id.pop(act.task_id, None)
                     if call_id is not None:  # the agent stops it wherever it runs
                         self.client.cancel(call_id)
@@ -536,11 +564,16 @@ class Runtime:
                 self._terminal(act.task_id, act.state is TaskState.FAILED)
             elif isinstance(act, Cancelled):
                 self._running.pop(act.task_id, None)
+                self._sent.pop(act.task_id, None)
                 self._fate[act.task_id] = TaskCancelled(f"task {act.task_id} cancelled: {act.reason}")
                 self._terminal(act.task_id, False)
             elif isinstance(act, GraphFailed):
                 self.failure = (act.task_id, act.error)
                 self.failure_exc = self._failed_exc
+        if self._to_free:
+            to_free, self._to_free = self._to_free, {}
+            for holder, oids in to_free.items():
+                self.client.free(holder, oids)
 
     def _terminal(self, task_id: str, failed: bool) -> None:
         self._calls.pop(task_id, None)
@@ -576,6 +609,7 @@ class Runtime:
             values.append(v)
             if access.write is not None:
                 outs.append(v)
+        refs = [v for v in values if type(v) is Ref] or None
         if call.positional:  # the arguments in the signature's order, all by position
             args, kwargs = tuple([substitute(t, values) for t in call.template.values()]), {}
         else:
@@ -584,15 +618,26 @@ class Runtime:
             args, kwargs = bound.args, bound.kwargs
         task_id, attempt = ready.task_id, ready.attempt
         self._running[task_id] = ready
+        self._sent[task_id] = (call.fn, args, kwargs, outs, files, call.returns, refs)
         try:
             self._call_id[task_id] = self.client._submit_to(
                 functools.partial(self._result, task_id, attempt), self._failed_on.get(task_id, ()),
-                _execute, call.fn, args, kwargs, outs, files, call.returns)
+                _execute, call.fn, args, kwargs, outs, files, call.returns, refs is not None,
+                inputs=holdings(refs), needs=call.needs)
         except BaseException as exc:  # client closed, or the arguments do not pickle
             self._post(("failed", task_id, attempt, exc))
             return
         if ready.spec.time_out is not None:
             self._apply(self.graph.started(task_id, attempt, time.monotonic()))
+
+
+def needs_of(fn) -> Needs | None:
+    """What a function's ``@constraint`` asks of the agent that runs it (None: nothing
+    beyond one slot)."""
+    c = getattr(fn, "__mesh_constraints__", None)
+    if c is None or (c.cpus == 1 and not c.memory and not c.labels):
+        return None
+    return Needs(max(int(c.cpus), 1), int(c.memory or 0), [str(x) for x in c.labels])
 
 
 _current: Runtime | None = None

@@ -23,6 +23,8 @@ import types
 from dataclasses import dataclass
 from typing import Any
 
+from mesh import slot
+
 _ATOMS = frozenset({int, float, str, bytes, bool, type(None)})
 _MAX_ITEMS = 64  # bigger containers go to cloudpickle at once (checking costs too)
 _cloudpickle = None
@@ -137,10 +139,16 @@ class _FileArg:
     path: str = ""
 
 
-def _execute(fn, args: tuple, kwargs: dict, outs: list, files: list, returns: int):
+def _execute(fn, args: tuple, kwargs: dict, outs: list, files: list, returns: int,
+             refs: bool = False):
     """Runs on the worker: call ``fn`` and send back (value, mutated INOUT/OUT objects,
     bytes of written files, the agent's name). The objects in ``outs`` and ``files`` are the very ones in
-    ``args``/``kwargs`` (one pickle keeps identity), so in-place changes are seen."""
+    ``args``/``kwargs`` (one pickle keeps identity), so in-place changes are seen.
+    With ``refs``, some arguments are ``mesh.objects.Ref``: fetched first (one object
+    per id, so identity is kept). Outputs that pickle big stay at this agent and go
+    back as a ``Ref`` (``_keep``)."""
+    if refs:
+        args, kwargs, outs = _resolve(args, kwargs, outs)
     tmp = tempfile.mkdtemp(prefix="mesh-task-") if files else None
     try:
         for i, f in enumerate(files):
@@ -170,7 +178,49 @@ def _execute(fn, args: tuple, kwargs: dict, outs: list, files: list, returns: in
                 raise FileNotFoundError(f"the task did not write its output file {f.name!r}")
             with open(f.path, "rb") as fh:
                 written.append(fh.read())
+        if slot.put_room > 0:
+            if returns == 1:
+                value = _keep(value)
+            elif returns > 1:
+                value = tuple(_keep(v) for v in value)
+            outs = [_keep(o) for o in outs]
         return value, outs, written, os.environ.get("MESH_AGENT_NAME", "?")
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _resolve(args: tuple, kwargs: dict, outs: list) -> tuple:
+    """Fetch the ``Ref`` arguments' values (``slot.get``: from our agent, which may get
+    them from their holder) and put them in place."""
+    from mesh.objects import Ref, refs_in, replace_refs
+
+    found: list[Ref] = []
+    refs_in(args, found)
+    refs_in(kwargs, found)
+    refs_in(outs, found)
+    values: dict[str, Any] = {}
+    for ref in found:
+        if ref.oid not in values:
+            values[ref.oid] = pickle.loads(slot.get(ref.oid, ref.holder))
+    return replace_refs(args, values), replace_refs(kwargs, values), replace_refs(outs, values)
+
+
+def _keep(value: Any) -> Any:
+    """``value``, or a ``Ref`` to it when it pickles to more than ``slot.inline_max``
+    bytes and our agent's store takes it. Small plain values are not even pickled."""
+    t = type(value)
+    if t in _ATOMS and (t is not bytes and t is not str or len(value) <= slot.inline_max // 4):
+        return value
+    if (t is tuple or t is list or t is dict) and len(value) <= 8 and _plain(value, 1) and all(
+            type(v) not in (str, bytes) for v in (value.values() if t is dict else value)):
+        return value  # a few numbers: cheaper to send than to measure
+    data = dumps(value)
+    if len(data) <= slot.inline_max:
+        return value
+    oid = slot.put(data)
+    if oid is None:
+        return value
+    from mesh.objects import Ref
+
+    return Ref(oid, os.environ.get("MESH_AGENT_ID", ""), len(data))

@@ -96,8 +96,9 @@ def main() -> None:
             frame = conn.recv()
         except (EOFError, OSError):
             return
-        call_id, function, payload, want_json = cbor2.loads(frame)
+        call_id, function, payload, want_json, *more = cbor2.loads(frame)
         slot.call_id = call_id
+        slot.inline_max, slot.put_room = more if len(more) == 2 else (0, 0)
         outcome = run_call(function, payload, want_json)
         slot.call_id = None
         conn.send(cbor2.dumps([call_id, *outcome]))

@@ -16,7 +16,12 @@ out as ``Agent._do`` does (``mesh/agent.py``):
 * ``Deliver(identity, result)``: our client's identity: the program gets it; a peer's
   identity (16 bytes): the peer gets ``remote_result(result, us)`` (a ROUTER reply).
 * ``SendTo(peer, msg)``: Result -> ``remote_result``, Cancel -> ``cancel(id, <our id
-  bytes>)``, Handback -> ``handed_back``.
+  bytes>)``, Handback -> ``handed_back``, Reclaim -> ``reclaim`` (work stealing).
+
+Dispatchers run as agents do: ``prefetch`` 1 (a busy peer may queue one call per slot
+from us), so work stealing is on (``--no-steal`` turns it off, ``--prefetch 0`` both).
+With ``--hetero`` slots have random speeds (1, 0.5 or 0.25 of a core, reported with
+the load; a call runs for its duration divided by the speed).
 
 Links: per direction and per connection (our DEALER -> their ROUTER for Forward and
 SendTo; our ROUTER reply -> their DEALER for Deliver) FIFO as TCP, delay ``DELAY``.
@@ -26,7 +31,7 @@ reaches it (messages, its workers' completions) waits in its inbox (kernel buffe
 and is processed in order when it wakes. Its workers keep running.
 
 Membership is modelled (SWIM itself is tested in ``test_sim_membership``): every
-``HEARTBEAT`` a live agent's load (``free`` = its real free slots) reaches each live
+``HEARTBEAT`` a live agent's load (its real free slots, backlog and speed) reaches each live
 observer that sees it and holds it alive (``peer_load``). When a node stops being
 visible to an observer (killed, frozen, partitioned away), the observer gets
 ``peer_suspect`` after ``SUSPECT`` and ``peer_lost`` after ``DETECT`` (drawn per
@@ -61,7 +66,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from mesh.messages import Call, Cancel, Handback, Result
+from mesh.messages import Call, Cancel, Handback, Reclaim, Result
 from mesh.sched.dispatch import Deliver, Dispatcher, Forward, KillLocal, RunLocal, SendTo
 
 HEARTBEAT = 0.4
@@ -200,7 +205,8 @@ class LedgerSim:
     def __init__(self, seed: int, *, agents: int = 50, tasks: int = 500,
                  cpus: list[int] | None = None, origins: list[int] | None = None,
                  durations: tuple[float, float] = DURATION, record: bool = False,
-                 hold: bool = False) -> None:
+                 hold: bool = False, prefetch: int = 1, steal: bool | None = None,
+                 hetero: bool = False) -> None:
         self.rng = rng = random.Random(seed)
         self.seed, self.now, self.durations, self.hold = seed, 0.0, durations, hold
         self.held: list[tuple] = []  # with ``hold``: messages waiting for a partition to heal
@@ -217,8 +223,11 @@ class LedgerSim:
         if cpus is None:
             cpus = [0 if rng.random() < 0.15 else rng.randint(1, 4) for _ in range(agents)]
         n = len(cpus)
+        speeds = [rng.choice((1.0, 0.5, 0.25)) if hetero else 1.0 for _ in cpus]
         self.nodes = [Node(i, f"a{i:02d}", f"{rng.getrandbits(128):032x}",
-                           Dispatcher(f"a{i:02d}", c, "")) for i, c in enumerate(cpus)]
+                           Dispatcher(f"a{i:02d}", c, "", prefetch=prefetch, steal=steal,
+                                      speed=speeds[i]))
+                      for i, c in enumerate(cpus)]
         for node in self.nodes:
             node.d.node_id = node.id
         self.by_id = {node.id: node for node in self.nodes}
@@ -388,12 +397,13 @@ class LedgerSim:
             self.at(self.now + HEARTBEAT, self._heartbeat, p)
         if p.frozen:
             return
-        n, free = len(self.nodes), p.d.free
+        n, free, queued = len(self.nodes), p.d.free, p.d.queued
         for o in self.nodes:
             k = o.i * n + p.i
             if o is not p and o.alive and not o.frozen and self.visible[k] \
                     and k not in self.dead_view:
-                self._do(o, o.d.peer_load(p.id, p.name, p.d.cpus, free, self.rtt[k]))
+                self._do(o, o.d.peer_load(p.id, p.name, p.d.cpus, free, self.rtt[k], queued,
+                                          p.d.speed))
 
     # ------------------------------------------------------------------ network
 
@@ -432,6 +442,8 @@ class LedgerSim:
             acts = d.remote_result(msg, src.id)
         elif kind == "cancel":
             acts = d.cancel(msg.call_id, ident)
+        elif kind == "reclaim":
+            acts = d.reclaim(msg.call_ids, src.id, msg.free, msg.queued)
         else:
             acts = d.handed_back(msg.call_id, src.id)
         self._do(dst, acts)
@@ -463,7 +475,7 @@ class LedgerSim:
                 msg = act.message
                 kind = ("result" if isinstance(msg, Result) else "cancel"
                         if isinstance(msg, Cancel) else "handback" if isinstance(msg, Handback)
-                        else None)
+                        else "reclaim" if isinstance(msg, Reclaim) else None)
                 if kind is None:
                     raise TypeError(f"unexpected message {msg!r}")
                 self._record(node, kind, f"{getattr(msg, 'call_id', '')} "
@@ -486,7 +498,7 @@ class LedgerSim:
         token = next(self._seq)
         node.runs[cid] = (token, call.origin)
         self.executions[cid] += 1
-        self.at(self.now + float(call.payload), self._run_end, node, cid, token)
+        self.at(self.now + float(call.payload) / node.d.speed, self._run_end, node, cid, token)
 
     def _run_end(self, node: Node, cid: str, token: int) -> None:
         if node.alive and node.runs.get(cid, (None,))[0] == token:
@@ -579,10 +591,11 @@ def random_faults(sim: LedgerSim, rng: random.Random, horizon: float) -> None:
 
 
 def run_seed(seed: int, *, agents: int = 50, tasks: int = 500, faults: bool = True,
-             record: bool = False, hold: bool = False) -> Report:
-    """One seeded run: random agents, programs and faults. Same seed, same report."""
+             record: bool = False, hold: bool = False, **options) -> Report:
+    """One seeded run: random agents, programs and faults. Same seed, same report.
+    ``options``: ``prefetch``, ``steal``, ``hetero`` (``LedgerSim``)."""
     start = time.perf_counter()
-    sim = LedgerSim(seed, agents=agents, tasks=tasks, record=record, hold=hold)
+    sim = LedgerSim(seed, agents=agents, tasks=tasks, record=record, hold=hold, **options)
     if faults:
         random_faults(sim, random.Random(f"faults-{seed}"), horizon=1.5)
     rep = sim.finish()
@@ -590,8 +603,8 @@ def run_seed(seed: int, *, agents: int = 50, tasks: int = 500, faults: bool = Tr
     return rep
 
 
-def _sweep_one(args: tuple[int, int, int, bool]) -> Report:
-    return run_seed(args[0], agents=args[1], tasks=args[2], hold=args[3])
+def _sweep_one(args: tuple[int, int, int, bool, dict]) -> Report:
+    return run_seed(args[0], agents=args[1], tasks=args[2], hold=args[3], **args[4])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -604,15 +617,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hold", action="store_true",
                     help="partitions delay messages (TCP) instead of dropping them")
     ap.add_argument("--jobs", type=int, default=1, help="worker processes for a sweep")
+    ap.add_argument("--prefetch", type=int, default=1,
+                    help="calls a busy peer may queue per slot (agents: 1)")
+    ap.add_argument("--no-steal", action="store_true", help="no work stealing (Reclaim)")
+    ap.add_argument("--hetero", action="store_true", help="slots of random speeds")
     args = ap.parse_args(argv)
+    options = {"prefetch": args.prefetch, "hetero": args.hetero}
+    if args.no_steal:
+        options["steal"] = False
     if args.seed is not None:
-        rep = run_seed(args.seed, agents=args.agents, tasks=args.tasks, hold=args.hold)
+        rep = run_seed(args.seed, agents=args.agents, tasks=args.tasks, hold=args.hold, **options)
         print("\n".join(rep.faults))
         print(rep.summary(), f"counters {rep.counters}", sep="\n")
         print("\n".join(rep.violations))
         return 1 if rep.violations else 0
     started = time.perf_counter()
-    work = [(s, args.agents, args.tasks, args.hold) for s in range(args.start, args.start + args.seeds)]
+    work = [(s, args.agents, args.tasks, args.hold, options)
+            for s in range(args.start, args.start + args.seeds)]
     if args.jobs > 1:
         from multiprocessing import Pool
 
@@ -621,23 +642,29 @@ def main(argv: list[str] | None = None) -> int:
     else:
         reports = [_sweep_one(w) for w in work]
     bad = [r for r in reports if r.violations]
+    flags = "".join(f" {f}" for f, on in (("--hold", args.hold), ("--no-steal", args.no_steal),
+                                          ("--hetero", args.hetero)) if on)
+    flags += f" --prefetch {args.prefetch}" if args.prefetch != 1 else ""
     for r in bad:
         print(r.summary(), *r.violations[:5], f"  replay: python -m mesh.sim.ledger_sim "
-              f"--seed {r.seed} --agents {r.agents} --tasks {r.tasks}", sep="\n  ")
+              f"--seed {r.seed} --agents {r.agents} --tasks {r.tasks}{flags}", sep="\n  ")
     nfaults = sum(len(r.faults) for r in reports)
     extra = sum(r.extra_executions for r in reports)
     fails: Counter[str] = Counter()
     leaks: Counter[str] = Counter()
+    counters: Counter[str] = Counter()
     for r in reports:
         fails.update(r.failures)
         leaks.update(r.leaks)
+        counters.update(r.counters)
     print(f"{len(reports)} seeds, {len(bad)} with violations, {nfaults} faults, "
           f"{sum(r.calls for r in reports)} calls, {sum(r.executions for r in reports)} runs, "
           f"{extra} extra ({extra / max(nfaults, 1):.2f} per fault), failures {dict(fails)}, "
           f"gave up {sum(r.gave_up for r in reports)}, leaks {dict(leaks)}, dead-origin runs "
           f"{sum(r.dead_origin_runs for r in reports)} (+{sum(r.dead_origin_kept for r in reports)}"
-          f" kept), max end {max(r.end_time for r in reports):.1f}s, "
-          f"{time.perf_counter() - started:.1f}s wall")
+          f" kept), max end {max(r.end_time for r in reports):.1f}s, stealing: "
+          f"{counters['reclaims_sent']} Reclaims, {counters['reclaim_asked']} calls asked back, "
+          f"{counters['reclaim_got']} given back, {time.perf_counter() - started:.1f}s wall")
     return 1 if bad else 0
 
 
