@@ -44,6 +44,8 @@ log = logging.getLogger("mesh.agent")
 MAX_BATCH = 256  # frames read from one socket before looking at the others
 TREE_PERIOD = {"default": 1.0, "fast": 0.25}  # seconds; the tree's own protocol period
 MAX_SLEEP = 1.0  # longest poll; timers come from the cores, other threads use the waker
+# beyond this many live members, calls are delegated to tree neighbours only (placement)
+TREE_DELEGATION_MIN = int(os.environ.get("MESH_TREE_DELEGATION_MIN", 16))
 _EVENTS, _POLLIN = zmq.EVENTS, int(zmq.POLLIN)
 
 
@@ -284,6 +286,12 @@ class Agent(AgentQueries, AgentObjects):
         self.members.set_load(self._load())
         self._do(self.members.tick(now), now)
         self._do(self.tree.tick(now), now)
+        if len(self.members.alive()) >= TREE_DELEGATION_MIN:  # a big mesh: delegate along the tree
+            parent = self.tree.parent
+            self.dispatcher.neighbours = frozenset(
+                [*self.tree.children, parent] if parent is not None else self.tree.children)
+        else:
+            self.dispatcher.neighbours = None
 
     def _leave_done(self, now: float) -> bool:
         if self.leaving_since is None or self.leaving_since < 0:

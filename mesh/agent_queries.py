@@ -34,6 +34,8 @@ class AgentQueries:
             "done": d.counters["done"],
             "failed": d.counters["failed"],
             "forwarded": d.counters["forwarded"],
+            "delegates_to": ("any peer" if d.neighbours is None
+                             else f"{len(d.neighbours)} tree neighbour(s)"),
             "ledger": {k: d.counters[k] for k in ("reassigned", "redirected", "cancelled",
                                                    "handed_back", "joined")},
             "stealing": {k: d.counters[k] for k in ("reclaims_sent", "reclaim_asked",

@@ -159,3 +159,49 @@ def test_seeds_sweep():
     assert not bad, "\n".join(
         f"{r.summary()}\n  {r.violations[0]}\n  replay: python -m mesh.sim.ledger_sim --seed "
         f"{r.seed}" for r in bad[:10])
+
+
+def _one_tree(seed: int):
+    return run_seed(seed, tree=True)
+
+
+def tree_distance(parent: list, a: int, b: int) -> int:
+    def up(i):
+        path = [i]
+        while parent[path[-1]] is not None:
+            path.append(parent[path[-1]])
+        return path
+
+    pa, pb = up(a), up(b)
+    common = next(x for x in pa if x in set(pb))
+    return pa.index(common) + pb.index(common)
+
+
+def test_tree_delegation_spreads_calls_hop_by_hop_and_runs_each_once():
+    """Agents that delegate only to their latency-tree neighbours (a big mesh): calls
+    still reach agents several tree hops from their origin, each runs once."""
+    sim = LedgerSim(11, tree=True)
+    ran_at: list[tuple[int, str]] = []
+    run = sim._run
+
+    def recording(node, call):
+        ran_at.append((node.i, call.origin))
+        run(node, call)
+
+    sim._run = recording
+    rep = sim.finish()
+    clean(rep)
+    assert rep.calls == rep.executions == 500 and rep.extra_executions == 0
+    hops = [tree_distance(sim.parent, i, sim.by_id[origin].i) for i, origin in ran_at]
+    assert max(hops) >= 3 and sum(h >= 2 for h in hops) >= 50, sorted(hops)
+    assert all(n.d.neighbours is not None for n in sim.nodes)
+
+
+def test_tree_delegation_under_faults():
+    with Pool(2) as pool:
+        reports = pool.map(_one_tree, range(int(os.environ.get("MESH_SIM_TREE_SEEDS", "200"))),
+                           chunksize=4)
+    bad = [r for r in reports if r.violations]
+    assert not bad, "\n".join(
+        f"{r.summary()}\n  {r.violations[0]}\n  replay: python -m mesh.sim.ledger_sim --seed "
+        f"{r.seed} --tree" for r in bad[:10])

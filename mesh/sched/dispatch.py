@@ -129,6 +129,7 @@ class Dispatcher(Placement):
     labels: frozenset = frozenset()  # our capabilities (task constraints)
     unfit_grace: float = 30.0  # s a call that no known agent can run waits for one to join
     steal: bool | None = None  # Reclaim when idle (None: when prefetch > 0, as agents run)
+    neighbours: frozenset | None = None  # tree neighbours to delegate to (None: any peer)
     pending: dict[str, Pending] = field(default_factory=dict)
     peers: dict[str, PeerSlots] = field(default_factory=dict)
     lost: set[str] = field(default_factory=set)  # members declared dead or left

@@ -26,6 +26,13 @@ a call that cannot run here queues at the least loaded peer that fits (as on an 
 without slots). One that no known agent fits waits in our backlog without holding up
 the calls behind it, and fails with ``NoSuitableAgent`` after ``unfit_grace`` seconds
 if still no agent that fits is known (``expire_unfit``).
+In a big mesh (the agent sets ``neighbours`` beyond ``TREE_DELEGATION_MIN`` members)
+steps 2 to 4 look only at our neighbours in the latency tree (parent and children):
+each placement costs O(neighbours), not O(mesh), and work spreads hop by hop along
+low-latency links (a neighbour with no free slot passes the call on to its own
+neighbours, within ``max_hops``), as COMPSs agents delegate to the agents they know.
+Locality (step 0) and constraints look at every peer; when no neighbour is reachable
+(the tree is re-forming after a loss) every peer is a candidate again.
 A call that names agents to avoid (a RETRY after it failed there) goes to another
 agent when one can take it, and runs on an avoided one only when none can.
 A call is never sent back to an agent that delegated it (``Call.visited``), so it
@@ -164,6 +171,21 @@ class Placement:
         (every slot busy: it waits for the backlog and for a running call)."""
         return ((len(self.backlog) + 1) / max(self.cpus, 1) + 1) / self.speed
 
+    def _peer_view(self, entry: Pending):
+        """The peers a call may be delegated to: our tree neighbours when we have them
+        (a big mesh: ``neighbours``, set by the agent from the latency tree) and one of
+        them could take it (reachable, with slots, not on its path already), else every
+        peer we know. A call with constraints looks at every peer (the device it needs
+        may be anywhere)."""
+        hood = self.neighbours
+        if hood is None or entry.call.needs is not None:
+            return self.peers.items()
+        peers, visited = self.peers, entry.call.visited
+        view = [(pid, p) for pid in hood if (p := peers.get(pid)) is not None and p.cpus > 0
+                and pid not in self.lost and pid not in self.suspected and pid not in visited
+                and pid not in entry.tried]
+        return view if view else peers.items()
+
     def _pick_peer(self, entry: Pending, need_free: bool) -> str | None:
         """A peer with a free slot (``need_free``) where the call finishes before it
         would here (a slow slot, e.g. a CPU-capped device, only takes work when our
@@ -173,7 +195,7 @@ class Placement:
         needs, slots = entry.call.needs, entry.slots
         can_here = self.cpus > 0 and (needs is None or self._fits_here(entry.call))
         here = self._local_end() if can_here and self.name not in entry.call.avoid else None
-        for peer_id, p in self.peers.items():
+        for peer_id, p in self._peer_view(entry):
             if (peer_id in entry.call.visited or peer_id in asking or p.cpus <= 0
                     or (peer_id in entry.tried and can_here)):
                 continue
@@ -202,7 +224,7 @@ class Placement:
         best, best_key = None, None
         asking = entry.peers_asking()
         needs = entry.call.needs
-        for peer_id, p in self.peers.items():
+        for peer_id, p in self._peer_view(entry):
             if (peer_id in entry.call.visited or peer_id in asking or p.cpus <= 0
                     or peer_id in entry.tried or p.name in entry.call.avoid):
                 continue

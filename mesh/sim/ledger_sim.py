@@ -206,7 +206,7 @@ class LedgerSim:
                  cpus: list[int] | None = None, origins: list[int] | None = None,
                  durations: tuple[float, float] = DURATION, record: bool = False,
                  hold: bool = False, prefetch: int = 1, steal: bool | None = None,
-                 hetero: bool = False) -> None:
+                 hetero: bool = False, tree: bool = False) -> None:
         self.rng = rng = random.Random(seed)
         self.seed, self.now, self.durations, self.hold = seed, 0.0, durations, hold
         self.held: list[tuple] = []  # with ``hold``: messages waiting for a partition to heal
@@ -232,6 +232,16 @@ class LedgerSim:
             node.d.node_id = node.id
         self.by_id = {node.id: node for node in self.nodes}
         self.rtt = [rng.uniform(0.001, 0.01) for _ in range(n * n)]
+        self.parent: list[int | None] = [None] * n
+        if tree:  # delegation along a latency tree: each agent's parent is its nearest elder
+            for i in range(1, n):
+                self.parent[i] = min(range(i), key=lambda j: self.rtt[i * n + j])
+            hood: list[list[int]] = [[p] if p is not None else [] for p in self.parent]
+            for i, p in enumerate(self.parent):
+                if p is not None:
+                    hood[p].append(i)
+            for node in self.nodes:
+                node.d.neighbours = frozenset(self.nodes[j].id for j in hood[node.i])
         self.visible = [True] * (n * n)
         self.gen = [0] * (n * n)
         self.dead_view: set[int] = set()  # o * n + p: o holds p dead
@@ -593,7 +603,7 @@ def random_faults(sim: LedgerSim, rng: random.Random, horizon: float) -> None:
 def run_seed(seed: int, *, agents: int = 50, tasks: int = 500, faults: bool = True,
              record: bool = False, hold: bool = False, **options) -> Report:
     """One seeded run: random agents, programs and faults. Same seed, same report.
-    ``options``: ``prefetch``, ``steal``, ``hetero`` (``LedgerSim``)."""
+    ``options``: ``prefetch``, ``steal``, ``hetero``, ``tree`` (``LedgerSim``)."""
     start = time.perf_counter()
     sim = LedgerSim(seed, agents=agents, tasks=tasks, record=record, hold=hold, **options)
     if faults:
@@ -621,8 +631,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="calls a busy peer may queue per slot (agents: 1)")
     ap.add_argument("--no-steal", action="store_true", help="no work stealing (Reclaim)")
     ap.add_argument("--hetero", action="store_true", help="slots of random speeds")
+    ap.add_argument("--tree", action="store_true",
+                    help="delegate along a latency tree only (as agents of a big mesh)")
     args = ap.parse_args(argv)
-    options = {"prefetch": args.prefetch, "hetero": args.hetero}
+    options = {"prefetch": args.prefetch, "hetero": args.hetero, "tree": args.tree}
     if args.no_steal:
         options["steal"] = False
     if args.seed is not None:
@@ -643,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
         reports = [_sweep_one(w) for w in work]
     bad = [r for r in reports if r.violations]
     flags = "".join(f" {f}" for f, on in (("--hold", args.hold), ("--no-steal", args.no_steal),
-                                          ("--hetero", args.hetero)) if on)
+                                          ("--hetero", args.hetero), ("--tree", args.tree)) if on)
     flags += f" --prefetch {args.prefetch}" if args.prefetch != 1 else ""
     for r in bad:
         print(r.summary(), *r.violations[:5], f"  replay: python -m mesh.sim.ledger_sim "
