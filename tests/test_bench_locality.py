@@ -34,13 +34,16 @@ def test_locality_quick_moves_fewer_bytes_through_the_program_agent():
     assert r["scenario"] == "locality" and r["quick"] is True
     assert r["digests_ok"] is True  # every system's digests matched the local computation
 
-    for name in ("locality", "inline", "dask"):
+    with_dask = "dask_makespan_s" in r  # (Dask is the '.[bench]' extra; CI runs without it)
+    assert with_dask or "not installed" in r["dask"]
+    for name in ("locality", "inline", "dask") if with_dask else ("locality", "inline"):
         assert _positive(r[f"{name}_makespan_s"]), name
         assert len(r[f"{name}_makespan_s_runs"]) == r["rounds"]
     assert r["ratio_locality_over_inline"] == pytest.approx(
         r["locality_makespan_s"] / r["inline_makespan_s"], abs=0.002)
-    assert r["ratio_locality_over_dask"] == pytest.approx(
-        r["locality_makespan_s"] / r["dask_makespan_s"], abs=0.002)
+    if with_dask:
+        assert r["ratio_locality_over_dask"] == pytest.approx(
+            r["locality_makespan_s"] / r["dask_makespan_s"], abs=0.002)
 
     loc, inl = r["locality"], r["inline"]
     data = r["data_bytes_per_round"]

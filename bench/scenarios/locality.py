@@ -30,6 +30,7 @@ program. The machine has 2 cores shared by all of it (and by other work: see `cp
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import statistics
 import time
@@ -257,16 +258,26 @@ def run(quick: bool = False) -> dict[str, Any]:
         log("starting the mesh with MESH_INLINE_MAX=0 (3 agents)")
         inl = MeshSide(tmp, "inl", {"MESH_INLINE_MAX": "0"})
         stack.callback(inl.close)
-        log("starting Dask (scheduler + 2 worker processes x 1 thread, nanny) on 127.0.0.1")
-        dsk = DaskSide(tmp)
-        stack.callback(dsk.close)
-        sides: dict[str, Any] = {"locality": loc, "inline": inl, "dask": dsk}
+        variants = list(VARIANTS)
+        dsk = None
+        if importlib.util.find_spec("distributed") is None:  # (CI installs only '.[test]')
+            log("Dask is not installed (pip install '.[bench]'): mesh variants only")
+            res["dask"] = "not installed (pip install '.[bench]')"
+            variants.remove("dask")
+        else:
+            log("starting Dask (scheduler + 2 worker processes x 1 thread, nanny) on 127.0.0.1")
+            dsk = DaskSide(tmp)
+            stack.callback(dsk.close)
+        sides: dict[str, Any] = {"locality": loc, "inline": inl}
+        if dsk is not None:
+            sides["dask"] = dsk
         issues = {s.label: [i for a in s.agents for i in a.issues] for s in (loc, inl)}
         if any(issues.values()):
             res["mesh_contract_issues"] = issues
         res["pids"] = {"locality": [a.pid for a in loc.agents], "inline": [a.pid for a in inl.agents],
-                       "dask_scheduler": dsk.dask.scheduler.pid, "dask_workers": dsk.dask.worker_pids,
                        "client": os.getpid()}
+        if dsk is not None:
+            res["pids"].update(dask_scheduler=dsk.dask.scheduler.pid, dask_workers=dsk.dask.worker_pids)
         for side in (loc, inl):
             wait_members(side.clients, 3, 60.0, f"the {side.label} mesh")
 
@@ -278,10 +289,10 @@ def run(quick: bool = False) -> dict[str, Any]:
                 raise BenchError(f"{name}: warm-up digests {got} != expected {warm_expected}")
 
         before = {name: sides[name].statuses() for name in ("locality", "inline")}
-        walls: dict[str, list[float]] = {n: [] for n in VARIANTS}
+        walls: dict[str, list[float]] = {n: [] for n in variants}
         window = MachineCpu()
         log(f"{rounds} round(s) of {chains} chains x {stages} stages + digests per system")
-        for order in _rotations(list(VARIANTS), rounds):
+        for order in _rotations(variants, rounds):
             for name in order:
                 wall, got = sides[name].pipeline(chains, stages, size, work)
                 if got != expected:
@@ -292,7 +303,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         after = {name: sides[name].statuses() for name in ("locality", "inline")}
         res["digests_ok"] = True
 
-        for name in VARIANTS:
+        for name in variants:
             res[f"{name}_makespan_s"] = round(statistics.median(walls[name]), 4)
             res[f"{name}_makespan_s_runs"] = [round(w, 4) for w in walls[name]]
         for name in ("locality", "inline"):
@@ -323,14 +334,16 @@ def run(quick: bool = False) -> dict[str, Any]:
             }
             for ag in side.agents:
                 assert_loopback(ag.pid, f"agent {ag.state['name']}")
-        assert_loopback(dsk.dask.scheduler.pid, "the dask scheduler")
-        assert_loopback(dsk.dask.worker.pid, "the dask workers")
+        if dsk is not None:
+            assert_loopback(dsk.dask.scheduler.pid, "the dask scheduler")
+            assert_loopback(dsk.dask.worker.pid, "the dask workers")
 
         # what the program's agent would receive if every output came back: C*K objects
         res["data_bytes_per_round"] = chains * stages * size
         res["ratio_locality_over_inline"] = ratio(res["locality_makespan_s"], res["inline_makespan_s"])
-        res["ratio_locality_over_dask"] = ratio(res["locality_makespan_s"], res["dask_makespan_s"])
-        res["ratio_inline_over_dask"] = ratio(res["inline_makespan_s"], res["dask_makespan_s"])
+        if dsk is not None:
+            res["ratio_locality_over_dask"] = ratio(res["locality_makespan_s"], res["dask_makespan_s"])
+            res["ratio_inline_over_dask"] = ratio(res["inline_makespan_s"], res["dask_makespan_s"])
         li, ii = res["locality"]["program_bytes_in_per_round"], res["inline"]["program_bytes_in_per_round"]
         res["program_bytes_in_saved_per_round"] = ii - li
         res["program_bytes_in_ratio_locality_over_inline"] = ratio(li, ii, 4)
@@ -340,7 +353,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         for side in (loc, inl):
             side.close()
             stops.update({a.state["name"]: a.child.stopped["how"] for a in side.agents})
-        dstops = dsk.close()
+        dstops = dsk.close() if dsk is not None else {}
         res["stops"] = {**stops, **{f"dask_{k}": v["how"] for k, v in dstops.items()}}
     res["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
     res["summary"] = _summary(res, quick)
@@ -357,9 +370,11 @@ def _summary(r: dict[str, Any], quick: bool) -> list[str]:
         f"{_mb(r['object_bytes'])} objects + a digest each ({r['tasks_per_round']} tasks, "
         f"~{r['stage_cpu_s'] * 1e3:.0f} ms CPU per stage), median of {r['rounds']} round(s)",
         f"  makespan s: mesh locality {r['locality_makespan_s']}, mesh inline (MESH_INLINE_MAX=0) "
-        f"{r['inline_makespan_s']}, Dask {r['dask_makespan_s']}; locality/inline "
-        f"{r['ratio_locality_over_inline']}, locality/Dask {r['ratio_locality_over_dask']}, "
-        f"inline/Dask {r['ratio_inline_over_dask']}",
+        f"{r['inline_makespan_s']}, " + (
+            f"Dask {r['dask_makespan_s']}; locality/inline {r['ratio_locality_over_inline']}, "
+            f"locality/Dask {r['ratio_locality_over_dask']}, inline/Dask {r['ratio_inline_over_dask']}"
+            if "dask_makespan_s" in r else
+            f"Dask {r['dask']}; locality/inline {r['ratio_locality_over_inline']}"),
     ]
     for name in ("locality", "inline"):
         v, o = r[name], r[name]["objects_per_round"]
