@@ -196,7 +196,7 @@ def agent_command(state_file: Path, name: str = "bench", cpus: int = 2,
 def start_agent(workdir: Path, name: str = "bench", cpus: int = 2, extra: Sequence[str] = (),
                 timeout: float = 30.0, secure: bool = True, mdns: bool = False,
                 rest: bool = False, interface: str = "127.0.0.1",
-                netns: str | None = None) -> Agent:
+                netns: str | None = None, env: dict[str, str] | None = None) -> Agent:
     """Start `python -m mesh join` on loopback and wait (polling) until its state file is ready.
 
     `secure` (default): the agent gets the run's mesh key (`bench_key`) with `--key-file`;
@@ -206,7 +206,8 @@ def start_agent(workdir: Path, name: str = "bench", cpus: int = 2, extra: Sequen
     Contract deviations that do not prevent measuring are returned in `issues`.
     `netns` (a harness namespace `mt_hN`) with `interface` its address: the agent runs in that
     namespace, and the safety check is that it really lives there (not in the root namespace).
-    Without `netns` only a loopback `interface` is allowed.
+    Without `netns` only a loopback `interface` is allowed. `env`: extra environment
+    variables of the agent (e.g. MESH_INLINE_MAX).
     """
     if netns is None and not interface.startswith("127."):
         raise BenchError(f"network safety: interface {interface} outside a harness namespace")
@@ -215,7 +216,7 @@ def start_agent(workdir: Path, name: str = "bench", cpus: int = 2, extra: Sequen
     key_file, key = bench_key(workdir) if secure else (None, None)
     state_file = Path(workdir) / f"{name}.state.json"
     child = spawn(f"agent-{name}", agent_command(state_file, name, cpus, extra, key_file, mdns, rest,
-                                                 interface, netns), workdir)
+                                                 interface, netns), workdir, env=bench_env(env))
     try:
         state = wait_until(lambda: read_json(state_file, STATE_KEYS), timeout,
                            f"the agent's state file {state_file}", child)

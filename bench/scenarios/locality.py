@@ -41,24 +41,17 @@ from typing import Any
 import psutil
 
 from bench.common import (
-    STATE_KEYS,
     Agent,
     BenchError,
     MachineCpu,
-    agent_command,
     assert_loopback,
-    bench_env,
-    bench_key,
     calibrate_spin,
     log,
     ratio,
-    read_json,
-    spawn,
     spin,
-    stop,
+    start_agent,
     stop_all,
     wait_members,
-    wait_until,
     workdir,
 )
 from bench.refs import start_dask
@@ -109,36 +102,6 @@ def expected_digests(chains: int, stages: int, size: int) -> list[tuple[int, str
     return out
 
 
-# -- the mesh agents (start_agent does not pass an environment: MESH_INLINE_MAX needs one) -----
-
-def _start_agent(tmp: Path, name: str, cpus: int, extra: list[str], env: dict[str, str],
-                 timeout: float = 30.0) -> Agent:
-    """`start_agent` (secure, 127.0.0.1, no mDNS, no REST) with extra environment variables."""
-    key_file, key = bench_key(tmp)
-    state_file = Path(tmp) / f"{name}.state.json"
-    child = spawn(f"agent-{name}", agent_command(state_file, name, cpus, extra, key_file), tmp,
-                  env=bench_env(env))
-    try:
-        state = wait_until(lambda: read_json(state_file, STATE_KEYS), timeout,
-                           f"the agent's state file {state_file}", child)
-        ready_s = time.perf_counter() - child.started
-        assert_loopback(child.pid, f"the mesh agent {name}")
-    except BaseException:
-        stop(child)
-        raise
-    issues = []
-    if state.get("pid") != child.pid:
-        issues.append(f"state pid {state.get('pid')!r} != process pid {child.pid}")
-    if not str(state.get("comm", "")).startswith("127.0.0.1:"):
-        issues.append(f"comm {state.get('comm')!r} is not on 127.0.0.1")
-    fingerprint, deadline = key.fingerprint(), time.monotonic() + 5.0
-    while fingerprint not in child.tail(50) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    if fingerprint not in child.tail(50):
-        issues.append(f"agent log does not name key {fingerprint} (secure mode not confirmed)")
-    return Agent(child, state, ready_s, issues, key, False)
-
-
 class MeshSide:
     """One 3-agent mesh: `p` (the program's agent, no slot) and w1, w2 (one slot each)."""
 
@@ -148,10 +111,10 @@ class MeshSide:
         self.clients: list[Any] = []
         from mesh.client import Client
 
-        p = _start_agent(tmp, f"{label}-p", 0, [], env)
+        p = start_agent(tmp, f"{label}-p", 0, [], env=env)
         self.agents.append(p)
         for i in (1, 2):
-            self.agents.append(_start_agent(tmp, f"{label}-w{i}", 1, ["--peer", p.comm], env))
+            self.agents.append(start_agent(tmp, f"{label}-w{i}", 1, ["--peer", p.comm], env=env))
         self.clients = [Client(a.comm, timeout=10.0, key=a.key) for a in self.agents]
 
     @property
