@@ -159,3 +159,16 @@ def test_locality_yields_to_a_busy_holder_and_to_scattered_inputs():
     d3.peer_suspect(HOLDER)
     [act] = d3.submit(Call("c3", "", b"p", inputs=[Holding(HOLDER, 10)]), b"client")
     assert isinstance(act, RunLocal)
+
+
+def test_a_busy_holder_keeps_a_call_on_its_data_while_its_queue_is_short():
+    d = Dispatcher("me", 1, ME, prefetch=1)
+    d.peer_load(OTHER, "other", 4, 4, 0.0005)  # idle, but the data is here
+    [act] = d.submit(Call("c0", "", b"p"), b"client")
+    assert isinstance(act, RunLocal) and d.free == 0
+    assert d.submit(Call("c1", "", b"p", inputs=[Holding(ME, 4_000_000)]), b"client") == []
+    assert list(d.backlog) == ["c1"]  # waits for our slot rather than moving 4 MB
+    # a second one would wait behind it: it goes to the idle peer, which fetches
+    [act] = d.submit(Call("c2", "", b"p", inputs=[Holding(ME, 4_000_000)]), b"client")
+    assert isinstance(act, Forward) and act.peer_id == OTHER and act.call.call_id == "c2"
+    assert list(d.backlog) == ["c1"]

@@ -130,6 +130,7 @@ class Dispatcher(Placement):
     unfit_grace: float = 30.0  # s a call that no known agent can run waits for one to join
     steal: bool | None = None  # Reclaim when idle (None: when prefetch > 0, as agents run)
     neighbours: frozenset | None = None  # tree neighbours to delegate to (None: any peer)
+    placing_ahead: int | None = None  # backlog retry: calls ahead that wait for our slots
     pending: dict[str, Pending] = field(default_factory=dict)
     peers: dict[str, PeerSlots] = field(default_factory=dict)
     lost: set[str] = field(default_factory=set)  # members declared dead or left
@@ -481,15 +482,24 @@ class Dispatcher(Placement):
     def _retry_backlog(self) -> list[Action]:
         acts: list[Action] = []
         kept: list[str] = []
+        waiting_here = 0
         for _ in range(len(self.backlog)):
             call_id = self.backlog.popleft()
             entry = self.pending.get(call_id)
             if entry is None or entry.where != "backlog":
                 continue
-            acts += self._place(entry)
+            self.placing_ahead = waiting_here
+            try:
+                acts += self._place(entry)
+            finally:
+                self.placing_ahead = None
             if entry.where == "backlog" and call_id in self.pending:  # (not failed by _place)
                 if entry.call.needs is not None and not self._fits_here(entry.call):
                     kept.append(call_id)  # waits for an agent that can run it; not a queue head
+                    continue
+                if entry.call.inputs and self._inputs_here(entry.call):
+                    kept.append(call_id)  # waits for our slot by choice (its data is here)
+                    waiting_here += 1
                     continue
                 # nothing can take it now; the rest wait for the next slot or report (FIFO)
                 self.backlog.appendleft(call_id)

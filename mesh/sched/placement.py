@@ -8,8 +8,11 @@ Placement (``_place``):
   0. a call whose big inputs are held at agents (``Call.inputs``: task outputs kept
      where they were made, ``mesh.objects``) goes to the agent holding at least half
      of their bytes if that agent can start it now (a free slot, or room in the queue
-     it keeps for us): running there moves no data (Ray's locality-aware leasing; a
-     busy holder is not waited for: the reader fetches the bytes instead);
+     it keeps for us): running there moves no data (Ray's locality-aware leasing). The
+     holder itself, when busy, keeps such a call if no more than ``prefetch`` calls per
+     slot wait before it (a slot frees within about one task time, sooner than a
+     transfer of the data); a holder with a longer queue is not waited for: the call
+     goes on and its reader fetches the bytes;
   1. a free local slot: run here;
   2. else a live peer believed to have a free slot (its last heartbeat's ``free``
      minus what we sent it since) where the call would finish sooner than here
@@ -99,6 +102,11 @@ class Placement:
                 return self._forward(entry, holder)
         if self.free >= slots and fits_here and not avoid_here:
             return self._run_local(entry)
+        ahead = len(self.backlog) if self.placing_ahead is None else self.placing_ahead
+        if (call.inputs and fits_here and not avoid_here and self._inputs_here(call)
+                and ahead < max(self.prefetch, 1) * self.cpus):
+            entry.where = "backlog"  # its data is here and a slot frees soon: wait for it
+            return []
         if call.hops < self.max_hops:
             peer = self._pick_peer(entry, need_free=True)
             if peer is None and (self.cpus == 0 or avoid_here or not fits_here):
@@ -117,6 +125,11 @@ class Placement:
                                                         f"offers {_describe(call.needs)}")
         entry.where = "backlog"
         return []
+
+    def _inputs_here(self, call: Call) -> bool:
+        """We hold at least half of the call's input bytes."""
+        here = sum(h.nbytes for h in call.inputs if h.node == self.node_id)
+        return here > 0 and 2 * here >= sum(h.nbytes for h in call.inputs)
 
     def _fits_here(self, call: Call) -> bool:
         return _fits(call.needs, self.cpus, self.memory, self.labels)
