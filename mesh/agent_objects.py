@@ -40,6 +40,7 @@ class AgentObjects:
                                cache_bytes=min(64 << 20, store_bytes // 4))
         self.pool.inline_max = max(inline_max, 0)
         self.pool.room = self.objects.room
+        self.pool.max_put = max(self.config.max_frame - (64 << 10), 0)  # fetchable in one frame
         self._handlers[Give] = self._act_give
         self._handlers[FetchFrom] = self._act_fetch_from
 

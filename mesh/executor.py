@@ -76,6 +76,7 @@ class WorkerPool:
         self.inline_max = 0  # set by the agent: see mesh.objects
         self.worker_hits = 0  # objects a worker read from its own recent copies
         self.room = lambda: 0  # bytes a call may put in the agent's store, asked per call
+        self.max_put = 0  # the biggest object a put may keep (it must fit in a frame to peers)
         self.target = size
         self._closed = False
         self.resize(size)
@@ -154,7 +155,7 @@ class WorkerPool:
             self.workers.append(idle)
         idle.call_id = call.call_id
         try:
-            room = self.room() // max(self.target, 1) if self.inline_max else 0
+            room = min(self.room() // max(self.target, 1), self.max_put) if self.inline_max else 0
             idle.conn.send(cbor2.dumps([call.call_id, call.function, call.payload, call.want_json,
                                         self.inline_max, room]))
         except OSError:

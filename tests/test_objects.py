@@ -172,3 +172,45 @@ def test_a_busy_holder_keeps_a_call_on_its_data_while_its_queue_is_short():
     [act] = d.submit(Call("c2", "", b"p", inputs=[Holding(ME, 4_000_000)]), b"client")
     assert isinstance(act, Forward) and act.peer_id == OTHER and act.call.call_id == "c2"
     assert list(d.backlog) == ["c1"]
+
+
+def _big(n):
+    return b"x" * n
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_keeps_an_output_only_if_it_fits_the_store_and_a_frame():
+    """Real worker processes: outputs above inline_max go to the store (a put, then a
+    Ref in the result) unless bigger than the pool's max_put (they must be fetchable in
+    one frame) or the room left: then they travel inline."""
+    import select
+
+    import cloudpickle
+
+    from mesh.executor import WorkerPool
+    from mesh.taskexec import _execute
+
+    pool = WorkerPool(1, "w", {"MESH_AGENT_ID": ME})
+    try:
+        pool.inline_max, pool.room, pool.max_put = 1000, lambda: 1 << 20, 50_000
+
+        def run(n: int):
+            payload = cloudpickle.dumps((_execute, (_big, (n,), {}, [], [], 1), {}))
+            assert pool.run(Call(f"c{n}", "", payload)) is None
+            w = pool.workers[0]
+            results: list = []
+            while not results:
+                select.select([w.fileno()], [], [], 10)
+                results = pool.readable(w)
+            puts, pool.puts = pool.puts, []
+            return pickle.loads(results[0].value)[0], puts
+
+        value, puts = run(20_000)  # kept: a Ref, and the bytes went to the agent
+        assert type(value) is Ref and value.holder == ME and len(puts) == 1
+        assert puts[0][1] == value.oid and pickle.loads(puts[0][2]) == b"x" * 20_000
+        value, puts = run(80_000)  # over max_put: inline
+        assert value == b"x" * 80_000 and puts == []
+        value, puts = run(500)  # small: inline, not even measured
+        assert value == b"x" * 500 and puts == []
+    finally:
+        pool.close()
