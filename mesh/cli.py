@@ -287,12 +287,12 @@ def peers(agent, timeout, key_file, as_json):
     if as_json:
         click.echo(json.dumps(body))
         return
-    rows = [("NAME", "ID", "ADDRESS", "STATE", "RTT ms", "CPUS", "LOAD", "INC")]
+    rows = [("NAME", "ID", "ADDRESS", "STATE", "RTT ms", "CPUS", "LOAD", "INC", "LABELS")]
     for p in body:
         rtt = "-" if p["rtt_ms"] is None else f"{p['rtt_ms']:.2f}"
         load = "-" if p["load"] is None else str(p["load"])
         rows.append((p["name"], p["id"][:8], p["address"], p["state"], rtt, str(p["cpus"]), load,
-                     str(p["incarnation"])))
+                     str(p["incarnation"]), ",".join(p.get("labels") or ()) or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())

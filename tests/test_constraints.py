@@ -150,6 +150,12 @@ def test_tasks_run_on_agents_that_offer_what_they_need(agents):
         barrier()
     out = run_cli("status", "--agent", gpu.comm, "--json")
     assert out.returncode == 0 and '"gpu"' in out.stdout
+    out = run_cli("peers", "--agent", small.comm)  # what each peer offers, as heartbeats said
+    assert out.returncode == 0 and "LABELS" in out.stdout
+    assert any(line.startswith("gpu ") and line.rstrip().endswith("gpu") for line in out.stdout.splitlines())
+    with Client(small.comm) as c:
+        big_view = next(p for p in c.query("peers") if p["name"] == "big")
+    assert big_view["memory"] == 16 << 30 and big_view["labels"] == []
 
 
 @pytest.mark.agents

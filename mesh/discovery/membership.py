@@ -122,6 +122,8 @@ class Member:
             "free": None if self.load is None else self.load.free,
             "load": None if self.load is None else self.load.running + self.load.queued,
             "incarnation": self.info.incarnation,
+            "labels": [] if self.load is None else list(self.load.labels),
+            "memory": None if self.load is None or not self.load.memory else self.load.memory,
         }
 
     def digest(self) -> Digest:
