@@ -609,7 +609,7 @@ class Agent(AgentQueries, AgentObjects):
         if act.new == "suspect":
             self._do(self.dispatcher.peer_suspect(act.node_id), now)
         elif act.new in ("dead", "left"):
-            self._objects_peer_lost(act.node_id, act.name)
+            self._objects_peer_lost(act.node_id, act.name, now)
             c = self.dispatcher.counters
             before = c["reassigned"], c["redirected"], c["cancelled"]
             acts = self.dispatcher.peer_lost(act.node_id)

@@ -53,9 +53,7 @@ class AgentObjects:
             for call_id, oid, data in puts:
                 entry = self.dispatcher.pending.get(call_id)
                 origin, owner = (entry.call.origin, entry.call.owner) if entry is not None else ("", "")
-                if owner in self.objects.closed:
-                    self.objects.put(oid, data, origin, owner)  # (dropped, counted)
-                elif not self.objects.put(oid, data, origin, owner):
+                if not self.objects.put(oid, data, origin, owner) and owner not in self.objects.closed:
                     log.warning("object store full (%d of %d bytes): output %s of call %s is "
                                 "lost and will be recomputed when read", self.objects.nbytes,
                                 self.objects.max_bytes, oid[:8], call_id)
@@ -88,13 +86,13 @@ class AgentObjects:
             self._send(member.conn, m.encode(msg), now)
         self.objects.free(msg.oids)  # our cached copies too
 
-    def _objects_peer_lost(self, node_id: str, name: str) -> None:
+    def _objects_peer_lost(self, node_id: str, name: str, now: float) -> None:
         acts = self.objects.holder_lost(node_id, f"{name} left or died")
         dropped = self.objects.origin_lost(node_id)
         if acts or dropped:
             log.info("peer %s lost: %d fetch(es) of its objects failed (to be recomputed), "
                      "%d object(s) its programs owned dropped", name, len(acts), dropped)
-        self._do(acts, 0.0)
+        self._do(acts, now)
 
     def _act_give(self, act: Give, now: float) -> None:
         if isinstance(act.waiter, Worker):

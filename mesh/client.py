@@ -89,7 +89,6 @@ class Client:
         self._futures: dict[str, Future] = {}
         self._queries: dict[int, Future] = {}
         self._fetches: dict[str, list[Future]] = {}  # oid -> waiting fetch() calls
-        self.closing_hooks: list = []  # called by close() while frames can still be sent
         self.session = os.urandom(8).hex()  # owner of what our calls leave at agents
         self._qids = itertools.count(1)
         self._lock = threading.Lock()
@@ -211,11 +210,6 @@ class Client:
             self._post(m.encode(m.Cancel(call_id, "the caller closed its connection")))
         # and drop what our calls kept at agents (mesh.objects), even what they still make
         self._post(m.encode(m.Free("", [], self.session)))
-        for hook in self.closing_hooks:  # e.g. the task runtime frees its objects
-            try:
-                hook()
-            except Exception:
-                log.exception("mesh client: a closing hook failed")
         self._closed.set()
         self._wake()
         self._thread.join(2.0)

@@ -26,7 +26,7 @@ import pickle
 import time
 from collections import OrderedDict
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from mesh import slot
@@ -46,7 +46,6 @@ class _Entry:
     outputs: list  # [(version, value)] as last produced
     reruns: int = 0
     waiting: list | None = None  # what to do when the running rerun finishes
-    inputs: list = field(default_factory=list)
 
 
 class Lineage:

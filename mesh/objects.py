@@ -305,11 +305,6 @@ class Objects:
                                             f"{self.fetch_timeout:.0f} s") for w in pending.waiters]
         return acts
 
-    def forget_waiter(self, waiter: Any) -> None:
-        """A waiter went away (its worker was killed): nothing to answer it."""
-        for pending in self.fetching.values():
-            pending.waiters = [w for w in pending.waiters if w is not waiter]
-
     def status(self) -> dict:
         return {"objects": len(self.stored), "bytes": self.nbytes, "max_bytes": self.max_bytes,
                 "cached": len(self.cache), "fetching": len(self.fetching), **self.counters}

@@ -13,7 +13,7 @@ import pytest
 
 import mesh
 import mesh.runtime
-from mesh.api import INOUT, barrier, task, wait_on
+from mesh.api import INOUT, barrier, constraint, task, wait_on
 from mesh.client import Client
 from tests.conftest import wait_for
 
@@ -23,10 +23,21 @@ BIG = 2_000_000
 
 
 @task(returns=1)
-def make(n: int, seed: int, log: str, busy: float = 0.0):
-    time.sleep(busy)  # (the work: keeps the slot taken so that two makes run apart)
+def make(n: int, seed: int, log: str):
     with open(log, "a") as f:
         f.write(f"make {seed} {os.environ.get('MESH_AGENT_NAME')}\n")
+    return bytes([seed % 256]) * n
+
+
+@constraint(labels=["left"])
+@task(returns=1)
+def make_left(n: int, seed: int):
+    return bytes([seed % 256]) * n
+
+
+@constraint(labels=["right"])
+@task(returns=1)
+def make_right(n: int, seed: int):
     return bytes([seed % 256]) * n
 
 
@@ -58,10 +69,12 @@ def sees(agent, name: str) -> bool:
         return any(p["name"] == name and p["state"] == "alive" for p in c.query("peers"))
 
 
-def mesh_of(agents, n: int):
-    """a0 (no slots: the program's agent, it only routes) and n one-slot agents."""
+def mesh_of(agents, n: int, labels: tuple = ()):
+    """a0 (no slots: the program's agent, it only routes) and n one-slot agents (the
+    i-th with ``--label labels[i]`` if given)."""
     a0 = agents.start("a0", cpus=0)
-    workers = [agents.start(f"w{i}", "--peer", a0.comm, cpus=1) for i in range(n)]
+    workers = [agents.start(f"w{i}", "--peer", a0.comm, *(("--label", labels[i]) if labels else ()),
+                            cpus=1) for i in range(n)]
     everyone = [a0, *workers]
     for x in everyone:
         for y in everyone:
@@ -95,10 +108,10 @@ def test_a_big_output_stays_where_it_was_made_and_its_reader_runs_there(agents, 
 
 
 def test_readers_elsewhere_fetch_from_the_holder_directly(agents, tmp_path):
-    a0, workers = mesh_of(agents, 2)
+    a0, workers = mesh_of(agents, 2, labels=("left", "right"))
     log = str(tmp_path / "runs.log")
     with mesh.connect(a0.comm):
-        x, y = make(BIG, 1, log, 0.5), make(BIG, 2, log, 0.5)
+        x, y = make_left(BIG, 1), make_right(BIG, 2)  # made on two different agents
         both = concat(x, y)  # half of its input is elsewhere, wherever it runs
         total = wait_on(summary(both, log))
         assert total[:2] == (2 * BIG, 1)

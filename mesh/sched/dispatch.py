@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 
 from mesh.messages import Call, Cancel, Handback, Result, evolve
 from mesh.sched.actions import Action, Deliver, Forward, KillLocal, RunLocal, SendTo
-from mesh.sched.placement import Placement, _describe, _fits  # noqa: F401 (re-exported)
+from mesh.sched.placement import Placement
 
 
 @dataclass
@@ -130,7 +130,6 @@ class Dispatcher(Placement):
     unfit_grace: float = 30.0  # s a call that no known agent can run waits for one to join
     steal: bool | None = None  # Reclaim when idle (None: when prefetch > 0, as agents run)
     neighbours: frozenset | None = None  # tree neighbours to delegate to (None: any peer)
-    placing_ahead: int | None = None  # backlog retry: calls ahead that wait for our slots
     pending: dict[str, Pending] = field(default_factory=dict)
     peers: dict[str, PeerSlots] = field(default_factory=dict)
     lost: set[str] = field(default_factory=set)  # members declared dead or left
@@ -488,11 +487,7 @@ class Dispatcher(Placement):
             entry = self.pending.get(call_id)
             if entry is None or entry.where != "backlog":
                 continue
-            self.placing_ahead = waiting_here
-            try:
-                acts += self._place(entry)
-            finally:
-                self.placing_ahead = None
+            acts += self._place(entry, ahead=waiting_here)
             if entry.where == "backlog" and call_id in self.pending:  # (not failed by _place)
                 if entry.call.needs is not None and not self._fits_here(entry.call):
                     kept.append(call_id)  # waits for an agent that can run it; not a queue head

@@ -91,18 +91,21 @@ if TYPE_CHECKING:
 
 
 class Placement:
-    def _place(self, entry: Pending) -> list[Action]:
+    def _place(self, entry: Pending, ahead: int | None = None) -> list[Action]:
+        """Place ``entry`` (see the module docstring). ``ahead``: how many calls wait
+        for our slots before it (default: our whole backlog, as for a new call)."""
         call = entry.call
         avoid_here = bool(call.avoid) and self.name in call.avoid  # an attempt failed here
         fits_here = call.needs is None or self._fits_here(call)
         slots = entry.slots
         if call.inputs and call.hops < self.max_hops:  # where its data is, if it can start there
             holder = self._data_holder(entry)
-            if holder is not None and holder != self.node_id:
+            if holder is not None:
                 return self._forward(entry, holder)
         if self.free >= slots and fits_here and not avoid_here:
             return self._run_local(entry)
-        ahead = len(self.backlog) if self.placing_ahead is None else self.placing_ahead
+        if ahead is None:
+            ahead = len(self.backlog)
         if (call.inputs and fits_here and not avoid_here and self._inputs_here(call)
                 and ahead < max(self.prefetch, 1) * self.cpus):
             entry.where = "backlog"  # its data is here and a slot frees soon: wait for it
@@ -128,8 +131,7 @@ class Placement:
 
     def _inputs_here(self, call: Call) -> bool:
         """We hold at least half of the call's input bytes."""
-        here = sum(h.nbytes for h in call.inputs if h.node == self.node_id)
-        return here > 0 and 2 * here >= sum(h.nbytes for h in call.inputs)
+        return _major_holder(call) == self.node_id
 
     def _fits_here(self, call: Call) -> bool:
         return _fits(call.needs, self.cpus, self.memory, self.labels)
@@ -154,29 +156,22 @@ class Placement:
         return acts
 
     def _data_holder(self, entry: Pending) -> str | None:
-        """The agent holding most of the call's input bytes (``Call.inputs``: task
-        outputs kept where they were made, ``mesh.objects``), if it holds at least half
-        of them and can start the call now (a free slot, or room in the queue it keeps
-        for us): running there moves no data. Else None: placed as any call, and the
-        inputs are fetched from their holders (Ray's locality-aware leasing; a holder
-        that is busy is not waited for, as the transfer is cheaper than a queue)."""
-        inputs = entry.call.inputs
-        best = max(inputs, key=lambda h: h.nbytes)
-        if 2 * best.nbytes < sum(h.nbytes for h in inputs):
+        """The peer holding at least half of the call's input bytes (``Call.inputs``:
+        task outputs kept where they were made, ``mesh.objects``) if it can start the
+        call now (a free slot, or room in the queue it keeps for us): running there
+        moves no data. Else None (also when we hold them: ``_place`` goes on with us)."""
+        node = _major_holder(entry.call)
+        if node is None or node == self.node_id:
             return None
         needs = entry.call.needs
-        if best.node == self.node_id:
-            fits = needs is None or self._fits_here(entry.call)
-            return best.node if (self.free >= entry.slots and fits
-                                 and self.name not in entry.call.avoid) else None
-        p = self.peers.get(best.node)
-        if (p is None or p.cpus <= 0 or best.node in self.suspected or best.node in self.lost
-                or best.node in entry.call.visited or best.node in entry.peers_asking()
-                or best.node in entry.tried or p.name in entry.call.avoid
+        p = self.peers.get(node)
+        if (p is None or p.cpus <= 0 or node in self.suspected or node in self.lost
+                or node in entry.call.visited or node in entry.peers_asking()
+                or node in entry.tried or p.name in entry.call.avoid
                 or (needs is not None and not _fits(needs, p.cpus, p.memory, p.labels))):
             return None
         if p.est_free >= entry.slots or p.queued + max(-p.est_free, 0) < self.prefetch * p.cpus:
-            return best.node
+            return node
         return None
 
     def _local_end(self) -> float:
@@ -341,6 +336,14 @@ class Placement:
             return False
         there = sum(h.nbytes for h in inputs if h.node == peer_id)
         return there > sum(h.nbytes for h in inputs if h.node == self.node_id)
+
+
+def _major_holder(call: Call) -> str | None:
+    """The agent holding at least half of a call's input bytes, if one does."""
+    best = max(call.inputs, key=lambda h: h.nbytes)
+    if best.nbytes <= 0 or 2 * best.nbytes < sum(h.nbytes for h in call.inputs):
+        return None
+    return best.node
 
 
 def _fits(needs, cpus: int, memory: int, labels) -> bool:
