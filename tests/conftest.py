@@ -17,8 +17,9 @@ from mesh import keys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.02):
-    """Poll ``predicate`` until it returns a truthy value or ``timeout`` passes."""
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.02, explain=None):
+    """Poll ``predicate`` until it returns a truthy value or ``timeout`` passes.
+    ``explain``: called on a timeout, its text goes into the failure (e.g. agents' logs)."""
     deadline = time.monotonic() + timeout
     last_exc = None
     while time.monotonic() < deadline:
@@ -31,7 +32,8 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.02):
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}"
-                         + (f" (last error: {last_exc!r})" if last_exc else ""))
+                         + (f" (last error: {last_exc!r})" if last_exc else "")
+                         + (f"\n{explain()}" if explain is not None else ""))
 
 
 @pytest.fixture(scope="session", autouse=True)

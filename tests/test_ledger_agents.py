@@ -3,6 +3,7 @@ graceful leave that hands queued calls back."""
 
 from __future__ import annotations
 
+import re
 import signal
 
 import pytest
@@ -58,14 +59,17 @@ def test_a_leaving_agent_hands_its_queued_calls_back(agents):
     wait_for(lambda: sees(a, "b", cpus=1), 10, "a to see b")
     with mesh.connect(a.comm) as client:
         futs = [client.call("mesh.demo_tasks:where", (i, 1.5)) for i in range(4)]
-        # a runs one, b gets one to run and one to queue (prefetch), one waits at a
-        wait_for(lambda: status(b)["queued"] == 1, 10, "b to queue a call")
+        # a runs one, b gets one to run and one (or, with a heartbeat crossing the
+        # calls, two) to queue (prefetch); the rest wait at a
+        wait_for(lambda: status(b)["queued"] >= 1, 10, "b to queue a call",
+                 explain=lambda: f"a: {status(a)}\n--- a's log\n{a.log()[-6000:]}\n"
+                                 f"--- b's log\n{b.log()[-6000:]}")
         b.proc.send_signal(signal.SIGTERM)
         results = [f.result(60) for f in futs]
         assert [r["square"] for r in results] == [i * i for i in range(4)]
         assert client.late_results == 0
     assert b.proc.wait(30) == 0
-    assert "leaving: handed 1 queued call(s) back" in b.log()
+    assert re.search(r"leaving: handed [12] queued call\(s\) back", b.log())
     st = status(a)
     assert st["done"] == 4 and st["failed"] == 0 and st["ledger"]["reassigned"] >= 1, st
     assert {r["agent"] for r in results} == {"a", "b"}
