@@ -90,6 +90,8 @@ class Client:
         self._queries: dict[int, Future] = {}
         self._fetches: dict[str, list[Future]] = {}  # oid -> waiting fetch() calls
         self.session = os.urandom(8).hex()  # owner of what our calls leave at agents
+        self._id_prefix = os.urandom(8).hex()
+        self._seq = itertools.count()
         self._qids = itertools.count(1)
         self._lock = threading.Lock()
         self._r, self._w = socket.socketpair()
@@ -236,7 +238,9 @@ class Client:
                    inputs=(), needs=None) -> Future:
         if self._closed.is_set():
             raise AgentUnreachable("client is closed")
-        call_id = os.urandom(12).hex()
+        # unique in the mesh: a random prefix per client and a counter (no system call
+        # per call: os.urandom releases the GIL, and the I/O thread then takes it)
+        call_id = f"{self._id_prefix}{next(self._seq):08x}"
         fut: Future
         if on_done is None:
             fut = Future()

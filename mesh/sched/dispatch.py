@@ -200,8 +200,15 @@ class Dispatcher(Placement):
         self.pending[call.call_id] = entry
         if self.backlog:  # first come, first placed
             self.backlog.append(call.call_id)
+            if self._stuck():
+                return []  # (the head was tried at the last change; nothing changed)
             return self._retry_backlog()
         return self._place_or_queue(entry)
+
+    def _stuck(self) -> bool:
+        """No call waiting here can be placed now: no slot is free and there is no peer
+        to give one to (a lone agent with a backlog: the common case of a burst)."""
+        return self.free <= 0 and not self.peers
 
     def local_done(self, result: Result) -> list[Action]:
         """A worker slot finished a call (successfully or not) and is free again."""
@@ -483,6 +490,8 @@ class Dispatcher(Placement):
         kept: list[str] = []
         waiting_here = 0
         for _ in range(len(self.backlog)):
+            if self._stuck():
+                break  # the rest waits (in order) for a slot or a peer
             call_id = self.backlog.popleft()
             entry = self.pending.get(call_id)
             if entry is None or entry.where != "backlog":
