@@ -103,6 +103,9 @@ class Agent(AgentQueries, AgentObjects):
         self.config = config
         self.node_id = os.urandom(16).hex()  # (secrets would load OpenSSL: ~4 MB)
         self.started = time.monotonic()
+        self._unfit_check = 0.0
+        self.batches_in = 0  # Batch frames received (from clients), and the frames in them
+        self.batched_in = 0
         self.timing = mb.Timing.profile(config.profile)
         self.transport = Transport(bytes.fromhex(self.node_id), config.interface,
                                    config.comm_port, config.key, config.max_frame)
@@ -264,6 +267,7 @@ class Agent(AgentQueries, AgentObjects):
                     next_tick = min(next_tick, self.members.next_timer(t), self.tree.next_timer(t))
                 if self.leaving_since == -1.0:
                     next_tick = 0.0  # a leave was requested: start it now
+                self.transport.flush()  # what this turn has for clients, batched
         finally:
             self.close()
 
@@ -281,8 +285,9 @@ class Agent(AgentQueries, AgentObjects):
             self._do(acts, now)
         if self.objects.fetching:
             self._do(self.objects.tick(now), now)
-        if self.dispatcher.backlog:  # calls whose constraints no known agent meets
-            self._do(self.dispatcher.expire_unfit(now), now)
+        if self.dispatcher.backlog and now >= self._unfit_check:  # calls whose constraints
+            self._unfit_check = now + 1.0  # no known agent meets (looked at once a second:
+            self._do(self.dispatcher.expire_unfit(now), now)  # it reads the whole backlog)
         self.members.set_load(self._load())
         self._do(self.members.tick(now), now)
         self._do(self.tree.tick(now), now)
@@ -310,6 +315,15 @@ class Agent(AgentQueries, AgentObjects):
 
     # ------------------------------------------------------------------ input
 
+    def _unbatch(self, batch: m.Batch) -> list[m.Message]:
+        msgs, errors = m.unbatch(batch, self.config.max_frame)
+        self.batches_in += 1
+        self.batched_in += len(batch.frames)
+        for exc in errors:
+            self.dropped[exc.reason] = self.dropped.get(exc.reason, 0) + 1
+            log.debug("dropped a frame in a batch: %s", exc)
+        return msgs
+
     def _decode(self, frame: bytes) -> m.Message | None:
         try:
             return m.decode(frame, self.config.max_frame)
@@ -332,7 +346,10 @@ class Agent(AgentQueries, AgentObjects):
                 identity, frame = parts
                 self.bytes_in += len(frame)
                 msg = self._decode(frame)
-                if msg is not None:
+                if type(msg) is m.Batch:
+                    for inner in self._unbatch(msg):
+                        self._on_router(identity, inner, now)
+                elif msg is not None:
                     self._on_router(identity, msg, now)
             else:
                 self.dropped["frames"] = self.dropped.get("frames", 0) + 1

@@ -99,6 +99,7 @@ class Client:
         self._w.setblocking(False)
         self._closed = threading.Event()
         self.dropped = 0
+        self.batches_received = 0  # frames from the agent that carried several messages
         self.late_results = 0  # results for calls already answered (or never made)
         self._thread = threading.Thread(target=self._loop, name=f"mesh-client-{address}", daemon=True)
         self._thread.start()
@@ -295,8 +296,14 @@ class Client:
                             pass
                 self._wake_pending = False  # before emptying the queue: see the docstring
                 outbox = self._outbox
-                while outbox:
+                if len(outbox) == 1:
                     sock.send(outbox.popleft())
+                elif outbox:  # calls piled up while we were away: one frame for the lot
+                    frames = []
+                    while outbox:
+                        frames.append(outbox.popleft())
+                    for frame in m.batches(frames):
+                        sock.send(frame)
         finally:  # what was queued before close() still goes (e.g. the runtime's last
             # Free messages), for up to CLOSE_LINGER_MS after the socket is closed
             outbox = self._outbox
@@ -344,6 +351,16 @@ class Client:
         except DecodeError:
             self.dropped += 1
             return
+        if type(msg) is m.Batch:  # results (and answers) ready in one turn of the agent
+            msgs, errors = m.unbatch(msg)
+            self.dropped += len(errors)
+            self.batches_received += 1
+            for inner in msgs:
+                self._handle_message(inner)
+        else:
+            self._handle_message(msg)
+
+    def _handle_message(self, msg: m.Message) -> None:
         if isinstance(msg, m.Result):
             with self._lock:
                 fut = self._futures.pop(msg.call_id, None)

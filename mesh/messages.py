@@ -329,10 +329,23 @@ class Answer(Message):
     error: str = ""
 
 
+@dataclass(frozen=True)
+class Batch(Message):
+    """Several messages in one frame, each an encoded frame of its own (never a
+    ``Batch``): what a client sends when calls pile up faster than its socket takes
+    them, and what an agent sends a client when several results are ready in one turn
+    of its loop. One frame instead of one per call: one send, one receive, one wake-up
+    on each side for the lot. Each frame inside is decoded (and checked) alone, as if
+    it had come by itself; a bad one is dropped without the others."""
+
+    TAG: ClassVar[str] = "batch"
+    frames: list[bytes]
+
+
 MESSAGES: dict[str, type[Message]] = {
     cls.TAG: cls
     for cls in (Ping, Pong, PingReq, IndirectAck, Nack, TreeAdvert, Leave, Call, Cancel, Handback,
-                Reclaim, Fetch, Object, Free, Result, Query, Resources, Answer)
+                Reclaim, Fetch, Object, Free, Result, Query, Resources, Answer, Batch)
 }
 RECORDS = (NodeInfo, Load, Digest, Advert, Holding, Needs)
 
@@ -536,10 +549,10 @@ def evolve(msg: Any, **changes: Any) -> Any:
     for name in changes:
         if name not in codec.names:
             raise TypeError(f"{type(msg).__name__} has no field {name!r}")
-    fields = msg.__dict__
-    values = {name: fields[name] for name in codec.names}
-    values.update(changes)
-    return codec.build(values)
+    obj = object.__new__(codec.cls)  # (a direct codec's instance is its __dict__)
+    obj.__dict__.update(msg.__dict__)
+    obj.__dict__.update(changes)
+    return obj
 
 
 def _record(cls: type, body: Any, where: str) -> Any:
@@ -584,3 +597,58 @@ def decode(frame: bytes, max_size: int = MAX_FRAME) -> Message:
     if cls is None:
         raise DecodeError("type", f"unknown message type {tag!r}")
     return _record(cls, body, cls.TAG)
+
+
+BATCH_BYTES = 1 << 20  # frames bigger than this travel alone; a batch stops growing there
+
+
+def batches(frames: list[bytes]) -> list[bytes]:
+    """``frames`` (encoded messages, in order) as few frames as possible: runs of small
+    frames become one ``Batch`` each (at most ``MAX_LIST`` frames and about
+    ``BATCH_BYTES``); a lone frame and a big frame go as they are. Order is kept."""
+    if len(frames) == 1:
+        return frames
+    out: list[bytes] = []
+    run: list[bytes] = []
+    size = 0
+
+    def close_run() -> None:
+        nonlocal size
+        if len(run) == 1:
+            out.append(run[0])
+        elif run:
+            out.append(encode(Batch(list(run))))
+        run.clear()
+        size = 0
+
+    for frame in frames:
+        if len(frame) > BATCH_BYTES:
+            close_run()
+            out.append(frame)
+            continue
+        if run and (size + len(frame) > BATCH_BYTES or len(run) >= MAX_LIST):
+            close_run()
+        run.append(frame)
+        size += len(frame)
+    close_run()
+    return out
+
+
+def unbatch(msg: Message, max_size: int = MAX_FRAME) -> tuple[list[Message], list[DecodeError]]:
+    """The messages in ``msg`` (itself when it is not a ``Batch``), and the errors of
+    the frames inside that did not decode (a ``Batch`` inside a ``Batch`` is one)."""
+    if not isinstance(msg, Batch):
+        return [msg], []
+    msgs: list[Message] = []
+    errors: list[DecodeError] = []
+    for frame in msg.frames:
+        try:
+            inner = decode(frame, max_size)
+        except DecodeError as exc:
+            errors.append(exc)
+            continue
+        if isinstance(inner, Batch):
+            errors.append(DecodeError("type", "a batch inside a batch"))
+        else:
+            msgs.append(inner)
+    return msgs, errors

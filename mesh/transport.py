@@ -23,7 +23,7 @@ import struct
 import zmq
 
 from mesh.keys import MeshKey
-from mesh.messages import MAX_FRAME
+from mesh.messages import MAX_FRAME, batches
 
 log = logging.getLogger("mesh.transport")
 
@@ -101,6 +101,9 @@ class Transport:
             self.poller.register(self.zap, zmq.POLLIN)
         self.dropped_sends = 0
         self.bytes_out = 0
+        self._outboxes: dict[bytes, list[bytes]] = {}  # client identity -> frames (reply)
+        self.batches_out = 0  # turns that sent a client several frames batched, and how many
+        self.batched_out = 0
         self._closed = False
 
     @property
@@ -165,8 +168,35 @@ class Transport:
             return False
 
     def reply(self, identity: bytes, frame: bytes) -> bool:
-        """Send over the ROUTER to the connection ``identity`` (the two parts sent
-        directly: ``send_multipart`` checks and loops in Python, for every result)."""
+        """Send over the ROUTER to the connection ``identity``. A client's (not a
+        member's: members' identities are their 16-byte node ids) waits in its outbox
+        until ``flush`` at the end of the loop's turn, which sends what piled up as one
+        ``Batch`` (the answer to a member is sent now: whether it could be is news)."""
+        if len(identity) != 16:
+            out = self._outboxes.get(identity)
+            if out is None:
+                self._outboxes[identity] = [frame]
+            else:
+                out.append(frame)
+            return True
+        return self._reply_now(identity, frame)
+
+    def flush(self) -> None:
+        """Send what waits for clients (``reply``), in order, batched per client."""
+        if not self._outboxes:
+            return
+        outboxes, self._outboxes = self._outboxes, {}
+        for identity, frames in outboxes.items():
+            if len(frames) == 1:
+                self._reply_now(identity, frames[0])
+                continue
+            for frame in batches(frames):
+                self._reply_now(identity, frame)
+            self.batched_out += len(frames)
+            self.batches_out += 1
+
+    def _reply_now(self, identity: bytes, frame: bytes) -> bool:
+        """(the two parts sent directly: ``send_multipart`` checks and loops in Python)"""
         router = self.router
         try:
             router.send(identity, _SEND_MORE)
@@ -226,6 +256,7 @@ class Transport:
         if self._closed:
             return
         self._closed = True
+        self.flush()  # (the last answers: e.g. to a client that asked us to leave)
         for address in list(self.dealers):
             self.disconnect(address)
         self.router.disable_monitor()

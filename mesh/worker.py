@@ -28,8 +28,14 @@ from mesh.taskexec import dumps
 NICE = 10
 
 
+_resolved: dict = {}  # "module:qualname" -> the callable (imported modules stay anyway)
+
+
 def resolve(function: str):
     """``"module:qualname"`` -> the callable. Raises ImportError/AttributeError/ValueError."""
+    fn = _resolved.get(function)
+    if fn is not None:
+        return fn
     module_name, sep, qualname = function.partition(":")
     if not sep or not module_name or not qualname:
         raise ValueError(f"expected MODULE:FUNCTION, got {function!r}")
@@ -38,6 +44,8 @@ def resolve(function: str):
         obj = getattr(obj, part)
     if not callable(obj):
         raise TypeError(f"{function} is not callable")
+    if len(_resolved) < 4096:
+        _resolved[function] = obj
     return obj
 
 

@@ -67,6 +67,7 @@ STRATEGIES = {
     "query": st.builds(m.Query, qid=ints, what=texts),
     "resources": st.builds(m.Resources, qid=ints, action=texts, cpus=ints, peer=texts),
     "answer": st.builds(m.Answer, qid=ints, what=texts, body=json_like, error=texts),
+    "batch": st.builds(m.Batch, frames=st.lists(st.binary(max_size=64), max_size=8)),
 }
 any_message = st.one_of(*STRATEGIES.values())
 
@@ -99,6 +100,7 @@ EXAMPLES = [
     m.Object("0f" * 16, False, error="ObjectLost: freed"),
     m.Free("ab" * 16, ["0f" * 16, "1e" * 16]),
     m.Free("", [], "5e55" * 4),
+    m.Batch([m.encode(m.Query(3, "status")), m.encode(m.Cancel("c-1", "timed out"))]),
 ]
 
 
@@ -458,3 +460,51 @@ def test_huge_declared_lengths_are_rejected_quickly():
             assert reason(frame) == "cbor"
             # and as the value of a field of a well-formed map
             assert reason(b"\xa3\x61v\x01\x61t\x64call\x67payload" + frame) in {"cbor", "field"}
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+def test_batches_keep_order_and_unbatch_gives_the_messages_back():
+    msgs = [m.Call(f"c-{i}", "math:factorial", bytes([i]) * i) for i in range(50)]
+    frames = m.batches([m.encode(x) for x in msgs])
+    assert len(frames) == 1
+    got, errors = m.unbatch(m.decode(frames[0]))
+    assert got == msgs and errors == []
+
+
+def test_a_lone_frame_travels_as_it_is_and_a_plain_message_unbatches_to_itself():
+    frame = m.encode(EXAMPLES[0])
+    assert m.batches([frame]) == [frame]
+    assert m.unbatch(EXAMPLES[0]) == ([EXAMPLES[0]], [])
+
+
+def test_big_frames_travel_alone_and_batches_are_bounded():
+    small = [m.encode(m.Cancel(f"c-{i}", "x")) for i in range(3)]
+    big = m.encode(m.Result("c-big", True, b"v" * (m.BATCH_BYTES + 1), "pi-1"))
+    frames = m.batches([small[0], small[1], big, small[2]])
+    assert frames[1] == big and frames[2] == small[2]
+    assert m.unbatch(m.decode(frames[0]))[0] == [m.Cancel("c-0", "x"), m.Cancel("c-1", "x")]
+    many = [m.encode(m.Cancel(f"c-{i}", "x")) for i in range(m.MAX_LIST + 10)]
+    frames = m.batches(many)
+    assert len(frames) == 2
+    decoded = [x for f in frames for x in m.unbatch(m.decode(f))[0]]
+    assert [x.call_id for x in decoded] == [f"c-{i}" for i in range(m.MAX_LIST + 10)]
+    fat = [m.encode(m.Result(f"c-{i}", True, b"v" * (m.BATCH_BYTES // 3), "pi-1")) for i in range(5)]
+    assert all(len(f) <= m.BATCH_BYTES + 1024 for f in m.batches(fat))
+
+
+def test_a_bad_frame_in_a_batch_is_dropped_alone():
+    good = m.encode(m.Cancel("c-1", "x"))
+    nested = m.encode(m.Batch([good]))
+    wrong = cbor2.dumps(wire(m.Cancel("c-2", "x")) | {"call_id": 5})
+    msg = m.decode(m.encode(m.Batch([good, b"\xff garbage", nested, wrong, good])))
+    got, errors = m.unbatch(msg)
+    assert got == [m.Cancel("c-1", "x"), m.Cancel("c-1", "x")]
+    assert sorted(e.reason for e in errors) == ["cbor", "field", "type"]
+
+
+def test_a_batch_field_must_be_a_list_of_byte_strings():
+    assert reason({"v": m.PROTOCOL, "t": "batch", "frames": ["text"]}) == "field"
+    assert reason({"v": m.PROTOCOL, "t": "batch", "frames": b"x"}) == "field"
+    assert reason({"v": m.PROTOCOL, "t": "batch", "frames": [b"x"] * (m.MAX_LIST + 1)}) == "field"
