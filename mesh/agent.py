@@ -41,6 +41,7 @@ from mesh.tree import LatencyTree, ParentChanged, Probe, RootChanged, SendAdvert
 
 log = logging.getLogger("mesh.agent")
 
+SLOW_CHECK_MS = 10  # how often calls waiting at workers are checked for a long call ahead
 MAX_BATCH = 256  # frames read from one socket before looking at the others
 TREE_PERIOD = {"default": 1.0, "fast": 0.25}  # seconds; the tree's own protocol period
 MAX_SLEEP = 1.0  # longest poll; timers come from the cores, other threads use the waker
@@ -237,6 +238,11 @@ class Agent(AgentQueries, AgentObjects):
                     if due is not None:
                         next_tick = min(next_tick, due)
                 timeout = max(next_tick - time.monotonic(), 0) * 1000
+                if self.pool.waiting:  # calls wait at workers: none may wait behind a long one
+                    t = time.monotonic()
+                    if self.pool.withdraw_slow(t):
+                        self.dispatcher.depth = self.pool.depth(t)
+                    timeout = min(timeout, SLOW_CHECK_MS)
                 only_workers = True  # a worker's results move no membership or tree timer
                 for sock, _ in self.transport.poller.poll(timeout):
                     now = time.monotonic()
@@ -430,15 +436,28 @@ class Agent(AgentQueries, AgentObjects):
         self._do(acts, now)
 
     def _read_worker(self, worker, now: float) -> None:
-        results = self.pool.readable(worker)
-        lends, self.pool.lends = self.pool.lends, []
+        pool = self.pool
+        results = pool.readable(worker, now)
+        if pool.unstarted:  # given back by a worker (before the lend that made it do so)
+            self._unstarted(now)
+        lends, pool.lends = pool.lends, []
         for call_id, lent in lends:
             self._do(self.dispatcher.lend(call_id, lent), now)
-        if self.pool.puts or self.pool.gets:
+        if pool.puts or pool.gets:
             self._worker_objects(now)
+        self.dispatcher.depth = pool.depth(now)
         for result in results:
             self._do(self.dispatcher.local_done(result), now)
+        if pool.unstarted:  # (a worker that died: the calls that waited behind its call)
+            self._unstarted(now)
         self._sync_worker_fds()
+
+    def _unstarted(self, now: float) -> None:
+        """Calls a worker gave back without starting them: placed again, first first."""
+        calls, self.pool.unstarted = self.pool.unstarted, []
+        self.dispatcher.depth = self.pool.depth(now)
+        for call_id in reversed(calls):  # (each goes to the head of the backlog)
+            self._do(self.dispatcher.unstarted(call_id), now)
 
     def _read_inbox(self, now: float) -> None:
         while True:
@@ -531,10 +550,12 @@ class Agent(AgentQueries, AgentObjects):
         self._do(acts, now)
 
     def _act_run_local(self, act: dp.RunLocal, now: float) -> None:
-        failed = self.pool.run(act.call)
+        failed = self.pool.run(act.call, act.behind, now)
         self._sync_worker_fds()
         if failed is not None:
             self._do(self.dispatcher.local_done(failed), now)
+        if self.pool.unstarted:
+            self._unstarted(now)
 
     def _act_forward(self, act: dp.Forward, now: float) -> None:
         member = self.members.members.get(act.peer_id)
@@ -558,9 +579,12 @@ class Agent(AgentQueries, AgentObjects):
             self.dropped["unsent"] = self.dropped.get("unsent", 0) + 1
 
     def _act_kill_local(self, act: dp.KillLocal, now: float) -> None:
-        if self.pool.cancel(act.call_id):
+        how = self.pool.cancel(act.call_id)
+        if how == "stopped":
             log.info("stopped the worker running %s: nobody wants its result", act.call_id)
         self._sync_worker_fds()
+        if self.pool.unstarted:  # the calls that waited behind it
+            self._unstarted(now)
 
     def _act_send_advert(self, act: SendAdvert, now: float) -> None:
         member = self.members.members.get(act.peer)

@@ -46,6 +46,11 @@ class AgentQueries:
             "objects": dict(self.objects.status(), worker_hits=self.pool.worker_hits),
             "worker_crashes": self.pool.crashes,
             "workers": len(self.pool.workers),
+            "pipeline": {  # calls waiting at busy workers (mesh.executor)
+                "depth": d.depth, "waiting": self.pool.waiting,
+                "run_time_ms": None if self.pool.run_time is None else round(self.pool.run_time * 1e3, 3),
+                "behind": d.counters["behind"], "unstarted": d.counters["unstarted"],
+                "withdrawals": self.pool.withdrawals},
             "bytes": {"in": self.bytes_in, "out": self.transport.bytes_out},
             "batches": {"in": self.batches_in, "frames_in": self.batched_in,
                         "out": self.transport.batches_out,

@@ -70,6 +70,11 @@ class FrameSocket:
             buf += chunk
             self._emptied = len(chunk) < want
 
+    def buffered(self) -> bool:
+        """A whole frame is in the buffer already (no system call)."""
+        buf = self._buf
+        return len(buf) >= 4 and len(buf) >= 4 + _HEADER.unpack_from(buf)[0]
+
     def readable(self) -> bool:
         """A frame (or EOF) is waiting, buffered or on the socket; never blocks."""
         buf = self._buf

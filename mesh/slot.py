@@ -18,6 +18,7 @@ from collections import OrderedDict
 import cbor2
 
 channel = None  # mesh.framing.FrameSocket to the agent, in a worker process
+inbox = None  # mesh.worker.Inbox: what the agent sent (its thread reads the channel)
 call_id: str | None = None  # the call the worker runs now
 inline_max = 0  # task outputs pickling to more bytes are kept at the agent (mesh.objects)
 put_room = 0  # bytes the call running now may still put in the agent's store
@@ -42,6 +43,8 @@ def lent():
         _depth += 1
         first = _depth == 1
         if first:
+            if inbox is not None:  # the calls waiting behind this one go back first
+                inbox.hold(True)
             channel.send(cbor2.dumps(["lend", call_id, True]))
     try:
         yield
@@ -49,6 +52,8 @@ def lent():
         with _lock:
             _depth -= 1
             if _depth == 0:
+                if inbox is not None:
+                    inbox.hold(False)
                 channel.send(cbor2.dumps(["lend", call_id, False]))
 
 
@@ -93,7 +98,7 @@ def _remember(oid: str, data: bytes) -> None:
 def get(oid: str, holder: str) -> bytes:
     """The pickled bytes of the object ``oid`` held by the agent ``holder``, through our
     agent (which may have it, or fetches it from the holder). Raises ``ObjectLost``.
-    Only the worker's main thread reads the channel: it is the one running the call."""
+    The answer comes through the worker's inbox (its thread reads the channel)."""
     from mesh.objects import ObjectLost
 
     chan, cid = channel, call_id
@@ -107,7 +112,7 @@ def get(oid: str, holder: str) -> bytes:
         return data
     with _lock:
         chan.send(cbor2.dumps(["get", cid, oid, holder]))
-    frame = cbor2.loads(chan.recv())
+    frame = inbox.next_obj() if inbox is not None else cbor2.loads(chan.recv())
     if not isinstance(frame, list) or len(frame) != 4 or frame[0] != "obj" or frame[1] != oid:
         raise RuntimeError(f"unexpected answer from the agent to a fetch: {frame!r:.200}")
     _, _, data, error = frame

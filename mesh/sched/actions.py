@@ -10,6 +10,7 @@ from mesh.messages import Call, Message, Result
 @dataclass(frozen=True)
 class RunLocal:
     call: Call
+    behind: bool = False  # no slot is free: it waits at a busy worker (Dispatcher.depth)
 
 
 @dataclass(frozen=True)

@@ -140,7 +140,8 @@ class Dispatcher(Placement):
     backlog: deque[str] = field(default_factory=deque)
     delegated: dict[str, dict[str, None]] = field(default_factory=dict)  # peer -> call ids, oldest first
     queues: dict[str, None] = field(default_factory=dict)  # peers that reported a queue (lazily pruned)
-    running: int = 0
+    running: int = 0  # slots taken by calls here (a call waiting at a worker takes one)
+    depth: int = 1  # calls a slot may hold: one running, the rest waiting at its worker
     draining: bool = False
     counters: dict[str, int] = field(
         default_factory=lambda: {
@@ -162,6 +163,8 @@ class Dispatcher(Placement):
             "reclaim_asked": 0,  # calls asked back from a peer
             "reclaim_got": 0,  # calls a peer gave back unstarted
             "reclaim_given": 0,  # calls given back to a peer that asked
+            "behind": 0,  # calls given to a busy worker to wait there (depth > 1)
+            "unstarted": 0,  # calls a worker gave back without starting them
         }
     )
 
@@ -206,9 +209,23 @@ class Dispatcher(Placement):
         return self._place_or_queue(entry)
 
     def _stuck(self) -> bool:
-        """No call waiting here can be placed now: no slot is free and there is no peer
-        to give one to (a lone agent with a backlog: the common case of a burst)."""
-        return self.free <= 0 and not self.peers
+        """No call waiting here can be placed now: no slot is free, no worker takes one
+        more to wait behind its call, and there is no peer to give one to (a lone agent
+        with a backlog: the common case of a burst)."""
+        return self.free <= 0 and not self.peers and self.running >= self.cpus * self.depth
+
+    def unstarted(self, call_id: str) -> list[Action]:
+        """A call given to a worker came back unstarted: it waited there behind a call
+        that turned out long or that blocked on other tasks, or its worker died before
+        reaching it. It goes back to the head of the backlog and is placed again."""
+        entry = self.pending.get(call_id)
+        if entry is None or entry.where != "local" or entry.lent:
+            return []
+        self.running = max(self.running - entry.slots, 0)
+        entry.where = "backlog"
+        self.backlog.appendleft(call_id)
+        self.counters["unstarted"] += 1
+        return self._retry_backlog()
 
     def local_done(self, result: Result) -> list[Action]:
         """A worker slot finished a call (successfully or not) and is free again."""
@@ -457,9 +474,12 @@ class Dispatcher(Placement):
 
     # ------------------------------------------------------------------ internals
 
-    def _run_local(self, entry: Pending) -> list[Action]:
+    def _run_local(self, entry: Pending, behind: bool = False) -> list[Action]:
         entry.where = "local"
         self.running += entry.slots
+        if behind:
+            self.counters["behind"] += 1
+            return [RunLocal(entry.call, True)]
         return [RunLocal(entry.call)]
 
     def _forward(self, entry: Pending, peer_id: str) -> list[Action]:
@@ -560,7 +580,7 @@ class Dispatcher(Placement):
         """Undo the entry's placement (the entry is already out of ``pending``)."""
         if entry.where == "local":
             if not entry.lent:
-                self.running = max(self.running - 1, 0)
+                self.running = max(self.running - entry.slots, 0)
             return [KillLocal(entry.call.call_id)]  # (the caller retries the backlog)
         if entry.where != "backlog" and entry.where not in self.lost:
             self._undelegate(entry)

@@ -116,11 +116,15 @@ class Placement:
                 # (a call that cannot run here queues where it can, as on an agent without slots)
                 peer = self._pick_peer(entry, need_free=False)
             elif peer is None:
+                if self._can_wait_at_worker(entry):
+                    return self._run_local(entry, behind=True)
                 peer = self._pick_queue(entry)
             if peer is not None:
                 return self._forward(entry, peer)
         if self.free >= slots and fits_here:  # failed here before, but nobody else can take it
             return self._run_local(entry)
+        if self._can_wait_at_worker(entry):
+            return self._run_local(entry, behind=True)
         if self.cpus == 0 and call.hops >= self.max_hops:
             return self._fail(entry, "NoCapacity", f"no agent with a free slot within {self.max_hops} hops")
         if not fits_here and call.hops >= self.max_hops:
@@ -128,6 +132,18 @@ class Placement:
                                                         f"offers {_describe(call.needs)}")
         entry.where = "backlog"
         return []
+
+    def _can_wait_at_worker(self, entry: Pending) -> bool:
+        """No slot is free here nor at any peer: the call may wait at one of our busy
+        workers, behind its call (``depth`` calls per slot; the agent sets ``depth``
+        above 1 only while the calls it runs are short, so the wait is short too, and
+        takes such calls back when one turns out long). A worker then starts its next
+        call without waiting for the agent, and the agent hands calls over and takes
+        results back in bulk. Only for calls that need one slot, have no constraints,
+        no inputs held somewhere and no failed attempt here."""
+        call = entry.call
+        return (self.depth > 1 and self.running < self.cpus * self.depth and entry.slots == 1
+                and call.needs is None and not call.inputs and self.name not in call.avoid)
 
     def _inputs_here(self, call: Call) -> bool:
         """We hold at least half of the call's input bytes."""
