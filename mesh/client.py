@@ -1,14 +1,25 @@
 """Python client of an agent: ``mesh.connect("host:port")``.
 
-A background thread owns the client's DEALER socket (ZeroMQ sockets belong to one
-thread); ``submit`` and ``call`` hand it frames through a queue and a waker and
-return ``concurrent.futures.Future`` objects that the thread completes when the
-``Result`` arrives. One wake per burst, not per frame: a sender writes the waker's
-byte only when no wake is pending yet; the thread clears the flag *before* it empties
-the queue, so a frame queued after that finds the flag clear and wakes it again, and
-a burst of submissions costs the thread one wake and one pass over the queue. While
-the thread is awake (handling what arrived, when futures' callbacks may queue new
-calls) the flag stays set: nobody wakes it for nothing.
+The client's DEALER socket is used by one thread at a time, under ``_sock_lock``
+(ZeroMQ sockets are not thread-safe; a lock is the memory barrier they need to move
+between threads). A background thread watches it: it sends what ``submit``, ``call``
+and the task runtime queued (``_outbox``, several frames as one ``Batch``), and takes
+what arrived, completing ``concurrent.futures.Future`` objects when ``Result``s come.
+One wake per burst, not per frame: a sender writes the waker's byte only when no wake
+is pending yet; the thread clears the flag *before* it empties the queue, so a frame
+queued after that finds the flag clear and wakes it again, and a burst of submissions
+costs the thread one wake and one pass over the queue. While the thread is awake
+(handling what arrived, when futures' callbacks may queue new calls) the flag stays
+set: nobody wakes it for nothing.
+
+One call at a time (a program that waits for each result before the next call) takes
+a shorter way: when nothing else is in flight, the calling thread sends the call itself
+(no thread hop on the way out). The background thread therefore polls the socket's
+descriptor (``ZMQ_FD``), not the socket, and whoever touches the socket then reads what
+waits on it (``_drain``): that descriptor only signals new input to one who asked
+``EVENTS`` after the last send or receive. (A thread waiting in ``result()`` could read
+its result itself too, saving the hop back; measured, the extra wake-ups cost more than
+the hop on this kind of machine: not done.)
 
 A result that raised on the agent is re-raised here as the original exception when
 it could be rebuilt, with the remote traceback (and the agent's name) attached as its
@@ -98,6 +109,14 @@ class Client:
         self._r.setblocking(False)
         self._w.setblocking(False)
         self._closed = threading.Event()
+        self._sock_lock = threading.Lock()  # whoever uses the socket holds it
+        sock = self._sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, m.MAX_FRAME + 1024)
+        curve_client(sock, self.key)
+        self._monitor = sock.get_monitor_socket(HANDSHAKE_FAILED)
+        sock.connect(f"tcp://{address}")
+        self._fd = sock.getsockopt(zmq.FD)
         self.dropped = 0
         self.batches_received = 0  # frames from the agent that carried several messages
         self.late_results = 0  # results for calls already answered (or never made)
@@ -249,10 +268,43 @@ class Client:
         else:
             fut = _Callback(call_id, on_done)  # type: ignore[assignment]
         with self._lock:
+            alone = not self._futures  # nothing else in flight: send it ourselves
             self._futures[call_id] = fut
-        self._post(m.encode(m.Call(call_id, function, payload, avoid=list(avoid),
-                                   inputs=list(inputs), owner=self.session, needs=needs)))
+        frame = m.encode(m.Call(call_id, function, payload, avoid=list(avoid),
+                                inputs=list(inputs), owner=self.session, needs=needs))
+        if not (alone and self._send_now(frame)):
+            self._post(frame)
         return fut
+
+    def _send_now(self, frame: bytes) -> bool:
+        """Send ``frame`` from this thread if the socket is free and nothing is queued
+        before it (order); False: queue it for the background thread."""
+        if self._outbox or not self._sock_lock.acquire(blocking=False):
+            return False
+        try:
+            if self._outbox or self._closed.is_set():
+                return False
+            try:
+                self._sock.send(frame, zmq.NOBLOCK)
+            except zmq.ZMQError:  # (full, or closing): the background thread sends it
+                return False
+            frames = self._drain()
+        finally:
+            self._sock_lock.release()
+        for f in frames:
+            self._handle(f)
+        return True
+
+    def _drain(self) -> list[bytes]:
+        """What waits on the socket (at most ``RECV_BATCH`` frames). Under ``_sock_lock``;
+        asking ``EVENTS`` is what lets the descriptor signal the next input."""
+        sock, frames = self._sock, []
+        while len(frames) < RECV_BATCH and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            try:
+                frames.append(sock.recv(zmq.NOBLOCK))
+            except zmq.Again:
+                break
+        return frames
 
     def _post(self, frame: bytes) -> None:
         self._outbox.append(frame)
@@ -267,16 +319,12 @@ class Client:
             pass
 
     def _loop(self) -> None:
-        sock = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, m.MAX_FRAME + 1024)
-        curve_client(sock, self.key)
-        monitor = sock.get_monitor_socket(HANDSHAKE_FAILED)
-        sock.connect(f"tcp://{self.address}")
+        sock, monitor = self._sock, self._monitor
         poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)
         poller.register(self._r, zmq.POLLIN)
+        poller.register(self._fd, zmq.POLLIN)  # (not the socket: see the docstring)
+        wake_fd = self._r.fileno()
         try:
             while not self._closed.is_set():
                 ready = poller.poll(500)
@@ -284,38 +332,49 @@ class Client:
                 # below) need no wake, they are sent right after
                 self._wake_pending = True
                 for item, _ in ready:
-                    if item is sock:
-                        self._receive(sock)
-                    elif item is monitor:
+                    if item is monitor:
                         self._handshake_failed(monitor)
-                    else:
+                    elif item is self._r or item == wake_fd:  # (poll may give the number)
                         try:
                             while self._r.recv(4096):
                                 pass
                         except (BlockingIOError, OSError):
                             pass
+                while True:
+                    with self._sock_lock:
+                        frames = self._drain()
+                    for frame in frames:
+                        self._handle(frame)
+                    if len(frames) < RECV_BATCH:
+                        break
                 self._wake_pending = False  # before emptying the queue: see the docstring
                 outbox = self._outbox
-                if len(outbox) == 1:
-                    sock.send(outbox.popleft())
-                elif outbox:  # calls piled up while we were away: one frame for the lot
-                    frames = []
-                    while outbox:
-                        frames.append(outbox.popleft())
-                    for frame in m.batches(frames):
-                        sock.send(frame)
+                if outbox:
+                    with self._sock_lock:
+                        if len(outbox) == 1:
+                            sock.send(outbox.popleft())
+                        else:  # calls piled up while we were away: one frame for the lot
+                            frames = []
+                            while outbox:
+                                frames.append(outbox.popleft())
+                            for frame in m.batches(frames):
+                                sock.send(frame)
+                        frames = self._drain()
+                    for frame in frames:
+                        self._handle(frame)
         finally:  # what was queued before close() still goes (e.g. the runtime's last
             # Free messages), for up to CLOSE_LINGER_MS after the socket is closed
-            outbox = self._outbox
-            sent = bool(outbox)
-            while outbox:
-                try:
-                    sock.send(outbox.popleft(), zmq.NOBLOCK)
-                except zmq.ZMQError:
-                    break
-            sock.disable_monitor()
-            monitor.close(0)
-            sock.close(CLOSE_LINGER_MS if sent else 0)
+            with self._sock_lock:
+                outbox = self._outbox
+                sent = bool(outbox)
+                while outbox:
+                    try:
+                        sock.send(outbox.popleft(), zmq.NOBLOCK)
+                    except zmq.ZMQError:
+                        break
+                sock.disable_monitor()
+                monitor.close(0)
+                sock.close(CLOSE_LINGER_MS if sent else 0)
 
     def _handshake_failed(self, monitor: zmq.Socket) -> None:
         try:
@@ -328,22 +387,6 @@ class Client:
             self.auth_failure = "handshake failed: the agent may require a mesh key (MESH_KEY_FILE)"
         else:
             self.auth_failure = "handshake failed: wrong mesh key, or the agent runs --insecure"
-
-    def _receive(self, sock: zmq.Socket) -> None:
-        while True:
-            # take what has arrived first, then complete the futures in one go: a
-            # future's callbacks (the task runtime's) then see a burst of results,
-            # not one at a time between two socket reads
-            frames = []  # (asking EVENTS is cheaper than the zmq.Again of an empty recv)
-            while len(frames) < RECV_BATCH and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                try:
-                    frames.append(sock.recv(zmq.NOBLOCK))
-                except zmq.Again:
-                    break
-            for frame in frames:
-                self._handle(frame)
-            if len(frames) < RECV_BATCH:
-                return
 
     def _handle(self, frame: bytes) -> None:
         try:
