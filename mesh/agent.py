@@ -456,8 +456,7 @@ class Agent(AgentQueries, AgentObjects):
         """Calls a worker gave back without starting them: placed again, first first."""
         calls, self.pool.unstarted = self.pool.unstarted, []
         self.dispatcher.depth = self.pool.depth(now)
-        for call_id in reversed(calls):  # (each goes to the head of the backlog)
-            self._do(self.dispatcher.unstarted(call_id), now)
+        self._do(self.dispatcher.unstarted(calls), now)
 
     def _read_inbox(self, now: float) -> None:
         while True:

@@ -5,6 +5,9 @@ sweep runs ``MESH_SIM_SEEDS`` seeds (default 1,000, the issue's figure: 1,000 se
 500 tasks x 50 agents, about 2-2.5 min on 2 cores; fewer for a quick local run)
 on 2 processes. A failing seed replays with ``python -m mesh.sim.ledger_sim --seed N``.
 
+With ``depth`` > 1 (``Dispatcher.depth``) calls also wait at busy workers, as in the
+agent's ``WorkerPool``; a quick sweep (``MESH_SIM_DEPTH_SEEDS``, default 100) covers it.
+
 Two dispatcher defects the simulator found (seeds 59, 130, 139, 149) are pinned
 below as minimal scenarios: a refuted origin must cancel its old chain, and a call
 lost with a link must be sent again when its holder answers again.
@@ -184,9 +187,9 @@ def test_tree_delegation_spreads_calls_hop_by_hop_and_runs_each_once():
     ran_at: list[tuple[int, str]] = []
     run = sim._run
 
-    def recording(node, call):
+    def recording(node, call, behind=False):
         ran_at.append((node.i, call.origin))
-        run(node, call)
+        run(node, call, behind)
 
     sim._run = recording
     rep = sim.finish()
@@ -205,3 +208,83 @@ def test_tree_delegation_under_faults():
     assert not bad, "\n".join(
         f"{r.summary()}\n  {r.violations[0]}\n  replay: python -m mesh.sim.ledger_sim --seed "
         f"{r.seed} --tree" for r in bad[:10])
+
+
+# --------------------------------------------------------------------- calls waiting at workers
+
+
+def test_depth_without_faults_calls_wait_behind_others_and_run_once():
+    sim = LedgerSim(3, depth=4)
+    behind = []
+    run = sim._run
+
+    def recording(node, call, behind_=False):
+        behind.append(behind_)
+        run(node, call, behind_)
+
+    sim._run = recording
+    rep = sim.finish()
+    clean(rep)
+    assert rep.calls == rep.executions == 500 and rep.extra_executions == 0
+    assert rep.counters["behind"] == sum(behind) > 0 and rep.waited > 0
+    assert rep.given_back == rep.withdrawn == rep.counters["unstarted"] == 0
+    assert all(n.d.running == 0 and not any(w.queue for w in n.workers) for n in sim.nodes)
+
+
+def test_long_calls_give_back_the_calls_waiting_behind_them():
+    rep = run_seed(3, faults=False, depth=4, long_call=0.08)
+    clean(rep)
+    assert rep.withdrawals > 0 and rep.withdrawn > 0
+    assert rep.counters["unstarted"] == rep.withdrawn  # (no kills without faults)
+    assert rep.calls == rep.executions == 500 and rep.extra_executions == 0
+
+
+def test_killing_the_running_call_gives_back_the_calls_behind_it():
+    """A cancel (``KillLocal``) of a worker's running call kills the worker: the calls
+    waiting behind it come back ``unstarted``, first first, and are placed again; a
+    cancel of a waiting call just drops it."""
+    sim = LedgerSim(1, agents=2, tasks=0, cpus=[1, 0], origins=[1], depth=4)
+    a = sim.nodes[0]
+    calls = [Call(f"c{k}", "sim:task", b"1.0", origin=a.id) for k in range(4)]
+    for c in calls:
+        sim._do(a, a.d.submit(c, b"client"))
+    (w,) = a.workers
+    assert [c.call_id for c in w.queue] == ["c0", "c1", "c2", "c3"] and a.d.running == 4
+    sim._do(a, a.d.cancel("c2", b"client"))  # waiting: withdrawn silently
+    assert [c.call_id for c in w.queue] == ["c0", "c1", "c3"] and a.d.running == 3
+    sim._do(a, a.d.cancel("c0", b"client"))  # running: the worker is killed and replaced
+    assert w.alive is False and a.workers[0] is not w
+    assert sorted(c.call_id for c in a.workers[0].queue) == ["c1", "c3"]  # placed again
+    assert a.d.counters["unstarted"] == 2 and sim.given_back == 2 and a.d.running == 2
+    assert sum(sim.executions.values()) == 2 and sim.executions["c0"] == 1  # one started
+    sim.run_until(5.0)  # (the results go to a client the sim does not model)
+    assert sim.executions == {"c0": 1, "c1": 1, "c3": 1} and a.d.running == 0 and not a.runs
+    assert sim.violations == [f"t={t:.3f} a00 delivers to unknown identity b'client'"
+                              for t in (1.0, 2.0)]
+
+
+def test_calls_given_back_are_placed_again_first_first():
+    sim = LedgerSim(1, agents=2, tasks=0, cpus=[1, 0], origins=[1], depth=4)
+    a = sim.nodes[0]
+    for k in range(3):
+        sim._do(a, a.d.submit(Call(f"c{k}", "sim:task", b"1.0", origin=a.id), b"client"))
+    sim._do(a, a.d.cancel("c0", b"client"))
+    assert [c.call_id for c in a.workers[0].queue] == ["c1", "c2"]
+
+
+def _one_depth(seed: int):
+    return run_seed(seed, depth=4, long_call=0.1 if seed % 2 else None)
+
+
+def test_depth_seeds_sweep():
+    """Kills, freezes and partitions with calls waiting at workers (odd seeds: and
+    long calls giving them back): every call's result still reaches its program once."""
+    n = int(os.environ.get("MESH_SIM_DEPTH_SEEDS", "100"))
+    with Pool(2) as pool:
+        reports = pool.map(_one_depth, range(n), chunksize=4)
+    bad = [r for r in reports if r.violations]
+    assert not bad, "\n".join(
+        f"{r.summary()}\n  {r.violations[0]}\n  replay: python -m mesh.sim.ledger_sim --seed "
+        f"{r.seed} --depth 4{' --long-call 0.1' if r.seed % 2 else ''}" for r in bad[:10])
+    assert sum(r.counters["behind"] for r in reports) > 0
+    assert sum(r.withdrawn for r in reports) > 0 and sum(r.given_back for r in reports) > 0

@@ -98,10 +98,19 @@ def test_an_unstarted_call_goes_back_to_the_head_of_the_backlog():
     d = dp.Dispatcher("a", 1, "ab" * 16, depth=2)
     submit_all(d, [call(i) for i in range(3)])  # c0 runs, c1 waits at the worker, c2 here
     d.depth = 1  # (the agent: the call ahead turned out long)
-    assert d.unstarted("c1") == [] and list(d.backlog) == ["c1", "c2"] and d.running == 1
+    assert d.unstarted(["c1"]) == [] and list(d.backlog) == ["c1", "c2"] and d.running == 1
     assert d.counters["unstarted"] == 1
-    assert d.unstarted("c1") == [] and d.unstarted("nope") == []  # (not local: nothing)
+    assert d.unstarted(["c1"]) == [] and d.unstarted(["nope"]) == []  # (not local: nothing)
     assert runs(d.local_done(m.Result("c0", True, b"v", "a"))) == [("c1", False)]
+
+
+def test_calls_given_back_together_keep_their_order():
+    d = dp.Dispatcher("a", 1, "ab" * 16, depth=4)
+    submit_all(d, [call(i) for i in range(4)])  # c0 runs, c1..c3 wait at the worker
+    acts = d.cancel("c0", b"\0client")  # its worker is stopped: the others come back
+    assert [a.call_id for a in acts if isinstance(a, dp.KillLocal)] == ["c0"]
+    # the first given back runs first (on the new worker), the others wait behind it
+    assert runs(d.unstarted(["c1", "c2", "c3"])) == [("c1", False), ("c2", True), ("c3", True)]
 
 
 def test_cancelling_a_waiting_call_frees_its_place():

@@ -214,17 +214,23 @@ class Dispatcher(Placement):
         with a backlog: the common case of a burst)."""
         return self.free <= 0 and not self.peers and self.running >= self.cpus * self.depth
 
-    def unstarted(self, call_id: str) -> list[Action]:
-        """A call given to a worker came back unstarted: it waited there behind a call
-        that turned out long or that blocked on other tasks, or its worker died before
-        reaching it. It goes back to the head of the backlog and is placed again."""
-        entry = self.pending.get(call_id)
-        if entry is None or entry.where != "local" or entry.lent:
+    def unstarted(self, call_ids: list[str]) -> list[Action]:
+        """Calls given to a worker came back unstarted: they waited there behind a call
+        that turned out long or that blocked on other tasks, or their worker died before
+        reaching them. They go back to the head of the backlog, in their order, and are
+        placed again."""
+        back = []
+        for call_id in call_ids:
+            entry = self.pending.get(call_id)
+            if entry is None or entry.where != "local" or entry.lent:
+                continue
+            self.running = max(self.running - entry.slots, 0)
+            entry.where = "backlog"
+            back.append(call_id)
+        if not back:
             return []
-        self.running = max(self.running - entry.slots, 0)
-        entry.where = "backlog"
-        self.backlog.appendleft(call_id)
-        self.counters["unstarted"] += 1
+        self.backlog.extendleft(reversed(back))
+        self.counters["unstarted"] += len(back)
         return self._retry_backlog()
 
     def local_done(self, result: Result) -> list[Action]:
@@ -320,7 +326,15 @@ class Dispatcher(Placement):
         """Membership tells us that others declared us dead (we were frozen, or cut
         off): they re-placed what we held for them and cancelled what we asked of them.
         Place our own clients' calls held by peers again; hand back to peers what we
-        held for them but had not started here."""
+        held for them but had not started here.
+
+        What we believe of each peer is stale (we may wake just before a partition heals:
+        what we send a peer across it now is lost, and it will not be suspected
+        afterwards). So each peer is suspected until it reports again: nothing new goes
+        to it meanwhile, and what we sent it since is sent again then (``peer_load``)."""
+        for peer_id in list(self.peers):
+            self.peers.pop(peer_id)
+            self.suspected.add(peer_id)
         acts: list[Action] = []
         for entry in list(self.pending.values()):
             if entry.where == "local":

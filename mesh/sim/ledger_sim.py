@@ -10,8 +10,9 @@ replays it).
 Agents: each holds a real ``mesh.sched.dispatch.Dispatcher``; its actions are carried
 out as ``Agent._do`` does (``mesh/agent.py``):
 
-* ``RunLocal``: a virtual worker runs the call for its duration (in the payload),
-  then the agent gets ``local_done``; ``KillLocal`` cancels that run.
+* ``RunLocal``: one of the agent's ``cpus`` virtual worker processes runs the call for
+  its duration (in the payload), then the agent gets ``local_done`` (see Workers).
+  ``KillLocal`` kills the worker running the call (see Workers).
 * ``Forward(peer, call)``: the peer gets ``submit(call, <our id bytes>, from_peer=us)``.
 * ``Deliver(identity, result)``: our client's identity: the program gets it; a peer's
   identity (16 bytes): the peer gets ``remote_result(result, us)`` (a ROUTER reply).
@@ -22,6 +23,24 @@ Dispatchers run as agents do: ``prefetch`` 1 (a busy peer may queue one call per
 from us), so work stealing is on (``--no-steal`` turns it off, ``--prefetch 0`` both).
 With ``--hetero`` slots have random speeds (1, 0.5 or 0.25 of a core, reported with
 the load; a call runs for its duration divided by the speed).
+
+Workers, as ``mesh.executor.WorkerPool`` (``--depth N`` sets every ``Dispatcher.depth``;
+default 1: one call per worker): each worker holds a FIFO; its first call runs, calls
+given with ``RunLocal(behind=True)`` wait in order behind it and the process starts
+each the moment the previous ends, without the agent. ``behind=False`` goes to an idle
+worker (none idle: one more worker, retired once idle), ``behind=True`` to the worker
+with the fewest calls among those that may take one more (not running a long call nor
+giving calls back), else the one with the fewest calls. The agent reads a worker's
+results in order (a frozen agent later: its workers run on). ``KillLocal`` of a
+worker's first call kills the process (its unread results are lost with it) and
+starts a new one; the calls that waited behind it come back: the agent calls
+``Dispatcher.unstarted`` for them last first, as ``Agent._unstarted`` does. ``KillLocal``
+of a waiting call withdraws it silently (had the process started it meanwhile, its
+result is dropped). With ``--long-call S``, a worker whose call has run S seconds
+(checked every ``SLOW_CHECK``, as the agent polls) while calls wait behind it gives
+back those it has not started (``unstarted``), and the agent's ``depth`` is 1 while
+no worker may take one more (``WorkerPool.depth``), until a long call ends. A killed
+agent's workers die with it.
 
 Links: per direction and per connection (our DEALER -> their ROUTER for Forward and
 SendTo; our ROUTER reply -> their DEALER for Deliver) FIFO as TCP, delay ``DELAY``.
@@ -51,8 +70,10 @@ holding the most calls.
 Checks (``Report.violations``): a live origin gets exactly one result for each call
 it submitted, never two; every live program finishes within ``TIME_LIMIT``; after
 quiescing no live agent holds entries (leaks, by kind) and its busy slots match its
-running workers. Figures: extra executions (runs beyond one per call), runs of a
-killed origin's calls started where its death was already detected, failures.
+calls held by its workers. Figures: extra executions (runs beyond one per call; a run
+is counted when a worker starts the call), runs of a killed origin's calls started
+where its death was already detected, failures; with ``depth`` > 1, runs that waited
+behind another call and calls given back unstarted (their call ahead killed, or long).
 """
 
 from __future__ import annotations
@@ -63,7 +84,7 @@ import itertools
 import random
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from mesh.messages import Call, Cancel, Handback, Reclaim, Result
@@ -78,6 +99,21 @@ DURATION = (0.005, 0.2)
 MAX_SUBMISSIONS = 4
 TIME_LIMIT = 120.0  # virtual seconds for every live program to finish
 QUIESCE = 6.0  # run on after the last program and fault, then look for leaks
+SLOW_CHECK = 0.01  # s: how often an agent looks for long calls while calls wait at workers
+
+
+@dataclass(eq=False)
+class Worker:
+    """One worker process of an agent (``mesh.executor.Worker``): its FIFO as the agent
+    sees it, and how far the process itself got (ahead of the agent while it is frozen)."""
+
+    queue: deque = field(default_factory=deque)  # calls given to it: queue[0] runs, then waiting
+    started: float = 0.0  # when queue[0] started, as the agent saw it (its previous result read)
+    withdrawn: bool = False  # asked to give back its waiting calls (its call runs long)
+    done: int = 0  # calls at the head of ``queue`` that ended, their results not read yet
+    token: int = -1  # the process's current run (its end event carries it)
+    alive: bool = True  # False once killed (KillLocal of its call, or its agent died)
+    check: float | None = None  # ``started`` of the pending long-call check, if any
 
 
 @dataclass
@@ -91,7 +127,10 @@ class Node:
     side: int = 0  # partitions: nodes see each other only on the same side
     refuting: bool = False
     inbox: list = field(default_factory=list)
-    runs: dict[str, tuple[int, str]] = field(default_factory=dict)  # call id -> (token, origin)
+    # calls at its workers, running or waiting, that it still wants: call id -> (worker, origin)
+    runs: dict[str, tuple[Worker, str]] = field(default_factory=dict)
+    workers: list[Worker] = field(default_factory=list)
+    cancelled: set[str] = field(default_factory=set)  # withdrawn after they started: results dropped
     program: Program | None = None
 
 
@@ -108,6 +147,10 @@ class Report:
     extra_executions: int = 0
     dead_origin_runs: int = 0  # started where the (killed) origin was already declared dead
     dead_origin_kept: int = 0  # still running right after the holder declared the origin dead
+    waited: int = 0  # runs a worker started after waiting behind another call (depth > 1)
+    given_back: int = 0  # calls given back unstarted when the call ahead of them was killed
+    withdrawn: int = 0  # calls given back unstarted because the call ahead of them ran long
+    withdrawals: int = 0  # times a worker gave back its waiting calls for a long call
     leaks: dict[str, int] = field(default_factory=dict)
     end_time: float = 0.0
     counters: dict[str, int] = field(default_factory=dict)
@@ -206,9 +249,11 @@ class LedgerSim:
                  cpus: list[int] | None = None, origins: list[int] | None = None,
                  durations: tuple[float, float] = DURATION, record: bool = False,
                  hold: bool = False, prefetch: int = 1, steal: bool | None = None,
-                 hetero: bool = False, tree: bool = False) -> None:
+                 hetero: bool = False, tree: bool = False, depth: int = 1,
+                 long_call: float | None = None) -> None:
         self.rng = rng = random.Random(seed)
         self.seed, self.now, self.durations, self.hold = seed, 0.0, durations, hold
+        self.depth, self.long_call = max(depth, 1), long_call
         self.held: list[tuple] = []  # with ``hold``: messages waiting for a partition to heal
         self._heap: list = []
         self._seq = itertools.count()
@@ -220,13 +265,15 @@ class LedgerSim:
         self.fault_end = 0.0
         self.executions: Counter[str] = Counter()
         self.dead_origin_runs = self.dead_origin_kept = 0
+        self.waited = self.given_back = self.withdrawn = self.withdrawals = 0
         if cpus is None:
             cpus = [0 if rng.random() < 0.15 else rng.randint(1, 4) for _ in range(agents)]
         n = len(cpus)
         speeds = [rng.choice((1.0, 0.5, 0.25)) if hetero else 1.0 for _ in cpus]
         self.nodes = [Node(i, f"a{i:02d}", f"{rng.getrandbits(128):032x}",
                            Dispatcher(f"a{i:02d}", c, "", prefetch=prefetch, steal=steal,
-                                      speed=speeds[i]))
+                                      speed=speeds[i], depth=self.depth),
+                           workers=[Worker() for _ in range(c)])
                       for i, c in enumerate(cpus)]
         for node in self.nodes:
             node.d.node_id = node.id
@@ -290,6 +337,10 @@ class LedgerSim:
         node.alive, node.frozen = False, False
         node.runs.clear()
         node.inbox.clear()
+        for w in node.workers:  # its workers die with it (PR_SET_PDEATHSIG)
+            w.alive = False
+        node.workers.clear()
+        node.cancelled.clear()
         self._topology()
 
     def freeze(self, node: Node, seconds: float) -> None:
@@ -466,8 +517,8 @@ class LedgerSim:
         """Carry out ``node``'s dispatcher actions, as ``Agent._do`` does."""
         for act in actions:
             if isinstance(act, RunLocal):
-                self._record(node, "run", act.call.call_id)
-                self._run(node, act.call)
+                self._record(node, "run" + " behind" * act.behind, act.call.call_id)
+                self._run(node, act.call, act.behind)
             elif isinstance(act, Forward):
                 self._record(node, "forward", f"{act.call.call_id} {self.by_id[act.peer_id].name}")
                 self._send(node, self.by_id[act.peer_id], "dealer", "call", act.call)
@@ -493,28 +544,171 @@ class LedgerSim:
                 self._send(node, self.by_id[act.peer_id], "dealer", kind, msg)
             elif isinstance(act, KillLocal):
                 self._record(node, "kill", act.call_id)
-                node.runs.pop(act.call_id, None)
+                self._kill_local(node, act.call_id)
             else:
                 raise TypeError(f"unknown action {act!r}")
 
-    def _run(self, node: Node, call: Call) -> None:
+    # ------------------------------------------------------------------ workers
+
+    def _run(self, node: Node, call: Call, behind: bool = False) -> None:
+        """``RunLocal``, as ``WorkerPool.run``: to an idle worker, or (``behind``) to wait
+        at the worker with the fewest calls that may take one more; one more worker
+        when none fits (retired once idle)."""
         cid = call.call_id
         if cid in node.runs:
             self.violation(f"{node.name} runs {cid} twice at once")
+        if behind:
+            w = min((w for w in node.workers if self._can_wait_at(w)),
+                    key=lambda w: len(w.queue), default=None)
+            if w is None:  # (every worker turned long since the dispatcher was told)
+                w = min(node.workers, key=lambda w: len(w.queue), default=None)
+        else:
+            w = next((w for w in node.workers if not w.queue), None)
+        if w is None:
+            w = Worker()
+            node.workers.append(w)
+        w.queue.append(call)
+        if len(w.queue) == 1:
+            w.started = self.now
+        node.runs[cid] = (w, call.origin)
+        if len(w.queue) == w.done + 1:  # the process is idle: it starts the call at once
+            self._start(node, w, waited=False)
+        elif len(w.queue) > 1:
+            self._watch(node, w)
+
+    def _start(self, node: Node, w: Worker, waited: bool) -> None:
+        """The worker process starts its next call (whatever the agent is doing)."""
+        call = w.queue[w.done]
+        cid = call.call_id
         origin = self.by_id.get(call.origin)
         if origin is not None and not origin.alive and \
                 node.i * len(self.nodes) + origin.i in self.dead_view:
             self.dead_origin_runs += 1
-        token = next(self._seq)
-        node.runs[cid] = (token, call.origin)
         self.executions[cid] += 1
-        self.at(self.now + float(call.payload) / node.d.speed, self._run_end, node, cid, token)
+        self.waited += waited
+        w.token = token = next(self._seq)
+        self.at(self.now + float(call.payload) / node.d.speed, self._run_end, node, w, cid, token)
 
-    def _run_end(self, node: Node, cid: str, token: int) -> None:
-        if node.alive and node.runs.get(cid, (None,))[0] == token:
+    def _run_end(self, node: Node, w: Worker, cid: str, token: int) -> None:
+        """The process finished a call: it sends the result (read by the agent when it
+        can) and starts the next call in its FIFO at once."""
+        if not (node.alive and w.alive and w.token == token):
+            return
+        w.done += 1
+        if node.runs.get(cid, (None,))[0] is w:
             del node.runs[cid]
-            result = Result(cid, True, b"", node.name)
-            self._handle(node, lambda: self._do(node, node.d.local_done(result)))
+        if len(w.queue) > w.done:
+            self._start(node, w, waited=True)
+        self._handle(node, self._read_result, node, w, cid)
+
+    def _read_result(self, node: Node, w: Worker, cid: str) -> None:
+        """The agent reads a result from the worker's socket (``WorkerPool.readable``,
+        ``Agent._read_worker``); a killed worker's unread results are gone with it."""
+        if not (node.alive and w.alive) or not w.queue or w.queue[0].call_id != cid:
+            return
+        w.queue.popleft()
+        w.done -= 1
+        w.withdrawn = False
+        w.started = self.now
+        if len(w.queue) > 1:
+            self._watch(node, w)
+        if not w.queue and len(node.workers) > node.d.cpus:
+            node.workers.remove(w)  # an extra worker, retired once idle
+        node.d.depth = self._pool_depth(node)
+        if cid in node.cancelled:  # withdrawn while it waited, but it had started
+            node.cancelled.discard(cid)
+            return
+        self._do(node, node.d.local_done(Result(cid, True, b"", node.name)))
+
+    def _kill_local(self, node: Node, cid: str) -> None:
+        """``KillLocal``, as ``WorkerPool.cancel``: the worker running the call is killed
+        (its unread results are lost) and replaced, the calls that waited behind it come
+        back ``unstarted``; a call still waiting is withdrawn silently (if it started
+        meanwhile, its result is dropped)."""
+        w = next((w for w in node.workers if any(c.call_id == cid for c in w.queue)), None)
+        if w is None:
+            return
+        if node.runs.get(cid, (None,))[0] is w:
+            del node.runs[cid]
+        if w.queue[0].call_id != cid:  # waiting
+            k = next(k for k, c in enumerate(w.queue) if c.call_id == cid)
+            if k > w.done:  # not started: the worker gives it back, and it is dropped
+                del w.queue[k]
+            else:
+                node.cancelled.add(cid)
+            return
+        w.queue.popleft()
+        back = [c.call_id for c in w.queue if c.call_id not in node.cancelled]
+        node.cancelled.difference_update(c.call_id for c in w.queue)
+        self._drop(node, w)
+        w.queue.clear()
+        w.alive = False
+        node.workers.remove(w)
+        if len(node.workers) < node.d.cpus:
+            node.workers.append(Worker())
+        self.given_back += len(back)
+        self._unstarted(node, back)
+
+    def _drop(self, node: Node, w: Worker) -> None:
+        for c in w.queue:
+            if node.runs.get(c.call_id, (None,))[0] is w:
+                del node.runs[c.call_id]
+
+    def _unstarted(self, node: Node, calls: list[str]) -> None:
+        """As ``Agent._unstarted``: placed again, first first."""
+        node.d.depth = self._pool_depth(node)
+        for cid in calls:
+            self._record(node, "unstarted", cid)
+        self._do(node, node.d.unstarted(calls))
+
+    def _can_wait_at(self, w: Worker) -> bool:
+        """``WorkerPool._can_wait_at``: a call may wait at this worker (it is idle, or its
+        call is not long and it was not asked to give back its waiting calls)."""
+        return not w.withdrawn and (not w.queue or self.long_call is None
+                                    or self.now - w.started <= self.long_call)
+
+    def _pool_depth(self, node: Node) -> int:
+        """``WorkerPool.depth``: the sim's ``depth``, or 1 while no worker can take one
+        more call to wait (each runs a long call)."""
+        if self.depth <= 1 or any(self._can_wait_at(w) for w in node.workers):
+            return self.depth
+        return 1
+
+    def _watch(self, node: Node, w: Worker) -> None:
+        """Calls wait at ``w``: check it when its call turns long (the agent polls every
+        ``SLOW_CHECK`` while calls wait at workers)."""
+        if self.long_call is None or w.check == w.started:
+            return
+        w.check = w.started
+        when = max(w.started + self.long_call, self.now + SLOW_CHECK)
+        self.at(when, self._slow_check, node, w, w.started)
+
+    def _slow_check(self, node: Node, w: Worker, started: float) -> None:
+        if w.check == started:
+            w.check = None
+        if node.alive and w.alive and w.started == started:
+            self._handle(node, self._withdraw_slow, node, w, started)
+
+    def _withdraw_slow(self, node: Node, w: Worker, started: float) -> None:
+        """``WorkerPool.withdraw_slow``: a worker whose call runs long gives back the
+        calls waiting behind it (those its process has not started); then the agent's
+        depth is 1 while no worker can take one more."""
+        if not (node.alive and w.alive and w.started == started) or w.withdrawn \
+                or len(w.queue) <= 1 or self.now - started < self.long_call:
+            return
+        self.withdrawals += 1
+        self._record(node, "withdraw", w.queue[0].call_id)
+        w.withdrawn = True
+        given = [w.queue.pop() for _ in range(len(w.queue) - w.done - 1)][::-1]
+        if len(w.queue) <= 1:
+            w.withdrawn = False
+        for c in given:
+            if node.runs.get(c.call_id, (None,))[0] is w:
+                del node.runs[c.call_id]
+        back = [c.call_id for c in given if c.call_id not in node.cancelled]
+        node.cancelled.difference_update(c.call_id for c in given)
+        self.withdrawn += len(back)
+        self._unstarted(node, back)
 
     # ------------------------------------------------------------------ end
 
@@ -553,14 +747,17 @@ class LedgerSim:
                         "finished" if cid in resolved else "other")
                 leaks[f"{kind}:{e.where if e.where in ('local', 'backlog') else 'peer'}"] += 1
                 self.violation(f"leak on {node.name}: {cid} ({kind}) where={e.where}")
-            if node.d.running != len(node.runs):
+            held = sum(len(w.queue) for w in node.workers)
+            if node.d.running != len(node.runs) or held != len(node.runs):
                 self.violation(f"{node.name} counts {node.d.running} busy slots, "
-                               f"runs {len(node.runs)}")
+                               f"runs {len(node.runs)}, its workers hold {held}")
         rep.leaks, rep.counters = dict(sorted(leaks.items())), dict(sorted(counters.items()))
         rep.failures = dict(sorted(self.failures.items()))
         rep.executions = sum(self.executions.values())
         rep.extra_executions = sum(c - 1 for c in self.executions.values() if c > 1)
         rep.dead_origin_runs, rep.dead_origin_kept = self.dead_origin_runs, self.dead_origin_kept
+        rep.waited, rep.given_back = self.waited, self.given_back
+        rep.withdrawn, rep.withdrawals = self.withdrawn, self.withdrawals
         rep.violations = self.violations
         return rep
 
@@ -603,7 +800,8 @@ def random_faults(sim: LedgerSim, rng: random.Random, horizon: float) -> None:
 def run_seed(seed: int, *, agents: int = 50, tasks: int = 500, faults: bool = True,
              record: bool = False, hold: bool = False, **options) -> Report:
     """One seeded run: random agents, programs and faults. Same seed, same report.
-    ``options``: ``prefetch``, ``steal``, ``hetero``, ``tree`` (``LedgerSim``)."""
+    ``options``: ``prefetch``, ``steal``, ``hetero``, ``tree``, ``depth``, ``long_call``
+    (``LedgerSim``)."""
     start = time.perf_counter()
     sim = LedgerSim(seed, agents=agents, tasks=tasks, record=record, hold=hold, **options)
     if faults:
@@ -633,14 +831,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hetero", action="store_true", help="slots of random speeds")
     ap.add_argument("--tree", action="store_true",
                     help="delegate along a latency tree only (as agents of a big mesh)")
+    ap.add_argument("--depth", type=int, default=1,
+                    help="calls a slot may hold (Dispatcher.depth): >1, calls wait at busy workers")
+    ap.add_argument("--long-call", type=float, default=None, metavar="S",
+                    help="a call running longer than S virtual seconds makes its worker give "
+                         "back the calls waiting behind it (default: never)")
     args = ap.parse_args(argv)
-    options = {"prefetch": args.prefetch, "hetero": args.hetero, "tree": args.tree}
+    options = {"prefetch": args.prefetch, "hetero": args.hetero, "tree": args.tree,
+               "depth": args.depth, "long_call": args.long_call}
     if args.no_steal:
         options["steal"] = False
     if args.seed is not None:
         rep = run_seed(args.seed, agents=args.agents, tasks=args.tasks, hold=args.hold, **options)
         print("\n".join(rep.faults))
-        print(rep.summary(), f"counters {rep.counters}", sep="\n")
+        print(rep.summary(), f"counters {rep.counters}", f"at workers: {rep.waited} waited, "
+              f"{rep.given_back} given back (call ahead killed), {rep.withdrawn} withdrawn "
+              f"({rep.withdrawals} long calls)", sep="\n")
         print("\n".join(rep.violations))
         return 1 if rep.violations else 0
     started = time.perf_counter()
@@ -657,6 +863,8 @@ def main(argv: list[str] | None = None) -> int:
     flags = "".join(f" {f}" for f, on in (("--hold", args.hold), ("--no-steal", args.no_steal),
                                           ("--hetero", args.hetero), ("--tree", args.tree)) if on)
     flags += f" --prefetch {args.prefetch}" if args.prefetch != 1 else ""
+    flags += f" --depth {args.depth}" if args.depth != 1 else ""
+    flags += f" --long-call {args.long_call}" if args.long_call is not None else ""
     for r in bad:
         print(r.summary(), *r.violations[:5], f"  replay: python -m mesh.sim.ledger_sim "
               f"--seed {r.seed} --agents {r.agents} --tasks {r.tasks}{flags}", sep="\n  ")
@@ -674,9 +882,14 @@ def main(argv: list[str] | None = None) -> int:
           f"{extra} extra ({extra / max(nfaults, 1):.2f} per fault), failures {dict(fails)}, "
           f"gave up {sum(r.gave_up for r in reports)}, leaks {dict(leaks)}, dead-origin runs "
           f"{sum(r.dead_origin_runs for r in reports)} (+{sum(r.dead_origin_kept for r in reports)}"
-          f" kept), max end {max(r.end_time for r in reports):.1f}s, stealing: "
+          f" kept), end {sum(r.end_time for r in reports) / len(reports):.2f}s mean, "
+          f"{max(r.end_time for r in reports):.1f}s max, stealing: "
           f"{counters['reclaims_sent']} Reclaims, {counters['reclaim_asked']} calls asked back, "
-          f"{counters['reclaim_got']} given back, {time.perf_counter() - started:.1f}s wall")
+          f"{counters['reclaim_got']} given back, at workers: {counters['behind']} behind, "
+          f"{sum(r.waited for r in reports)} waited, {sum(r.given_back for r in reports)} given "
+          f"back (call ahead killed), {sum(r.withdrawn for r in reports)} withdrawn "
+          f"({sum(r.withdrawals for r in reports)} long calls), "
+          f"{time.perf_counter() - started:.1f}s wall")
     return 1 if bad else 0
 
 
