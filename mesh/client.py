@@ -270,8 +270,9 @@ class Client:
         with self._lock:
             alone = not self._futures  # nothing else in flight: send it ourselves
             self._futures[call_id] = fut
-        frame = m.encode(m.Call(call_id, function, payload, avoid=list(avoid),
-                                inputs=list(inputs), owner=self.session, needs=needs))
+        frame = m.encode(m.new(m.Call, call_id=call_id, function=function, payload=payload,
+                               avoid=list(avoid), inputs=list(inputs), owner=self.session,
+                               needs=needs))
         if not (alone and self._send_now(frame)):
             self._post(frame)
         return fut

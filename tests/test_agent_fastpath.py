@@ -79,3 +79,19 @@ def test_unknown_worker_notice_is_a_broken_channel():
     assert w.ready and w.lent and pool.lends == [("c", True)] and pool.progress["c"]["total"] == 3
     with pytest.raises(ValueError):
         pool._notice(w, ["nonsense"])
+
+
+def test_new_is_the_constructor():
+    kw = dict(call_id="c", function="mod:fn", payload=b"p", avoid=["b"], owner="o",
+              needs=m.Needs(2, 0, ["gpu"]))
+    got = m.new(m.Call, **kw)
+    assert got == m.Call(**kw) and repr(got) == repr(m.Call(**kw))
+    assert m.encode(got) == m.encode(m.Call(**kw)) and type(got) is m.Call
+    a, b = m.new(m.Call, call_id="c", function="", payload=b""), m.new(m.Call, call_id="c", function="", payload=b"")
+    assert a.visited == [] and a.visited is not b.visited  # (fresh default lists)
+    with pytest.raises(TypeError, match="missing"):
+        m.new(m.Call, call_id="c")
+    with pytest.raises(TypeError, match="no field"):
+        m.new(m.Call, call_id="c", function="", payload=b"", bogus=1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        got.hops = 3  # type: ignore[misc]
