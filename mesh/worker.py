@@ -83,6 +83,7 @@ def _failure(exc: BaseException, prefix: str = "") -> list:
 
 
 ACTIVATE = 0.005  # s a call runs before the reader thread watches the channel for it
+IDLE_TICK = 0.05  # s between the reader thread's looks while calls come now and then
 IDLE_PARK = 1.0  # s without a call after which the reader thread sleeps until one starts
 
 
@@ -131,7 +132,9 @@ class Inbox:
                     if self.busy:
                         timeout = max(self.started + ACTIVATE - now, 0.0) if not self.reading else None
                     elif now - self.idle_since < IDLE_PARK:
-                        timeout = IDLE_PARK
+                        # (a call may start any moment: look again soon; the main thread
+                        # wakes us only when we sleep for good, not at every call)
+                        timeout = IDLE_TICK
                     else:
                         timeout = None
                     self.parked = timeout is None

@@ -254,12 +254,15 @@ def test_short_calls_never_wait_behind_a_long_one(agents):
         long = client.call("mesh.demo_tasks:where", (7, 4.0))
         shorts = [client.submit(operator.mul, i, 2) for i in range(600)]
         assert [f.result(30) for f in shorts] == [2 * i for i in range(600)]
-        assert not long.done()  # every short call was done while the long one still ran
+        still_running = not long.done()
+        with Client(agent.comm) as c:
+            pipe = c.query("status")["pipeline"]
+        # every short call was done while the long one still ran
+        assert still_running, (pipe, agent.log()[-3000:])
         assert long.result(30)["square"] == 49
         assert client.late_results == 0
     with Client(agent.comm) as c:
         st = c.query("status")
-    pipe = st["pipeline"]
     # calls waited at workers, some behind the long call, which gave them back
     assert pipe["behind"] > 0 and pipe["withdrawals"] >= 1 and pipe["unstarted"] >= 1, pipe
     assert st["done"] == 901 and st["failed"] == 0 and pipe["waiting"] == 0
