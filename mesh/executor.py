@@ -282,12 +282,18 @@ class WorkerPool:
             self._withdraw(w, [call_id])
             return "withdrawn"
         w.queue.popleft()
-        self.unstarted.extend(c for c in w.queue if c not in self.cancelled)
-        self.cancelled.difference_update(w.queue)
-        w.queue.clear()
+        self._give_back_waiting(w)
         self._replace(w)
         self.progress.pop(call_id, None)
         return "stopped"
+
+    def _give_back_waiting(self, w: Worker) -> None:
+        """``w`` will run nothing more (stopped, or dead) and its running call is off its
+        queue: the calls that waited there never started, they come back as
+        ``unstarted`` (but those nobody wants any more)."""
+        self.unstarted.extend(c for c in w.queue if c not in self.cancelled)
+        self.cancelled.difference_update(w.queue)
+        w.queue.clear()
 
     def readable(self, w: Worker, now: float | None = None) -> list[Result]:
         """The worker's socket is readable: collect what it sent. A closed socket
@@ -364,9 +370,7 @@ class WorkerPool:
         call_id = w.queue.popleft() if w.queue else None
         log.warning("worker %d exited (code %s) while running %s; starting a new one",
                     w.proc.pid, code, call_id or "nothing")
-        self.unstarted.extend(c for c in w.queue if c not in self.cancelled)  # never started
-        self.cancelled.difference_update(w.queue)
-        w.queue.clear()
+        self._give_back_waiting(w)
         if call_id is None or call_id in self.cancelled:
             self.cancelled.discard(call_id)
             return None

@@ -112,7 +112,7 @@ def get(oid: str, holder: str) -> bytes:
         return data
     with _lock:
         chan.send(cbor2.dumps(["get", cid, oid, holder]))
-    frame = inbox.next_obj() if inbox is not None else cbor2.loads(chan.recv())
+    frame = inbox.next_obj()  # (a worker sets ``inbox`` with ``channel``)
     if not isinstance(frame, list) or len(frame) != 4 or frame[0] != "obj" or frame[1] != oid:
         raise RuntimeError(f"unexpected answer from the agent to a fetch: {frame!r:.200}")
     _, _, data, error = frame

@@ -1,11 +1,12 @@
 """A worker process: ``python -m mesh.worker FD AGENT_NAME`` (started by the agent).
 
 Reads calls from the socket ``FD``, runs them in order, writes results back (framing
-in ``mesh.executor``). A thread of its own reads the socket (``Inbox``), so calls the
-agent sends while one runs wait here, answers to ``slot.get`` reach the call that
-asked, and a ``withdraw`` is answered at once. Exits when the agent closes the socket
-or when the agent process is gone. Exceptions in user code are results, never the
-worker's death.
+in ``mesh.executor``). The main thread reads the socket between calls; while a call
+runs for more than a few milliseconds (or lends its slot) a second thread does
+(``Inbox``), so calls the agent sends meanwhile wait here, answers to ``slot.get``
+reach the call that asked, and a ``withdraw`` is answered at once. Exits when the
+agent closes the socket or when the agent process is gone. Exceptions in user code
+are results, never the worker's death.
 """
 
 from __future__ import annotations
@@ -103,8 +104,9 @@ class Inbox:
 
     def __init__(self, conn: FrameSocket) -> None:
         self.conn = conn
-        self.cond = threading.Condition()  # the main thread waits on it
-        self.reader_cv = threading.Condition(self.cond._lock)  # (one lock) the reader thread
+        lock = threading.Lock()  # one lock, two conditions: who waits for what
+        self.cond = threading.Condition(lock)  # the main thread waits on it
+        self.reader_cv = threading.Condition(lock)  # the reader thread waits on it
         self.calls: collections.deque = collections.deque()
         self.objs: collections.deque = collections.deque()
         self.closed = False

@@ -491,10 +491,8 @@ class Dispatcher(Placement):
     def _run_local(self, entry: Pending, behind: bool = False) -> list[Action]:
         entry.where = "local"
         self.running += entry.slots
-        if behind:
-            self.counters["behind"] += 1
-            return [RunLocal(entry.call, True)]
-        return [RunLocal(entry.call)]
+        self.counters["behind"] += behind
+        return [RunLocal(entry.call, behind)]
 
     def _forward(self, entry: Pending, peer_id: str) -> list[Action]:
         entry.where = peer_id
