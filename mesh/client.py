@@ -13,13 +13,24 @@ costs the thread one wake and one pass over the queue. While the thread is awake
 set: nobody wakes it for nothing.
 
 One call at a time (a program that waits for each result before the next call) takes
-a shorter way: when nothing else is in flight, the calling thread sends the call itself
-(no thread hop on the way out). The background thread therefore polls the socket's
-descriptor (``ZMQ_FD``), not the socket, and whoever touches the socket then reads what
-waits on it (``_drain``): that descriptor only signals new input to one who asked
-``EVENTS`` after the last send or receive. (A thread waiting in ``result()`` could read
-its result itself too, saving the hop back; measured, the extra wake-ups cost more than
-the hop on this kind of machine: not done.)
+a shorter way, with no thread hop either way:
+- when nothing else is in flight, the calling thread sends the call itself. The
+  background thread therefore polls the socket's descriptor (``ZMQ_FD``), not the socket,
+  and whoever touches the socket then reads what waits on it (``_drain``): that
+  descriptor only signals new input to one who asked ``EVENTS`` after the last send or
+  receive;
+- a thread that waits in ``result()`` (or ``exception()``) of such a call reads the
+  socket itself while nobody else does (leader/followers: ``_reader`` names who reads;
+  ``_lead``). The background thread watches the socket only while something is in
+  flight and no waiting thread reads it; it decides that each time it wakes, so in a
+  loop of single calls it stays asleep: one wake per call fewer (the earlier way, a
+  waiting thread reading too while the background thread also watched the descriptor,
+  woke both at every input and measured slower). A reading thread steps aside when the
+  background thread has frames to send (it writes ``_lw``), when the client closes and
+  when its call is done; it then wakes the background thread if anything is still in
+  flight. A call sent this way that someone waits for another way (``done()``,
+  ``add_done_callback``, ``concurrent.futures.wait``/``as_completed``) wakes the
+  background thread to read for it (``_need_reader``).
 
 A result that raised on the agent is re-raised here as the original exception when
 it could be rebuilt, with the remote traceback (and the agent's name) attached as its
@@ -35,6 +46,7 @@ import os
 import pickle
 import socket
 import threading
+import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -53,6 +65,7 @@ log = logging.getLogger(__name__)
 _default: Client | None = None
 CLOSE_LINGER_MS = 500  # how long frames queued at close() may still take to go
 RECV_BATCH = 256  # frames the client's thread takes off the socket before handling them
+BG = "background"  # ``Client._reader`` while the client's own thread reads the socket
 
 
 def default_client() -> Client | None:
@@ -110,6 +123,11 @@ class Client:
         self._w.setblocking(False)
         self._closed = threading.Event()
         self._sock_lock = threading.Lock()  # whoever uses the socket holds it
+        self._reader: int | str | None = None  # who reads the socket: BG, a thread's ident, nobody
+        self._lr, self._lw = socket.socketpair()  # asks a reading thread to step aside
+        self._lr.setblocking(False)
+        self._lw.setblocking(False)
+        self._lead_poller: zmq.Poller | None = None  # (one reader at a time: made once)
         sock = self._sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, m.MAX_FRAME + 1024)
@@ -120,6 +138,7 @@ class Client:
         self.dropped = 0
         self.batches_received = 0  # frames from the agent that carried several messages
         self.late_results = 0  # results for calls already answered (or never made)
+        self.wakes = 0  # times the client's thread woke (a loop of single calls: ~none)
         self._thread = threading.Thread(target=self._loop, name=f"mesh-client-{address}", daemon=True)
         self._thread.start()
         try:
@@ -234,6 +253,10 @@ class Client:
         self._post(m.encode(m.Free("", [], self.session)))
         self._closed.set()
         self._wake()
+        try:  # a thread reading the socket steps aside
+            self._lw.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass
         self._thread.join(2.0)
         with self._lock:
             pending = list(self._futures.values())
@@ -241,8 +264,8 @@ class Client:
         for fut in pending:
             if not fut.done():
                 fut.set_exception(AgentUnreachable("client closed before the result arrived"))
-        self._r.close()
-        self._w.close()
+        for sock in (self._r, self._w, self._lr, self._lw):
+            sock.close()
         if _default is self:
             _default = None
 
@@ -263,19 +286,72 @@ class Client:
         call_id = f"{self._id_prefix}{next(self._seq):08x}"
         fut: Future
         if on_done is None:
-            fut = Future()
-            fut.call_id = call_id  # type: ignore[attr-defined]  # (mesh run asks for its progress)
+            fut = _CallFuture(self, call_id)
         else:
             fut = _Callback(call_id, on_done)  # type: ignore[assignment]
         with self._lock:
-            alone = not self._futures  # nothing else in flight: send it ourselves
+            alone = not self._inflight()  # nothing else in flight: send it ourselves
             self._futures[call_id] = fut
         frame = m.encode(m.new(m.Call, call_id=call_id, function=function, payload=payload,
                                avoid=list(avoid), inputs=list(inputs), owner=self.session,
                                needs=needs))
         if not (alone and self._send_now(frame)):
             self._post(frame)
+        elif on_done is not None:  # nobody will wait in result(): our thread reads for it
+            self._need_reader()
         return fut
+
+    def _inflight(self) -> bool:
+        """Anything to read for (under ``_lock``)."""
+        return bool(self._futures or self._queries or self._fetches)
+
+    def _need_reader(self) -> None:
+        """Someone waits for a call without reading: if nobody reads, wake our thread."""
+        if self._reader is None:
+            self._wake()
+
+    def _lead(self, fut: Future, timeout: float | None) -> None:
+        """Read the socket from this thread until ``fut`` is done, if nobody else reads it
+        (see the module docstring); return at once if someone does, or when the time is
+        up, when the client closes or when our thread has frames to send (the caller then
+        waits for ``fut`` as for any future)."""
+        me = threading.get_ident()
+        with self._lock:
+            if self._reader is not None or Future.done(fut) or self._closed.is_set():
+                return
+            self._reader = me
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            with self._sock_lock:
+                if self._closed.is_set():  # (the socket may be closed already)
+                    return
+                poller = self._lead_poller
+                if poller is None:
+                    poller = self._lead_poller = zmq.Poller()
+                    poller.register(self._sock, zmq.POLLIN)
+                    poller.register(self._lr, zmq.POLLIN)
+                while True:
+                    for frame in self._drain():
+                        self._handle(frame)
+                    if Future.done(fut) or self._closed.is_set() or self._outbox:
+                        return
+                    wait_ms = None if deadline is None else max(deadline - time.monotonic(), 0) * 1000
+                    ready = poller.poll(wait_ms)
+                    if not ready and deadline is not None and time.monotonic() >= deadline:
+                        return
+                    if any(item is self._lr or item == self._lr.fileno() for item, _ in ready):
+                        try:
+                            while self._lr.recv(4096):
+                                pass
+                        except (BlockingIOError, OSError):
+                            pass
+                        return
+        finally:
+            with self._lock:
+                self._reader = None
+                more = self._inflight() or bool(self._outbox)
+            if more:  # our thread reads (and sends) from now on
+                self._wake()
 
     def _send_now(self, frame: bytes) -> bool:
         """Send ``frame`` from this thread if the socket is free and nothing is queued
@@ -326,9 +402,30 @@ class Client:
         poller.register(self._r, zmq.POLLIN)
         poller.register(self._fd, zmq.POLLIN)  # (not the socket: see the docstring)
         wake_fd = self._r.fileno()
+        watching = True  # the descriptor is in the poller
         try:
             while not self._closed.is_set():
-                ready = poller.poll(500)
+                with self._lock:  # read the socket while something is in flight and
+                    watch = self._reader in (None, BG) and self._inflight()  # no thread does
+                    if watch:
+                        self._reader = BG
+                    elif self._reader == BG:
+                        self._reader = None
+                timeout = 500
+                if watch != watching:
+                    watching = watch
+                    if not watch:
+                        poller.unregister(self._fd)
+                    else:  # a thread that read before us may have left input that the
+                        poller.register(self._fd, zmq.POLLIN)  # descriptor will not signal
+                        with self._sock_lock:
+                            frames = self._drain()
+                        for frame in frames:
+                            self._handle(frame)
+                        if frames:
+                            timeout = 0
+                ready = poller.poll(timeout)
+                self.wakes += 1
                 # awake now: frames queued from here on (also by the futures' callbacks
                 # below) need no wake, they are sent right after
                 self._wake_pending = True
@@ -341,6 +438,17 @@ class Client:
                                 pass
                         except (BlockingIOError, OSError):
                             pass
+                reader = self._reader
+                if reader is not None and reader != BG:  # a waiting thread reads the socket
+                    if self._outbox:  # ask it to step aside: it wakes us when it did
+                        self._wake_pending = False
+                        try:
+                            self._lw.send(b"\0")
+                        except (BlockingIOError, OSError):
+                            pass
+                    else:
+                        self._wake_pending = False
+                    continue
                 while True:
                     with self._sock_lock:
                         frames = self._drain()
@@ -423,6 +531,61 @@ class Client:
             for f in waiters:
                 if not f.done():
                     f.set_result(msg)
+
+
+class _Waiters(list):
+    """A Future's ``_waiters``: ``concurrent.futures.wait`` and ``as_completed`` add to it;
+    someone then waits without reading, so the client's thread must read."""
+
+    __slots__ = ("_client",)
+
+    def __init__(self, client: Client) -> None:
+        super().__init__()
+        self._client = client
+
+    def append(self, waiter) -> None:
+        super().append(waiter)
+        self._client._need_reader()
+
+
+class _CallFuture(Future):
+    """The Future of a call (``Client.submit``, ``Client.call``). A thread that waits in
+    ``result()``/``exception()`` reads the socket itself while nobody else does; every
+    other way of waiting makes sure the client's thread reads (module docstring)."""
+
+    def __init__(self, client: Client, call_id: str) -> None:
+        super().__init__()
+        self.call_id = call_id  # (mesh run asks for its progress)
+        self._client = client
+        self._waiters = _Waiters(client)
+
+    def result(self, timeout: float | None = None) -> Any:
+        return super().result(self._read(timeout))
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        return super().exception(self._read(timeout))
+
+    def _read(self, timeout: float | None) -> float | None:
+        """Read for this call if nobody does; the time left of ``timeout``."""
+        if super().done():
+            return timeout
+        if timeout is None:
+            self._client._lead(self, None)
+            return None
+        t0 = time.monotonic()
+        self._client._lead(self, timeout)
+        return max(timeout - (time.monotonic() - t0), 0.0)
+
+    def done(self) -> bool:
+        if super().done():
+            return True
+        self._client._need_reader()
+        return False
+
+    def add_done_callback(self, fn) -> None:
+        super().add_done_callback(fn)
+        if not super().done():
+            self._client._need_reader()
 
 
 class _Callback:
