@@ -7,12 +7,20 @@ sequence number) and all randomness comes from one seeded ``random.Random``, so 
 seed gives one run, action for action (``python -m mesh.sim.ledger_sim --seed N``
 replays it).
 
+Modules, one concept each (every name they define is importable from here too):
+``ledger_model`` (``Worker``, ``Node``, ``Report``, ``Program``, ``make_graph``),
+``ledger_workers`` (``WorkerPoolModel``: an agent's worker processes),
+``ledger_membership`` (``MembershipModel``: the modelled membership view), and this
+one: the clock, the links, carrying out actions, faults, the checks, ``run_seed``
+and the command line.
+
 Agents: each holds a real ``mesh.sched.dispatch.Dispatcher``; its actions are carried
 out as ``Agent._do`` does (``mesh/agent.py``):
 
 * ``RunLocal``: one of the agent's ``cpus`` virtual worker processes runs the call for
-  its duration (in the payload), then the agent gets ``local_done`` (see Workers).
-  ``KillLocal`` kills the worker running the call (see Workers).
+  its duration (in the payload), then the agent gets ``local_done``. ``KillLocal`` kills
+  the worker running the call. Both as ``mesh.executor.WorkerPool`` does (see
+  ``ledger_workers``).
 * ``Forward(peer, call)``: the peer gets ``submit(call, <our id bytes>, from_peer=us)``.
 * ``Deliver(identity, result)``: our client's identity: the program gets it; a peer's
   identity (16 bytes): the peer gets ``remote_result(result, us)`` (a ROUTER reply).
@@ -24,24 +32,6 @@ from us), so work stealing is on (``--no-steal`` turns it off, ``--prefetch 0`` 
 With ``--hetero`` slots have random speeds (1, 0.5 or 0.25 of a core, reported with
 the load; a call runs for its duration divided by the speed).
 
-Workers, as ``mesh.executor.WorkerPool`` (``--depth N`` sets every ``Dispatcher.depth``;
-default 1: one call per worker): each worker holds a FIFO; its first call runs, calls
-given with ``RunLocal(behind=True)`` wait in order behind it and the process starts
-each the moment the previous ends, without the agent. ``behind=False`` goes to an idle
-worker (none idle: one more worker, retired once idle), ``behind=True`` to the worker
-with the fewest calls among those that may take one more (not running a long call nor
-giving calls back), else the one with the fewest calls. The agent reads a worker's
-results in order (a frozen agent later: its workers run on). ``KillLocal`` of a
-worker's first call kills the process (its unread results are lost with it) and
-starts a new one; the calls that waited behind it come back: the agent calls
-``Dispatcher.unstarted`` for them last first, as ``Agent._unstarted`` does. ``KillLocal``
-of a waiting call withdraws it silently (had the process started it meanwhile, its
-result is dropped). With ``--long-call S``, a worker whose call has run S seconds
-(checked every ``SLOW_CHECK``, as the agent polls) while calls wait behind it gives
-back those it has not started (``unstarted``), and the agent's ``depth`` is 1 while
-no worker may take one more (``WorkerPool.depth``), until a long call ends. A killed
-agent's workers die with it.
-
 Links: per direction and per connection (our DEALER -> their ROUTER for Forward and
 SendTo; our ROUTER reply -> their DEALER for Deliver) FIFO as TCP, delay ``DELAY``.
 A message is lost if its sender or receiver is dead at arrival, or a partition
@@ -49,23 +39,14 @@ separates them. A frozen agent (SIGSTOP) processes nothing and so emits nothing;
 reaches it (messages, its workers' completions) waits in its inbox (kernel buffers)
 and is processed in order when it wakes. Its workers keep running.
 
-Membership is modelled (SWIM itself is tested in ``test_sim_membership``): every
-``HEARTBEAT`` a live agent's load (its real free slots, backlog and speed) reaches each live
-observer that sees it and holds it alive (``peer_load``). When a node stops being
-visible to an observer (killed, frozen, partitioned away), the observer gets
-``peer_suspect`` after ``SUSPECT`` and ``peer_lost`` after ``DETECT`` (drawn per
-observer), unless it became visible again meanwhile. When it is visible again,
-observers that held it dead get ``peer_alive`` (then loads) after ``REVIVE``, and the
-node itself gets ``declared_dead`` once after ``REFUTE`` if anyone had declared it
-dead (the SWIM refutation; gossip carries the verdict). A node cut off from everyone
-declares everyone dead.
+Membership is modelled, not run (see ``ledger_membership``; SWIM itself is tested in
+``test_sim_membership``): observers get ``peer_load``, ``peer_suspect``, ``peer_lost``
+and ``peer_alive`` as what they can see changes, and a node declared dead gets
+``declared_dead`` once it is seen again.
 
-Programs: a few origins each run a client with a share of the task graph (roots,
-chains, fan-in, a final reduction); a task is submitted when its dependencies'
-results have arrived, with a call id unique per (task, submission); a failure result
-is resubmitted (up to ``MAX_SUBMISSIONS``). Faults per seed: kills, freezes (0.5-6 s)
-and partitions (healed after 1-8 s), aimed at random agents, origins, or the agent
-holding the most calls.
+Programs: a few origins each run a client with a share of the task graph (see
+``ledger_model``). Faults per seed: kills, freezes (0.5-6 s) and partitions (healed
+after 1-8 s), aimed at random agents, origins, or the agent holding the most calls.
 
 Checks (``Report.violations``): a live origin gets exactly one result for each call
 it submitted, never two; every live program finishes within ``TIME_LIMIT``; after
@@ -84,166 +65,31 @@ import itertools
 import random
 import sys
 import time
-from collections import Counter, deque
-from dataclasses import dataclass, field
+from collections import Counter
 
 from mesh.messages import Call, Cancel, Handback, Reclaim, Result
 from mesh.sched.dispatch import Deliver, Dispatcher, Forward, KillLocal, RunLocal, SendTo
+from mesh.sim.ledger_membership import DETECT, HEARTBEAT, REFUTE, REVIVE, SUSPECT, MembershipModel
+from mesh.sim.ledger_model import MAX_SUBMISSIONS, Node, Program, Report, Worker, make_graph
+from mesh.sim.ledger_workers import SLOW_CHECK, WorkerPoolModel
 
-HEARTBEAT = 0.4
+__all__ = [
+    "DELAY", "DETECT", "DURATION", "HEARTBEAT", "LOCAL", "MAX_SUBMISSIONS", "QUIESCE",
+    "REFUTE", "REVIVE", "SLOW_CHECK", "SUSPECT", "TIME_LIMIT", "LedgerSim", "MembershipModel",
+    "Node", "Program", "Report", "Worker", "WorkerPoolModel", "main", "make_graph",
+    "random_faults", "run_seed",
+]
+
 DELAY = (0.0005, 0.005)  # one-way link delay, s
 LOCAL = 0.0002  # client <-> its agent
-SUSPECT, DETECT = (0.4, 0.9), (1.0, 3.0)  # after a node stops being visible
-REVIVE, REFUTE = (0.05, 1.0), (0.02, 0.3)  # after it is visible again
 DURATION = (0.005, 0.2)
-MAX_SUBMISSIONS = 4
 TIME_LIMIT = 120.0  # virtual seconds for every live program to finish
 QUIESCE = 6.0  # run on after the last program and fault, then look for leaks
-SLOW_CHECK = 0.01  # s: how often an agent looks for long calls while calls wait at workers
 
 
-@dataclass(eq=False)
-class Worker:
-    """One worker process of an agent (``mesh.executor.Worker``): its FIFO as the agent
-    sees it, and how far the process itself got (ahead of the agent while it is frozen)."""
-
-    queue: deque = field(default_factory=deque)  # calls given to it: queue[0] runs, then waiting
-    started: float = 0.0  # when queue[0] started, as the agent saw it (its previous result read)
-    withdrawn: bool = False  # asked to give back its waiting calls (its call runs long)
-    done: int = 0  # calls at the head of ``queue`` that ended, their results not read yet
-    token: int = -1  # the process's current run (its end event carries it)
-    alive: bool = True  # False once killed (KillLocal of its call, or its agent died)
-    check: float | None = None  # ``started`` of the pending long-call check, if any
-
-
-@dataclass
-class Node:
-    i: int
-    name: str
-    id: str
-    d: Dispatcher
-    alive: bool = True
-    frozen: bool = False
-    side: int = 0  # partitions: nodes see each other only on the same side
-    refuting: bool = False
-    inbox: list = field(default_factory=list)
-    # calls at its workers, running or waiting, that it still wants: call id -> (worker, origin)
-    runs: dict[str, tuple[Worker, str]] = field(default_factory=dict)
-    workers: list[Worker] = field(default_factory=list)
-    cancelled: set[str] = field(default_factory=set)  # withdrawn after they started: results dropped
-    program: Program | None = None
-
-
-@dataclass
-class Report:
-    seed: int
-    agents: int
-    tasks: int
-    faults: list[str]
-    calls: int = 0  # submitted by programs whose origin is alive at the end
-    failures: dict[str, int] = field(default_factory=dict)
-    gave_up: int = 0
-    executions: int = 0
-    extra_executions: int = 0
-    dead_origin_runs: int = 0  # started where the (killed) origin was already declared dead
-    dead_origin_kept: int = 0  # still running right after the holder declared the origin dead
-    waited: int = 0  # runs a worker started after waiting behind another call (depth > 1)
-    given_back: int = 0  # calls given back unstarted when the call ahead of them was killed
-    withdrawn: int = 0  # calls given back unstarted because the call ahead of them ran long
-    withdrawals: int = 0  # times a worker gave back its waiting calls for a long call
-    leaks: dict[str, int] = field(default_factory=dict)
-    end_time: float = 0.0
-    counters: dict[str, int] = field(default_factory=dict)
-    violations: list[str] = field(default_factory=list)
-    trace: list[tuple] | None = None
-    wall: float = field(default=0.0, compare=False)
-
-    def summary(self) -> str:
-        return (f"seed {self.seed}: {len(self.faults)} faults, {self.calls} calls, "
-                f"{self.executions} runs (+{self.extra_executions}), failures "
-                f"{dict(self.failures)}, leaks {dict(self.leaks)}, end {self.end_time:.1f}s, "
-                f"{len(self.violations)} violation(s)")
-
-
-class Program:
-    """A client on ``node`` running ``deps`` (task -> its dependencies) with futures."""
-
-    def __init__(self, sim: LedgerSim, node: Node, deps: list[list[int]]) -> None:
-        self.sim, self.node, self.deps = sim, node, deps
-        self.identity = b"client-" + node.name.encode()
-        self.durations = [sim.rng.uniform(*sim.durations) for _ in deps]
-        self.children: list[list[int]] = [[] for _ in deps]
-        for t, ds in enumerate(deps):
-            for p in ds:
-                self.children[p].append(t)
-        self.waiting = [len(ds) for ds in deps]
-        self.subs = [0] * len(deps)
-        self.calls: dict[str, int] = {}
-        self.results: Counter[str] = Counter()
-        self.done = 0
-        self.gave_up = 0
-        self.finished_at: float | None = None if deps else 0.0
-
-    def start(self) -> None:
-        for t, n in enumerate(self.waiting):
-            if n == 0:
-                self.submit(t)
-
-    def submit(self, t: int) -> None:
-        cid = f"{self.node.name}.t{t}.s{self.subs[t]}"
-        self.subs[t] += 1
-        self.calls[cid] = t
-        self.sim.client_send(self.node, Call(cid, "sim:task", repr(self.durations[t]).encode()))
-
-    def receive(self, result: Result) -> None:
-        if not self.node.alive:
-            return
-        cid, sim = result.call_id, self.sim
-        self.results[cid] += 1
-        if cid not in self.calls:
-            sim.violation(f"{self.node.name} got a result for a call it never made: {cid}")
-            return
-        if self.results[cid] > 1:
-            sim.violation(f"{self.node.name} got {self.results[cid]} results for {cid}")
-            return
-        t = self.calls[cid]
-        if not result.ok:
-            sim.failures[result.error_type] += 1
-            if self.subs[t] < MAX_SUBMISSIONS:
-                self.submit(t)
-                return
-            self.gave_up += 1
-        self.done += 1
-        for c in self.children[t]:
-            self.waiting[c] -= 1
-            if self.waiting[c] == 0:
-                self.submit(c)
-        if self.done == len(self.deps):
-            self.finished_at = sim.now
-
-
-def make_graph(rng: random.Random, n: int) -> list[list[int]]:
-    """Roots (fan-out), chains, fan-ins, and a final reduction over every sink."""
-    deps: list[list[int]] = []
-    sinks: set[int] = set()
-    for t in range(n):
-        r = rng.random()
-        if t and t == n - 1:
-            ds = sorted(sinks)
-        elif t == 0 or r < 0.35:
-            ds = []
-        elif r < 0.75:
-            ds = [rng.randrange(max(0, t - 10), t)]
-        else:
-            ds = rng.sample(range(t), min(t, rng.randint(2, 4)))
-        deps.append(ds)
-        sinks.difference_update(ds)
-        sinks.add(t)
-    return deps
-
-
-class LedgerSim:
-    """Agents with real dispatchers, a fake network, modelled membership, programs."""
+class LedgerSim(MembershipModel, WorkerPoolModel):
+    """Agents with real dispatchers, a fake network, modelled membership (``MembershipModel``),
+    worker processes (``WorkerPoolModel``), programs."""
 
     def __init__(self, seed: int, *, agents: int = 50, tasks: int = 500,
                  cpus: list[int] | None = None, origins: list[int] | None = None,
@@ -381,91 +227,6 @@ class LedgerSim:
         """The live agent holding the most calls."""
         return max((n for n in self.nodes if n.alive), key=lambda n: (len(n.d.pending), -n.i))
 
-    # ------------------------------------------------------------------ membership model
-
-    def _topology(self) -> None:
-        n, rng = len(self.nodes), self.rng
-        for o in self.nodes:
-            if not o.alive:
-                continue
-            for p in self.nodes:
-                if p is o:
-                    continue
-                k = o.i * n + p.i
-                v = p.alive and not p.frozen and o.side == p.side
-                if v == self.visible[k]:
-                    continue
-                self.visible[k] = v
-                self.gen[k] += 1
-                if not v:
-                    self.at(self.now + rng.uniform(*SUSPECT), self._suspect, o, p, self.gen[k])
-                    self.at(self.now + rng.uniform(*DETECT), self._detect, o, p, self.gen[k])
-                elif k in self.dead_view:
-                    self.at(self.now + rng.uniform(*REVIVE), self._revive, o, p, self.gen[k])
-        for p in self.nodes:
-            if p.alive and not p.frozen and self.declared_by[p.i] and not p.refuting \
-                    and self._seen(p):
-                p.refuting = True
-                self.at(self.now + rng.uniform(*REFUTE), self._refute, p)
-
-    def _seen(self, p: Node) -> bool:
-        n = len(self.nodes)
-        return any(o.alive and o is not p and self.visible[o.i * n + p.i] for o in self.nodes)
-
-    def _suspect(self, o: Node, p: Node, g: int) -> None:
-        k = o.i * len(self.nodes) + p.i
-        if self.gen[k] != g or not o.alive or k in self.dead_view:
-            return
-        if o.frozen:  # it suspects when it wakes and its probes go unanswered
-            self.at(self.now + 0.2, self._suspect, o, p, g)
-            return
-        self._do(o, o.d.peer_suspect(p.id))
-
-    def _detect(self, o: Node, p: Node, g: int) -> None:
-        k = o.i * len(self.nodes) + p.i
-        if self.gen[k] != g or not o.alive or k in self.dead_view:
-            return
-        if o.frozen:
-            self.at(self.now + 0.2, self._detect, o, p, g)
-            return
-        self.dead_view.add(k)
-        self.declared_by[p.i].add(o.i)
-        self._do(o, o.d.peer_lost(p.id))
-        if not p.alive:
-            self.dead_origin_kept += sum(1 for _, origin in o.runs.values() if origin == p.id)
-
-    def _revive(self, o: Node, p: Node, g: int) -> None:
-        k = o.i * len(self.nodes) + p.i
-        if self.gen[k] != g or not o.alive:
-            return
-        if o.frozen:
-            self.at(self.now + 0.2, self._revive, o, p, g)
-            return
-        self.dead_view.discard(k)
-        self._do(o, o.d.peer_alive(p.id))
-
-    def _refute(self, p: Node) -> None:
-        p.refuting = False
-        if p.alive and not p.frozen and self.declared_by[p.i] and self._seen(p):
-            self.declared_by[p.i].clear()
-            self._record(p, "declared_dead", "")
-            self._do(p, p.d.declared_dead())
-
-    def _heartbeat(self, p: Node, reschedule: bool = True) -> None:
-        if not p.alive:
-            return
-        if reschedule:
-            self.at(self.now + HEARTBEAT, self._heartbeat, p)
-        if p.frozen:
-            return
-        n, free, queued = len(self.nodes), p.d.free, p.d.queued
-        for o in self.nodes:
-            k = o.i * n + p.i
-            if o is not p and o.alive and not o.frozen and self.visible[k] \
-                    and k not in self.dead_view:
-                self._do(o, o.d.peer_load(p.id, p.name, p.d.cpus, free, self.rtt[k], queued,
-                                          p.d.speed))
-
     # ------------------------------------------------------------------ network
 
     def _handle(self, node: Node, fn, *args) -> None:
@@ -547,168 +308,6 @@ class LedgerSim:
                 self._kill_local(node, act.call_id)
             else:
                 raise TypeError(f"unknown action {act!r}")
-
-    # ------------------------------------------------------------------ workers
-
-    def _run(self, node: Node, call: Call, behind: bool = False) -> None:
-        """``RunLocal``, as ``WorkerPool.run``: to an idle worker, or (``behind``) to wait
-        at the worker with the fewest calls that may take one more; one more worker
-        when none fits (retired once idle)."""
-        cid = call.call_id
-        if cid in node.runs:
-            self.violation(f"{node.name} runs {cid} twice at once")
-        if behind:
-            w = min((w for w in node.workers if self._can_wait_at(w)),
-                    key=lambda w: len(w.queue), default=None)
-            if w is None:  # (every worker turned long since the dispatcher was told)
-                w = min(node.workers, key=lambda w: len(w.queue), default=None)
-        else:
-            w = next((w for w in node.workers if not w.queue), None)
-        if w is None:
-            w = Worker()
-            node.workers.append(w)
-        w.queue.append(call)
-        if len(w.queue) == 1:
-            w.started = self.now
-        node.runs[cid] = (w, call.origin)
-        if len(w.queue) == w.done + 1:  # the process is idle: it starts the call at once
-            self._start(node, w, waited=False)
-        elif len(w.queue) > 1:
-            self._watch(node, w)
-
-    def _start(self, node: Node, w: Worker, waited: bool) -> None:
-        """The worker process starts its next call (whatever the agent is doing)."""
-        call = w.queue[w.done]
-        cid = call.call_id
-        origin = self.by_id.get(call.origin)
-        if origin is not None and not origin.alive and \
-                node.i * len(self.nodes) + origin.i in self.dead_view:
-            self.dead_origin_runs += 1
-        self.executions[cid] += 1
-        self.waited += waited
-        w.token = token = next(self._seq)
-        self.at(self.now + float(call.payload) / node.d.speed, self._run_end, node, w, cid, token)
-
-    def _run_end(self, node: Node, w: Worker, cid: str, token: int) -> None:
-        """The process finished a call: it sends the result (read by the agent when it
-        can) and starts the next call in its FIFO at once."""
-        if not (node.alive and w.alive and w.token == token):
-            return
-        w.done += 1
-        if node.runs.get(cid, (None,))[0] is w:
-            del node.runs[cid]
-        if len(w.queue) > w.done:
-            self._start(node, w, waited=True)
-        self._handle(node, self._read_result, node, w, cid)
-
-    def _read_result(self, node: Node, w: Worker, cid: str) -> None:
-        """The agent reads a result from the worker's socket (``WorkerPool.readable``,
-        ``Agent._read_worker``); a killed worker's unread results are gone with it."""
-        if not (node.alive and w.alive) or not w.queue or w.queue[0].call_id != cid:
-            return
-        w.queue.popleft()
-        w.done -= 1
-        w.withdrawn = False
-        w.started = self.now
-        if len(w.queue) > 1:
-            self._watch(node, w)
-        if not w.queue and len(node.workers) > node.d.cpus:
-            node.workers.remove(w)  # an extra worker, retired once idle
-        node.d.depth = self._pool_depth(node)
-        if cid in node.cancelled:  # withdrawn while it waited, but it had started
-            node.cancelled.discard(cid)
-            return
-        self._do(node, node.d.local_done(Result(cid, True, b"", node.name)))
-
-    def _kill_local(self, node: Node, cid: str) -> None:
-        """``KillLocal``, as ``WorkerPool.cancel``: the worker running the call is killed
-        (its unread results are lost) and replaced, the calls that waited behind it come
-        back ``unstarted``; a call still waiting is withdrawn silently (if it started
-        meanwhile, its result is dropped)."""
-        w = next((w for w in node.workers if any(c.call_id == cid for c in w.queue)), None)
-        if w is None:
-            return
-        if node.runs.get(cid, (None,))[0] is w:
-            del node.runs[cid]
-        if w.queue[0].call_id != cid:  # waiting
-            k = next(k for k, c in enumerate(w.queue) if c.call_id == cid)
-            if k > w.done:  # not started: the worker gives it back, and it is dropped
-                del w.queue[k]
-            else:
-                node.cancelled.add(cid)
-            return
-        w.queue.popleft()
-        back = [c.call_id for c in w.queue if c.call_id not in node.cancelled]
-        node.cancelled.difference_update(c.call_id for c in w.queue)
-        self._drop(node, w)
-        w.queue.clear()
-        w.alive = False
-        node.workers.remove(w)
-        if len(node.workers) < node.d.cpus:
-            node.workers.append(Worker())
-        self.given_back += len(back)
-        self._unstarted(node, back)
-
-    def _drop(self, node: Node, w: Worker) -> None:
-        for c in w.queue:
-            if node.runs.get(c.call_id, (None,))[0] is w:
-                del node.runs[c.call_id]
-
-    def _unstarted(self, node: Node, calls: list[str]) -> None:
-        """As ``Agent._unstarted``: placed again, first first."""
-        node.d.depth = self._pool_depth(node)
-        for cid in calls:
-            self._record(node, "unstarted", cid)
-        self._do(node, node.d.unstarted(calls))
-
-    def _can_wait_at(self, w: Worker) -> bool:
-        """``WorkerPool._can_wait_at``: a call may wait at this worker (it is idle, or its
-        call is not long and it was not asked to give back its waiting calls)."""
-        return not w.withdrawn and (not w.queue or self.long_call is None
-                                    or self.now - w.started <= self.long_call)
-
-    def _pool_depth(self, node: Node) -> int:
-        """``WorkerPool.depth``: the sim's ``depth``, or 1 while no worker can take one
-        more call to wait (each runs a long call)."""
-        if self.depth <= 1 or any(self._can_wait_at(w) for w in node.workers):
-            return self.depth
-        return 1
-
-    def _watch(self, node: Node, w: Worker) -> None:
-        """Calls wait at ``w``: check it when its call turns long (the agent polls every
-        ``SLOW_CHECK`` while calls wait at workers)."""
-        if self.long_call is None or w.check == w.started:
-            return
-        w.check = w.started
-        when = max(w.started + self.long_call, self.now + SLOW_CHECK)
-        self.at(when, self._slow_check, node, w, w.started)
-
-    def _slow_check(self, node: Node, w: Worker, started: float) -> None:
-        if w.check == started:
-            w.check = None
-        if node.alive and w.alive and w.started == started:
-            self._handle(node, self._withdraw_slow, node, w, started)
-
-    def _withdraw_slow(self, node: Node, w: Worker, started: float) -> None:
-        """``WorkerPool.withdraw_slow``: a worker whose call runs long gives back the
-        calls waiting behind it (those its process has not started); then the agent's
-        depth is 1 while no worker can take one more."""
-        if not (node.alive and w.alive and w.started == started) or w.withdrawn \
-                or len(w.queue) <= 1 or self.now - started < self.long_call:
-            return
-        self.withdrawals += 1
-        self._record(node, "withdraw", w.queue[0].call_id)
-        w.withdrawn = True
-        given = [w.queue.pop() for _ in range(len(w.queue) - w.done - 1)][::-1]
-        if len(w.queue) <= 1:
-            w.withdrawn = False
-        for c in given:
-            if node.runs.get(c.call_id, (None,))[0] is w:
-                del node.runs[c.call_id]
-        back = [c.call_id for c in given if c.call_id not in node.cancelled]
-        node.cancelled.difference_update(c.call_id for c in given)
-        self.withdrawn += len(back)
-        self._unstarted(node, back)
 
     # ------------------------------------------------------------------ end
 
