@@ -139,7 +139,7 @@ class Agent(AgentQueries, AgentObjects):
         self.mdns = None
         self.rest = None
         self._worker_fds: dict[int, object] = {}
-        self._workers_seen: list = []  # pool.workers as of the last _sync_worker_fds
+        self._workers_seen = -1  # pool.generation as of the last _sync_worker_fds
         self._sync_worker_fds()
         self._handlers: dict[type, object] = {  # action type -> its method (see _do)
             mb.Send: self._act_send, mb.Reply: self._act_reply, mb.Connect: self._act_connect,
@@ -675,10 +675,10 @@ class Agent(AgentQueries, AgentObjects):
     def _sync_worker_fds(self) -> None:
         """Poll exactly the pool's workers' sockets (called after anything that may
         start or stop a worker; usually nothing changed, which is checked first)."""
-        workers, seen = self.pool.workers, self._workers_seen
-        if len(workers) == len(seen) and all(w is s for w, s in zip(workers, seen, strict=True)):
+        if self.pool.generation == self._workers_seen:
             return
-        self._workers_seen = list(workers)
+        self._workers_seen = self.pool.generation
+        workers = self.pool.workers
         current = {w.fileno(): w for w in workers}
         for fd in set(self._worker_fds) - set(current):
             try:

@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 _default: Client | None = None
 CLOSE_LINGER_MS = 500  # how long frames queued at close() may still take to go
 RECV_BATCH = 256  # frames the client's thread takes off the socket before handling them
+_EVENTS, _POLLIN = zmq.EVENTS, int(zmq.POLLIN)  # (ints: enum flags cost a call each)
 BG = "background"  # ``Client._reader`` while the client's own thread reads the socket
 
 
@@ -330,21 +331,30 @@ class Client:
                     poller = self._lead_poller = zmq.Poller()
                     poller.register(self._sock, zmq.POLLIN)
                     poller.register(self._lr, zmq.POLLIN)
-                while True:
-                    for frame in self._drain():
-                        self._handle(frame)
-                    if Future.done(fut) or self._closed.is_set() or self._outbox:
-                        return
+                sock, lr = self._sock, self._lr
+                # (zmq_poll asks the socket's EVENTS itself: no drain needed around it;
+                # one frame per poll, the agent sends what it has for us as one)
+                while not (Future.done(fut) or self._closed.is_set() or self._outbox):
                     wait_ms = None if deadline is None else max(deadline - time.monotonic(), 0) * 1000
                     ready = poller.poll(wait_ms)
                     if not ready and deadline is not None and time.monotonic() >= deadline:
                         return
-                    if any(item is self._lr or item == self._lr.fileno() for item, _ in ready):
-                        try:
-                            while self._lr.recv(4096):
+                    stand_down = False
+                    for item, _ in ready:
+                        if item is sock:
+                            try:
+                                frame = sock.recv(zmq.NOBLOCK)
+                            except zmq.Again:
+                                continue
+                            self._handle(frame)
+                        else:  # (lr: poll may give it back as its number)
+                            stand_down = True
+                            try:
+                                while lr.recv(4096):
+                                    pass
+                            except (BlockingIOError, OSError):
                                 pass
-                        except (BlockingIOError, OSError):
-                            pass
+                    if stand_down:
                         return
         finally:
             with self._lock:
@@ -365,7 +375,9 @@ class Client:
                 self._sock.send(frame, zmq.NOBLOCK)
             except zmq.ZMQError:  # (full, or closing): the background thread sends it
                 return False
-            frames = self._drain()
+            # (our thread watches the descriptor: it signals only once EVENTS was asked;
+            # a thread that reads next polls the socket, which asks it)
+            frames = self._drain() if self._reader == BG else ()
         finally:
             self._sock_lock.release()
         for f in frames:
@@ -376,7 +388,7 @@ class Client:
         """What waits on the socket (at most ``RECV_BATCH`` frames). Under ``_sock_lock``;
         asking ``EVENTS`` is what lets the descriptor signal the next input."""
         sock, frames = self._sock, []
-        while len(frames) < RECV_BATCH and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while len(frames) < RECV_BATCH and sock.get(_EVENTS) & _POLLIN:
             try:
                 frames.append(sock.recv(zmq.NOBLOCK))
             except zmq.Again:

@@ -101,6 +101,7 @@ class WorkerPool:
         self.agent_name = agent_name
         self.env = env  # extra environment of workers (how nested tasks reach the agent)
         self.workers: list[Worker] = []
+        self.generation = 0  # bumped whenever ``workers`` changes (the agent polls them)
         self.crashes = 0
         self.lends: list[tuple[str, bool]] = []  # (call id, lent?) read by the agent
         self.progress: dict[str, dict] = {}  # call id -> task graph progress (mesh run)
@@ -141,6 +142,7 @@ class WorkerPool:
         self.target = max(size, 0)
         while len(self.workers) < self.target:
             self.workers.append(self._spawn())
+            self.generation += 1
         self._retire_idle()
 
     def _retire_idle(self) -> None:
@@ -149,6 +151,7 @@ class WorkerPool:
         for w in [w for w in self.workers if w.call_id is None][: max(excess, 0)]:
             self._stop(w)
             self.workers.remove(w)
+            self.generation += 1
 
     def close(self, timeout: float = 2.0) -> None:
         """Stop every worker (bounded in time); safe to call twice."""
@@ -169,6 +172,7 @@ class WorkerPool:
                 w.proc.kill()
                 w.proc.wait(1)
         self.workers.clear()
+        self.generation += 1
 
     def _stop(self, w: Worker) -> None:
         try:
@@ -202,6 +206,7 @@ class WorkerPool:
         if w is None:
             w = self._spawn()
             self.workers.append(w)
+            self.generation += 1
         w.queue.append(call.call_id)
         if len(w.queue) == 1:
             w.started = time.monotonic() if now is None else now
@@ -296,13 +301,16 @@ class WorkerPool:
         w.queue.clear()
 
     def readable(self, w: Worker, now: float | None = None) -> list[Result]:
-        """The worker's socket is readable: collect what it sent. A closed socket
+        """The worker's socket is readable (a poll said so): collect what it sent. A closed socket
         means the worker died: its call fails (the calls waiting behind it come back
         as ``unstarted``) and a new worker takes its place."""
         results: list[Result] = []
+        conn = w.conn
         try:
-            while w.conn.readable():
-                frame = cbor2.loads(w.conn.recv())
+            ready = True  # (the poll said so: no system call to ask again)
+            while ready or conn.readable():
+                ready = False
+                frame = cbor2.loads(conn.recv())
                 if len(frame) != 8:  # not a result: one of the worker's notices
                     self._notice(w, frame)
                     continue
@@ -388,12 +396,14 @@ class WorkerPool:
             except subprocess.TimeoutExpired:
                 log.warning("worker %d did not exit after SIGKILL", w.proc.pid)
         self.workers.remove(w)
+        self.generation += 1
         try:
             w.conn.close()
         except OSError:
             pass
         if not self._closed and len(self.workers) < self.target:
             self.workers.append(self._spawn())
+            self.generation += 1
         return code
 
     @property

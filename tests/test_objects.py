@@ -184,6 +184,7 @@ def test_a_worker_keeps_an_output_only_if_it_fits_the_store_and_a_frame():
     Ref in the result) unless bigger than the pool's max_put (they must be fetchable in
     one frame) or the room left: then they travel inline."""
     import select
+    import time
 
     import cloudpickle
 
@@ -199,9 +200,11 @@ def test_a_worker_keeps_an_output_only_if_it_fits_the_store_and_a_frame():
             assert pool.run(Call(f"c{n}", "", payload)) is None
             w = pool.workers[0]
             results: list = []
+            deadline = time.monotonic() + 30
             while not results:
-                select.select([w.fileno()], [], [], 10)
-                results = pool.readable(w)
+                assert time.monotonic() < deadline, "no result from the worker"
+                if select.select([w.fileno()], [], [], 1)[0]:  # (readable() wants it ready)
+                    results = pool.readable(w)
             puts, pool.puts = pool.puts, []
             return pickle.loads(results[0].value)[0], puts
 
