@@ -6,7 +6,7 @@
                            "result" | "error": {"type","message","traceback"}, "agent", "seconds"}
     GET  /metrics    Prometheus text format
 
-COMPSs-compatible (``mesh/compss.py`` parses the XML that COMPSs agent scripts send):
+COMPSs-compatible (``mesh/compss_xml.py`` parses the XML that COMPSs agent scripts send):
 
     GET    /COMPSs/test, /COMPSs/resources
     PUT    /COMPSs/startApplication   (lang PYTHON: className = module, methodName = function)

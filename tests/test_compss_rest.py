@@ -1,5 +1,5 @@
 """The COMPSs-compatible REST endpoints against a real agent, with byte-for-byte the
-XML bodies that the COMPSs agent scripts send (fixtures in tests/test_compss.py)."""
+XML bodies that the COMPSs agent scripts send (fixtures in tests/compss_helpers.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import run_cli, wait_for
-from tests.test_compss import (
+from tests.compss_helpers import (
     ADD_RESOURCES_PEER,
     ADD_RESOURCES_SELF,
     CALL_JAVA_DEFAULT,
@@ -19,6 +18,7 @@ from tests.test_compss import (
     LOST_NODE,
     REDUCE_RESOURCES,
 )
+from tests.conftest import run_cli, wait_for
 
 pytestmark = [pytest.mark.agents, pytest.mark.timeout(90)]
 
