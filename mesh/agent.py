@@ -678,16 +678,19 @@ class Agent(AgentQueries, AgentObjects):
         if self.pool.generation == self._workers_seen:
             return
         self._workers_seen = self.pool.generation
-        workers = self.pool.workers
-        current = {w.fileno(): w for w in workers}
-        for fd in set(self._worker_fds) - set(current):
-            try:
-                self.transport.poller.unregister(fd)
-            except KeyError:
-                pass
-        for fd in set(current) - set(self._worker_fds):
-            self.transport.poller.register(fd, zmq.POLLIN)
+        current = {w.fileno(): w for w in self.pool.workers}
+        old = self._worker_fds
+        for fd, w in old.items():  # (a number may now be another worker's: it is new)
+            if current.get(fd) is not w:
+                try:
+                    self.transport.poller.unregister(fd)
+                except KeyError:
+                    pass
+        for fd, w in current.items():
+            if old.get(fd) is not w:
+                self.transport.poller.register(fd, zmq.POLLIN)
         self._worker_fds = current
+
 
 def install_signal_handlers(agent: Agent) -> None:
     """First SIGINT/SIGTERM: graceful leave. Second SIGINT: exit at once."""

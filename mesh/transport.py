@@ -24,6 +24,7 @@ import zmq
 
 from mesh.keys import MeshKey
 from mesh.messages import MAX_FRAME, batches
+from mesh.poll import Poller
 
 log = logging.getLogger("mesh.transport")
 
@@ -94,7 +95,7 @@ class Transport:
         self.dealers: dict[str, zmq.Socket] = {}
         self.by_socket: dict[zmq.Socket, str] = {}
         self.monitors: dict[zmq.Socket, str] = {}  # a dealer's monitor -> its address
-        self.poller = zmq.Poller()
+        self.poller = Poller()  # (epoll, touched sockets: mesh.poll)
         self.poller.register(self.router, zmq.POLLIN)
         self.poller.register(self.monitor, zmq.POLLIN)
         if self.zap is not None:
@@ -159,6 +160,7 @@ class Transport:
         if sock is None:
             self.dropped_sends += 1
             return False
+        self.poller.touch(sock)
         try:
             sock.send(frame, zmq.NOBLOCK)
             self.bytes_out += len(frame)
@@ -198,6 +200,7 @@ class Transport:
     def _reply_now(self, identity: bytes, frame: bytes) -> bool:
         """(the two parts sent directly: ``send_multipart`` checks and loops in Python)"""
         router = self.router
+        self.poller.touch(router)
         try:
             router.send(identity, _SEND_MORE)
             router.send(frame, zmq.NOBLOCK)
@@ -236,6 +239,7 @@ class Transport:
             ok = mechanism == b"CURVE" and credentials == mesh_public
             if not ok:
                 self.auth_rejected += 1
+            self.poller.touch(self.zap)
             self.zap.send_multipart([
                 b"1.0", request_id, b"200" if ok else b"400", b"OK" if ok else b"not a member of this mesh",
                 b"mesh" if ok else b"", b"",
@@ -264,4 +268,5 @@ class Transport:
         self.router.close(200)
         if self.zap is not None:
             self.zap.close(0)
+        self.poller.close()
         self.ctx.term()

@@ -241,28 +241,59 @@ def test_a_worker_that_dies_fails_its_call_and_returns_the_waiting_ones(pool, tm
 
 
 @pytest.mark.agents
-def test_short_calls_never_wait_behind_a_long_one(agents):
+def test_short_calls_never_wait_behind_a_long_one(agents, mesh_key):
+    """The long call and 600 short ones reach the agent in one frame (one turn of its
+    loop): the long one starts at one worker and short ones wait behind both workers;
+    those behind the long one come back once it has run long, and every short call is
+    done while the long one still runs."""
     import operator
+    import pickle
+
+    import zmq
 
     import mesh
+    from mesh import messages as m
     from mesh.client import Client
+    from tests.test_hostile import dealer
 
     agent = agents.start("piper", cpus=2)
     with mesh.connect(agent.comm) as client:
         warm = [client.submit(operator.add, i, 1) for i in range(300)]  # calls here are short
         assert [f.result(30) for f in warm] == [i + 1 for i in range(300)]
-        long = client.call("mesh.demo_tasks:where", (7, 4.0))
-        shorts = [client.submit(operator.mul, i, 2) for i in range(600)]
-        assert [f.result(30) for f in shorts] == [2 * i for i in range(600)]
-        still_running = not long.done()
+    frames = [m.encode(m.Call("long", "mesh.demo_tasks:where", pickle.dumps(((7, 4.0), {}))))]
+    frames += [m.encode(m.Call(f"s{i}", "operator:mul", pickle.dumps(((i, 2), {}))))
+               for i in range(600)]
+    batch = m.batches(frames)
+    assert len(batch) == 1  # (one frame: the agent reads it in one turn)
+    sock = dealer(agent.comm, mesh_key)
+    results: dict[str, m.Result] = {}
+    try:
+        sock.send(batch[0])
+
+        def read() -> dict[str, m.Result]:
+            while sock.poll(0, zmq.POLLIN):
+                for r in m.unbatch(m.decode(sock.recv()))[0]:
+                    assert isinstance(r, m.Result) and r.call_id not in results, r
+                    results[r.call_id] = r
+            return results
+
+        def shorts_done() -> bool:
+            return sum(1 for c in read() if c != "long") == 600
+
+        wait_for(shorts_done, 30, "the 600 short calls")
+        still_running = "long" not in results
         with Client(agent.comm) as c:
             pipe = c.query("status")["pipeline"]
         # every short call was done while the long one still ran
         assert still_running, (pipe, agent.log()[-3000:])
-        assert long.result(30)["square"] == 49
-        assert client.late_results == 0
+        assert all(results[f"s{i}"].ok and pickle.loads(results[f"s{i}"].value) == 2 * i
+                   for i in range(600))
+        wait_for(lambda: "long" in read(), 30, "the long call")
+    finally:
+        sock.close(0)
+    assert results["long"].ok and pickle.loads(results["long"].value)["square"] == 49
     with Client(agent.comm) as c:
         st = c.query("status")
     # calls waited at workers, some behind the long call, which gave them back
     assert pipe["behind"] > 0 and pipe["withdrawals"] >= 1 and pipe["unstarted"] >= 1, pipe
-    assert st["done"] == 901 and st["failed"] == 0 and pipe["waiting"] == 0
+    assert st["done"] == 901 and st["failed"] == 0 and st["pipeline"]["waiting"] == 0
