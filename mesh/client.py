@@ -58,6 +58,7 @@ from mesh import messages as m
 from mesh.errors import AgentUnreachable, DecodeError, RemoteError, RemoteTraceback
 from mesh.keys import MeshKey
 from mesh.objects import ObjectLost
+from mesh.poll import Poller
 from mesh.taskexec import dumps
 from mesh.transport import HANDSHAKE_FAILED, curve_client, monitor_event
 
@@ -128,7 +129,7 @@ class Client:
         self._lr, self._lw = socket.socketpair()  # asks a reading thread to step aside
         self._lr.setblocking(False)
         self._lw.setblocking(False)
-        self._lead_poller: zmq.Poller | None = None  # (one reader at a time: made once)
+        self._lead_poller: Poller | None = None  # (one reader at a time: made once)
         sock = self._sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, m.MAX_FRAME + 1024)
@@ -267,6 +268,8 @@ class Client:
                 fut.set_exception(AgentUnreachable("client closed before the result arrived"))
         for sock in (self._r, self._w, self._lr, self._lw):
             sock.close()
+        if self._lead_poller is not None:
+            self._lead_poller.close()
         if _default is self:
             _default = None
 
@@ -328,11 +331,12 @@ class Client:
                     return
                 poller = self._lead_poller
                 if poller is None:
-                    poller = self._lead_poller = zmq.Poller()
-                    poller.register(self._sock, zmq.POLLIN)
-                    poller.register(self._lr, zmq.POLLIN)
+                    poller = self._lead_poller = Poller()
+                    poller.register(self._sock)
+                    poller.register(self._lr)
+                poller.touch(self._sock)  # (our thread used it since: ask its EVENTS first)
                 sock, lr = self._sock, self._lr
-                # (zmq_poll asks the socket's EVENTS itself: no drain needed around it;
+                # (the poller asks the socket's EVENTS itself: no drain needed around it;
                 # one frame per poll, the agent sends what it has for us as one)
                 while not (Future.done(fut) or self._closed.is_set() or self._outbox):
                     wait_ms = None if deadline is None else max(deadline - time.monotonic(), 0) * 1000
