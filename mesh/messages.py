@@ -3,36 +3,35 @@
 Theory of operation
 -------------------
 A frame is one CBOR map: ``{"v": PROTOCOL, "t": <type tag>, <field>: <value>, ...}``.
-Each message type is a frozen dataclass registered under its tag; nested records
-(``NodeInfo``, ``Load``, ``Digest``) are CBOR maps of their own fields. Arbitrary
-Python objects (function code, arguments, results) travel as cloudpickle bytes in
-``bytes`` fields and are never unpickled by this module, nor by the agent's loop:
-only worker processes unpickle, and only after the transport admitted the peer.
+Each message type is a frozen dataclass registered under its tag (``MESSAGES``); nested
+records (``RECORDS``: ``NodeInfo``, ``Load``, ``Digest``, ...) are CBOR maps of their own
+fields. Arbitrary Python objects (function code, arguments, results) travel as
+cloudpickle bytes in ``bytes`` fields and are never unpickled by this module, nor by the
+agent's loop: only worker processes unpickle, and only after the transport admitted the
+peer.
 
-``decode`` checks the size before parsing, then the version, the tag and every
-field's type; it raises exactly one error type, ``DecodeError``, whose ``reason``
-is used for counting. Unknown extra keys are ignored, so a newer peer of the same
-protocol version may add optional fields. ``encode`` never validates again: the
-dataclasses are built by our own code.
+The codec (``mesh.codec``) works from these definitions: ``decode`` checks the size
+before parsing, then the version, the tag and every field's type against the type hints
+here; it raises exactly one error type, ``DecodeError``, whose ``reason`` is used for
+counting. Unknown extra keys are ignored, so a newer peer of the same protocol version
+may add optional fields. ``encode`` never validates again: the dataclasses are built by
+our own code. ``encode``, ``decode``, ``new``, ``evolve``, ``batches``, ``unbatch`` and
+the bounds (``MAX_FRAME``, ``MAX_STR``, ``MAX_LIST``, ``BATCH_BYTES``) are the codec's,
+made available here so that one import gives the whole wire format.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
-import cbor2
+import cbor2  # noqa: F401 (the codec's parser: tests reach it as messages.cbor2)
 
-from mesh.errors import DecodeError
+from mesh.codec import BATCH_BYTES, MAX_FRAME, MAX_LIST, MAX_STR, Codec  # noqa: F401
+from mesh.codec import cut as _cut  # noqa: F401
 from mesh.tree.advert import Advert
 
-PROTOCOL = 1
-MAX_FRAME = 64 * 1024 * 1024  # bytes; larger frames are dropped unread
-MAX_STR = 4096  # longest accepted text field (names, addresses, error messages are cut)
-MAX_LIST = 4096  # longest accepted list field
+PROTOCOL = 1  # the "v" of every frame
 
 STATES = ("alive", "suspect", "dead", "left")
 
@@ -351,330 +350,12 @@ RECORDS = (NodeInfo, Load, Digest, Advert, Holding, Needs)
 
 
 # --------------------------------------------------------------------------- codec
-#
-# Every frame of every call goes through ``decode`` and ``encode`` on the agent's loop,
-# so the per-type work (type hints, field lists, defaults, which fields need a check
-# or a conversion) is done once per class and kept in a ``_Codec``; each field gets a
-# small checker function chosen from its type hint.
 
-_NONE = type(None)
-_MISSING = dataclasses.MISSING
+CODEC = Codec(PROTOCOL, MESSAGES, RECORDS, Batch)  # (per-class code made at first use)
 
-Checker = typing.Callable[[Any, str], Any]  # (value, where) -> value, or DecodeError
-
-
-def _cut(text: str) -> str:
-    """Text longer than MAX_STR, which ``decode`` refuses, cut to its head and tail
-    (a traceback keeps its first frames and the exception line)."""
-    if len(text) <= MAX_STR:
-        return text
-    mark = "\n[...]\n"
-    head = (MAX_STR - len(mark)) // 2
-    return text[:head] + mark + text[len(text) - (MAX_STR - len(mark) - head):]
-
-
-def _check_any(value: Any, where: str) -> Any:
-    return value
-
-
-def _check_bool(value: Any, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise DecodeError("field", f"{where}: expected bool")
-    return value
-
-
-def _check_int(value: Any, where: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise DecodeError("field", f"{where}: expected int")
-    return value
-
-
-def _check_float(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise DecodeError("field", f"{where}: expected number")
-    return float(value)
-
-
-def _check_str(value: Any, where: str) -> str:
-    if not isinstance(value, str) or len(value) > MAX_STR:
-        raise DecodeError("field", f"{where}: expected text of at most {MAX_STR} characters")
-    return value
-
-
-def _check_bytes(value: Any, where: str) -> bytes:
-    if not isinstance(value, bytes):
-        raise DecodeError("field", f"{where}: expected bytes")
-    return value
-
-
-_SCALARS: dict[Any, Checker] = {
-    Any: _check_any, bool: _check_bool, int: _check_int, float: _check_float, str: _check_str,
-    bytes: _check_bytes,
-}
-
-
-def _checker(hint: Any) -> Checker:
-    """The function that checks (and converts) a decoded value of type ``hint``."""
-    scalar = _SCALARS.get(hint)
-    if scalar is not None:
-        return scalar
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(hint)
-        inner = _checker([o for o in args if o is not _NONE][0])
-        if _NONE not in args:
-            return inner
-        return lambda value, where: None if value is None else inner(value, where)
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        return _list_checker(_checker(item))
-    if hint in RECORDS:
-        return lambda value, where: _record(hint, value, where)
-    raise TypeError(f"unsupported field type {hint!r}")  # our bug, not the peer's
-
-
-def _list_checker(item: Checker) -> Checker:
-    def check_list(value: Any, where: str) -> list:
-        if not isinstance(value, list) or len(value) > MAX_LIST:
-            raise DecodeError("field", f"{where}: expected a list of at most {MAX_LIST}")
-        if not value:  # the usual case (Call.visited, Call.avoid); a fresh list from CBOR
-            return value
-        where = f"{where}[]"
-        return [item(v, where) for v in value]
-    return check_list
-
-
-def _plain(hint: Any) -> bool:
-    """Whether ``encode`` sends a value of this type as it is (no text to cut, no record
-    to turn into a map). Text in lists is not cut: ``decode`` does not bound it."""
-    if hint in (bool, int, float, bytes):
-        return True
-    origin = typing.get_origin(hint)
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        return item is str or _plain(item)
-    if origin in (Union, types.UnionType):
-        return all(o is _NONE or _plain(o) for o in typing.get_args(hint))
-    return False
-
-
-class _Codec:
-    """What ``encode`` and ``decode`` need to know about one dataclass, worked out once:
-    its field names in order; per field its checker, default and default factory; which
-    fields are text (cut by ``encode``) and which need converting (records, lists of
-    them, ``Any``); and the error paths of its fields under a given parent path."""
-
-    def __init__(self, cls: type) -> None:
-        hints = typing.get_type_hints(cls)
-        fields = dataclasses.fields(cls)
-        self.cls = cls
-        self.names = tuple(f.name for f in fields)
-        self.fields = tuple((f.name, _checker(hints[f.name]), f.default, f.default_factory)
-                            for f in fields)
-        self.text = tuple(f.name for f in fields if hints[f.name] is str)
-        self.nested = tuple(f.name for f in fields
-                            if hints[f.name] is not str and not _plain(hints[f.name]))
-        # the generated __init__ of a frozen dataclass sets each field through
-        # object.__setattr__; one whose fields all live in its __dict__ and that has no
-        # __post_init__ is built by filling that dict instead (same object, ~5x cheaper)
-        self.direct = not hasattr(cls, "__post_init__") and not hasattr(cls, "__slots__")
-        self.defaults = {f.name: f.default for f in fields if f.default is not _MISSING}
-        self.factories = tuple((f.name, f.default_factory) for f in fields
-                               if f.default_factory is not _MISSING)
-        self._paths: dict[str, tuple[str, ...]] = {}
-
-    def paths(self, where: str) -> tuple[str, ...]:
-        """``where.field`` for every field (cached: ``where`` comes from our own schema,
-        so there are only a few of them)."""
-        paths = self._paths.get(where)
-        if paths is None:
-            paths = self._paths[where] = tuple(f"{where}.{name}" for name in self.names)
-        return paths
-
-    def build(self, values: dict[str, Any]) -> Any:
-        """An instance from a complete map of field values."""
-        if not self.direct:
-            return self.cls(**values)
-        obj = object.__new__(self.cls)
-        obj.__dict__.update(values)
-        return obj
-
-
-_CODECS: dict[type, _Codec] = {}
-
-
-def _codec(cls: type) -> _Codec:
-    codec = _CODECS.get(cls)
-    if codec is None:
-        codec = _CODECS[cls] = _Codec(cls)
-    return codec
-
-
-def _to_wire(value: Any) -> Any:
-    codec = _CODECS.get(type(value))
-    if codec is None:
-        if isinstance(value, list):
-            return [_to_wire(v) for v in value]
-        if not dataclasses.is_dataclass(value) or isinstance(value, type):
-            return value
-        codec = _codec(type(value))
-    if codec.direct:
-        fields = value.__dict__
-        body = {name: fields[name] for name in codec.names}
-    else:
-        body = {name: getattr(value, name) for name in codec.names}
-    for name in codec.text:
-        text = body[name]
-        if isinstance(text, str) and len(text) > MAX_STR:
-            body[name] = _cut(text)
-    for name in codec.nested:
-        v = body[name]
-        if v is not None and (type(v) is not list or v):  # (None and [] stay as they are)
-            body[name] = _to_wire(v)
-    return body
-
-
-def encode(msg: Message) -> bytes:
-    """Encode a message to one CBOR frame. Text fields longer than ``MAX_STR`` (error
-    messages and tracebacks of user code) are cut, so that every frame we encode is
-    one that ``decode`` accepts."""
-    body = _to_wire(msg)
-    body["v"] = PROTOCOL
-    body["t"] = msg.TAG
-    return cbor2.dumps(body)
-
-
-def new(cls: type, **values: Any) -> Any:
-    """``cls(**values)`` for a message or record class, without the generated frozen
-    ``__init__`` (which sets each field through ``object.__setattr__``): fields not
-    given take their defaults. As for ``evolve``, nothing is validated: for our own
-    code, on a per-call path (the client makes a ``Call`` per task)."""
-    codec = _codec(cls)
-    if not codec.direct:
-        return cls(**values)
-    fields = dict(codec.defaults)
-    for name, factory in codec.factories:
-        fields[name] = factory()
-    fields.update(values)
-    if len(fields) != len(codec.names):
-        missing = [n for n in codec.names if n not in fields]
-        raise TypeError(f"{cls.__name__}: missing {missing}" if missing else
-                        f"{cls.__name__} has no field {sorted(set(fields) - set(codec.names))}")
-    obj = object.__new__(cls)
-    obj.__dict__.update(fields)
-    return obj
-
-
-def evolve(msg: Any, **changes: Any) -> Any:
-    """``dataclasses.replace`` for messages and records, without the generated
-    ``__init__`` (a copy of the fields with ``changes`` applied; like ``replace``,
-    nothing is validated, and an unknown field name is a TypeError)."""
-    codec = _codec(type(msg))
-    if not codec.direct:
-        return dataclasses.replace(msg, **changes)
-    for name in changes:
-        if name not in codec.names:
-            raise TypeError(f"{type(msg).__name__} has no field {name!r}")
-    obj = object.__new__(codec.cls)  # (a direct codec's instance is its __dict__)
-    obj.__dict__.update(msg.__dict__)
-    obj.__dict__.update(changes)
-    return obj
-
-
-def _record(cls: type, body: Any, where: str) -> Any:
-    """An instance of ``cls`` from the CBOR map ``body``, every field checked; a missing
-    field takes its default, or is an error if it has none. ``where`` names the map in
-    errors (``call``, ``ping.sender``, ``ping.gossip[]``)."""
-    if not isinstance(body, dict):
-        raise DecodeError("field", f"{where}: expected a map")
-    codec = _codec(cls)
-    values = {}
-    for (name, check, default, factory), path in zip(codec.fields, codec.paths(where), strict=True):
-        if name in body:
-            values[name] = check(body[name], path)
-        elif default is not _MISSING:
-            values[name] = default
-        elif factory is not _MISSING:
-            values[name] = factory()
-        else:
-            raise DecodeError("field", f"{where}: missing field {name!r}")
-    return codec.build(values)
-
-
-def decode(frame: bytes, max_size: int = MAX_FRAME) -> Message:
-    """Decode one frame.
-
-    Raises ``DecodeError`` (and only that) when the frame is oversized, not CBOR,
-    not a map, of another protocol version, of an unknown type, or has a field of
-    the wrong type."""
-    if len(frame) > max_size:
-        raise DecodeError("oversized", f"{len(frame)} bytes > {max_size}")
-    try:
-        body = cbor2.loads(frame)
-    except Exception as exc:  # cbor2 raises many types on garbage (and RecursionError)
-        raise DecodeError("cbor", type(exc).__name__) from None
-    if not isinstance(body, dict):
-        raise DecodeError("cbor", "frame is not a map")
-    version = body.get("v")
-    if type(version) is not int or version != PROTOCOL:  # True == 1.0 == 1 in Python
-        raise DecodeError("version", f"protocol {version!r}, expected {PROTOCOL}")
-    tag = body.get("t")
-    cls = MESSAGES.get(tag) if isinstance(tag, str) else None
-    if cls is None:
-        raise DecodeError("type", f"unknown message type {tag!r}")
-    return _record(cls, body, cls.TAG)
-
-
-BATCH_BYTES = 1 << 20  # frames bigger than this travel alone; a batch stops growing there
-
-
-def batches(frames: list[bytes]) -> list[bytes]:
-    """``frames`` (encoded messages, in order) as few frames as possible: runs of small
-    frames become one ``Batch`` each (at most ``MAX_LIST`` frames and about
-    ``BATCH_BYTES``); a lone frame and a big frame go as they are. Order is kept."""
-    if len(frames) == 1:
-        return frames
-    out: list[bytes] = []
-    run: list[bytes] = []
-    size = 0
-
-    def close_run() -> None:
-        nonlocal size
-        if len(run) == 1:
-            out.append(run[0])
-        elif run:
-            out.append(encode(Batch(list(run))))
-        run.clear()
-        size = 0
-
-    for frame in frames:
-        if len(frame) > BATCH_BYTES:
-            close_run()
-            out.append(frame)
-            continue
-        if run and (size + len(frame) > BATCH_BYTES or len(run) >= MAX_LIST):
-            close_run()
-        run.append(frame)
-        size += len(frame)
-    close_run()
-    return out
-
-
-def unbatch(msg: Message, max_size: int = MAX_FRAME) -> tuple[list[Message], list[DecodeError]]:
-    """The messages in ``msg`` (itself when it is not a ``Batch``), and the errors of
-    the frames inside that did not decode (a ``Batch`` inside a ``Batch`` is one)."""
-    if not isinstance(msg, Batch):
-        return [msg], []
-    msgs: list[Message] = []
-    errors: list[DecodeError] = []
-    for frame in msg.frames:
-        try:
-            inner = decode(frame, max_size)
-        except DecodeError as exc:
-            errors.append(exc)
-            continue
-        if isinstance(inner, Batch):
-            errors.append(DecodeError("type", "a batch inside a batch"))
-        else:
-            msgs.append(inner)
-    return msgs, errors
+encode = CODEC.encode
+decode = CODEC.decode
+new = CODEC.new
+evolve = CODEC.evolve
+batches = CODEC.batches
+unbatch = CODEC.unbatch

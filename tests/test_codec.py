@@ -1,0 +1,371 @@
+"""Tests for mesh.codec: the generated encoders, decoders and ``new`` behave exactly as
+the generic reference path (``Codec(..., generate=False)``, the code they replaced).
+
+Differential: Hypothesis makes valid messages of every registered type and mutated
+maps of them (fields removed, wrong types, bools for ints, floats, overlong text and
+lists, nested garbage, extra keys), and each is decoded by both paths: the same object
+(same types all the way down), or ``DecodeError`` with the same reason and detail.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import cbor2
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mesh import codec as wire
+from mesh import messages as m
+from mesh.errors import DecodeError
+from tests.test_messages import EXAMPLES, STRATEGIES, ints, json_like
+
+pytestmark = pytest.mark.timeout(120)
+
+DIFF = settings(max_examples=300, deadline=None, database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+REFERENCE = wire.Codec(m.PROTOCOL, m.MESSAGES, m.RECORDS, m.Batch, generate=False)
+
+
+def deep(value: Any) -> Any:
+    """``value`` as nested tuples that tell apart what ``==`` does not (1 and 1.0, True
+    and 1, a record and another with the same fields)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return (type(value), tuple((f.name, deep(getattr(value, f.name)))
+                                   for f in dataclasses.fields(value)))
+    if isinstance(value, list):
+        return (list, tuple(deep(v) for v in value))
+    if isinstance(value, dict):
+        return (dict, tuple((deep(k), deep(v)) for k, v in value.items()))
+    return (type(value), repr(value))
+
+
+def outcome(codec: Any, frame: bytes) -> tuple:
+    try:
+        msg = codec.decode(frame)
+    except DecodeError as exc:
+        return ("error", exc.reason, exc.detail)
+    return ("ok", deep(msg), tuple(vars(msg)))  # (and the same __dict__ order)
+
+
+def assert_same(frame: bytes) -> tuple:
+    got, want = outcome(m.CODEC, frame), outcome(REFERENCE, frame)
+    assert got == want
+    return got
+
+
+# ----------------------------------------------------------------------------- mutations
+
+garbage = st.recursive(
+    st.none() | st.booleans() | ints | st.floats() | st.text(max_size=8) | st.binary(max_size=8)
+    | st.sampled_from([0, 1, -1, 1.0, 0.0, 2**64, "", b"", [], {}, "x" * (m.MAX_STR + 1),
+                       "y" * m.MAX_STR, [0] * (m.MAX_LIST + 1), ["s"] * (m.MAX_LIST + 1),
+                       [b""] * m.MAX_LIST, [{}], [None], {"node": "n", "nbytes": 1},
+                       {"cpus": 1, "memory": 0, "labels": []}, cbor2.CBORTag(99, "x")]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
+                                                                max_size=3),
+    max_leaves=8,
+)
+
+
+def fresh(value: Any) -> Any:
+    """A copy of a drawn value (the constants among them are shared between draws)."""
+    return cbor2.loads(cbor2.dumps(value))
+
+
+def places(body: Any) -> list[tuple[Any, Any]]:
+    """Every (container, key) inside a decoded map, nested maps and lists included."""
+    found = []
+    if isinstance(body, dict):
+        for key, value in body.items():
+            found.append((body, key))
+            found += places(value)
+    elif isinstance(body, list):
+        for i, value in enumerate(body[:8]):  # (not every item of a long list)
+            found.append((body, i))
+            found += places(value)
+    return found
+
+
+def mutate(body: dict, data: st.DataObject) -> dict:
+    for _ in range(data.draw(st.integers(1, 3), label="mutations")):
+        spots = places(body)
+        if not spots:
+            break
+        container, key = data.draw(st.sampled_from(spots), label="where")
+        kind = data.draw(st.sampled_from(["delete", "replace", "replace", "extra"]), label="kind")
+        if kind == "delete":
+            del container[key]
+        elif kind == "replace":
+            container[key] = fresh(data.draw(garbage, label="value"))
+        elif isinstance(container, dict):
+            key = data.draw(st.text(max_size=6) | ints, label="key")
+            container[key] = fresh(data.draw(garbage, label="extra"))
+        else:
+            container.append(fresh(data.draw(garbage, label="item")))
+    return body
+
+
+# ----------------------------------------------------------------------------- decode
+
+
+@pytest.mark.parametrize("msg", EXAMPLES, ids=lambda x: type(x).__name__)
+def test_examples_decode_the_same(msg):
+    assert assert_same(m.encode(msg))[0] == "ok"
+
+
+BAD = [True, False, 0, 1, -1, 2**70, 1.5, 1.0, float("nan"), "", "x", "x" * (m.MAX_STR + 1), b"b",
+       [], [1], ["s"], [b""], [{}], [0] * (m.MAX_LIST + 1), {}, {"a": 1}, {"node": "n"},
+       cbor2.CBORTag(99, [1])]
+
+
+def key_paths(body: Any, prefix: tuple = ()) -> list[tuple]:
+    """The path of every key in a decoded map, and in the maps nested in it (in lists:
+    the first item only)."""
+    found = []
+    items = body.items() if isinstance(body, dict) else enumerate(body[:1]) if isinstance(
+        body, list) else ()
+    for key, value in items:
+        found.append((*prefix, key))
+        found += key_paths(value, (*prefix, key))
+    return found
+
+
+@pytest.mark.parametrize("msg", EXAMPLES, ids=lambda x: type(x).__name__)
+def test_every_field_removed_or_replaced_decodes_the_same(msg):
+    """Exhaustively, for the examples: each key, at every level, removed, and its value
+    replaced by each of ``BAD``."""
+    frame = m.encode(msg)
+    for path in key_paths(cbor2.loads(frame)):
+        for value in [None, *BAD]:
+            for remove in ([True, False] if value is None else [False]):
+                body = cbor2.loads(frame)
+                target = body
+                for step in path[:-1]:
+                    target = target[step]
+                if remove:
+                    del target[path[-1]]
+                else:
+                    target[path[-1]] = value
+                assert_same(cbor2.dumps(body))
+
+
+@pytest.mark.parametrize("tag", sorted(m.MESSAGES))
+@settings(DIFF, max_examples=80)
+@given(data=st.data())
+def test_valid_messages_decode_the_same(tag, data):
+    msg = data.draw(STRATEGIES[tag])
+    got = assert_same(REFERENCE.encode(msg))
+    assert got[0] == "ok"
+
+
+@pytest.mark.parametrize("tag", sorted(m.MESSAGES))
+@settings(DIFF, max_examples=150)
+@given(data=st.data())
+def test_mutated_messages_decode_the_same(tag, data):
+    body = cbor2.loads(m.encode(data.draw(STRATEGIES[tag])))
+    assert_same(cbor2.dumps(mutate(body, data)))
+
+
+@settings(DIFF, max_examples=300)
+@given(st.sampled_from(sorted(m.MESSAGES)), st.dictionaries(
+    st.sampled_from(sorted({f.name for cls in (*m.MESSAGES.values(), *m.RECORDS)
+                            for f in dataclasses.fields(cls)})), garbage, max_size=12))
+def test_maps_of_field_names_and_garbage_decode_the_same(tag, fields):
+    assert_same(cbor2.dumps({"v": m.PROTOCOL, "t": tag, **fields}))
+
+
+@settings(DIFF, max_examples=200)
+@given(st.one_of(garbage, st.dictionaries(st.sampled_from(["v", "t", "seq", 1]), garbage)),
+       st.sampled_from([None, "ping", "call", "nope", 1, True]))
+def test_frames_without_a_good_head_decode_the_same(body, tag):
+    if isinstance(body, dict) and tag is not None:
+        body = {**body, "v": m.PROTOCOL, "t": tag}
+    assert_same(cbor2.dumps(body))
+
+
+@pytest.mark.parametrize("frame", [b"", b"\xff", b"\x80", b"\xa0", b"\xa1\x61v\x01",
+                                   b"\xa2\x61v\xf5\x61t\x64ping"])
+def test_broken_frames_fail_the_same(frame):
+    assert assert_same(frame)[0] == "error"
+    with pytest.raises(DecodeError) as info:
+        m.decode(frame, max_size=len(frame) - 1 if frame else -1)
+    assert info.value.reason == "oversized"
+
+
+def test_valid_frames_take_the_generated_path_only():
+    """The generic ``record`` is the fallback for frames that need it: what our encoder
+    makes never does (else the speed-up would silently be lost)."""
+    codec = wire.Codec(m.PROTOCOL, m.MESSAGES, m.RECORDS, m.Batch)
+    slow = []
+    generic = codec.record
+    codec.record = lambda cls, body, where: slow.append(cls) or generic(cls, body, where)
+    for msg in EXAMPLES:
+        assert codec.decode(codec.encode(msg)) == msg
+    assert slow == []
+    body = cbor2.loads(m.encode(EXAMPLES[0]))
+    del body["gossip"][0]["cpus"]  # defaulted: by the generic path
+    assert codec.decode(cbor2.dumps(body)).gossip[0].cpus == 0 and slow == [m.Digest]
+
+
+def test_ints_for_floats_and_defaults_go_the_generic_way():
+    advert = m.Advert(root="r", term=3, score=2, rank=1, path=["p"])
+    frame = m.encode(m.TreeAdvert("s", advert))
+    assert assert_same(frame)[0] == "ok"
+    assert type(m.decode(frame).advert.score) is float
+    assert assert_same(cbor2.dumps({"v": 1, "t": "call", "call_id": "c", "function": "",
+                                    "payload": b""}))[0] == "ok"
+
+
+# ----------------------------------------------------------------------------- encode
+
+
+odd_text = st.text(max_size=8) | st.sampled_from(["t" * (m.MAX_STR + 1), "u" * 10_000, ""])
+
+
+@pytest.mark.parametrize("tag", sorted(m.MESSAGES))
+@settings(DIFF, max_examples=60)
+@given(data=st.data())
+def test_encode_is_byte_for_byte_the_reference(tag, data):
+    msg = data.draw(STRATEGIES[tag])
+    texts = {f.name: data.draw(odd_text) for f in dataclasses.fields(msg)
+             if f.type in ("str", str) and data.draw(st.booleans())}
+    msg = dataclasses.replace(msg, **texts)  # (long text is cut the same way)
+    frame = m.encode(msg)
+    assert frame == REFERENCE.encode(msg)
+    assert assert_same(frame)[0] == "ok"
+
+
+class Name(str):
+    """A str subclass in a text field (``encode`` cuts any str, as ``isinstance`` says)."""
+
+
+def test_encode_of_unusual_values_is_the_reference():
+    for msg in [
+        m.Result(Name("c"), True, b"", Name("a" * (m.MAX_STR + 5))),
+        m.Cancel(None, 5),  # (wrong types are sent as they are: decode refuses them)
+        m.Ping(1, m.NodeInfo("i", "n", "a", 1), m.Load(1, 1, 0, 0, speed=1, labels=["x" * 9000])),
+        m.Call("c", "", b"", inputs=[m.Holding("n", 1)], needs=m.Needs(labels=["gpu"])),
+        m.Call("c", "", b"", inputs=(m.Holding("n", 1),)),  # a tuple is not converted: fails
+        m.Answer(1, "status", [m.Holding("n", 1), {"k": m.Holding("n", 2)}, [m.Needs()]]),
+        m.Answer(1, "status", m.Load(1, 2, 3, 4)),
+        m.Answer(1, "status", m.Holding),  # a class is not turned into a map
+        m.TreeAdvert("s", m.Advert(score=1, rank=2)),
+    ]:
+        assert encoded(m.CODEC, msg) == encoded(REFERENCE, msg), msg
+    for bad in (5, [m.Cancel("c")], m.NodeInfo("i", "n", "a", 1)):
+        assert encoded(m.CODEC, bad)[0] == encoded(REFERENCE, bad)[0] == "raises"
+        assert encoded(m.CODEC, bad) == encoded(REFERENCE, bad)
+
+
+def encoded(codec: Any, msg: Any) -> tuple:
+    try:
+        return ("ok", codec.encode(msg))
+    except Exception as exc:
+        return ("raises", type(exc), str(exc))
+
+
+# ----------------------------------------------------------------------------- new, evolve
+
+
+@settings(DIFF, max_examples=300)
+@given(st.sampled_from([*m.MESSAGES.values(), *m.RECORDS]), st.data())
+def test_new_is_the_reference(cls, data):
+    names = [f.name for f in dataclasses.fields(cls)]
+    chosen = data.draw(st.lists(st.sampled_from(names), unique=True) if names else st.just([]))
+    values = {name: fresh(data.draw(json_like)) for name in chosen}
+    if data.draw(st.booleans()):
+        values[data.draw(st.sampled_from(["bogus", "TAG", "v"]))] = 1
+    try:
+        got = m.new(cls, **values)
+    except TypeError as exc:
+        with pytest.raises(TypeError) as want:
+            REFERENCE.new(cls, **values)
+        assert str(exc) == str(want.value)
+    else:
+        want = REFERENCE.new(cls, **values)
+        assert deep(vars(got)) == deep(vars(want)) and type(got) is type(want)
+        for name, value in vars(got).items():  # fresh default lists, never shared
+            if isinstance(value, list) and name not in values:
+                assert value is not vars(want)[name]
+
+
+def test_new_and_evolve_keep_their_contract():
+    call = m.new(m.Call, call_id="c", function="f", payload=b"p")
+    assert call == m.Call("c", "f", b"p") and call.visited is not m.new(m.Call, call_id="c",
+                                                                         function="f",
+                                                                         payload=b"p").visited
+    with pytest.raises(TypeError, match="missing"):
+        m.new(m.Call, call_id="c")
+    with pytest.raises(TypeError, match="has no field"):
+        m.new(m.Cancel, call_id="c", nope=1)
+    assert m.evolve(call, hops=2) == dataclasses.replace(call, hops=2)
+
+
+# ----------------------------------------------------------------------------- other classes
+
+
+@dataclass(frozen=True)
+class Tree:
+    name: str
+    kids: list[Tree] = field(default_factory=list)
+    best: Tree | None = None
+
+
+@dataclass(frozen=True)
+class Planted:
+    TAG: ClassVar[str] = "planted"
+    tree: Tree
+    weight: float = 0.5
+
+
+@dataclass(frozen=True)
+class Checked:
+    TAG: ClassVar[str] = "checked"
+    n: int
+
+    def __post_init__(self) -> None:
+        if self.n < 0:
+            raise ValueError("n < 0")
+
+
+@dataclass(frozen=True)
+class Pile:
+    TAG: ClassVar[str] = "pile"
+    frames: list[bytes]
+
+
+def test_a_record_that_nests_itself_and_a_class_with_post_init():
+    messages = {"planted": Planted, "checked": Checked, "pile": Pile}
+    fast = wire.Codec(7, messages, (Tree,), Pile)
+    slow = wire.Codec(7, messages, (Tree,), Pile, generate=False)
+    leaf = Tree("leaf")
+    for msg in (Planted(Tree("root", [leaf, Tree("mid", [leaf], leaf)], leaf), 2.0),
+                Planted(Tree("x" * 5000)), Checked(3)):
+        frame = fast.encode(msg)
+        assert frame == slow.encode(msg)
+        assert deep(fast.decode(frame)) == deep(slow.decode(frame))
+        assert fast.decode(frame) == msg or len(msg.tree.name) > wire.MAX_STR
+    for body in ({"v": 7, "t": "planted", "tree": {"name": "r", "kids": [{"name": 1}]}},
+                 {"v": 7, "t": "planted", "tree": {"name": "r", "best": {"kids": []}}},
+                 {"v": 7, "t": "planted", "tree": {"name": "r"}, "weight": 1},
+                 {"v": 7, "t": "checked", "n": 1.5}):
+        frame = cbor2.dumps(body)
+        assert outcome(fast, frame) == outcome(slow, frame)
+    with pytest.raises(ValueError):  # built by its own __init__: __post_init__ runs
+        fast.decode(cbor2.dumps({"v": 7, "t": "checked", "n": -1}))
+    frames = [fast.encode(Checked(i)) for i in range(3)]
+    assert fast.unbatch(fast.decode(fast.batches(frames)[0]))[0] == [Checked(i) for i in range(3)]
+
+
+def test_a_class_whose_name_is_no_identifier():
+    odd = dataclasses.make_dataclass("odd-one", [("n", int), ("s", str, "")], frozen=True)
+    odd.TAG = "odd"
+    fast = wire.Codec(1, {"odd": odd}, (), Pile)
+    slow = wire.Codec(1, {"odd": odd}, (), Pile, generate=False)
+    frame = fast.encode(fast.new(odd, n=3))
+    assert frame == slow.encode(odd(3)) and fast.decode(frame) == odd(3)
+    assert fast._decoder(odd).__name__ == "decode_odd-one"  # (named after it, all the same)
