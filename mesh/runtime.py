@@ -191,6 +191,7 @@ class Runtime(Recovery):
         self.graph = TaskGraph()
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
+        self._group_ended = False  # a task group's last task ended since the last _notify
         self.inbox: collections.deque[tuple] = collections.deque()  # events, see ``_post``
         self._doorbell: queue.SimpleQueue = queue.SimpleQueue()
         self._rung = False  # the doorbell was rung and the thread has not answered yet
@@ -301,7 +302,7 @@ class Runtime(Recovery):
             if groups:
                 self._groups[task_id] = groups
             self._apply(acts)
-            self.cond.notify_all()
+            self._notify()
         return [task_id] + [return_id(task_id, i) for i in range(returns)]
 
     def wait(self, items: list[tuple[str, str | None]]) -> list[Any]:
@@ -316,7 +317,7 @@ class Runtime(Recovery):
                     entry = self._waiters[version] = (Future(), self._last_writer.get(data_id, writer))
                 waits.append(entry[0])
             self._apply(self.graph.wait_on([d for d, _ in items]))
-            self.cond.notify_all()
+            self._notify()
         if all(w.done() for w in waits):
             values = [w.result() for w in waits]
         else:
@@ -410,7 +411,7 @@ class Runtime(Recovery):
                 log.exception("mesh runtime: handling %r failed", ev[:2])
         if self.graph.next_deadline() is not None:
             self._apply(self.graph.tick(time.monotonic()))
-        self.cond.notify_all()
+        self._notify()
 
     def _progress_due(self) -> tuple[int, int, int] | None:
         """Under the lock: the graph's (submitted, done, failed) since the worker's call
@@ -575,10 +576,20 @@ class Runtime(Recovery):
             for holder, oids in to_free.items():
                 self.client.free(holder, oids)
 
+    def _notify(self) -> None:
+        """Under the lock: wake ``barrier`` and ``wait_group`` when what they wait for may
+        have come (no task active, or a group's last task ended), not at every event: a
+        wake of a waiting thread per result costs a thread switch per task."""
+        if self.graph.active_count == 0 or self._group_ended:
+            self._group_ended = False
+            self.cond.notify_all()
+
     def _terminal(self, task_id: str, failed: bool) -> None:
         self._calls.pop(task_id, None)
         for g in self._groups.pop(task_id, ()):
             g.pending -= 1
+            if g.pending == 0:
+                self._group_ended = True
             if failed:
                 g.failed.append((task_id, self._fate.get(task_id)))
         if self.graph.task_state(task_id) is None:  # no output left: nobody can wait on it
