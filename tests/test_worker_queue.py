@@ -171,6 +171,24 @@ def test_waiting_calls_run_in_order_and_teach_the_pool_their_run_time(pool, tmp_
     assert pool.samples == 6 and 0 < pool.run_time < 1 and pool.waiting == 0
 
 
+def nice_of(pid: int) -> int:
+    """The nice value of the process's main thread (its id is the process id)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rpartition(")")[2].split()[16])  # (field 19 of stat)
+
+
+def test_a_worker_runs_short_calls_at_the_agents_priority_and_long_ones_niced(pool):
+    w = pool.workers[0]
+    results: dict = {}
+    for i in range(20):  # (stdlib functions: importing this module would take long)
+        pool.run(mk(f"s{i}", "operator:add", i, 1))
+        collect(pool, results, lambda i=i: f"s{i}" in results)
+    assert nice_of(w.proc.pid) == nice_of(os.getpid())  # short calls: not niced
+    pool.run(mk("long", "time:sleep", 0.3))
+    collect(pool, results, lambda: "long" in results)
+    assert pool.workers[0] is w and nice_of(w.proc.pid) == min(nice_of(os.getpid()) + 10, 19)
+
+
 def test_calls_behind_a_long_call_come_back_unstarted(pool, tmp_path):
     log = str(tmp_path / "log")
     pool.run(mk("long", "tests.test_worker_queue:note", log, "long", 1.5))
