@@ -6,38 +6,12 @@ A pure state machine: the agent feeds it events with the current monotonic time
 (``now``) and carries out the actions it returns. It opens no socket and reads
 no clock; randomness comes from the ``random.Random`` it is given.
 
-Bootstrap. Nodes are learnt from seed addresses (``--peer``/MESH_PEERS), mDNS
-announcements and gossip. mDNS and seeds only bootstrap; liveness comes only
-from probes, because mDNS keeps dead services for a long time.
-
-Connections are keyed by address: ``Connect(addr)`` opens our DEALER to the
-peer's ROUTER. Requests (``Ping``, ``PingReq``, ``Leave``) travel over our own
-connection; answers (``Pong``, ``IndirectAck``, ``Nack``) come back over the
-requester's connection (``Reply`` to its identity). A seed's node id is unknown
-until it answers; a second connection to a known node, or one to ourselves, is
-closed.
-
-Probing (SWIM). Every protocol period a node probes one member: members it has
-heard are suspect first, then the others in a shuffled round robin. It sends
-``Ping``; with no answer within ``ack_timeout`` it asks ``indirect`` other members
-to probe the target (``PingReq``), and they answer ``IndirectAck`` or ``Nack``.
-Any message from the target during the probe counts as its answer. With no
-answer by the end of the period the target becomes *suspect*. A connection
-reset (``connection_lost``) makes a node probe that member at once: a TCP reset
-is a welcome hint, never the detector itself.
-
-Suspicion (Lifeguard). A suspect becomes *dead* after ``suspicion_timeout``,
-which starts long and shrinks with independent confirmations. A suspect that
-hears of its own suspicion refutes it by raising its incarnation and
-disseminating ``alive``; news with a higher incarnation overrides older news.
-Messages to a member we suspect, or believe dead, carry that news first, so a
-frozen node that wakes up learns it at once and refutes (rejoins).
-
-Local health (Lifeguard, ``detector.LocalHealth``) stretches our probe timeouts
-when we have signs that we are the slow one.
-
-Dissemination: every message carries a few ``Digest``s from ``GossipBuffer``
-(fresh news first), then random members' digests (anti-entropy, spreading joins).
+It is split by concern into mixins of ``Membership``, each with its own theory of
+operation: ``mesh.discovery.joining`` (bootstrap, connections and dissemination: how
+members are learnt and how news of them spreads) and ``mesh.discovery.probing``
+(probes, indirect probes, suspicion and local health: how failures are found). The
+records of the table are in ``mesh.discovery.members``. This module holds the table,
+the inputs, the timers, and the states of a member.
 
 Member states and the allowed transitions (``TRANSITIONS``):
 
@@ -59,14 +33,17 @@ from dataclasses import dataclass, field
 
 from mesh.discovery.actions import (
     Action,
-    Connect,
-    DeclaredDead,
-    Disconnect,
+    Connect,  # noqa: F401 (re-exported: the agent, the simulator and tests take it from here)
+    DeclaredDead,  # noqa: F401 (re-exported)
+    Disconnect,  # noqa: F401 (re-exported)
     MemberChanged,
     Reply,
     Send,
 )
-from mesh.discovery.detector import GossipBuffer, LocalHealth, suspicion_bounds, suspicion_timeout
+from mesh.discovery.detector import GossipBuffer, LocalHealth
+from mesh.discovery.joining import Joining
+from mesh.discovery.members import Member, _Seed
+from mesh.discovery.probing import Probing, _Probe, _Relay
 from mesh.discovery.timing import Timing
 from mesh.errors import LocalProtocolError
 from mesh.messages import (
@@ -96,73 +73,8 @@ ROUTER_MESSAGES = (Ping, PingReq, Leave)  # arrive on our ROUTER
 DEALER_MESSAGES = (Pong, IndirectAck, Nack)  # arrive on our own connections
 
 
-# ----------------------------------------------------------------------------- state
-
-
 @dataclass
-class Member:
-    info: NodeInfo
-    state: str
-    conn: str | None  # address of our connection to it, if any
-    last_heard: float
-    changed_at: float
-    load: Load | None = None
-    rtt: float | None = None  # smoothed round-trip time, seconds
-    suspected_at: float = 0.0
-    suspecters: set[str] = field(default_factory=set)  # who suspects it (confirmations)
-
-    def view(self) -> dict:
-        return {
-            "id": self.info.id,
-            "name": self.info.name,
-            "address": self.info.address,
-            "state": self.state,
-            "rtt_ms": None if self.rtt is None else round(self.rtt * 1000, 3),
-            "cpus": self.info.cpus,
-            "free": None if self.load is None else self.load.free,
-            "load": None if self.load is None else self.load.running + self.load.queued,
-            "incarnation": self.info.incarnation,
-            "labels": [] if self.load is None else list(self.load.labels),
-            "memory": None if self.load is None or not self.load.memory else self.load.memory,
-        }
-
-    def digest(self) -> Digest:
-        i = self.info
-        return Digest(i.id, i.name, i.address, self.state, i.incarnation, i.cpus)
-
-
-@dataclass
-class _Seed:
-    address: str
-    node_id: str | None = None  # learnt from its first answer
-
-
-@dataclass
-class _Probe:
-    """Our probe of one member in the current period."""
-
-    target: str
-    seq: int
-    sent: float
-    ack_deadline: float
-    end: float
-    helpers: int = 0
-    nacks: int = 0
-    acked: bool = False
-
-
-@dataclass
-class _Relay:
-    """A probe we make on behalf of another member (``PingReq``)."""
-
-    requester: bytes
-    their_seq: int
-    target: str
-    deadline: float
-
-
-@dataclass
-class Membership:
+class Membership(Joining, Probing):
     """The membership table and failure detector of one node. See the module docstring."""
 
     me: NodeInfo
@@ -373,294 +285,7 @@ class Membership:
     def views(self) -> list[dict]:
         return [m.view() for m in sorted(self.members.values(), key=lambda m: m.info.name)]
 
-    # ------------------------------------------------------------------ probing
-
-    def _start_probe(self, now: float) -> list[Action]:
-        target = self._next_target()
-        if target is None:
-            return []
-        member = self.members[target]
-        t = self.timing
-        ping = self._ping(member.conn, now)
-        self._probe = _Probe(target, ping.message.seq, now, now + self.health.scale(t.ack_timeout),
-                             now + self.health.scale(t.period))
-        self.counters["probes"] += 1
-        return [ping]
-
-    def _next_target(self) -> str | None:
-        def probeable(node_id: str) -> bool:
-            m = self.members.get(node_id)
-            return m is not None and m.state in ("alive", "suspect") and m.conn is not None
-
-        while self._urgent:
-            node_id = self._urgent.pop(0)
-            if probeable(node_id):
-                return node_id
-        for _ in range(2):
-            while self._order:
-                node_id = self._order.pop()
-                if probeable(node_id):
-                    return node_id
-            self._order = [i for i in self.members if probeable(i)]
-            self.rng.shuffle(self._order)
-        return None
-
-    def _probe_timers(self, now: float) -> list[Action]:
-        acts: list[Action] = []
-        probe = self._probe
-        if probe is not None and not probe.acked and probe.helpers == 0 and now >= probe.ack_deadline:
-            acts += self._ask_helpers(probe, now)
-        for seq, relay in list(self._relays.items()):
-            if now >= relay.deadline:
-                del self._relays[seq]
-                acts.append(Reply(relay.requester, Nack(relay.their_seq, relay.target)))
-        if probe is not None and now >= probe.end:
-            acts += self._end_period(now)
-        return acts
-
-    def _ask_helpers(self, probe: _Probe, now: float) -> list[Action]:
-        target = self.members.get(probe.target)
-        if target is None:
-            return []
-        helpers = [m for m in self.members.values()
-                   if m.state == "alive" and m.conn is not None and m.info.id != probe.target]
-        helpers = self.rng.sample(helpers, min(self.timing.indirect, len(helpers)))
-        probe.helpers = len(helpers) if helpers else -1  # -1: nobody to ask
-        self.counters["indirect"] += 1
-        return [Send(h.conn, PingReq(probe.seq, probe.target, target.info.address, self.me,
-                                     self._gossip_for(h.info.id))) for h in helpers]
-
-    def _ping_req(self, req: PingReq, now: float, identity: bytes | None) -> list[Action]:
-        acts = self._apply(req.gossip, now, req.sender.id)
-        if identity is None or req.target == self.me.id:
-            return acts
-        target = self.members.get(req.target)
-        address = target.conn if target is not None and target.conn else req.address
-        if address not in self._conns:
-            if len(self._conns) >= self.max_members:
-                return acts + [Reply(identity, Nack(req.seq, req.target))]
-            acts += self._connect(address, req.target)
-        ping = self._ping(address, now)
-        self._relays[ping.message.seq] = _Relay(identity, req.seq, req.target,
-                                                now + self.timing.ack_timeout)
-        return acts + [ping]
-
-    def _acked(self, now: float) -> None:
-        if self._probe is not None and not self._probe.acked:
-            self._probe.acked = True
-            self.health.down()
-
-    def _end_period(self, now: float) -> list[Action]:
-        probe, self._probe = self._probe, None
-        if probe is None or probe.acked:
-            return []
-        self.counters["probe_failures"] += 1
-        if probe.helpers > 0 and probe.nacks == 0:
-            self.health.up()  # not even the helpers answered: we may be the problem
-        member = self.members.get(probe.target)
-        if member is None or member.state not in ("alive", "suspect"):
-            return []
-        return self._suspect(member, member.info.incarnation, self.me.id, now)
-
-    # ------------------------------------------------------------------ suspicion
-
-    def _suspicion_timeout(self, member: Member) -> float:
-        t = self.timing
-        n = sum(1 for m in self.members.values() if m.state in ("alive", "suspect")) + 1
-        low, high = suspicion_bounds(n, t.period, t.suspicion_alpha, t.suspicion_beta)
-        expected = min(t.expected_confirmations, max(n - 2, 0))
-        return suspicion_timeout(low, high, max(len(member.suspecters) - 1, 0), expected)
-
-    def _suspect(self, member: Member, incarnation: int, by: str, now: float) -> list[Action]:
-        if member.state == "alive":
-            acts = self._set_state(member, "suspect", now)
-            member.suspected_at = now
-            member.suspecters = {by}
-            self.counters["suspicions"] += 1
-            if member.info.id not in self._urgent:
-                self._urgent.append(member.info.id)  # see for ourselves soon
-        elif member.state == "suspect" and by not in member.suspecters:
-            member.suspecters.add(by)  # an independent confirmation: the time-out shrinks
-            acts = []
-        else:
-            return []
-        self.gossip.add(Digest(member.info.id, member.info.name, member.info.address, "suspect",
-                               incarnation, member.info.cpus))
-        return acts
-
-    def _expire(self, now: float) -> list[Action]:
-        acts: list[Action] = []
-        for member in list(self.members.values()):
-            if member.state == "suspect" and now - member.suspected_at >= self._suspicion_timeout(member):
-                acts += self._set_state(member, "dead", now)
-                self.counters["deaths"] += 1
-                self.gossip.add(member.digest())
-            elif member.state in ("dead", "left") and now - member.changed_at > self.timing.forget_after:
-                acts += self._drop_conn(member)
-                del self.members[member.info.id]
-        return acts
-
-    # ------------------------------------------------------------------ news
-
-    def _apply(self, digests: list[Digest], now: float, sender: str | None) -> list[Action]:
-        """SWIM's rules for news about a node (incarnations order the news)."""
-        acts: list[Action] = []
-        for d in digests:
-            if d.state not in ("alive", "suspect", "dead", "left"):
-                continue
-            if d.id == self.me.id:
-                acts += self._about_me(d)
-                continue
-            member = self.members.get(d.id)
-            if member is None:
-                if d.state in ("alive", "suspect") and d.address and d.address not in self._conns \
-                        and len(self._conns) < self.max_members:
-                    acts += self._connect(d.address, d.id)
-                    acts.append(self._ping(d.address, now))
-                continue
-            inc = member.info.incarnation
-            if member.state == "left" or d.incarnation < inc:
-                continue
-            if d.state == "alive":
-                if d.incarnation > inc:
-                    member.info = NodeInfo(d.id, d.name or member.info.name,
-                                           d.address or member.info.address, d.cpus, d.incarnation)
-                    if member.state in ("suspect", "dead"):
-                        acts += self._set_state(member, "alive", now)
-                    self.gossip.add(member.digest())
-            elif d.state == "suspect":
-                if d.incarnation > inc:
-                    member.info = NodeInfo(member.info.id, member.info.name, member.info.address,
-                                           member.info.cpus, d.incarnation)
-                acts += self._suspect(member, d.incarnation, sender or "?", now)
-            elif d.state == "dead":
-                if member.state in ("alive", "suspect"):
-                    acts += self._set_state(member, "dead", now)
-                    self.gossip.add(member.digest())
-            elif d.state == "left":
-                acts += self._set_state(member, "left", now)
-                self.gossip.add(member.digest())
-                acts += self._drop_conn(member)
-        return acts
-
-    def _about_me(self, d: Digest) -> list[Action]:
-        if d.state == "alive" or self._leaving or d.incarnation < self.me.incarnation:
-            return []
-        # suspected or declared dead (or left) by someone: refute with a newer incarnation
-        self.me = NodeInfo(self.me.id, self.me.name, self.me.address, self.me.cpus, d.incarnation + 1)
-        self.counters["refuted"] += 1
-        self.health.up()
-        self.gossip.add(Digest(self.me.id, self.me.name, self.me.address, "alive",
-                               self.me.incarnation, self.me.cpus))
-        return [DeclaredDead(d.incarnation)] if d.state in ("dead", "left") else []
-
-    def _gossip_for(self, receiver: str | None) -> list[Digest]:
-        """What to piggyback on a message to ``receiver``: its own bad news first (so a
-        suspect can refute at once), then fresh updates, then random members."""
-        live = sum(1 for m in self.members.values() if m.state in ("alive", "suspect")) + 1
-        first = None
-        member = self.members.get(receiver) if receiver else None
-        if member is not None and member.state in ("suspect", "dead"):
-            first = member.digest()
-        out = self.gossip.take(self.timing.gossip_fanout, live, first)
-        room = self.timing.gossip_fanout - len(out)
-        if room > 0:
-            known = {d.id for d in out}
-            pool = [m for m in self.members.values()
-                    if m.state == "alive" and m.info.id not in known and m.info.id != receiver]
-            for m in self.rng.sample(pool, min(room, len(pool))):
-                out.append(m.digest())
-        return out
-
-    # ------------------------------------------------------------------ connections
-
-    def _ping(self, address: str, now: float) -> Send:
-        self._seq += 1
-        self._sent[self._seq] = (address, now)
-        receiver = self._conns.get(address)
-        return Send(address, Ping(self._seq, self.me, self._load, self._gossip_for(receiver)))
-
-    def _slow_pings(self, now: float) -> list[Action]:
-        """Seeds not yet (or no longer) reachable, and dead members, every seed_retry."""
-        if now < self._next_slow:
-            return []
-        self._next_slow = now + self.timing.seed_retry
-        acts: list[Action] = []
-        for member in self.members.values():
-            if member.state == "dead" and member.conn is not None:
-                acts.append(self._ping(member.conn, now))
-        for address, node_id in list(self._conns.items()):
-            if node_id is None or node_id not in self.members:
-                acts.append(self._ping(address, now))  # answers tell us who is there
-        for seed in self.seeds.values():
-            member = self.members.get(seed.node_id) if seed.node_id else None
-            reachable = member is not None and member.state in ("alive", "suspect")
-            if not reachable and seed.address not in self._conns:
-                acts += self._connect(seed.address, None)
-                acts.append(self._ping(seed.address, now))
-        return acts
-
-    def _connect(self, address: str, node_id: str | None) -> list[Action]:
-        if address in self._conns:
-            return []
-        self._conns[address] = node_id
-        return [Connect(address)]
-
-    def _drop_conn(self, member: Member) -> list[Action]:
-        address, member.conn = member.conn, None
-        if address is None or self._conns.get(address, member.info.id) != member.info.id:
-            return []  # none, or now another member's (a node restarted at this address)
-        self._conns.pop(address, None)
-        return [Disconnect(address)]
-
-    def _heard(self, info: NodeInfo, load: Load, now: float, via: str | None) -> list[Action]:
-        """Direct contact from ``info`` (a Ping to us, or a Pong over ``via``)."""
-        acts: list[Action] = []
-        if via is not None:
-            for seed in self.seeds.values():
-                if seed.address == via:
-                    seed.node_id = info.id
-        if info.id == self.me.id:
-            # one of our seeds (or an announcement) was ourselves
-            if via is not None and via in self._conns:
-                del self._conns[via]
-                acts.append(Disconnect(via))
-            if via is not None:
-                self.seeds.pop(via, None)  # else we would reconnect to ourselves forever
-            return acts
-        member = self.members.get(info.id)
-        if member is None:
-            if len(self.members) >= self.max_members:
-                evicted = self._evict()
-                if evicted is None:
-                    return acts
-                acts += evicted
-            member = Member(info, "alive", None, now, now, load)
-            self.members[info.id] = member
-            acts.append(MemberChanged(info.id, info.name, "new", "alive", info.incarnation))
-            self.gossip.add(member.digest())  # spread the join
-            self._order.append(info.id)  # probe it soon: measures its round trip
-        else:
-            if info.incarnation > member.info.incarnation:
-                member.info = info
-                if member.state in ("suspect", "dead"):
-                    acts += self._set_state(member, "alive", now)
-                    self.gossip.add(member.digest())
-            member.load = load
-        member.last_heard = now
-        if via is not None:
-            if member.conn is None:
-                member.conn = via
-                self._conns[via] = info.id
-            elif member.conn != via and via in self._conns:
-                del self._conns[via]  # a second path to a known member: keep one
-                acts.append(Disconnect(via))
-        elif member.conn is None and member.state != "left":
-            acts += self._connect(info.address, info.id)
-            member.conn = info.address
-            self._conns[info.address] = info.id  # the seed connection may be open, id unknown
-            acts.append(self._ping(info.address, now))
-        return acts
+    # ------------------------------------------------------------------ states
 
     def _set_state(self, member: Member, new: str, now: float) -> list[Action]:
         old = member.state
@@ -673,13 +298,3 @@ class Membership:
         if new == "alive":
             member.suspecters = set()
         return [MemberChanged(member.info.id, member.info.name, old, new, member.info.incarnation)]
-
-    def _evict(self) -> list[Action] | None:
-        """Forget the oldest dead or left member and close its connection; None if
-        every member is alive or suspect."""
-        gone = [m for m in self.members.values() if m.state in ("dead", "left")]
-        if not gone:
-            return None
-        oldest = min(gone, key=lambda m: m.changed_at)
-        del self.members[oldest.info.id]
-        return self._drop_conn(oldest)

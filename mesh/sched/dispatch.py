@@ -20,20 +20,9 @@ Placement, constraints and work stealing: ``mesh.sched.placement`` (a mixin of
 
 The ledger: each hop keeps its own entry, so a delegation chain origin -> B -> C is
 known piecewise (origin: "at B"; B: "at C, for origin"). Failures are handled by
-the hop that sees them, from membership's verdicts:
-
-* a holder is lost (``peer_lost``): its calls are placed again, with
-  ``attempt + 1``, never on that peer (bounded by ``max_attempts``), and it is sent a
-  ``Cancel`` for each, which a frozen holder reads when it wakes;
-* a requester is lost: if the call's origin is alive the holder answers the origin
-  directly (``SendTo``), so the far result of a chain whose middle agent died still
-  arrives; if the origin itself is lost the call is cancelled everywhere down its
-  path (``KillLocal``, ``Cancel``) so it stops using the mesh;
-* we learn that we were declared dead (``declared_dead``, a frozen agent waking):
-  everyone else re-placed what we held for them or cancelled what we asked of them,
-  so calls of our own clients held by peers are placed again, and calls we held for
-  peers but had delegated or not started are handed back (``Handback``);
-* leaving (``drain``): queued calls go to peers, or back to who sent them.
+the hop that sees them, from membership's verdicts: ``mesh.sched.peer_failures`` (a
+mixin of ``Dispatcher``). Leaving (``drain``): queued calls go to peers, or back to
+who sent them.
 
 Exactly once: the first result for a pending entry is delivered to its requesters
 and the entry removed; a result may come from any member (the far end of a chain
@@ -49,71 +38,13 @@ from dataclasses import dataclass, field
 
 from mesh.messages import Call, Cancel, Handback, Result, evolve
 from mesh.sched.actions import Action, Deliver, Forward, KillLocal, RunLocal, SendTo
+from mesh.sched.peer_failures import PeerFailures
 from mesh.sched.placement import Placement
+from mesh.sched.records import PeerSlots, Pending, Requester
 
 
 @dataclass
-class PeerSlots:
-    """What we believe of a peer's capacity."""
-
-    name: str
-    cpus: int
-    free: int
-    rtt: float
-    sent: int = 0  # calls we delegated to it since its last report
-    queued: int = 0
-    speed: float = 1.0  # effective cores per slot (a CPU-capped device: < 1)
-    told: int = 0  # our free slots as it last heard them (heartbeats, a Result, a Reclaim)
-    memory: int = 0  # bytes it offers to tasks (0: not said)
-    labels: frozenset = frozenset()  # its capabilities (task constraints)
-
-    @property
-    def est_free(self) -> int:
-        return self.free - self.sent
-
-
-@dataclass(frozen=True)
-class Requester:
-    """Who wants a call's result: a connection on our ROUTER (``identity``; ``peer`` is
-    its node id when it is a member, None for a client), or, with ``direct``, the
-    call's origin answered over our own connection to it."""
-
-    identity: bytes
-    peer: str | None
-    direct: bool = False
-
-
-@dataclass
-class Pending:
-    call: Call
-    requesters: list[Requester]
-    where: str  # "local", "backlog" or a peer id
-    tried: set[str] = field(default_factory=set)
-    attempts: int = 0
-    lent: bool = False  # running here, blocked on other tasks, its slot lent
-    asked: str | None = None  # the holder we asked to give it back (Reclaim), once per holder
-    since: float = 0.0  # when it arrived (for calls no known agent can run)
-
-    @property
-    def slots(self) -> int:
-        """Worker slots it takes while it runs (``@constraint(cpus=...)``)."""
-        needs = self.call.needs
-        return needs.cpus if needs is not None else 1
-
-    @property
-    def reply_to(self) -> bytes:
-        return self.requesters[0].identity
-
-    @property
-    def from_peer(self) -> str | None:
-        return self.requesters[0].peer
-
-    def peers_asking(self) -> list[str]:
-        return [r.peer for r in self.requesters if r.peer is not None]
-
-
-@dataclass
-class Dispatcher(Placement):
+class Dispatcher(PeerFailures, Placement):
     """Placement, result routing and the call ledger of one agent. See the module
     docstring."""
 
@@ -277,80 +208,6 @@ class Dispatcher(Placement):
                     self.counters["resent"] += 1
         return acts + self._retry_backlog()
 
-    def peer_alive(self, peer_id: str) -> list[Action]:
-        """Membership says the peer is alive (again). If we had cancelled calls because
-        we took it for a dead origin, it was not: it may never have learnt that we
-        declared it dead (its refutation of a suspicion can overtake our verdict), so
-        it still waits for them. Hand them back to whoever sent them to us."""
-        self.lost.discard(peer_id)
-        acts: list[Action] = []
-        for call_id, requester in self.orphans.pop(peer_id, ()):
-            if requester not in self.lost:
-                acts.append(SendTo(requester, Handback(call_id, "cancelled while its origin seemed dead")))
-                self.counters["handed_back"] += 1
-        return acts
-
-    def peer_lost(self, peer_id: str) -> list[Action]:
-        """A peer died or left: calls it held are placed again; calls it asked for
-        are answered to their origin directly, or cancelled if it was the origin."""
-        self.peers.pop(peer_id, None)
-        self.lost.add(peer_id)
-        self.delegated.pop(peer_id, None)
-        acts: list[Action] = []
-        for entry in list(self.pending.values()):
-            if entry.call.call_id not in self.pending:
-                continue
-            if entry.call.origin == peer_id:
-                self._orphan(entry)
-                acts += self._cancel(entry, "its origin was lost")
-                continue
-            if any(r.peer == peer_id for r in entry.requesters):
-                entry.requesters = [r for r in entry.requesters if r.peer != peer_id]
-                if not entry.requesters:
-                    origin = entry.call.origin
-                    if origin and origin != self.node_id and origin not in self.lost:
-                        entry.requesters.append(Requester(b"", origin, direct=True))
-                        self.counters["redirected"] += 1
-                    else:
-                        entry.requesters = [Requester(peer_id.encode(), peer_id)]
-                        self._orphan(entry)
-                        acts += self._cancel(entry, "nobody is left to want it")
-                        continue
-            if entry.where == peer_id:
-                # if it was only frozen, it finds this when it wakes and stops its copy
-                acts.append(SendTo(peer_id, Cancel(entry.call.call_id, "re-placed: you were lost")))
-                acts += self._replace(entry, peer_id)
-        return acts + self._retry_backlog()
-
-    def declared_dead(self) -> list[Action]:
-        """Membership tells us that others declared us dead (we were frozen, or cut
-        off): they re-placed what we held for them and cancelled what we asked of them.
-        Place our own clients' calls held by peers again; hand back to peers what we
-        held for them but had not started here.
-
-        What we believe of each peer is stale (we may wake just before a partition heals:
-        what we send a peer across it now is lost, and it will not be suspected
-        afterwards). So each peer is suspected until it reports again: nothing new goes
-        to it meanwhile, and what we sent it since is sent again then (``peer_load``)."""
-        for peer_id in list(self.peers):
-            self.peers.pop(peer_id)
-            self.suspected.add(peer_id)
-        acts: list[Action] = []
-        for entry in list(self.pending.values()):
-            if entry.where == "local":
-                continue  # its result still goes up; duplicates are dropped there
-            asking = entry.peers_asking()
-            if not asking or any(r.direct for r in entry.requesters):
-                if entry.where not in ("local", "backlog"):
-                    holder = entry.where  # it may still hold it, for a chain that lost it
-                    if holder not in self.lost:
-                        acts.append(SendTo(holder, Cancel(entry.call.call_id, "re-placed: we were "
-                                                          "declared dead")))
-                    acts += self._replace(entry, holder)
-                continue
-            acts += self._give_back(entry, "declared dead while holding it")
-        return acts + self._retry_backlog()
-
     def cancel(self, call_id: str, identity: bytes) -> list[Action]:
         """The requester on ``identity`` no longer wants the call (a client whose task
         timed out, or the agent that delegated it to us)."""
@@ -428,23 +285,6 @@ class Dispatcher(Placement):
         self.counters["lent" if lent else "reclaimed"] += 1
         return self._retry_backlog() if lent else []
 
-    def peer_suspect(self, peer_id: str) -> list[Action]:
-        """A peer stopped answering for a while: send it nothing new until it reports
-        again (its calls stay with it until it is declared dead)."""
-        self.peers.pop(peer_id, None)
-        self.suspected.add(peer_id)
-        return []
-
-    def forward_failed(self, call_id: str, peer_id: str) -> list[Action]:
-        """The transport could not send a delegated call: place it elsewhere."""
-        entry = self.pending.get(call_id)
-        if entry is None or entry.where != peer_id:
-            return []
-        self._undelegate(entry)
-        entry.tried.add(peer_id)
-        entry.where = "backlog"
-        return self._place_or_queue(entry)
-
     def abandon(self, error_type: str, text: str) -> list[Action]:
         """The agent is going away: calls held for peers go back to them, calls of our
         own clients fail."""
@@ -505,17 +345,6 @@ class Dispatcher(Placement):
         call = entry.call
         visited = call.visited + [self.node_id] if self.node_id else call.visited
         return evolve(call, hops=call.hops + 1, visited=visited, attempt=entry.attempts)
-
-    def _replace(self, entry: Pending, holder: str) -> list[Action]:
-        """The holder lost the call: place it again (attempt + 1), not on that holder."""
-        self._undelegate(entry)
-        entry.tried.add(holder)
-        entry.attempts += 1
-        if entry.attempts > self.max_attempts:
-            return self._fail(entry, "PeerLost", f"lost {entry.attempts} holders of this call")
-        self.counters["reassigned"] += 1
-        entry.where = "backlog"
-        return self._place_or_queue(entry)
 
     def _retry_backlog(self) -> list[Action]:
         acts: list[Action] = []
@@ -598,19 +427,6 @@ class Dispatcher(Placement):
             self._undelegate(entry)
             return [SendTo(entry.where, Cancel(entry.call.call_id, reason))]
         return []  # backlog: its id is skipped when the backlog reaches it
-
-    def _orphan(self, entry: Pending) -> None:
-        """Remember a call cancelled for its lost origin, in case the origin comes back
-        (bounded: the oldest are forgotten)."""
-        if not entry.call.origin:
-            return
-        asked = self.orphans.setdefault(entry.call.origin, [])
-        new = [(entry.call.call_id, r.peer) for r in entry.requesters if r.peer is not None]
-        asked += new
-        self._orphaned += len(new)
-        while self._orphaned > self.max_orphans and self.orphans:
-            oldest = next(iter(self.orphans))
-            self._orphaned -= len(self.orphans.pop(oldest))
 
     def _cancel(self, entry: Pending, reason: str) -> list[Action]:
         self.pending.pop(entry.call.call_id, None)
