@@ -136,7 +136,7 @@ def scan(x: Any, on_future) -> Any:
 class _Group:
     def __init__(self) -> None:
         self.pending = 0
-        self.failed: list[str] = []
+        self.failed: list[tuple[str, Any]] = []  # (task id, its fate)
 
 
 class TaskSubmission:
