@@ -18,7 +18,6 @@ import os
 import queue
 import random
 import signal
-import socket
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ import zmq
 
 from mesh import delay
 from mesh import messages as m
+from mesh.agent_actions import AgentActions
 from mesh.agent_objects import AgentObjects
 from mesh.agent_queries import AgentQueries
 from mesh.callbook import CallBook
@@ -37,7 +37,8 @@ from mesh.executor import WorkerPool
 from mesh.keys import MeshKey, announcement_fields, verify
 from mesh.sched import dispatch as dp
 from mesh.transport import Transport
-from mesh.tree import LatencyTree, ParentChanged, Probe, RootChanged, SendAdvert, TreeConfig
+from mesh.tree import LatencyTree, TreeConfig
+from mesh.waker import Waker
 
 log = logging.getLogger("mesh.agent")
 
@@ -68,36 +69,7 @@ class AgentConfig:
     labels: list[str] = field(default_factory=list)  # capabilities (@constraint(labels=...))
 
 
-class Waker:
-    """Lets other threads (mDNS, signals, REST) wake the poll loop."""
-
-    def __init__(self) -> None:
-        self._r, self._w = socket.socketpair()
-        self._r.setblocking(False)
-        self._w.setblocking(False)
-
-    def fileno(self) -> int:
-        return self._r.fileno()
-
-    def wake(self) -> None:
-        try:
-            self._w.send(b"\0")
-        except (BlockingIOError, OSError):
-            pass  # already awake, or closing
-
-    def drain(self) -> None:
-        try:
-            while self._r.recv(4096):
-                pass
-        except (BlockingIOError, OSError):
-            pass
-
-    def close(self) -> None:
-        self._r.close()
-        self._w.close()
-
-
-class Agent(AgentQueries, AgentObjects):
+class Agent(AgentActions, AgentQueries, AgentObjects):
     """One mesh agent. ``run()`` blocks until the agent has left."""
 
     def __init__(self, config: AgentConfig) -> None:
@@ -141,15 +113,7 @@ class Agent(AgentQueries, AgentObjects):
         self._worker_fds: dict[int, object] = {}
         self._workers_seen = -1  # pool.generation as of the last _sync_worker_fds
         self._sync_worker_fds()
-        self._handlers: dict[type, object] = {  # action type -> its method (see _do)
-            mb.Send: self._act_send, mb.Reply: self._act_reply, mb.Connect: self._act_connect,
-            mb.Disconnect: self._act_disconnect, mb.MemberChanged: self._member_changed,
-            mb.DeclaredDead: self._act_declared_dead, dp.RunLocal: self._act_run_local,
-            dp.Forward: self._act_forward, dp.Deliver: self._act_deliver,
-            dp.SendTo: self._act_send_to, dp.KillLocal: self._act_kill_local,
-            SendAdvert: self._act_send_advert, Probe: self._act_probe,
-            ParentChanged: self._act_parent_changed, RootChanged: self._act_root_changed,
-        }
+        self._actions_setup()  # action type -> its method (mesh.agent_actions)
         self._objects_setup()  # task outputs kept here (mesh.agent_objects)
 
     # ------------------------------------------------------------------ start / stop
@@ -510,167 +474,6 @@ class Agent(AgentQueries, AgentObjects):
             self._inbox.put(("ask", what, fut))
         self.waker.wake()
         return fut.result(timeout)
-
-    # ------------------------------------------------------------------ output
-
-    def _do(self, actions: list, now: float) -> None:
-        """Carry out the actions of the cores (this is the whole of the shell's job): each
-        by the ``_act_*`` method for its type (``_handlers``)."""
-        handlers = self._handlers
-        for act in actions:
-            handler = handlers.get(type(act))
-            if handler is None:
-                handler = self._handler_of(act)
-            handler(act, now)
-
-    def _handler_of(self, act):
-        """The handler of an action whose exact type is not in the table (a subclass)."""
-        for kind, handler in self._handlers.items():
-            if isinstance(act, kind):
-                return handler
-        raise TypeError(f"unknown action {act!r}")
-
-    def _act_send(self, act: mb.Send, now: float) -> None:
-        self._send(act.address, m.encode(act.message), now)
-
-    def _act_reply(self, act: mb.Reply, now: float) -> None:
-        self._reply(act.identity, m.encode(act.message), now)
-
-    def _act_connect(self, act: mb.Connect, now: float) -> None:
-        self.transport.connect(act.address)
-
-    def _act_disconnect(self, act: mb.Disconnect, now: float) -> None:
-        self.transport.disconnect(act.address)
-
-    def _act_declared_dead(self, act: mb.DeclaredDead, now: float) -> None:
-        acts = self.dispatcher.declared_dead()
-        log.warning("we were declared dead (incarnation %d) and refuted: %d call action(s) "
-                    "to re-place or hand back", act.incarnation, len(acts))
-        self._do(acts, now)
-
-    def _act_run_local(self, act: dp.RunLocal, now: float) -> None:
-        failed = self.pool.run(act.call, act.behind, now)
-        self._sync_worker_fds()
-        if failed is not None:
-            self._do(self.dispatcher.local_done(failed), now)
-        if self.pool.unstarted:
-            self._unstarted(now)
-
-    def _act_forward(self, act: dp.Forward, now: float) -> None:
-        member = self.members.members.get(act.peer_id)
-        sent = member is not None and member.conn is not None and self._send(
-            member.conn, m.encode(act.call), now)
-        if not sent:
-            self._do(self.dispatcher.forward_failed(act.call.call_id, act.peer_id), now)
-
-    def _act_deliver(self, act: dp.Deliver, now: float) -> None:
-        if CallBook.owns(act.identity):
-            self.book.finish(act.identity, act.result, now)
-            return
-        if not self._reply(act.identity, m.encode(act.result), now) and len(act.identity) == 16:
-            # a member whose connection to us is gone: answer over ours
-            self._do([dp.SendTo(act.identity.hex(), act.result)], now)
-
-    def _act_send_to(self, act: dp.SendTo, now: float) -> None:
-        member = self.members.members.get(act.peer_id)
-        if member is None or member.conn is None or not self._send(
-                member.conn, m.encode(act.message), now):
-            self.dropped["unsent"] = self.dropped.get("unsent", 0) + 1
-
-    def _act_kill_local(self, act: dp.KillLocal, now: float) -> None:
-        how = self.pool.cancel(act.call_id)
-        if how == "stopped":
-            log.info("stopped the worker running %s: nobody wants its result", act.call_id)
-        self._sync_worker_fds()
-        if self.pool.unstarted:  # the calls that waited behind it
-            self._unstarted(now)
-
-    def _act_send_advert(self, act: SendAdvert, now: float) -> None:
-        member = self.members.members.get(act.peer)
-        if member is not None and member.conn is not None:
-            self._send(member.conn, m.encode(m.TreeAdvert(self.node_id, act.advert)), now)
-
-    def _act_probe(self, act: Probe, now: float) -> None:
-        self.members.probe_soon(act.peer)
-
-    def _act_parent_changed(self, act: ParentChanged, now: float) -> None:
-        log.info("tree: parent %s -> %s (%s)", self._name_of(act.old), self._name_of(act.new),
-                 act.reason)
-
-    def _act_root_changed(self, act: RootChanged, now: float) -> None:
-        log.info("tree: root %s -> %s (term %d)", self._name_of(act.old), self._name_of(act.new),
-                 act.term)
-
-    def _send(self, address: str, frame: bytes, now: float) -> bool:
-        if self.delays:
-            member = self.members.member_at(address)
-            lag = self.delays.get(member.info.name, 0.0) if member is not None else 0.0
-            if lag:
-                self.delay_line.push(now + lag, ("send", address, frame))
-                return True
-        return self.transport.send(address, frame)
-
-    def _reply(self, identity: bytes, frame: bytes, now: float) -> bool:
-        if self.delays:
-            member = self.members.members.get(identity.hex()) if len(identity) == 16 else None
-            lag = self.delays.get(member.info.name, 0.0) if member is not None else 0.0
-            if lag:
-                self.delay_line.push(now + lag, ("reply", identity, frame))
-                return True
-        return self.transport.reply(identity, frame)
-
-    def _flush_delayed(self, now: float) -> None:
-        for kind, target, frame in self.delay_line.due(now):
-            if kind == "send":
-                self.transport.send(target, frame)
-            else:
-                self.transport.reply(target, frame)
-
-    def _name_of(self, node_id: str | None) -> str:
-        if node_id is None:
-            return "none"
-        if node_id == self.node_id:
-            return f"{self.config.name} (self)"
-        member = self.members.members.get(node_id)
-        return member.info.name if member is not None else node_id[:8]
-
-    def _member_changed(self, act: mb.MemberChanged, now: float) -> None:
-        member = self.members.members.get(act.node_id)
-        if act.new == "alive":
-            self._do(self.dispatcher.peer_alive(act.node_id), now)
-            self._do(self.tree.offer(act.node_id, member.rtt if member else None, now), now)
-        elif act.new in ("dead", "left"):
-            self._do(self.tree.lost(act.node_id, now), now)
-        if act.old == "new":
-            log.info("peer %s (%s) joined", act.name, act.node_id[:8])
-        else:
-            log.info("peer %s (%s): %s -> %s (incarnation %d)", act.name, act.node_id[:8], act.old,
-                     act.new, act.incarnation)
-        if act.new == "suspect":
-            self._do(self.dispatcher.peer_suspect(act.node_id), now)
-        elif act.new in ("dead", "left"):
-            self._objects_peer_lost(act.node_id, act.name, now)
-            c = self.dispatcher.counters
-            before = c["reassigned"], c["redirected"], c["cancelled"]
-            acts = self.dispatcher.peer_lost(act.node_id)
-            moved, redirected, cancelled = (c["reassigned"] - before[0], c["redirected"] - before[1],
-                                            c["cancelled"] - before[2])
-            if moved or redirected or cancelled:
-                where = ", ".join(sorted(self._describe(a) for a in acts)) or "none"
-                log.info("peer %s lost: re-placed %d call(s), %d answered to their origin directly, "
-                         "%d cancelled; actions: %s", act.name, moved, redirected, cancelled, where)
-            self._do(acts, now)
-
-    def _describe(self, act) -> str:
-        if isinstance(act, dp.Forward):
-            return f"to {self._name_of(act.peer_id)}"
-        if isinstance(act, dp.RunLocal):
-            return "here"
-        if isinstance(act, dp.SendTo):
-            return f"{type(act.message).__name__.lower()} {self._name_of(act.peer_id)}"
-        if isinstance(act, dp.KillLocal):
-            return "stopped here"
-        return "failed"
 
     def _sync_worker_fds(self) -> None:
         """Poll exactly the pool's workers' sockets (called after anything that may
