@@ -17,6 +17,7 @@ from mesh.discovery.detector import suspicion_bounds
 from mesh.discovery.membership import Timing
 from mesh.sim import SimNetwork, SimNode
 from mesh.sim.network import MAX_TICK
+from tests.membership_helpers import converged, state
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -30,17 +31,6 @@ TARGETS = {
     ("fast", True): 0.5,
     ("fast", False): 1.0,
 }
-
-
-def state(of: SimNode, about: SimNode) -> str | None:
-    member = of.membership.members.get(about.id)
-    return None if member is None else member.state
-
-
-def converged(nodes: list[SimNode]) -> bool:
-    return all(
-        state(a, b) == "alive" for a in nodes for b in nodes if a is not b and a.alive and b.alive
-    )
 
 
 def percentile(values: list[float], p: float) -> float:
