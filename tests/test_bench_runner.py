@@ -179,3 +179,22 @@ def test_tasks_scenario_is_listed():
     proc = _run("--list")
     assert proc.returncode == 0, proc.stderr
     assert "tasks" in {line.split()[0] for line in proc.stdout.strip().splitlines()}
+
+
+@pytest.mark.agents
+@pytest.mark.timeout(180)
+def test_hotpath_scenario_reports_cpu_per_call_by_process_and_thread():
+    import json
+
+    proc = subprocess.run([*RUN, "hotpath", "--quick"], capture_output=True, text=True,
+                          timeout=170, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["scenario"] == "hotpath" and res["agent_stop"] == "graceful"
+    for kind in ("rtt", "task"):
+        r = res[kind]["median_round"]
+        assert r["calls_per_s"] > 0 and r["per_call_us"] > 0
+        assert {"program", "agent", "worker0"} <= set(r["cpu_us"]), r["cpu_us"]
+        assert r["cpu_total_us"] > 0 and r["cpu_us"]["agent"] > 0
+        assert any(k.startswith("program/") for k in r["thread_cpu_us"]), r["thread_cpu_us"]
+    assert "hotpath: CPU per call" in proc.stdout
