@@ -432,14 +432,12 @@ class Client:
                             pass
                 reader = self._reader
                 if reader is not None and reader != BG:  # a waiting thread reads the socket
+                    self._wake_pending = False
                     if self._outbox:  # ask it to step aside: it wakes us when it did
-                        self._wake_pending = False
                         try:
                             self._lw.send(b"\0")
                         except (BlockingIOError, OSError):
                             pass
-                    else:
-                        self._wake_pending = False
                     continue
                 while True:
                     with self._sock_lock:

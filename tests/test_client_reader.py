@@ -15,6 +15,7 @@ import pytest
 
 import mesh
 from mesh.errors import AgentUnreachable
+from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.agents, pytest.mark.timeout(120)]
 
@@ -82,6 +83,7 @@ def test_threads_waiting_at_once_all_get_their_own_results(agent):
 def test_a_thread_reading_for_a_slow_call_steps_aside_for_other_calls(agent):
     with mesh.connect(agent.comm) as client:
         client.submit(operator.add, 1, 1).result(30)
+        wait_for(lambda: client._reader is None, 10, "the client's thread to stop reading")
         slow = client.submit(time.sleep, 3.0)
         reader_done = threading.Event()
 
@@ -91,10 +93,7 @@ def test_a_thread_reading_for_a_slow_call_steps_aside_for_other_calls(agent):
 
         t = threading.Thread(target=wait_slow)
         t.start()
-        deadline = time.monotonic() + 10
-        while client._reader is None and not slow.done():  # it reads the socket now
-            assert time.monotonic() < deadline, "the waiting thread never read"
-            time.sleep(0.005)
+        wait_for(lambda: client._reader == t.ident, 10, "the waiting thread to read the socket")
         # calls from another thread go out and come back while it waits for the slow one
         quick = [client.submit(operator.mul, i, 2) for i in range(50)]
         assert [f.result(30) for f in quick] == [2 * i for i in range(50)]
@@ -116,6 +115,8 @@ def test_a_time_limit_is_kept_and_the_result_still_comes_later(agent):
 
 def test_close_ends_a_thread_that_reads_for_its_call(agent):
     client = mesh.connect(agent.comm)
+    # (nothing in flight: the call goes from this thread and the one waiting reads)
+    wait_for(lambda: client._reader is None, 10, "the client's thread to stop reading")
     fut = client.submit(time.sleep, 30)
     outcome: list[BaseException | None] = []
 
@@ -128,10 +129,7 @@ def test_close_ends_a_thread_that_reads_for_its_call(agent):
 
     t = threading.Thread(target=wait)
     t.start()
-    deadline = time.monotonic() + 10
-    while client._reader is None:
-        assert time.monotonic() < deadline, "the waiting thread never read"
-        time.sleep(0.005)
+    wait_for(lambda: client._reader == t.ident, 10, "the waiting thread to read the socket")
     client.close()
     t.join(10)
     assert not t.is_alive(), "result() still waits after close()"
