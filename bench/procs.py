@@ -52,7 +52,8 @@ def workdir(prefix: str) -> Iterator[Path]:
 def bench_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for children: repo root importable, no inherited MESH_* configuration
     (MESH_PEERS in the caller's shell must never make a benchmark agent reach off-host)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MESH_") or k in ("MESH_RUNTIME_DIR", "MESH_LOCAL_SOCKET")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from mesh import delay
+from mesh import delay, localsock
 from mesh import messages as m
 from mesh.agent_actions import AgentActions
 from mesh.agent_objects import AgentObjects
@@ -35,6 +35,7 @@ from mesh.discovery import membership as mb
 from mesh.errors import DecodeError
 from mesh.executor import WorkerPool
 from mesh.keys import MeshKey, announcement_fields, verify
+from mesh.localsock import LOCAL_TAG
 from mesh.sched import dispatch as dp
 from mesh.transport import Transport
 from mesh.tree import LatencyTree, TreeConfig
@@ -65,6 +66,7 @@ class AgentConfig:
     leave_grace: float = 10.0
     max_frame: int = m.MAX_FRAME
     key: MeshKey | None = None  # None: plaintext (--insecure, or loopback without a key)
+    local_socket: bool = True  # serve programs on this device over a Unix socket (mesh.localsock)
     memory: int = 0  # bytes offered to tasks (@constraint(memory=...)); 0: not said
     labels: list[str] = field(default_factory=list)  # capabilities (@constraint(labels=...))
 
@@ -81,7 +83,8 @@ class Agent(AgentActions, AgentQueries, AgentObjects):
         self.batched_in = 0
         self.timing = mb.Timing.profile(config.profile)
         self.transport = Transport(bytes.fromhex(self.node_id), config.interface,
-                                   config.comm_port, config.key, config.max_frame)
+                                   config.comm_port, config.key, config.max_frame,
+                                   local=config.local_socket and localsock.enabled())
         self.address = self.transport.address
         self.me = m.NodeInfo(self.node_id, config.name, self.address, config.cpus, 0)
         self.members = mb.Membership(self.me, self.timing, random.Random(self.node_id))
@@ -216,7 +219,9 @@ class Agent(AgentActions, AgentQueries, AgentObjects):
                         continue
                     only_workers = False
                     if sock is self.transport.router:
-                        self._read_router(now)
+                        self._read_router(now, sock)
+                    elif sock is self.transport.local:
+                        self._read_router(now, sock, local=True)
                     elif sock is self.transport.zap:
                         self.transport.handle_zap()
                     elif sock is self.transport.monitor:
@@ -302,11 +307,12 @@ class Agent(AgentActions, AgentQueries, AgentObjects):
             log.debug("dropped a frame: %s", exc)
             return None
 
-    def _read_router(self, now: float) -> None:
+    def _read_router(self, now: float, router: zmq.Socket, local: bool = False) -> None:
         """Read what the poll said is waiting, up to MAX_BATCH messages. Whether one more
         is there is asked of the socket (EVENTS) after each: cheaper than the exception
-        (zmq.Again) that reading an empty socket raises."""
-        router = self.transport.router
+        (zmq.Again) that reading an empty socket raises. ``local``: the local socket's
+        ROUTER (``mesh.localsock``): its identities get ``LOCAL_TAG`` in front, and on
+        the TCP ROUTER a client's identity may not start with it."""
         for _ in range(MAX_BATCH):
             try:
                 parts = router.recv_multipart(zmq.NOBLOCK, copy=True)
@@ -314,6 +320,14 @@ class Agent(AgentActions, AgentQueries, AgentObjects):
                 return
             if len(parts) == 2:
                 identity, frame = parts
+                if local:
+                    identity = LOCAL_TAG + identity
+                    ok = len(identity) != 16  # (never a member's)
+                else:
+                    ok = identity[:1] != LOCAL_TAG or len(identity) == 16
+                if not ok:
+                    self.dropped["identity"] = self.dropped.get("identity", 0) + 1
+                    continue
                 self.bytes_in += len(frame)
                 msg = self._decode(frame)
                 if type(msg) is m.Batch:

@@ -58,6 +58,8 @@ class AgentQueries:
             "membership": dict(self.members.counters, local_health=self.members.health.score,
                                incarnation=self.members.me.incarnation),
             "secure": self.config.key is not None,
+            "key": None if self.config.key is None else self.config.key.fingerprint(),
+            "local_socket": self.transport.local_path,
             "auth": {"rejected": self.transport.auth_rejected,
                      "handshake_failures": self.transport.handshake_failures},
             "leaving": self.leaving_since is not None,

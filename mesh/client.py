@@ -53,7 +53,7 @@ from typing import Any
 
 import zmq
 
-from mesh import keys
+from mesh import keys, localsock
 from mesh import messages as m
 from mesh.callfutures import Callback, CallFuture, complete, result_value  # noqa: F401 (result_value: API)
 from mesh.errors import AgentUnreachable, DecodeError
@@ -68,6 +68,7 @@ _default: Client | None = None
 CLOSE_LINGER_MS = 500  # how long frames queued at close() may still take to go
 RECV_BATCH = 256  # frames the client's thread takes off the socket before handling them
 _EVENTS, _POLLIN = zmq.EVENTS, int(zmq.POLLIN)  # (ints: enum flags cost a call each)
+LOCAL_PROBE_S = 1.0  # how long a local socket may take to answer before we use TCP
 BG = "background"  # ``Client._reader`` while the client's own thread reads the socket
 
 
@@ -79,9 +80,13 @@ def default_client() -> Client | None:
 class Client:
     """A connection to one agent. Thread-safe; also a context manager."""
 
-    def __init__(self, address: str, timeout: float = 5.0, key: MeshKey | None | str = "auto") -> None:
+    def __init__(self, address: str, timeout: float = 5.0, key: MeshKey | None | str = "auto",
+                 local: bool = True) -> None:
         """``key``: a MeshKey, None for plaintext, or "auto" to load it as the CLI does
-        (MESH_KEY_FILE, MESH_KEY, the default key file; plaintext if there is none)."""
+        (MESH_KEY_FILE, MESH_KEY, the default key file; plaintext if there is none).
+        ``local``: reach an agent on this device through its local socket when it has
+        one and holds our key (``mesh.localsock``; ``self.local_path`` then says where);
+        False: always TCP (with CURVE when there is a key)."""
         self.address = address
         self.key = keys.load() if key == "auto" else key
         self.auth_failure: str | None = None
@@ -106,12 +111,20 @@ class Client:
         self._lr.setblocking(False)
         self._lw.setblocking(False)
         self._lead_poller: Poller | None = None  # (one reader at a time: made once)
-        sock = self._sock = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, m.MAX_FRAME + 1024)
-        curve_client(sock, self.key)
+        self.local_path: str | None = None
+        near = localsock.dial(self.ctx, address, None if self.key is None else self.key.fingerprint(),
+                              min(timeout, LOCAL_PROBE_S), m.MAX_FRAME) if local else None
+        if near is not None:
+            sock, self.local_path, _ = near
+        else:
+            sock = self.ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.MAXMSGSIZE, m.MAX_FRAME + 1024)
+            curve_client(sock, self.key)
+        self._sock = sock
         self._monitor = sock.get_monitor_socket(HANDSHAKE_FAILED)
-        sock.connect(f"tcp://{address}")
+        if near is None:
+            sock.connect(f"tcp://{address}")
         self._fd = sock.getsockopt(zmq.FD)
         self.dropped = 0
         self.batches_received = 0  # frames from the agent that carried several messages
@@ -119,6 +132,8 @@ class Client:
         self.wakes = 0  # times the client's thread woke (a loop of single calls: ~none)
         self._thread = threading.Thread(target=self._loop, name=f"mesh-client-{address}", daemon=True)
         self._thread.start()
+        if near is not None:  # (it answered already)
+            return
         try:
             self.query("status", timeout=timeout)
         except AgentUnreachable:
@@ -524,13 +539,13 @@ class Client:
 
 
 def connect(address: str = "127.0.0.1:46102", timeout: float = 5.0,
-            key: MeshKey | None | str = "auto") -> Client:
+            key: MeshKey | None | str = "auto", local: bool = True) -> Client:
     """Connect to the agent at ``host:port`` and make it this process's default mesh.
 
     ``key`` as for ``Client``. Raises AgentUnreachable when the agent does not answer
     within ``timeout`` (including a failed authentication), MeshKeyError when the key
-    cannot be loaded."""
+    cannot be loaded. ``local`` as for ``Client``."""
     global _default
-    client = Client(address, timeout, key)
+    client = Client(address, timeout, key, local)
     _default = client
     return client

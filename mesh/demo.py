@@ -45,7 +45,8 @@ def run_demo(n_agents: int = 3, n_calls: int = 12) -> int:
         key = keys.MeshKey.generate()  # a throw-away mesh key: the demo mesh is authenticated too
         key_file = os.path.join(tmp, "key")
         keys.write(key_file, key)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
+        env = {k: v for k, v in os.environ.items()  # (where the program finds their local sockets)
+               if not k.startswith("MESH_") or k in ("MESH_RUNTIME_DIR", "MESH_LOCAL_SOCKET")}
         env["MESH_KEY_FILE"] = key_file
         try:
             states = []

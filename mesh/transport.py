@@ -9,6 +9,9 @@ DEALER a CURVE client with the mesh's key pair; a ZAP handler in the agent's own
 loop (``Transport.handle_zap``) admits only clients presenting the mesh's public
 key. A handshake that fails never yields a frame, so nothing from a stranger is
 ever decoded. Without a key (``--insecure``, or loopback) everything is plaintext.
+A second ROUTER, plaintext, serves programs on this device over a Unix socket that
+only our user can reach (``mesh.localsock``); the identities of its connections carry
+``LOCAL_TAG`` in front, so that one ``reply`` serves both ROUTERs.
 Clients connect DEALERs with no identity of their own. Everything is bounded:
 ``MAXMSGSIZE`` makes ZeroMQ drop a connection that sends an oversized frame before
 it is buffered, high-water marks bound every queue, sends never block (a full
@@ -18,11 +21,14 @@ queue drops the frame and counts it), linger is short.
 from __future__ import annotations
 
 import logging
+import os
 import struct
 
 import zmq
 
+from mesh import localsock
 from mesh.keys import MeshKey
+from mesh.localsock import LOCAL_TAG
 from mesh.messages import MAX_FRAME, batches
 from mesh.poll import Poller
 
@@ -66,7 +72,9 @@ class Transport:
     """One ROUTER bound on ``host:port`` and DEALERs keyed by peer address."""
 
     def __init__(self, node_id: bytes, host: str, port: int, key: MeshKey | None = None,
-                 max_frame: int = MAX_FRAME) -> None:
+                 max_frame: int = MAX_FRAME, local: bool = False) -> None:
+        """``local``: also serve ``mesh.localsock.bind_path`` of our TCP address (if the
+        runtime directory is private: ``self.local_path`` says where, or None)."""
         self.ctx = zmq.Context()  # our own: the ZAP endpoint is per context
         self.node_id = node_id
         self.key = key
@@ -92,6 +100,10 @@ class Transport:
         else:
             self.router.bind(f"tcp://{host}:{port}")
         self.host, self.port = host, port
+        self.local: zmq.Socket | None = None
+        self.local_path: str | None = None
+        if local:
+            self._bind_local()
         self.dealers: dict[str, zmq.Socket] = {}
         self.by_socket: dict[zmq.Socket, str] = {}
         self.monitors: dict[zmq.Socket, str] = {}  # a dealer's monitor -> its address
@@ -100,12 +112,31 @@ class Transport:
         self.poller.register(self.monitor, zmq.POLLIN)
         if self.zap is not None:
             self.poller.register(self.zap, zmq.POLLIN)
+        if self.local is not None:
+            self.poller.register(self.local, zmq.POLLIN)
         self.dropped_sends = 0
         self.bytes_out = 0
         self._outboxes: dict[bytes, list[bytes]] = {}  # client identity -> frames (reply)
         self.batches_out = 0  # turns that sent a client several frames batched, and how many
         self.batched_out = 0
         self._closed = False
+
+    def _bind_local(self) -> None:
+        path = localsock.bind_path(self.address)
+        if path is None:
+            log.info("no local socket: %s is not a private directory of this user (or ipc is off)",
+                     localsock.runtime_dir())
+            return
+        sock = self.ctx.socket(zmq.ROUTER)
+        self._tune(sock)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_frame + 1024)
+        try:
+            sock.bind(f"ipc://{path}")  # (ZeroMQ replaces a file a killed agent left)
+        except zmq.ZMQError as exc:
+            log.warning("no local socket at %s: %s", path, exc)
+            sock.close(0)
+            return
+        self.local, self.local_path = sock, path
 
     @property
     def address(self) -> str:
@@ -200,6 +231,11 @@ class Transport:
     def _reply_now(self, identity: bytes, frame: bytes) -> bool:
         """(the two parts sent directly: ``send_multipart`` checks and loops in Python)"""
         router = self.router
+        if identity[:1] == LOCAL_TAG and len(identity) != 16:  # a local client's
+            router, identity = self.local, identity[1:]
+            if router is None:
+                self.dropped_sends += 1
+                return False
         self.poller.touch(router)
         try:
             router.send(identity, _SEND_MORE)
@@ -263,6 +299,12 @@ class Transport:
         self.flush()  # (the last answers: e.g. to a client that asked us to leave)
         for address in list(self.dealers):
             self.disconnect(address)
+        if self.local is not None:  # (before the TCP port is free for another agent)
+            self.local.close(200)
+            try:  # (ZeroMQ leaves the file of a socket it bound)
+                os.unlink(self.local_path)
+            except OSError:
+                pass
         self.router.disable_monitor()
         self.monitor.close(0)
         self.router.close(200)

@@ -52,6 +52,21 @@ def mesh_key(tmp_path_factory):
         os.environ["MESH_KEY_FILE"] = old
 
 
+@pytest.fixture(scope="session", autouse=True)
+def runtime_dir(tmp_path_factory):
+    """Agents' local sockets (``mesh.localsock``) go to a private directory of this test
+    session, not to the machine's ``<tmp>/mesh-<uid>``."""
+    path = tmp_path_factory.mktemp("run")
+    os.chmod(path, 0o700)
+    old = os.environ.get("MESH_RUNTIME_DIR")
+    os.environ["MESH_RUNTIME_DIR"] = str(path)
+    yield str(path)
+    if old is None:
+        os.environ.pop("MESH_RUNTIME_DIR", None)
+    else:
+        os.environ["MESH_RUNTIME_DIR"] = old
+
+
 def mesh_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "mesh", *args]
 
@@ -115,7 +130,8 @@ class AgentFactory:
             cmd.append("--no-mdns")
         if not secure:
             cmd.append("--insecure")
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
+        full_env = {k: v for k, v in os.environ.items()
+                    if not k.startswith("MESH_") or k in ("MESH_RUNTIME_DIR", "MESH_LOCAL_SOCKET")}
         if secure:
             full_env["MESH_KEY_FILE"] = os.environ["MESH_KEY_FILE"]
         full_env.update(env or {})

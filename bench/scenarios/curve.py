@@ -16,8 +16,10 @@ Two parts, each measured side by side in the same run, ratios are curve / plaint
     Sequential samples are taken in blocks that alternate between the two sides, so drift of
     the machine (CPU frequency, other load) hits both alike.
 (b) the mesh: one agent with a mesh key and one `--insecure` agent (1 slot each, mDNS and REST
-    off), `Client.submit(abs, -1)` sequential round trips (500; 100 with --quick) through each,
-    alternating in blocks: median / p99 / mean and ratios.
+    off), `Client.submit(abs, -1)` sequential round trips (500; 100 with --quick) through each
+    over TCP (`local=False`: as from another device), and through the secure agent's local
+    socket (`mesh.localsock`: a program on the agent's device, no CURVE, Unix socket),
+    rotating in blocks: median / p99 / mean and ratios (curve / plain, local / curve).
 
 On a small machine other load skews these figures (CPU per message least): `env` records the
 1-minute load average at the start and the end of the run.
@@ -323,18 +325,25 @@ def _mesh(tmp: Path, quick: bool, res: dict[str, Any]) -> None:
         except AgentUnreachable:
             res["mesh_curve_enforced"] = True
         clients = {}
-        for name, agent in agents.items():
-            clients[name] = Client(agent.comm, timeout=10.0, key=agent.key)
+        for name, agent in agents.items():  # over TCP: the way of a program on another device
+            clients[name] = Client(agent.comm, timeout=10.0, key=agent.key, local=False)
             stack.callback(clients[name].close)
+        # and the secure agent's local socket (mesh.localsock): a program on its device
+        near = Client(agents["curve"].comm, timeout=10.0, key=agents["curve"].key)
+        stack.callback(near.close)
+        if near.local_path is not None:
+            clients["local"] = near
+        res["mesh_local_socket"] = near.local_path is not None
         for name, client in clients.items():  # warm up: worker start, imports, connections
             for _ in range(20):
                 if client.submit(abs, -1).result(timeout=60) != 1:
                     raise BenchError(f"abs(-1) through the {name} agent did not return 1")
 
         log(f"mesh: {n} sequential submit(abs, -1) per agent, in alternating blocks")
-        samples: dict[str, list[float]] = {"plain": [], "curve": []}
+        samples: dict[str, list[float]] = {name: [] for name in clients}
+        names = list(clients)
         for i in range(math.ceil(n / MESH_BLOCK)):
-            for name in (("plain", "curve") if i % 2 == 0 else ("curve", "plain")):
+            for name in names[i % len(names):] + names[:i % len(names)]:  # (rotating order)
                 client = clients[name]
                 for _ in range(min(MESH_BLOCK, n - len(samples[name]))):
                     t0 = time.perf_counter()
@@ -348,6 +357,9 @@ def _mesh(tmp: Path, quick: bool, res: dict[str, Any]) -> None:
         for stat in ("median", "p99"):
             res[f"ratio_mesh_rtt_{stat}"] = ratio(res[f"mesh_rtt_curve_{stat}_ms"],
                                                    res[f"mesh_rtt_plain_{stat}_ms"])
+            if "local" in samples:  # the local socket vs TCP with CURVE, same agent
+                res[f"ratio_mesh_rtt_local_{stat}"] = ratio(res[f"mesh_rtt_local_{stat}_ms"],
+                                                            res[f"mesh_rtt_curve_{stat}_ms"])
         for name, agent in agents.items():
             assert_loopback(agent.pid, f"the {name} agent")
             res[f"mesh_{name}_agent_stop"] = stop(agent.child)["how"]
@@ -395,7 +407,9 @@ def _summary(r: dict[str, Any], quick: bool) -> list[str]:
     for stat in ("median", "p99"):
         lines.append(f"  mesh submit(abs) {stat:<6}  : plain {f(f'mesh_rtt_plain_{stat}_ms', ' ms')}, "
                      f"curve {f(f'mesh_rtt_curve_{stat}_ms', ' ms')}, "
-                     f"ratio {f(f'ratio_mesh_rtt_{stat}')}")
+                     f"ratio {f(f'ratio_mesh_rtt_{stat}')}; "
+                     f"local socket {f(f'mesh_rtt_local_{stat}_ms', ' ms')}, "
+                     f"ratio to curve {f(f'ratio_mesh_rtt_local_{stat}')}")
     return lines
 
 

@@ -3,7 +3,10 @@
 Three systems run side by side in the same run, each with 2 single-threaded worker processes on
 127.0.0.1 (on this machine at the same time; only one is driven at a time):
 - mesh: one agent with a mesh key (`--cpus 2`: 2 slots; mDNS and REST off), this process
-  connected with `mesh.connect`;
+  connected with `mesh.connect` (which, from the agent's own device, goes through the agent's
+  local socket: a Unix socket only our user can reach, no CURVE; `mesh.localsock`). (b) also
+  measures a second client over TCP with CURVE (`local=False`, as from another device):
+  `mesh_tcp`;
 - Dask distributed: `dask scheduler` + `dask worker --nworkers 2 --nthreads 1` (nanny);
 - raw pyzmq: `bench/zmqpool.py`, a broker (ROUTER/ROUTER) with 2 worker processes (DEALER,
   credit 2 each), client DEALER (pipelined) or REQ (round trips); cloudpickle, nothing else.
@@ -218,6 +221,12 @@ def run(quick: bool = False) -> dict[str, Any]:
             res["mesh_contract_issues"] = agent.issues
         mclient = connect(agent.comm, timeout=10.0, key=agent.key)
         stack.callback(mclient.close)
+        res["mesh_local_socket"] = mclient.local_path is not None
+        from mesh.client import Client
+
+        tclient = Client(agent.comm, timeout=10.0, key=agent.key, local=False)  # (b) over TCP
+        stack.callback(tclient.close)
+        mesh_tcp = Mesh(tclient)
 
         mesh, dsk, raw = Mesh(mclient), DaskSide(dclient), RawSide(pool)
         res["pids"] = {"mesh_agent": agent.pid, "dask_scheduler": dask.scheduler.pid,
@@ -228,6 +237,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         log("warming up every system")
         for _ in range(50):
             mesh.round_trip()
+            mesh_tcp.round_trip()
             dsk.round_trip()
             raw.round_trip()
         mesh.throughput_task(200)
@@ -256,11 +266,12 @@ def run(quick: bool = False) -> dict[str, Any]:
 
         # (b) sequential round trips
         log(f"(b) {n_rtt} sequential no-op round trips per system, rotating blocks of {BLOCK}")
-        rtt: dict[str, list[float]] = {"mesh": [], "dask": [], "raw": []}
+        rtt: dict[str, list[float]] = {"mesh": [], "mesh_tcp": [], "dask": [], "raw": []}
         sides = {"mesh": mesh, "dask": dsk, "raw": raw}
-        for order in _rotations(list(sides), math.ceil(n_rtt / BLOCK)):
+        rtt_sides = dict(sides, mesh_tcp=mesh_tcp)
+        for order in _rotations(list(rtt_sides), math.ceil(n_rtt / BLOCK)):
             for name in order:
-                fn = sides[name].round_trip
+                fn = rtt_sides[name].round_trip
                 for _ in range(min(BLOCK, n_rtt - len(rtt[name]))):
                     t0 = time.perf_counter()
                     fn()
@@ -273,6 +284,8 @@ def run(quick: bool = False) -> dict[str, Any]:
             for ref in ("raw", "dask"):
                 res[f"b_ratio_mesh_over_{ref}_{stat}"] = ratio(res[f"b_mesh_rtt_{stat}_us"],
                                                                 res[f"b_{ref}_rtt_{stat}_us"])
+            res[f"b_ratio_mesh_tcp_over_raw_{stat}"] = ratio(res[f"b_mesh_tcp_rtt_{stat}_us"],
+                                                             res[f"b_raw_rtt_{stat}_us"])
 
         # (c) reduction tree
         log(f"(c) {leaves}-leaf pairwise reduction tree ({2 * leaves - 1} tasks) x {rounds} "
@@ -296,6 +309,7 @@ def run(quick: bool = False) -> dict[str, Any]:
                           (dask.worker.pid, "the dask workers")):
             assert_loopback(pid, what)
         mclient.close()
+        tclient.close()
         res["mesh_agent_stop"] = stop(agent.child)["how"]
 
     full = not quick
@@ -337,6 +351,8 @@ def _summary(r: dict[str, Any], quick: bool) -> list[str]:
         f"raw {r['b_raw_rtt_median_us']}/{r['b_raw_rtt_p99_us']}, Dask "
         f"{r['b_dask_rtt_median_us']}/{r['b_dask_rtt_p99_us']}; mesh/raw "
         f"{r['b_ratio_mesh_over_raw_median']}, mesh/Dask {r['b_ratio_mesh_over_dask_median']}; "
+        f"mesh over TCP+CURVE {r['b_mesh_tcp_rtt_median_us']}/{r['b_mesh_tcp_rtt_p99_us']} "
+        f"(/raw {r['b_ratio_mesh_tcp_over_raw_median']}); "
         f"target {t['rtt_median_us']['target']}: {met(t['rtt_median_us']['met'])}",
         f"  (c) {r['tree_leaves']}-leaf tree, s: mesh {r['c_mesh_tree_s']}, raw {r['c_raw_tree_s']}, "
         f"Dask {r['c_dask_tree_s']}; mesh/raw {r['c_ratio_mesh_over_raw']}, mesh/Dask "

@@ -1,0 +1,183 @@
+"""The agent's local socket (mesh.localsock): programs on the agent's device reach it over a
+Unix socket in a private directory, no CURVE; everyone else, and any doubt, goes over TCP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+
+import pytest
+import zmq
+
+from mesh import keys, localsock
+from mesh import messages as m
+from mesh.client import Client
+from mesh.errors import AgentUnreachable
+
+from .conftest import wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+
+# -- paths and directories (no agent) ------------------------------------------------------------
+
+def test_path_is_the_same_for_both_sides_and_names_namespace_host_and_port(tmp_path):
+    env = {"MESH_RUNTIME_DIR": str(tmp_path)}
+    path = localsock.path_for("127.0.0.1:46102", env)
+    assert path == localsock.path_for("localhost:46102", env)  # (the name of loopback)
+    name = os.path.basename(path)
+    assert name.endswith("-127.0.0.1-46102.sock") and name.split("-")[0].isdigit()
+    assert os.path.dirname(path) == str(tmp_path)
+    assert localsock.path_for("127.0.0.1:46103", env) != path
+    assert localsock.path_for("127.0.0.2:46102", env) != path
+    assert localsock.path_for(f"127.0.0.1:{'9' * 200}", env) is None  # too long for a sockaddr
+    assert localsock.path_for("no-port", env) is None
+    assert localsock.path_for("../../etc/x:1", env) is None
+    assert localsock.path_for("127.0.0.1:46102", dict(env, MESH_LOCAL_SOCKET="0")) is None
+    assert localsock.path_for("127.0.0.1:46102", dict(env, MESH_LOCAL_SOCKET="off")) is None
+
+
+def test_only_a_private_directory_of_ours_is_trusted(tmp_path):
+    d = tmp_path / "run"
+    env = {"MESH_RUNTIME_DIR": str(d)}
+    path = localsock.bind_path("127.0.0.1:5", env)  # made, mode 0700
+    assert path is not None and localsock.private_dir(str(d))
+    assert stat.S_IMODE(os.lstat(d).st_mode) == 0o700
+    os.chmod(d, 0o755)  # others may enter: not ours alone
+    assert not localsock.private_dir(str(d)) and localsock.bind_path("127.0.0.1:5", env) is None
+    os.chmod(d, 0o700)
+    link = tmp_path / "link"
+    link.symlink_to(d)
+    assert not localsock.private_dir(str(link))  # a link could point anywhere later
+    f = tmp_path / "file"
+    f.write_text("")
+    assert not localsock.private_dir(str(f))
+    if os.geteuid() == 0:  # (only root can give a directory away)
+        other = tmp_path / "other"
+        other.mkdir(0o700)
+        os.chown(other, 65534, 65534)
+        assert not localsock.private_dir(str(other))
+        assert localsock.bind_path("127.0.0.1:5", {"MESH_RUNTIME_DIR": str(other)}) is None
+
+
+def test_a_client_dials_only_a_socket_file(tmp_path):
+    env = {"MESH_RUNTIME_DIR": str(tmp_path / "run")}
+    path = localsock.bind_path("127.0.0.1:7", env)
+    assert localsock.dial_path("127.0.0.1:7", env) is None  # nothing there
+    with open(path, "w") as f:
+        f.write("not a socket")
+    assert localsock.dial_path("127.0.0.1:7", env) is None
+    os.unlink(path)
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.bind(f"ipc://{path}")
+    try:
+        assert localsock.dial_path("127.0.0.1:7", env) == path
+    finally:
+        sock.close(0)
+
+
+# -- real agents ---------------------------------------------------------------------------------
+
+def test_a_program_on_the_device_uses_the_local_socket_and_gets_its_results(agents, mesh_key):
+    a = agents.start("a", cpus=2)
+    with Client(a.comm, key=mesh_key) as near, Client(a.comm, key=mesh_key, local=False) as far:
+        status = near.query("status")
+        assert near.local_path is not None and near.local_path == status["local_socket"]
+        assert os.path.dirname(near.local_path) == os.environ["MESH_RUNTIME_DIR"]
+        assert status["key"] == mesh_key.fingerprint()
+        assert far.local_path is None
+        # both ways at once, calls in flight on both: each result goes back to its caller
+        futs = [(c, i, c.submit(pow, i, 2)) for i in range(200) for c in (near, far)]
+        assert all(f.result(30) == i * i for _, i, f in futs)
+        assert [near.call("math:factorial", (n,)).result(30) for n in range(6)] == [1, 1, 2, 6, 24, 120]
+        with pytest.raises(ZeroDivisionError):
+            near.submit(divmod, 1, 0).result(30)
+    path = status["local_socket"]
+    assert a.stop() == 0
+    assert not os.path.exists(path), "a leaving agent removes its local socket"
+
+
+def test_a_wrong_or_missing_key_still_fails_as_over_tcp(agents, mesh_key):
+    a = agents.start("a")
+    with pytest.raises(AgentUnreachable, match="wrong mesh key"):
+        Client(a.comm, timeout=1.5, key=keys.MeshKey.generate())
+    with pytest.raises(AgentUnreachable, match="may require a mesh key"):
+        Client(a.comm, timeout=1.5, key=None)
+    plain = agents.start("plain", secure=False)
+    with Client(plain.comm, key=None) as c:  # a plaintext agent, a plaintext program: local
+        assert c.local_path is not None and c.submit(abs, -3).result(30) == 3
+    with pytest.raises(AgentUnreachable):  # our key, a plaintext agent: refused over TCP too
+        Client(plain.comm, timeout=1.5, key=mesh_key)
+
+
+def test_turned_off_or_not_private_the_agent_serves_tcp_only(agents, mesh_key, tmp_path):
+    off = agents.start("off", env={"MESH_LOCAL_SOCKET": "0"})
+    shared = tmp_path / "shared"
+    shared.mkdir(0o755)
+    os.chmod(shared, 0o755)
+    open_dir = agents.start("open", env={"MESH_RUNTIME_DIR": str(shared)})
+    assert "no local socket" in open_dir.log()
+    for agent in (off, open_dir):
+        with Client(agent.comm, key=mesh_key) as c:
+            assert c.local_path is None and c.query("status")["local_socket"] is None
+            assert c.submit(abs, -2).result(30) == 2
+    assert os.listdir(shared) == []
+
+
+def test_a_stale_socket_file_costs_a_client_at_most_a_second(agents, mesh_key):
+    a = agents.start("a")
+    with Client(a.comm, key=mesh_key) as c:
+        path = c.local_path
+    assert path is not None
+    a.stop(signal.SIGKILL)
+    assert os.path.exists(path)  # a killed agent leaves its file behind
+    with pytest.raises(AgentUnreachable):
+        Client(a.comm, timeout=1.0, key=mesh_key)
+    # a new agent on the same port takes the path over
+    port = a.comm.rpartition(":")[2]
+    b = agents.start("b", "--comm-port", port)
+    wait_for(lambda: b.comm == a.comm, 5, "the same address")
+    with Client(b.comm, key=mesh_key) as c:
+        assert c.local_path == path and c.query("status")["id"] == b.id
+
+
+def test_garbage_and_forged_identities_on_either_socket_are_dropped(agents, mesh_key):
+    a = agents.start("a")
+    ctx = zmq.Context.instance()
+    with Client(a.comm, key=mesh_key) as c:
+        path = c.local_path
+        raw = ctx.socket(zmq.DEALER)  # a local program sending garbage
+        raw.setsockopt(zmq.LINGER, 0)
+        raw.connect(f"ipc://{path}")
+        for frame in (b"", b"\x00" * 10, b"\xff" * 3000, m.encode(m.Query(1, "status"))[:-3]):
+            raw.send(frame)
+        forged = ctx.socket(zmq.DEALER)  # a local identity that would look like a member's
+        forged.setsockopt(zmq.LINGER, 0)
+        forged.setsockopt(zmq.ROUTING_ID, b"x" * 15)
+        forged.connect(f"ipc://{path}")
+        forged.send(m.encode(m.Query(2, "status")))
+        tagged = ctx.socket(zmq.DEALER)  # a TCP client claiming a local client's identity
+        tagged.setsockopt(zmq.LINGER, 0)
+        tagged.setsockopt(zmq.ROUTING_ID, localsock.LOCAL_TAG + b"abcd")
+        from mesh.transport import curve_client
+
+        curve_client(tagged, mesh_key)
+        tagged.connect(f"tcp://{a.comm}")
+        tagged.send(m.encode(m.Query(3, "status")))
+
+        def dropped():
+            d = c.query("status")["dropped"]
+            return d if d.get("identity", 0) >= 2 and sum(d.values()) >= 6 else None
+
+        d = wait_for(dropped, 10, "the agent to drop the bad frames", explain=a.log)
+        assert d["identity"] == 2
+        assert forged.poll(300) == 0 and tagged.poll(0) == 0  # no answers to forged identities
+        raw.send(m.encode(m.Query(4, "status")))  # the garbage sender is still served
+        assert raw.poll(5000)
+        assert m.decode(raw.recv()).qid == 4
+        assert c.submit(abs, -5).result(30) == 5
+        for s in (raw, forged, tagged):
+            s.close(0)
+    assert a.alive()
