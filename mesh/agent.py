@@ -35,6 +35,7 @@ from mesh.discovery import membership as mb
 from mesh.errors import DecodeError
 from mesh.executor import WorkerPool
 from mesh.keys import MeshKey, announcement_fields, verify
+from mesh.localconn import FrameStream, StreamClosed
 from mesh.localsock import LOCAL_TAG
 from mesh.sched import dispatch as dp
 from mesh.transport import Transport
@@ -213,6 +214,9 @@ class Agent(AgentActions, AgentQueries, AgentObjects):
                 only_workers = True  # a worker's results move no membership or tree timer
                 for sock, _ in self.transport.poller.poll(timeout):
                     now = time.monotonic()
+                    if sock.__class__ is FrameStream:  # a program on this device
+                        self._read_local(sock, now)
+                        continue
                     worker = self._worker_fds.get(sock)
                     if worker is not None:
                         self._read_worker(worker, now)
@@ -221,7 +225,7 @@ class Agent(AgentActions, AgentQueries, AgentObjects):
                     if sock is self.transport.router:
                         self._read_router(now, sock)
                     elif sock is self.transport.local:
-                        self._read_router(now, sock, local=True)
+                        self.transport.accept_local()
                     elif sock is self.transport.zap:
                         self.transport.handle_zap()
                     elif sock is self.transport.monitor:
@@ -307,12 +311,11 @@ class Agent(AgentActions, AgentQueries, AgentObjects):
             log.debug("dropped a frame: %s", exc)
             return None
 
-    def _read_router(self, now: float, router: zmq.Socket, local: bool = False) -> None:
+    def _read_router(self, now: float, router: zmq.Socket) -> None:
         """Read what the poll said is waiting, up to MAX_BATCH messages. Whether one more
         is there is asked of the socket (EVENTS) after each: cheaper than the exception
-        (zmq.Again) that reading an empty socket raises. ``local``: the local socket's
-        ROUTER (``mesh.localsock``): its identities get ``LOCAL_TAG`` in front, and on
-        the TCP ROUTER a client's identity may not start with it."""
+        (zmq.Again) that reading an empty socket raises. A client's identity may not
+        start with ``LOCAL_TAG`` (the local socket's connections' do)."""
         for _ in range(MAX_BATCH):
             try:
                 parts = router.recv_multipart(zmq.NOBLOCK, copy=True)
@@ -320,12 +323,7 @@ class Agent(AgentActions, AgentQueries, AgentObjects):
                 return
             if len(parts) == 2:
                 identity, frame = parts
-                if local:
-                    identity = LOCAL_TAG + identity
-                    ok = len(identity) != 16  # (never a member's)
-                else:
-                    ok = identity[:1] != LOCAL_TAG or len(identity) == 16
-                if not ok:
+                if identity[:1] == LOCAL_TAG and len(identity) != 16:
                     self.dropped["identity"] = self.dropped.get("identity", 0) + 1
                     continue
                 self.bytes_in += len(frame)
@@ -339,6 +337,28 @@ class Agent(AgentActions, AgentQueries, AgentObjects):
                 self.dropped["frames"] = self.dropped.get("frames", 0) + 1
             if not router.get(_EVENTS) & _POLLIN:
                 return
+
+    def _read_local(self, stream: FrameStream, now: float) -> None:
+        """A local connection (``mesh.localconn``) is readable, or writable again."""
+        if stream.out and not self.transport.flush_local(stream):
+            return
+        try:
+            frames = stream.frames()
+        except StreamClosed as exc:  # (closed, or a frame over the limit)
+            if exc.oversized:
+                self.dropped["oversized"] = self.dropped.get("oversized", 0) + 1
+            log.debug("local connection closed: %s", exc)
+            self.transport.drop_local(stream)
+            return
+        identity = stream.identity
+        for frame in frames:
+            self.bytes_in += len(frame)
+            msg = self._decode(frame)
+            if type(msg) is m.Batch:
+                for inner in self._unbatch(msg):
+                    self._on_router(identity, inner, now)
+            elif msg is not None:
+                self._on_router(identity, msg, now)
 
     def _on_router(self, identity: bytes, msg: m.Message, now: float) -> None:
         peer_id = identity.hex() if len(identity) == 16 else None

@@ -44,6 +44,7 @@ import itertools
 import logging
 import os
 import pickle
+import select
 import socket
 import threading
 import time
@@ -53,11 +54,12 @@ from typing import Any
 
 import zmq
 
-from mesh import keys, localsock
+from mesh import keys, localconn
 from mesh import messages as m
 from mesh.callfutures import Callback, CallFuture, complete, result_value  # noqa: F401 (result_value: API)
 from mesh.errors import AgentUnreachable, DecodeError
 from mesh.keys import MeshKey
+from mesh.localconn import FrameStream, StreamClosed
 from mesh.objects import ObjectLost
 from mesh.poll import Poller
 from mesh.taskexec import dumps
@@ -111,21 +113,24 @@ class Client:
         self._lr.setblocking(False)
         self._lw.setblocking(False)
         self._lead_poller: Poller | None = None  # (one reader at a time: made once)
-        self.local_path: str | None = None
-        near = localsock.dial(self.ctx, address, None if self.key is None else self.key.fingerprint(),
+        self.local_path: str | None = None  # the agent's local socket, when we use it
+        self._stream: FrameStream | None = None  # (then our connection)
+        self._broken = ""  # why the local connection broke (the agent left or died)
+        self._monitor: zmq.Socket | None = None
+        near = localconn.dial(address, None if self.key is None else self.key.fingerprint(),
                               min(timeout, LOCAL_PROBE_S), m.MAX_FRAME) if local else None
         if near is not None:
-            sock, self.local_path, _ = near
+            self._stream, self.local_path = near
+            self._sock: Any = self._stream
+            self._fd = self._stream.fileno()
         else:
-            sock = self.ctx.socket(zmq.DEALER)
+            sock = self._sock = self.ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.MAXMSGSIZE, m.MAX_FRAME + 1024)
             curve_client(sock, self.key)
-        self._sock = sock
-        self._monitor = sock.get_monitor_socket(HANDSHAKE_FAILED)
-        if near is None:
+            self._monitor = sock.get_monitor_socket(HANDSHAKE_FAILED)
             sock.connect(f"tcp://{address}")
-        self._fd = sock.getsockopt(zmq.FD)
+            self._fd = sock.getsockopt(zmq.FD)
         self.dropped = 0
         self.batches_received = 0  # frames from the agent that carried several messages
         self.late_results = 0  # results for calls already answered (or never made)
@@ -276,6 +281,8 @@ class Client:
                    inputs=(), needs=None) -> Future:
         if self._closed.is_set():
             raise AgentUnreachable("client is closed")
+        if self._broken:
+            raise AgentUnreachable(self._broken)
         # unique in the mesh: a random prefix per client and a counter (no system call
         # per call: os.urandom releases the GIL, and the I/O thread then takes it)
         call_id = f"{self._id_prefix}{next(self._seq):08x}"
@@ -326,10 +333,11 @@ class Client:
                     poller.register(self._sock)
                     poller.register(self._lr)
                 poller.touch(self._sock)  # (our thread used it since: ask its EVENTS first)
-                sock, lr = self._sock, self._lr
+                sock, lr, stream = self._sock, self._lr, self._stream
                 # (the poller asks the socket's EVENTS itself: no drain needed around it;
                 # one frame per poll, the agent sends what it has for us as one)
-                while not (Future.done(fut) or self._closed.is_set() or self._outbox):
+                while not (Future.done(fut) or self._closed.is_set() or self._outbox
+                           or (stream is not None and (stream.out or self._broken))):
                     wait_ms = None if deadline is None else max(deadline - time.monotonic(), 0) * 1000
                     ready = poller.poll(wait_ms)
                     if not ready and deadline is not None and time.monotonic() >= deadline:
@@ -337,6 +345,10 @@ class Client:
                     stand_down = False
                     for item, _ in ready:
                         if item is sock:
+                            if stream is not None:  # (level-triggered: read it all)
+                                for frame in self._drain():
+                                    self._handle(frame)
+                                continue
                             try:
                                 frame = sock.recv(zmq.NOBLOCK)
                             except zmq.Again:
@@ -366,10 +378,21 @@ class Client:
         try:
             if self._outbox or self._closed.is_set():
                 return False
-            try:
-                self._sock.send(frame, zmq.NOBLOCK)
-            except zmq.ZMQError:  # (full, or closing): the background thread sends it
-                return False
+            stream = self._stream
+            if stream is not None:
+                try:
+                    if not stream.send(frame):  # (over its bound: our thread waits for room)
+                        return False
+                except StreamClosed as exc:
+                    self._break(exc)
+                    return False
+                if stream.out:  # the socket took part of it: our thread writes the rest
+                    self._wake()
+            else:
+                try:
+                    self._sock.send(frame, zmq.NOBLOCK)
+                except zmq.ZMQError:  # (full, or closing): the background thread sends it
+                    return False
             # (our thread watches the descriptor: it signals only once EVENTS was asked;
             # a thread that reads next polls the socket, which asks it)
             frames = self._drain() if self._reader == BG else ()
@@ -381,7 +404,14 @@ class Client:
 
     def _drain(self) -> list[bytes]:
         """What waits on the socket (at most ``RECV_BATCH`` frames). Under ``_sock_lock``;
-        asking ``EVENTS`` is what lets the descriptor signal the next input."""
+        asking ``EVENTS`` is what lets the descriptor signal the next input. (The local
+        connection: what whole frames arrived.)"""
+        if self._stream is not None:
+            try:
+                return self._stream.frames()
+            except StreamClosed as exc:
+                self._break(exc)
+                return []
         sock, frames = self._sock, []
         while len(frames) < RECV_BATCH and sock.get(_EVENTS) & _POLLIN:
             try:
@@ -389,6 +419,27 @@ class Client:
             except zmq.Again:
                 break
         return frames
+
+    def _break(self, exc: Exception) -> None:
+        """The local connection broke (the agent left, or died): our thread fails what
+        is in flight; new calls raise AgentUnreachable."""
+        if not self._broken:
+            self._broken = f"lost the connection to the agent at {self.address}: {exc}"
+            self._wake()
+
+    def _send_frame(self, frame: bytes) -> None:
+        """Send from our thread (under ``_sock_lock``): blocks while the agent does not
+        take more (a DEALER at its high-water mark; a local connection's bound)."""
+        stream = self._stream
+        if stream is None:
+            self._sock.send(frame)
+            return
+        try:
+            while not stream.send(frame) and not self._closed.is_set():
+                select.select([], [stream.sock], [], 0.5)
+                stream.flush()
+        except StreamClosed as exc:
+            self._break(exc)
 
     def _post(self, frame: bytes) -> None:
         self._outbox.append(frame)
@@ -403,15 +454,16 @@ class Client:
             pass
 
     def _loop(self) -> None:
-        sock, monitor = self._sock, self._monitor
+        sock, monitor, stream = self._sock, self._monitor, self._stream
         poller = zmq.Poller()
-        poller.register(monitor, zmq.POLLIN)
+        if monitor is not None:
+            poller.register(monitor, zmq.POLLIN)
         poller.register(self._r, zmq.POLLIN)
         poller.register(self._fd, zmq.POLLIN)  # (not the socket: see the docstring)
         wake_fd = self._r.fileno()
-        watching = True  # the descriptor is in the poller
-        try:
-            while not self._closed.is_set():
+        flags = zmq.POLLIN  # what we watch the descriptor for (POLLOUT: a local
+        try:  # connection's output waits for room)
+            while not self._closed.is_set() and not self._broken:
                 with self._lock:  # read the socket while something is in flight and
                     watch = self._reader in (None, BG) and self._inflight()  # no thread does
                     if watch:
@@ -419,18 +471,21 @@ class Client:
                     elif self._reader == BG:
                         self._reader = None
                 timeout = 500
-                if watch != watching:
-                    watching = watch
-                    if not watch:
+                want = (zmq.POLLIN if watch else 0) | (
+                    zmq.POLLOUT if stream is not None and stream.out else 0)
+                if want != flags:
+                    if want:
+                        poller.register(self._fd, want)
+                    else:
                         poller.unregister(self._fd)
-                    else:  # a thread that read before us may have left input that the
-                        poller.register(self._fd, zmq.POLLIN)  # descriptor will not signal
-                        with self._sock_lock:
-                            frames = self._drain()
+                    if watch and not flags & zmq.POLLIN:  # a thread that read before us may
+                        with self._sock_lock:  # have left input that the descriptor
+                            frames = self._drain()  # will not signal
                         for frame in frames:
                             self._handle(frame)
                         if frames:
                             timeout = 0
+                    flags = want
                 ready = poller.poll(timeout)
                 self.wakes += 1
                 # awake now: frames queued from here on (also by the futures' callbacks
@@ -445,11 +500,17 @@ class Client:
                                 pass
                         except (BlockingIOError, OSError):
                             pass
+                if stream is not None and stream.out:
+                    with self._sock_lock:
+                        try:
+                            stream.flush()
+                        except StreamClosed as exc:
+                            self._break(exc)
                 reader = self._reader
                 if reader is not None and reader != BG:  # a waiting thread reads the socket
                     self._wake_pending = False
-                    if self._outbox:  # ask it to step aside: it wakes us when it did
-                        try:
+                    if self._outbox or (stream is not None and stream.out):
+                        try:  # ask it to step aside: it wakes us when it did
                             self._lw.send(b"\0")
                         except (BlockingIOError, OSError):
                             pass
@@ -466,13 +527,13 @@ class Client:
                 if outbox:
                     with self._sock_lock:
                         if len(outbox) == 1:
-                            sock.send(outbox.popleft())
+                            self._send_frame(outbox.popleft())
                         else:  # calls piled up while we were away: one frame for the lot
                             frames = []
                             while outbox:
                                 frames.append(outbox.popleft())
                             for frame in m.batches(frames):
-                                sock.send(frame)
+                                self._send_frame(frame)
                         frames = self._drain()
                     for frame in frames:
                         self._handle(frame)
@@ -481,14 +542,33 @@ class Client:
             with self._sock_lock:
                 outbox = self._outbox
                 sent = bool(outbox)
-                while outbox:
+                while outbox and not self._broken:
                     try:
-                        sock.send(outbox.popleft(), zmq.NOBLOCK)
-                    except zmq.ZMQError:
+                        if stream is not None:
+                            stream.send(outbox.popleft())
+                        else:
+                            sock.send(outbox.popleft(), zmq.NOBLOCK)
+                    except (zmq.ZMQError, StreamClosed):
                         break
-                sock.disable_monitor()
-                monitor.close(0)
-                sock.close(CLOSE_LINGER_MS if sent else 0)
+                if stream is not None:
+                    stream.close(CLOSE_LINGER_MS / 1000 if sent or stream.out else 0)
+                else:
+                    sock.disable_monitor()
+                    monitor.close(0)
+                    sock.close(CLOSE_LINGER_MS if sent else 0)
+            if self._broken:
+                self._fail_all(AgentUnreachable(self._broken))
+
+    def _fail_all(self, exc: AgentUnreachable) -> None:
+        """Nothing in flight will be answered: fail it."""
+        with self._lock:
+            futures = list(self._futures.values())
+            self._futures.clear()
+            queries = list(self._queries.values())
+            fetches = [f for fs in self._fetches.values() for f in fs]
+        for fut in futures + queries + fetches:
+            if not fut.done():
+                fut.set_exception(exc)
 
     def _handshake_failed(self, monitor: zmq.Socket) -> None:
         try:

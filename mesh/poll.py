@@ -67,6 +67,12 @@ class Poller:
         except FileExistsError:
             self._epoll.modify(fd, select.EPOLLIN)
 
+    def modify(self, item: Any, write: bool) -> None:
+        """Watch a plain descriptor (registered) for room to write too, or no longer;
+        ``poll`` gives it back (with POLLIN, as any ready item) when it has room."""
+        mask = select.EPOLLIN | select.EPOLLOUT if write else select.EPOLLIN
+        self._epoll.modify(self._fd(item), mask)
+
     def unregister(self, item: Any) -> None:
         """Stop watching ``item``. Raises KeyError if it is not watched."""
         if isinstance(item, zmq.Socket):

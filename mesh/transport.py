@@ -9,9 +9,9 @@ DEALER a CURVE client with the mesh's key pair; a ZAP handler in the agent's own
 loop (``Transport.handle_zap``) admits only clients presenting the mesh's public
 key. A handshake that fails never yields a frame, so nothing from a stranger is
 ever decoded. Without a key (``--insecure``, or loopback) everything is plaintext.
-A second ROUTER, plaintext, serves programs on this device over a Unix socket that
-only our user can reach (``mesh.localsock``); the identities of its connections carry
-``LOCAL_TAG`` in front, so that one ``reply`` serves both ROUTERs.
+Programs on this device may come through the local socket instead (a Unix stream
+socket only our user can reach: ``mesh.localsock``, ``mesh.localconn``); the identities
+of its connections start with ``LOCAL_TAG``, so that one ``reply`` serves both.
 Clients connect DEALERs with no identity of their own. Everything is bounded:
 ``MAXMSGSIZE`` makes ZeroMQ drop a connection that sends an oversized frame before
 it is buffered, high-water marks bound every queue, sends never block (a full
@@ -21,13 +21,13 @@ queue drops the frame and counts it), linger is short.
 from __future__ import annotations
 
 import logging
-import os
 import struct
 
 import zmq
 
 from mesh import localsock
 from mesh.keys import MeshKey
+from mesh.localconn import FrameStream, LocalServer, StreamClosed
 from mesh.localsock import LOCAL_TAG
 from mesh.messages import MAX_FRAME, batches
 from mesh.poll import Poller
@@ -100,7 +100,7 @@ class Transport:
         else:
             self.router.bind(f"tcp://{host}:{port}")
         self.host, self.port = host, port
-        self.local: zmq.Socket | None = None
+        self.local: LocalServer | None = None
         self.local_path: str | None = None
         if local:
             self._bind_local()
@@ -113,7 +113,7 @@ class Transport:
         if self.zap is not None:
             self.poller.register(self.zap, zmq.POLLIN)
         if self.local is not None:
-            self.poller.register(self.local, zmq.POLLIN)
+            self.poller.register(self.local)
         self.dropped_sends = 0
         self.bytes_out = 0
         self._outboxes: dict[bytes, list[bytes]] = {}  # client identity -> frames (reply)
@@ -127,16 +127,34 @@ class Transport:
             log.info("no local socket: %s is not a private directory of this user (or ipc is off)",
                      localsock.runtime_dir())
             return
-        sock = self.ctx.socket(zmq.ROUTER)
-        self._tune(sock)
-        sock.setsockopt(zmq.MAXMSGSIZE, self.max_frame + 1024)
         try:
-            sock.bind(f"ipc://{path}")  # (ZeroMQ replaces a file a killed agent left)
-        except zmq.ZMQError as exc:
+            self.local = LocalServer(path, self.max_frame)
+        except OSError as exc:
             log.warning("no local socket at %s: %s", path, exc)
-            sock.close(0)
             return
-        self.local, self.local_path = sock, path
+        self.local_path = path
+
+    def accept_local(self) -> list[FrameStream]:
+        """New connections to the local socket, watched from now on."""
+        streams = self.local.accept()
+        for stream in streams:
+            self.poller.register(stream)
+        return streams
+
+    def drop_local(self, stream: FrameStream) -> None:
+        self.poller.unregister(stream)
+        self.local.drop(stream)
+
+    def flush_local(self, stream: FrameStream) -> bool:
+        """Write what waits for a local connection (its descriptor is writable); False
+        when the connection broke (then dropped)."""
+        try:
+            if stream.flush():
+                self.poller.modify(stream, write=False)
+            return True
+        except StreamClosed:
+            self.drop_local(stream)
+            return False
 
     @property
     def address(self) -> str:
@@ -231,11 +249,8 @@ class Transport:
     def _reply_now(self, identity: bytes, frame: bytes) -> bool:
         """(the two parts sent directly: ``send_multipart`` checks and loops in Python)"""
         router = self.router
-        if identity[:1] == LOCAL_TAG and len(identity) != 16:  # a local client's
-            router, identity = self.local, identity[1:]
-            if router is None:
-                self.dropped_sends += 1
-                return False
+        if identity[:1] == LOCAL_TAG and len(identity) != 16:  # a local connection's
+            return self._send_local(identity, frame)
         self.poller.touch(router)
         try:
             router.send(identity, _SEND_MORE)
@@ -245,6 +260,25 @@ class Transport:
         except zmq.ZMQError:
             self.dropped_sends += 1
             return False
+
+    def _send_local(self, identity: bytes, frame: bytes) -> bool:
+        stream = None if self.local is None else self.local.conns.get(identity)
+        if stream is None:  # (gone: a program that closed before its answer)
+            self.dropped_sends += 1
+            return False
+        queued = bool(stream.out)
+        try:
+            if not stream.send(frame):
+                self.dropped_sends += 1
+                return False
+        except StreamClosed:
+            self.dropped_sends += 1
+            self.drop_local(stream)
+            return False
+        self.bytes_out += len(frame)
+        if stream.out and not queued:  # the socket is full: write the rest when it has room
+            self.poller.modify(stream, write=True)
+        return True
 
     def read_dealer_monitor(self, monitor: zmq.Socket) -> str | None:
         """The address whose connection was just lost (FIN/RST), if any."""
@@ -300,11 +334,7 @@ class Transport:
         for address in list(self.dealers):
             self.disconnect(address)
         if self.local is not None:  # (before the TCP port is free for another agent)
-            self.local.close(200)
-            try:  # (ZeroMQ leaves the file of a socket it bound)
-                os.unlink(self.local_path)
-            except OSError:
-                pass
+            self.local.close()
         self.router.disable_monitor()
         self.monitor.close(0)
         self.router.close(200)
