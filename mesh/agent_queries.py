@@ -60,6 +60,10 @@ class AgentQueries:
             "secure": self.config.key is not None,
             "key": None if self.config.key is None else self.config.key.fingerprint(),
             "local_socket": self.transport.local_path,
+            "local": None if self.transport.local is None else {
+                "connections": len(self.transport.local.conns),
+                "accepted": self.transport.local.accepted,
+                "strangers": self.transport.local.strangers},
             "auth": {"rejected": self.transport.auth_rejected,
                      "handshake_failures": self.transport.handshake_failures},
             "leaving": self.leaving_since is not None,

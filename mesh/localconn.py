@@ -33,6 +33,27 @@ READS_PER_CALL = 16  # reads per ``frames`` call: a flood cannot hold the caller
 OUT_LIMIT = 1 << 28  # bytes waiting to be written past which ``send`` refuses frames
 
 
+_CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def peer_uid(sock: socket.socket) -> int | None:
+    """The user id of the process at the other end of a Unix socket (Linux: SO_PEERCRED;
+    None where the system cannot say)."""
+    if not hasattr(socket, "SO_PEERCRED"):
+        return None
+    try:
+        return _CRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size))[1]
+    except OSError:
+        return None
+
+
+def trusted(sock: socket.socket) -> bool:
+    """The other end runs as our user or as root (the directory's mode already says
+    so; this holds even if someone changed it since)."""
+    uid = peer_uid(sock)
+    return uid is None or uid in (os.geteuid(), 0)
+
+
 class StreamClosed(EOFError):
     """The other end closed the connection, or it broke the framing (``oversized``)."""
 
@@ -172,6 +193,7 @@ class LocalServer:
         self.conns: dict[bytes, FrameStream] = {}
         self._ids = itertools.count(1)
         self.accepted = 0
+        self.strangers = 0  # connections from another user, closed at once
 
     def fileno(self) -> int:
         return self.listener.fileno()
@@ -186,6 +208,10 @@ class LocalServer:
                 break
             except OSError:  # (out of descriptors: the rest wait for the next turn)
                 break
+            if not trusted(sock):
+                self.strangers += 1
+                sock.close()
+                continue
             stream = FrameStream(sock, self.max_frame + 1024,
                                  LOCAL_TAG + _HEADER.pack(next(self._ids) & 0xFFFFFFFF))
             self.conns[stream.identity] = stream
@@ -229,6 +255,9 @@ def dial(address: str, fingerprint: str | None, timeout: float,
     try:
         sock.connect(path)
     except OSError:  # (a file left by a killed agent: nobody listens)
+        sock.close()
+        return None
+    if not trusted(sock):
         sock.close()
         return None
     stream = FrameStream(sock, max_frame + 1024)

@@ -4,16 +4,20 @@ Unix socket in a private directory, no CURVE; everyone else, and any doubt, goes
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import stat
 import struct
+import subprocess
+import sys
+import tempfile
 import time
 
 import pytest
 import zmq
 
-from mesh import keys, localsock
+from mesh import keys, localconn, localsock
 from mesh import messages as m
 from mesh.client import Client
 from mesh.errors import AgentUnreachable
@@ -243,3 +247,39 @@ def test_a_leaving_agent_fails_local_calls_at_once(agents, mesh_key):
     with pytest.raises(AgentUnreachable):
         c.submit(abs, 1)
     c.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not hasattr(socket, "SO_PEERCRED"),
+                    reason="needs root (to run a process as another user) and SO_PEERCRED")
+def test_a_connection_from_another_user_is_closed_even_if_the_directory_lets_it_in(
+        agents, mesh_key, monkeypatch):
+    run = tempfile.mkdtemp(prefix="m")  # (short: a socket's path has ~100 bytes)
+    monkeypatch.setenv("MESH_RUNTIME_DIR", run)
+    try:
+        a = agents.start("a", env={"MESH_RUNTIME_DIR": run})
+        with Client(a.comm, key=mesh_key) as c:
+            path = c.local_path
+            assert path is not None and path.startswith(run)
+            os.chmod(run, 0o711)  # someone opened the directory and the socket to all
+            os.chmod(path, 0o777)
+            code = ("import os, socket, struct, sys\nos.setgid(65534); os.setuid(65534)\n"
+                    "s = socket.socket(socket.AF_UNIX); s.settimeout(10); s.connect(sys.argv[1])\n"
+                    "try:\n"
+                    "    s.sendall(struct.pack('>I', len(sys.argv[2]) // 2) + bytes.fromhex(sys.argv[2]))\n"
+                    "    print(repr(s.recv(100)))\n"
+                    "except OSError:\n"  # (closed before the query went)
+                    "    print(repr(b''))\n")
+            out = subprocess.run([sys.executable, "-c", code, path, m.encode(m.Query(1, "status")).hex()],
+                                 capture_output=True, text=True, timeout=30)
+            assert out.returncode == 0, out.stderr
+            assert out.stdout.strip() == "b''"  # closed, unanswered
+            assert c.query("status")["local"]["strangers"] == 1
+            assert c.submit(abs, -1).result(30) == 1
+    finally:
+        shutil.rmtree(run, ignore_errors=True)
+
+
+def test_the_other_end_of_our_own_socket_is_trusted():
+    a, b = socket.socketpair(socket.AF_UNIX)
+    with a, b:
+        assert localconn.peer_uid(a) in (os.geteuid(), None) and localconn.trusted(a)
