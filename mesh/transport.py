@@ -124,8 +124,9 @@ class Transport:
     def _bind_local(self) -> None:
         path = localsock.bind_path(self.address)
         if path is None:
-            log.info("no local socket: %s is not a private directory of this user (or ipc is off)",
-                     localsock.runtime_dir())
+            log.warning("no local socket: %s is not a private directory of this user (mode 0700), "
+                        "or a socket's path in it would be too long; programs on this device "
+                        "use TCP", localsock.runtime_dir())
             return
         try:
             self.local = LocalServer(path, self.max_frame)
