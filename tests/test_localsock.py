@@ -4,6 +4,7 @@ Unix socket in a private directory, no CURVE; everyone else, and any doubt, goes
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -283,3 +284,45 @@ def test_the_other_end_of_our_own_socket_is_trusted():
     a, b = socket.socketpair(socket.AF_UNIX)
     with a, b:
         assert localconn.peer_uid(a) in (os.geteuid(), None) and localconn.trusted(a)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_frames_cross_a_small_nonblocking_stream_whole_and_in_order(seed):
+    """Partial writes (``out``, ``flush``) and partial reads (a frame split over reads,
+    many frames in one read) give back every frame once, in order."""
+    rnd = random.Random(seed)
+    a, b = socket.socketpair(socket.AF_UNIX)
+    for s in (a, b):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    tx, rx = localconn.FrameStream(a, 1 << 20), localconn.FrameStream(b, 1 << 20)
+    sent = [rnd.randbytes(rnd.choice((0, 1, 3, 100, 5000, 70_000, 300_000))) for _ in range(300)]
+    got: list[bytes] = []
+    i = 0
+    deadline = time.monotonic() + 30
+    while len(got) < len(sent):
+        assert time.monotonic() < deadline, f"{len(got)} of {len(sent)} frames after 30 s"
+        while i < len(sent) and rnd.random() < 0.7:
+            assert tx.send(sent[i])
+            i += 1
+        tx.flush()
+        got.extend(rx.frames())
+    assert got == sent and not tx.out
+    tx.close()
+    with pytest.raises(localconn.StreamClosed):  # the end of the stream, once read
+        for _ in range(3):
+            rx.frames()
+    rx.close()
+
+
+def test_a_frame_over_the_limit_closes_the_stream_after_the_frames_before_it():
+    a, b = socket.socketpair(socket.AF_UNIX)
+    tx, rx = localconn.FrameStream(a, 1 << 20), localconn.FrameStream(b, 100)
+    tx.send(b"ok")
+    tx.send(b"x" * 101)
+    assert rx.frames() == [b"ok"]
+    with pytest.raises(localconn.StreamClosed) as err:
+        rx.frames()
+    assert err.value.oversized
+    tx.close()
+    rx.close()
