@@ -62,6 +62,8 @@ def run_demo(n_agents: int = 3, n_calls: int = 12) -> int:
                 print(f"started demo-{i + 1} at {states[-1]['comm']} (pid {states[-1]['pid']})")
             print(f"mesh key {key.fingerprint()} (temporary); CURVE-encrypted, authenticated")
             with Client(states[0]["comm"], key=key) as client:
+                if client.local_path is not None:
+                    print(f"this program reaches demo-1 through its local socket {client.local_path}")
                 _wait(lambda: sum(p["state"] == "alive" for p in client.query("peers")) == n_agents - 1,
                       15, "the agents to see each other")
                 print(f"demo-1 sees {n_agents - 1} peer(s) alive; submitting {n_calls} calls to demo-1")
