@@ -326,13 +326,7 @@ class Agent(AgentActions, AgentQueries, AgentObjects):
                 if identity[:1] == LOCAL_TAG and len(identity) != 16:
                     self.dropped["identity"] = self.dropped.get("identity", 0) + 1
                     continue
-                self.bytes_in += len(frame)
-                msg = self._decode(frame)
-                if type(msg) is m.Batch:
-                    for inner in self._unbatch(msg):
-                        self._on_router(identity, inner, now)
-                elif msg is not None:
-                    self._on_router(identity, msg, now)
+                self._on_frame(identity, frame, now)
             else:
                 self.dropped["frames"] = self.dropped.get("frames", 0) + 1
             if not router.get(_EVENTS) & _POLLIN:
@@ -352,13 +346,17 @@ class Agent(AgentActions, AgentQueries, AgentObjects):
             return
         identity = stream.identity
         for frame in frames:
-            self.bytes_in += len(frame)
-            msg = self._decode(frame)
-            if type(msg) is m.Batch:
-                for inner in self._unbatch(msg):
-                    self._on_router(identity, inner, now)
-            elif msg is not None:
-                self._on_router(identity, msg, now)
+            self._on_frame(identity, frame, now)
+
+    def _on_frame(self, identity: bytes, frame: bytes, now: float) -> None:
+        """A frame from a client or a member: a message, or a batch of them."""
+        self.bytes_in += len(frame)
+        msg = self._decode(frame)
+        if type(msg) is m.Batch:
+            for inner in self._unbatch(msg):
+                self._on_router(identity, inner, now)
+        elif msg is not None:
+            self._on_router(identity, msg, now)
 
     def _on_router(self, identity: bytes, msg: m.Message, now: float) -> None:
         peer_id = identity.hex() if len(identity) == 16 else None

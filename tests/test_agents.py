@@ -4,6 +4,7 @@ errors, graceful leave."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 
@@ -208,3 +209,15 @@ def test_emulated_delay_shows_in_measured_round_trips(agents):
     assert 45 <= got["d1"] <= 150, got  # 2 x 25 ms, plus scheduling
     assert got["d2"] < 20, got
     assert b.alive() and c.alive()
+
+
+@pytest.mark.timeout(120)
+def test_the_readmes_demo_runs_and_stops_cleanly():
+    """The README's first command (after the install): three agents on 127.0.0.1, twelve
+    calls spread over them through demo-1's local socket, a clean stop."""
+    res = run_cli("demo", timeout=100)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "through its local socket" in res.stdout
+    counts = re.search(r"calls per agent: demo-1 (\d+), demo-2 (\d+), demo-3 (\d+)", res.stdout)
+    assert counts and sum(map(int, counts.groups())) == 12, res.stdout
+    assert "stopped 3 agent(s)" in res.stdout
