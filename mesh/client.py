@@ -122,13 +122,7 @@ class Client(ClientRequests):
             self._sock: Any = self._stream
             self._fd = self._stream.fileno()
         else:
-            sock = self._sock = self.ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.MAXMSGSIZE, m.MAX_FRAME + 1024)
-            curve_client(sock, self.key)
-            self._monitor = sock.get_monitor_socket(HANDSHAKE_FAILED)
-            sock.connect(f"tcp://{address}")
-            self._fd = sock.getsockopt(zmq.FD)
+            self._dealer()
         self.dropped = 0
         self.batches_received = 0  # frames from the agent that carried several messages
         self.late_results = 0  # results for calls already answered (or never made)
@@ -374,8 +368,45 @@ class Client(ClientRequests):
         except (BlockingIOError, OSError):
             pass
 
+    def _dealer(self) -> None:
+        """Our socket becomes a DEALER to the agent's TCP address (CURVE with a key)."""
+        sock = self._sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, m.MAX_FRAME + 1024)
+        curve_client(sock, self.key)
+        self._monitor = sock.get_monitor_socket(HANDSHAKE_FAILED)
+        sock.connect(f"tcp://{self.address}")
+        self._fd = sock.getsockopt(zmq.FD)
+
     def _loop(self) -> None:
-        sock, monitor, stream = self._sock, self._monitor, self._stream
+        try:
+            while True:
+                self._serve()
+                if not self._broken or self._closed.is_set():
+                    break
+                self._fall_back_to_tcp()
+        finally:
+            self._finish()
+
+    def _fall_back_to_tcp(self) -> None:
+        """The local connection broke (the agent left, died or restarted): what was in
+        flight fails, and from now on we reach the agent's address over TCP, where
+        ZeroMQ reconnects to whatever agent serves it next (as a TCP client always did)."""
+        log.warning("%s; what was in flight fails, new calls go over TCP", self._broken)
+        with self._sock_lock:
+            old = self._stream
+            self._stream, self.local_path = None, None
+            self._dealer()
+            if self._lead_poller is not None:  # (it watched the old connection)
+                self._lead_poller.close()
+                self._lead_poller = None
+            old.close()
+        self._fail_all(AgentUnreachable(self._broken))
+        self._broken = ""  # (until now new calls were refused: none went the old way)
+
+    def _serve(self) -> None:
+        """Send and read until the client closes or its local connection breaks."""
+        monitor, stream = self._monitor, self._stream
         poller = zmq.Poller()
         if monitor is not None:
             poller.register(monitor, zmq.POLLIN)
@@ -383,102 +414,105 @@ class Client(ClientRequests):
         poller.register(self._fd, zmq.POLLIN)  # (not the socket: see the docstring)
         wake_fd = self._r.fileno()
         flags = zmq.POLLIN  # what we watch the descriptor for (POLLOUT: a local
-        try:  # connection's output waits for room)
-            while not self._closed.is_set() and not self._broken:
-                with self._lock:  # read the socket while something is in flight and
-                    watch = self._reader in (None, BG) and self._inflight()  # no thread does
-                    if watch:
-                        self._reader = BG
-                    elif self._reader == BG:
-                        self._reader = None
-                timeout = 500
-                want = (zmq.POLLIN if watch else 0) | (
-                    zmq.POLLOUT if stream is not None and stream.out else 0)
-                if want != flags:
-                    if want:
-                        poller.register(self._fd, want)
-                    else:
-                        poller.unregister(self._fd)
-                    if watch and not flags & zmq.POLLIN:  # a thread that read before us may
-                        with self._sock_lock:  # have left input that the descriptor
-                            frames = self._drain()  # will not signal
-                        for frame in frames:
-                            self._handle(frame)
-                        if frames:
-                            timeout = 0
-                    flags = want
-                ready = poller.poll(timeout)
-                self.wakes += 1
-                # awake now: frames queued from here on (also by the futures' callbacks
-                # below) need no wake, they are sent right after
-                self._wake_pending = True
-                for item, _ in ready:
-                    if item is monitor:
-                        self._handshake_failed(monitor)
-                    elif item is self._r or item == wake_fd:  # (poll may give the number)
-                        try:
-                            while self._r.recv(4096):
-                                pass
-                        except (BlockingIOError, OSError):
-                            pass
-                if stream is not None and stream.out:
-                    with self._sock_lock:
-                        try:
-                            stream.flush()
-                        except StreamClosed as exc:
-                            self._break(exc)
-                reader = self._reader
-                if reader is not None and reader != BG:  # a waiting thread reads the socket
-                    self._wake_pending = False
-                    if self._outbox or (stream is not None and stream.out):
-                        try:  # ask it to step aside: it wakes us when it did
-                            self._lw.send(b"\0")
-                        except (BlockingIOError, OSError):
-                            pass
-                    continue
-                while True:
-                    with self._sock_lock:
-                        frames = self._drain()
-                    for frame in frames:
-                        self._handle(frame)
-                    if len(frames) < RECV_BATCH:
-                        break
-                self._wake_pending = False  # before emptying the queue: see the docstring
-                outbox = self._outbox
-                if outbox:
-                    with self._sock_lock:
-                        if len(outbox) == 1:
-                            self._send_frame(outbox.popleft())
-                        else:  # calls piled up while we were away: one frame for the lot
-                            frames = []
-                            while outbox:
-                                frames.append(outbox.popleft())
-                            for frame in m.batches(frames):
-                                self._send_frame(frame)
-                        frames = self._drain()
-                    for frame in frames:
-                        self._handle(frame)
-        finally:  # what was queued before close() still goes (e.g. the runtime's last
-            # Free messages), for up to CLOSE_LINGER_MS after the socket is closed
-            with self._sock_lock:
-                outbox = self._outbox
-                sent = bool(outbox)
-                while outbox and not self._broken:
-                    try:
-                        if stream is not None:
-                            stream.send(outbox.popleft())
-                        else:
-                            sock.send(outbox.popleft(), zmq.NOBLOCK)
-                    except (zmq.ZMQError, StreamClosed):
-                        break
-                if stream is not None:
-                    stream.close(CLOSE_LINGER_MS / 1000 if sent or stream.out else 0)
+        # connection's output waits for room)
+        while not self._closed.is_set() and not self._broken:
+            with self._lock:  # read the socket while something is in flight and
+                watch = self._reader in (None, BG) and self._inflight()  # no thread does
+                if watch:
+                    self._reader = BG
+                elif self._reader == BG:
+                    self._reader = None
+            timeout = 500
+            want = (zmq.POLLIN if watch else 0) | (
+                zmq.POLLOUT if stream is not None and stream.out else 0)
+            if want != flags:
+                if want:
+                    poller.register(self._fd, want)
                 else:
-                    sock.disable_monitor()
-                    monitor.close(0)
-                    sock.close(CLOSE_LINGER_MS if sent else 0)
-            if self._broken:
-                self._fail_all(AgentUnreachable(self._broken))
+                    poller.unregister(self._fd)
+                if watch and not flags & zmq.POLLIN:  # a thread that read before us may
+                    with self._sock_lock:  # have left input that the descriptor
+                        frames = self._drain()  # will not signal
+                    for frame in frames:
+                        self._handle(frame)
+                    if frames:
+                        timeout = 0
+                flags = want
+            ready = poller.poll(timeout)
+            self.wakes += 1
+            # awake now: frames queued from here on (also by the futures' callbacks
+            # below) need no wake, they are sent right after
+            self._wake_pending = True
+            for item, _ in ready:
+                if item is monitor:
+                    self._handshake_failed(monitor)
+                elif item is self._r or item == wake_fd:  # (poll may give the number)
+                    try:
+                        while self._r.recv(4096):
+                            pass
+                    except (BlockingIOError, OSError):
+                        pass
+            if stream is not None and stream.out:
+                with self._sock_lock:
+                    try:
+                        stream.flush()
+                    except StreamClosed as exc:
+                        self._break(exc)
+            reader = self._reader
+            if reader is not None and reader != BG:  # a waiting thread reads the socket
+                self._wake_pending = False
+                if self._outbox or (stream is not None and stream.out):
+                    try:  # ask it to step aside: it wakes us when it did
+                        self._lw.send(b"\0")
+                    except (BlockingIOError, OSError):
+                        pass
+                continue
+            while True:
+                with self._sock_lock:
+                    frames = self._drain()
+                for frame in frames:
+                    self._handle(frame)
+                if len(frames) < RECV_BATCH:
+                    break
+            self._wake_pending = False  # before emptying the queue: see the docstring
+            outbox = self._outbox
+            if outbox:
+                with self._sock_lock:
+                    if len(outbox) == 1:
+                        self._send_frame(outbox.popleft())
+                    else:  # calls piled up while we were away: one frame for the lot
+                        frames = []
+                        while outbox:
+                            frames.append(outbox.popleft())
+                        for frame in m.batches(frames):
+                            self._send_frame(frame)
+                    frames = self._drain()
+                for frame in frames:
+                    self._handle(frame)
+
+    def _finish(self) -> None:
+        """What was queued before close() still goes (e.g. the runtime's last Free
+        messages), for up to CLOSE_LINGER_MS after the socket is closed."""
+        sock, monitor, stream = self._sock, self._monitor, self._stream
+        with self._sock_lock:
+            outbox = self._outbox
+            sent = bool(outbox)
+            while outbox and not self._broken:
+                try:
+                    if stream is not None:
+                        stream.send(outbox.popleft())
+                    else:
+                        sock.send(outbox.popleft(), zmq.NOBLOCK)
+                except (zmq.ZMQError, StreamClosed):
+                    break
+            if stream is not None:
+                stream.close(CLOSE_LINGER_MS / 1000 if sent or stream.out else 0)
+            else:
+                sock.disable_monitor()
+                monitor.close(0)
+                sock.close(CLOSE_LINGER_MS if sent else 0)
+        if self._broken:
+            self._fail_all(AgentUnreachable(self._broken))
 
     def _handshake_failed(self, monitor: zmq.Socket) -> None:
         try:

@@ -234,7 +234,10 @@ def test_a_program_that_stops_reading_does_not_stall_the_agent(agents, mesh_key)
         mute.close()
 
 
-def test_a_leaving_agent_fails_local_calls_at_once(agents, mesh_key):
+def test_a_dead_agent_fails_local_calls_at_once_and_the_client_goes_on_over_tcp(agents, mesh_key):
+    """The local connection breaks: what was in flight fails at once (no waiting for a
+    time-out), and the client reaches the agent's address over TCP from then on, as a
+    TCP client always did: a new agent there serves it."""
     a = agents.start("a")
     c = Client(a.comm, key=mesh_key)
     assert c.local_path is not None
@@ -245,10 +248,11 @@ def test_a_leaving_agent_fails_local_calls_at_once(agents, mesh_key):
     with pytest.raises(AgentUnreachable, match="lost the connection"):
         slow.result(10)
     assert time.monotonic() - t0 < 5
-    with pytest.raises(AgentUnreachable):
-        c.submit(abs, 1)
+    b = agents.start("b", "--comm-port", a.comm.rpartition(":")[2])
+    assert b.comm == a.comm
+    wait_for(lambda: c.submit(abs, -7).result(5) == 7, 30, "a call through the new agent")
+    assert c.local_path is None and c.query("status")["id"] == b.id
     c.close()
-
 
 @pytest.mark.skipif(os.geteuid() != 0 or not hasattr(socket, "SO_PEERCRED"),
                     reason="needs root (to run a process as another user) and SO_PEERCRED")
