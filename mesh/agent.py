@@ -223,7 +223,7 @@ class Agent(AgentInput, AgentActions, AgentQueries, AgentObjects):
                     if sock is self.transport.router:
                         self._read_router(now, sock)
                     elif sock is self.transport.local:
-                        self.transport.accept_local()
+                        self.transport.accept_local(now)
                     elif sock is self.transport.zap:
                         self.transport.handle_zap()
                     elif sock is self.transport.monitor:
@@ -262,6 +262,8 @@ class Agent(AgentInput, AgentActions, AgentQueries, AgentObjects):
             self._do(acts, now)
         if self.objects.fetching:
             self._do(self.objects.tick(now), now)
+        if self.transport.local is not None:
+            self.transport.resume_local(now)
         if self.dispatcher.backlog and now >= self._unfit_check:  # calls whose constraints
             self._unfit_check = now + 1.0  # no known agent meets (looked at once a second:
             self._do(self.dispatcher.expire_unfit(now), now)  # it reads the whole backlog)

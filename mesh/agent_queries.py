@@ -63,7 +63,8 @@ class AgentQueries:
             "local": None if self.transport.local is None else {
                 "connections": len(self.transport.local.conns),
                 "accepted": self.transport.local.accepted,
-                "strangers": self.transport.local.strangers},
+                "strangers": self.transport.local.strangers,
+                "failed_accepts": self.transport.local.starved},
             "auth": {"rejected": self.transport.auth_rejected,
                      "handshake_failures": self.transport.handshake_failures},
             "leaving": self.leaving_since is not None,

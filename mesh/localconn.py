@@ -194,6 +194,7 @@ class LocalServer:
         self._ids = itertools.count(1)
         self.accepted = 0
         self.strangers = 0  # connections from another user, closed at once
+        self.starved = 0  # accepts that failed (out of descriptors)
 
     def fileno(self) -> int:
         return self.listener.fileno()
@@ -206,7 +207,8 @@ class LocalServer:
                 sock, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 break
-            except OSError:  # (out of descriptors: the rest wait for the next turn)
+            except OSError:  # (out of descriptors: the rest wait in the listen queue)
+                self.starved += 1
                 break
             if not trusted(sock):
                 self.strangers += 1

@@ -35,6 +35,7 @@ from mesh.poll import Poller
 log = logging.getLogger("mesh.transport")
 
 HWM = 10_000
+LOCAL_PAUSE = 1.0  # seconds the local listener is not watched after a failed accept
 _SEND_MORE = zmq.NOBLOCK | zmq.SNDMORE
 RECONNECT_MAX_MS = 2_000
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
@@ -102,6 +103,7 @@ class Transport:
         self.host, self.port = host, port
         self.local: LocalServer | None = None
         self.local_path: str | None = None
+        self._local_paused: float | None = None  # (see accept_local)
         if local:
             self._bind_local()
         self.dealers: dict[str, zmq.Socket] = {}
@@ -135,12 +137,26 @@ class Transport:
             return
         self.local_path = path
 
-    def accept_local(self) -> list[FrameStream]:
-        """New connections to the local socket, watched from now on."""
+    def accept_local(self, now: float) -> list[FrameStream]:
+        """New connections to the local socket, watched from now on. When accepting
+        fails (out of descriptors), the listener is not watched for ``LOCAL_PAUSE``
+        seconds (``resume_local``): its queue would wake every turn of the loop."""
+        starved = self.local.starved
         streams = self.local.accept()
         for stream in streams:
             self.poller.register(stream)
+        if self.local.starved != starved and self._local_paused is None:
+            log.warning("cannot accept local connections (out of file descriptors?): "
+                        "trying again in %.0f s", LOCAL_PAUSE)
+            self.poller.unregister(self.local)
+            self._local_paused = now + LOCAL_PAUSE
         return streams
+
+    def resume_local(self, now: float) -> None:
+        """Watch the local socket's listener again once its pause is over."""
+        if self._local_paused is not None and now >= self._local_paused:
+            self._local_paused = None
+            self.poller.register(self.local)
 
     def drop_local(self, stream: FrameStream) -> None:
         self.poller.unregister(stream)

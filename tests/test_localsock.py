@@ -3,6 +3,7 @@ Unix socket in a private directory, no CURVE; everyone else, and any doubt, goes
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
@@ -22,7 +23,7 @@ from mesh import keys, localconn, localsock
 from mesh import messages as m
 from mesh.client import Client
 from mesh.errors import AgentUnreachable
-from mesh.transport import curve_client
+from mesh.transport import Transport, curve_client
 
 from .conftest import wait_for
 
@@ -330,3 +331,42 @@ def test_a_frame_over_the_limit_closes_the_stream_after_the_frames_before_it():
     assert err.value.oversized
     tx.close()
     rx.close()
+
+
+class _Exhausted:
+    """A listener whose accept fails as when the process is out of descriptors."""
+
+    def __init__(self, real: socket.socket) -> None:
+        self.real = real
+
+    def fileno(self) -> int:
+        return self.real.fileno()
+
+    def accept(self):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+
+def test_a_failed_accept_pauses_the_listener_instead_of_waking_every_turn(monkeypatch):
+    run = tempfile.mkdtemp(prefix="m")
+    monkeypatch.setenv("MESH_RUNTIME_DIR", run)
+    t = Transport(os.urandom(16), "127.0.0.1", 0, key=None, local=True)
+    try:
+        assert t.local is not None
+        waiting = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        waiting.connect(t.local_path)  # (queued until the agent accepts it)
+        assert any(item is t.local for item, _ in t.poller.poll(0))
+        real = t.local.listener
+        t.local.listener = _Exhausted(real)
+        assert t.accept_local(100.0) == [] and t.local.starved == 1
+        assert not any(item is t.local for item, _ in t.poller.poll(0))  # not watched
+        t.resume_local(100.5)
+        assert not any(item is t.local for item, _ in t.poller.poll(0))
+        t.local.listener = real
+        t.resume_local(101.0)  # the pause is over: watched, and the connection comes in
+        assert any(item is t.local for item, _ in t.poller.poll(0))
+        streams = t.accept_local(101.0)
+        assert len(streams) == 1 and t.local.starved == 1
+        waiting.close()
+    finally:
+        t.close()
+        shutil.rmtree(run, ignore_errors=True)
