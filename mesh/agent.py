@@ -209,6 +209,7 @@ class Agent(AgentInput, AgentActions, AgentQueries, AgentObjects):
                     if self.pool.withdraw_slow(t):
                         self.dispatcher.depth = self.pool.depth(t)
                     timeout = min(timeout, SLOW_CHECK_MS)
+                self._flush()  # (what the timers and delayed frames queued: before waiting)
                 only_workers = True  # a worker's results move no membership or tree timer
                 for sock, _ in self.transport.poller.poll(timeout):
                     now = time.monotonic()
@@ -244,9 +245,26 @@ class Agent(AgentInput, AgentActions, AgentQueries, AgentObjects):
                     next_tick = min(next_tick, self.members.next_timer(t), self.tree.next_timer(t))
                 if self.leaving_since == -1.0:
                     next_tick = 0.0  # a leave was requested: start it now
-                self.transport.flush()  # what this turn has for clients, batched
+                self._flush()  # what this turn has for each client and member, batched
         finally:
             self.close()
+
+    def _flush(self) -> None:
+        """Send what waits for clients and members. Frames for members that could not
+        go (a full queue): calls among them are placed again (``forward_failed``), the
+        rest is counted."""
+        unsent = self.transport.flush()
+        if not unsent:
+            return
+        now = time.monotonic()
+        for address, frame in unsent:
+            member = self.members.member_at(address)
+            msg = m.decode(frame)  # (our own frame)
+            for one in (m.unbatch(msg)[0] if type(msg) is m.Batch else (msg,)):
+                if isinstance(one, m.Call) and member is not None:
+                    self._do(self.dispatcher.forward_failed(one.call_id, member.info.id), now)
+                else:
+                    self.dropped["unsent"] = self.dropped.get("unsent", 0) + 1
 
     def _tick(self, now: float) -> None:
         if self.leaving_since == -1.0:

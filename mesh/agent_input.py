@@ -142,20 +142,24 @@ class AgentInput:
             member = self.members.member_at(address)
             if member is not None:
                 self._do(self.members.heard_from(member.info.id, now), now)
-            if isinstance(msg, mb.DEALER_MESSAGES):
-                self._do(self.members.receive(msg, now, via=address), now)
-                if isinstance(msg, m.Pong):
-                    self._peer_load(msg.sender, msg.load, now)
-            elif isinstance(msg, m.Result) and member is not None:
-                self._do(self.dispatcher.remote_result(msg, member.info.id), now)
-            elif isinstance(msg, m.Object):
-                self._do(self.objects.fetched(msg.oid, msg.data if msg.ok else None, msg.error), now)
-            elif isinstance(msg, m.Handback) and member is not None:
-                self._do(self.dispatcher.handed_back(msg.call_id, member.info.id), now)
-            else:
-                self.dropped["unexpected"] = self.dropped.get("unexpected", 0) + 1
-            if address not in self.transport.dealers:
-                return  # the message made us close this connection
+            for one in (self._unbatch(msg) if type(msg) is m.Batch else (msg,)):
+                self._on_dealer(one, member, address, now)
+                if address not in self.transport.dealers:
+                    return  # the message made us close this connection
+
+    def _on_dealer(self, msg: m.Message, member, address: str, now: float) -> None:
+        if isinstance(msg, mb.DEALER_MESSAGES):
+            self._do(self.members.receive(msg, now, via=address), now)
+            if isinstance(msg, m.Pong):
+                self._peer_load(msg.sender, msg.load, now)
+        elif isinstance(msg, m.Result) and member is not None:
+            self._do(self.dispatcher.remote_result(msg, member.info.id), now)
+        elif isinstance(msg, m.Object):
+            self._do(self.objects.fetched(msg.oid, msg.data if msg.ok else None, msg.error), now)
+        elif isinstance(msg, m.Handback) and member is not None:
+            self._do(self.dispatcher.handed_back(msg.call_id, member.info.id), now)
+        else:
+            self.dropped["unexpected"] = self.dropped.get("unexpected", 0) + 1
 
     def _peer_load(self, sender: m.NodeInfo, load: m.Load, now: float) -> None:
         member = self.members.members.get(sender.id)

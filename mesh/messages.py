@@ -31,7 +31,8 @@ from mesh.codec import BATCH_BYTES, MAX_FRAME, MAX_LIST, MAX_STR, Codec  # noqa:
 from mesh.codec import cut as _cut  # noqa: F401
 from mesh.tree.advert import Advert
 
-PROTOCOL = 1  # the "v" of every frame
+PROTOCOL = 2  # the "v" of every frame. 2: members send each other Batch frames too (an
+# agent of protocol 1 would drop them as unexpected: the versions refuse each other instead)
 
 STATES = ("alive", "suspect", "dead", "left")
 
@@ -332,9 +333,10 @@ class Answer(Message):
 class Batch(Message):
     """Several messages in one frame, each an encoded frame of its own (never a
     ``Batch``): what a client sends when calls pile up faster than its socket takes
-    them, and what an agent sends a client when several results are ready in one turn
-    of its loop. One frame instead of one per call: one send, one receive, one wake-up
-    on each side for the lot. Each frame inside is decoded (and checked) alone, as if
+    them, and what an agent sends a client, or another member, when one turn of its
+    loop has several messages for it (calls it delegates, results, probes). One frame
+    instead of one per message: one send, one receive, one wake-up on each side for
+    the lot. Each frame inside is decoded (and checked) alone, as if
     it had come by itself; a bad one is dropped without the others."""
 
     TAG: ClassVar[str] = "batch"

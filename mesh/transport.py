@@ -118,7 +118,8 @@ class Transport:
             self.poller.register(self.local)
         self.dropped_sends = 0
         self.bytes_out = 0
-        self._outboxes: dict[bytes, list[bytes]] = {}  # client identity -> frames (reply)
+        self._outboxes: dict[bytes, list[bytes]] = {}  # identity -> frames (reply)
+        self._peer_out: dict[str, list[bytes]] = {}  # member address -> frames (send)
         self.batches_out = 0  # turns that sent a client several frames batched, and how many
         self.batched_out = 0
         self._closed = False
@@ -207,9 +208,11 @@ class Transport:
         self.poller.register(monitor, zmq.POLLIN)
 
     def disconnect(self, address: str) -> None:
-        sock = self.dealers.pop(address, None)
+        sock = self.dealers.get(address)
         if sock is None:
             return
+        self._send_out(address, self._peer_out.pop(address, None))  # (what this turn had)
+        del self.dealers[address]
         self.by_socket.pop(sock, None)
         self.poller.unregister(sock)
         for monitor, addr in list(self.monitors.items()):
@@ -221,38 +224,66 @@ class Transport:
         sock.close(100)
 
     def send(self, address: str, frame: bytes) -> bool:
-        """Send over our connection to ``address``; False (and counted) if not possible now."""
+        """Send over our connection to ``address`` at the end of the loop's turn (``flush``:
+        what a turn has for one member goes as one ``Batch``); False (and counted) if we
+        have no connection to it."""
         sock = self.dealers.get(address)
         if sock is None:
             self.dropped_sends += 1
             return False
+        out = self._peer_out.get(address)
+        if out is None:
+            self._peer_out[address] = [frame]
+        else:
+            out.append(frame)
+        return True
+
+    def _send_out(self, address: str, frames: list[bytes] | None) -> list[bytes]:
+        """Send a member what this turn had for it (several frames as ``Batch``es);
+        the frames that could not go."""
+        sock = self.dealers.get(address)
+        if not frames:
+            return []
+        if sock is None:
+            self.dropped_sends += len(frames)
+            return frames
         self.poller.touch(sock)
-        try:
-            sock.send(frame, zmq.NOBLOCK)
-            self.bytes_out += len(frame)
-            return True
-        except zmq.ZMQError:
-            self.dropped_sends += 1
-            return False
+        failed = []
+        for frame in (frames if len(frames) == 1 else batches(frames)):
+            try:
+                sock.send(frame, zmq.NOBLOCK)
+                self.bytes_out += len(frame)
+            except zmq.ZMQError:
+                self.dropped_sends += 1
+                failed.append(frame)
+        if len(frames) > 1:
+            self.batched_out += len(frames)
+            self.batches_out += 1
+        return failed
 
     def reply(self, identity: bytes, frame: bytes) -> bool:
-        """Send over the ROUTER to the connection ``identity``. A client's (not a
-        member's: members' identities are their 16-byte node ids) waits in its outbox
-        until ``flush`` at the end of the loop's turn, which sends what piled up as one
-        ``Batch`` (the answer to a member is sent now: whether it could be is news)."""
-        if len(identity) != 16:
-            out = self._outboxes.get(identity)
-            if out is None:
-                self._outboxes[identity] = [frame]
-            else:
-                out.append(frame)
-            return True
-        return self._reply_now(identity, frame)
+        """Send over the ROUTER (or the local socket) to the connection ``identity``:
+        the frame waits in its outbox until ``flush`` at the end of the loop's turn,
+        which sends what piled up as one ``Batch``. (The ROUTER drops what it cannot
+        route: it never said whether a frame went.)"""
+        out = self._outboxes.get(identity)
+        if out is None:
+            self._outboxes[identity] = [frame]
+        else:
+            out.append(frame)
+        return True
 
-    def flush(self) -> None:
-        """Send what waits for clients (``reply``), in order, batched per client."""
+    def flush(self) -> list[tuple[str, bytes]]:
+        """Send what waits for members (``send``) and for connections to our ROUTER and
+        local socket (``reply``), in order, batched per destination. Returns the frames
+        for members that could not go, with their addresses."""
+        failed = []
+        if self._peer_out:
+            peer_out, self._peer_out = self._peer_out, {}
+            for address, frames in peer_out.items():
+                failed.extend((address, f) for f in self._send_out(address, frames))
         if not self._outboxes:
-            return
+            return failed
         outboxes, self._outboxes = self._outboxes, {}
         for identity, frames in outboxes.items():
             if len(frames) == 1:
@@ -262,6 +293,7 @@ class Transport:
                 self._reply_now(identity, frame)
             self.batched_out += len(frames)
             self.batches_out += 1
+        return failed
 
     def _reply_now(self, identity: bytes, frame: bytes) -> bool:
         """(the two parts sent directly: ``send_multipart`` checks and loops in Python)"""

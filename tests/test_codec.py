@@ -216,7 +216,7 @@ def test_ints_for_floats_and_defaults_go_the_generic_way():
     frame = m.encode(m.TreeAdvert("s", advert))
     assert assert_same(frame)[0] == "ok"
     assert type(m.decode(frame).advert.score) is float
-    assert assert_same(cbor2.dumps({"v": 1, "t": "call", "call_id": "c", "function": "",
+    assert assert_same(cbor2.dumps({"v": m.PROTOCOL, "t": "call", "call_id": "c", "function": "",
                                     "payload": b""}))[0] == "ok"
 
 

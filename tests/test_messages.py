@@ -252,7 +252,8 @@ def test_cbor_that_is_not_a_map(body):
     assert reason_of(cbor2.dumps(body)) == "cbor"
 
 
-@pytest.mark.parametrize("version", [None, 0, 2, "1", 1.0, 1.5, True, -1, [1]])
+@pytest.mark.parametrize("version", [None, 0, m.PROTOCOL - 1, m.PROTOCOL + 1, str(m.PROTOCOL),
+                                     float(m.PROTOCOL), m.PROTOCOL + 0.5, True, -1, [m.PROTOCOL]])
 def test_wrong_protocol_version(version):
     body = wire(EXAMPLES[2])
     if version is None:
