@@ -251,18 +251,25 @@ class Agent(AgentInput, AgentActions, AgentQueries, AgentObjects):
 
     def _flush(self) -> None:
         """Send what waits for clients and members. Frames for members that could not
-        go (a full queue): calls among them are placed again (``forward_failed``), the
-        rest is counted."""
+        go: calls we delegate are placed again (``forward_failed``: a full queue), our
+        answers to a member whose connection to our ROUTER is gone go over our own
+        connection to it (``SendTo``); the rest is counted."""
         unsent = self.transport.flush()
         if not unsent:
             return
         now = time.monotonic()
-        for address, frame in unsent:
-            member = self.members.member_at(address)
+        for dest, frame in unsent:
+            if isinstance(dest, bytes):  # (our ROUTER could not route it: the member's id)
+                peer_id, member = dest.hex(), self.members.members.get(dest.hex())
+            else:
+                member = self.members.member_at(dest)
+                peer_id = None if member is None else member.info.id
             msg = m.decode(frame)  # (our own frame)
             for one in (m.unbatch(msg)[0] if type(msg) is m.Batch else (msg,)):
-                if isinstance(one, m.Call) and member is not None:
-                    self._do(self.dispatcher.forward_failed(one.call_id, member.info.id), now)
+                if isinstance(dest, str) and isinstance(one, m.Call) and peer_id is not None:
+                    self._do(self.dispatcher.forward_failed(one.call_id, peer_id), now)
+                elif isinstance(dest, bytes) and isinstance(one, m.Result) and member is not None:
+                    self._do([dp.SendTo(peer_id, one)], now)
                 else:
                     self.dropped["unsent"] = self.dropped.get("unsent", 0) + 1
 

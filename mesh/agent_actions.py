@@ -89,9 +89,9 @@ class AgentActions:
         if CallBook.owns(act.identity):
             self.book.finish(act.identity, act.result, now)
             return
-        if not self._reply(act.identity, m.encode(act.result), now) and len(act.identity) == 16:
-            # a member whose connection to us is gone: answer over ours
-            self._do([dp.SendTo(act.identity.hex(), act.result)], now)
+        # (a member whose connection to our ROUTER is gone gets it over our connection
+        # to it: Agent._flush)
+        self._reply(act.identity, m.encode(act.result), now)
 
     def _act_send_to(self, act: dp.SendTo, now: float) -> None:
         member = self.members.members.get(act.peer_id)

@@ -86,6 +86,8 @@ class Transport:
         self.router = self.ctx.socket(zmq.ROUTER)
         self._tune(self.router)
         self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # (a frame it cannot route raises:
+        # a member's answers then go over our own connection to it, see ``flush``)
         self.router.setsockopt(zmq.MAXMSGSIZE, max_frame + 1024)
         if key is not None:
             self._public, secret = key.curve_keypair()
@@ -273,11 +275,12 @@ class Transport:
             out.append(frame)
         return True
 
-    def flush(self) -> list[tuple[str, bytes]]:
+    def flush(self) -> list[tuple[str | bytes, bytes]]:
         """Send what waits for members (``send``) and for connections to our ROUTER and
         local socket (``reply``), in order, batched per destination. Returns the frames
-        for members that could not go, with their addresses."""
-        failed = []
+        for members that could not go, with the member's address (``send``) or its
+        identity (``reply``: its connection to our ROUTER is gone, for now)."""
+        failed: list[tuple[str | bytes, bytes]] = []
         if self._peer_out:
             peer_out, self._peer_out = self._peer_out, {}
             for address, frames in peer_out.items():
@@ -286,11 +289,14 @@ class Transport:
             return failed
         outboxes, self._outboxes = self._outboxes, {}
         for identity, frames in outboxes.items():
+            member = len(identity) == 16
             if len(frames) == 1:
-                self._reply_now(identity, frames[0])
+                if not self._reply_now(identity, frames[0]) and member:
+                    failed.append((identity, frames[0]))
                 continue
             for frame in batches(frames):
-                self._reply_now(identity, frame)
+                if not self._reply_now(identity, frame) and member:
+                    failed.append((identity, frame))
             self.batched_out += len(frames)
             self.batches_out += 1
         return failed

@@ -85,3 +85,28 @@ def test_frames_that_cannot_go_come_back_from_flush_and_their_calls_are_placed_a
         assert agent.dropped == {"unsent": 1}  # the cancel
     finally:
         t.close()
+
+
+def test_an_answer_our_router_cannot_route_to_a_member_goes_over_our_own_connection():
+    """ROUTER_MANDATORY: a member's connection to our ROUTER is gone (or not back yet);
+    flush gives its answers back, and the agent sends results over its own connection to
+    that member instead of losing them (other frames are counted)."""
+    t = Transport(os.urandom(16), "127.0.0.1", 0, key=None)
+    try:
+        member = os.urandom(16)
+        result = m.Result("c1", True, b"v", "a")
+        t.reply(member, m.encode(result))
+        t.reply(member, m.encode(m.Cancel("c2", "x")))
+        t.reply(b"\x00abcd", m.encode(result))  # a client gone: counted, not returned
+        unsent = t.flush()
+        assert [dest for dest, _ in unsent] == [member] and t.dropped_sends == 2
+    finally:
+        t.close()
+
+    sent, agent = [], SimpleNamespace(
+        transport=SimpleNamespace(flush=lambda: unsent),
+        members=SimpleNamespace(members={member.hex(): object()}),
+        _do=lambda acts, now: sent.extend(acts), dropped={})
+    Agent._flush(agent)
+    assert len(sent) == 1 and sent[0].peer_id == member.hex() and sent[0].message == result
+    assert agent.dropped == {"unsent": 1}
