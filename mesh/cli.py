@@ -272,6 +272,9 @@ def status(agent, timeout, key_file, as_json):
     lines += [
         "security  " + ("CURVE, mesh key" if body.get("secure") else "PLAINTEXT")
         + f" ({body['auth']['rejected']} rejected, {body['auth']['handshake_failures']} failed handshakes)",
+        "local     " + (f"{body['local_socket']} ({body['local']['connections']} connected, "
+                        f"{body['local']['strangers']} strangers refused)"
+                        if body.get("local_socket") and body.get("local") else "none (TCP only)"),
         "dropped   " + (", ".join(f"{k} {v}" for k, v in sorted(body["dropped"].items()) if v) or "none"),
     ]
     click.echo("\n".join(lines))

@@ -25,7 +25,7 @@ from mesh.client import Client
 from mesh.errors import AgentUnreachable
 from mesh.transport import Transport, curve_client
 
-from .conftest import wait_for
+from .conftest import run_cli, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -370,3 +370,14 @@ def test_a_failed_accept_pauses_the_listener_instead_of_waking_every_turn(monkey
     finally:
         t.close()
         shutil.rmtree(run, ignore_errors=True)
+
+
+def test_mesh_status_shows_the_local_socket(agents):
+    a = agents.start("a")
+    off = agents.start("off", env={"MESH_LOCAL_SOCKET": "0"})
+    res = run_cli("status", "--agent", a.comm)
+    assert res.returncode == 0, res.stderr
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("local "))
+    assert os.environ["MESH_RUNTIME_DIR"] in line and "(1 connected, 0 strangers refused)" in line
+    res = run_cli("status", "--agent", off.comm)
+    assert res.returncode == 0 and "local     none (TCP only)" in res.stdout, res.stdout + res.stderr
