@@ -113,7 +113,8 @@ class Hosts:
         self.programs: list[subprocess.Popen] = []
         self.prog = tmp_path / "prog.py"
         self.prog.write_text(PROGRAM)
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
+        self.env = {k: v for k, v in os.environ.items()  # (local sockets: the session's dir)
+                    if not k.startswith("MESH_") or k == "MESH_RUNTIME_DIR"}
         self.env["MESH_KEY_FILE"] = os.environ["MESH_KEY_FILE"]
 
     def script(self, name: str, *args: object, timeout: float = 60) -> subprocess.CompletedProcess:
