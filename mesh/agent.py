@@ -65,7 +65,6 @@ class AgentConfig:
     leave_grace: float = 10.0
     max_frame: int = m.MAX_FRAME
     key: MeshKey | None = None  # None: plaintext (--insecure, or loopback without a key)
-    local_socket: bool = True  # serve programs on this device over a Unix socket (mesh.localsock)
     memory: int = 0  # bytes offered to tasks (@constraint(memory=...)); 0: not said
     labels: list[str] = field(default_factory=list)  # capabilities (@constraint(labels=...))
 
@@ -83,7 +82,7 @@ class Agent(AgentInput, AgentActions, AgentQueries, AgentObjects):
         self.timing = mb.Timing.profile(config.profile)
         self.transport = Transport(bytes.fromhex(self.node_id), config.interface,
                                    config.comm_port, config.key, config.max_frame,
-                                   local=config.local_socket and localsock.enabled())
+                                   local=localsock.enabled())  # (MESH_LOCAL_SOCKET)
         self.address = self.transport.address
         self.me = m.NodeInfo(self.node_id, config.name, self.address, config.cpus, 0)
         self.members = mb.Membership(self.me, self.timing, random.Random(self.node_id))

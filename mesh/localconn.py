@@ -25,7 +25,9 @@ import socket
 import struct
 import time
 
-from mesh.localsock import LOCAL_TAG
+from mesh import messages as m
+from mesh.errors import DecodeError
+from mesh.localsock import LOCAL_TAG, dial_path
 
 _HEADER = struct.Struct(">I")
 CHUNK = 1 << 16  # bytes asked of the socket per read
@@ -245,10 +247,6 @@ def dial(address: str, fingerprint: str | None, timeout: float,
     ``address``, if there is one in our private directory and the agent answers
     ``status`` there within ``timeout`` with our key's ``fingerprint`` (None:
     plaintext), with its path; None: use TCP."""
-    from mesh import messages as m
-    from mesh.errors import DecodeError
-    from mesh.localsock import dial_path
-
     path = dial_path(address)
     if path is None:
         return None

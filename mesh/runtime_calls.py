@@ -101,32 +101,31 @@ def _positional_names(signature: inspect.Signature) -> tuple[str, ...] | None:
     return names
 
 
-def substitute(x: Any, values: list) -> Any:
-    """``x`` with every ``_Slot`` replaced by its value; containers without slots are
-    returned as they are (no copy)."""
-    if isinstance(x, _Slot):
-        return values[x.index]
+def _replace(x: Any, kind: type, fn) -> Any:
+    """``x`` with every instance of ``kind`` inside lists, tuples and dicts (recursively)
+    replaced by ``fn(it)``; containers without one are returned as they are (no copy)."""
+    if isinstance(x, kind):
+        return fn(x)
     if type(x) in (list, tuple):
-        items = [substitute(i, values) for i in x]
+        items = [_replace(i, kind, fn) for i in x]
         if any(a is not b for a, b in zip(items, x, strict=True)):
             return items if type(x) is list else tuple(items)
         return x
     if type(x) is dict:
-        new = {k: substitute(v, values) for k, v in x.items()}
+        new = {k: _replace(v, kind, fn) for k, v in x.items()}
         return new if any(new[k] is not x[k] for k in x) else x
     return x
+
+
+def substitute(x: Any, values: list) -> Any:
+    """``x`` with every ``_Slot`` replaced by its value."""
+    return _replace(x, _Slot, lambda slot: values[slot.index])
 
 
 def scan(x: Any, on_future) -> Any:
     """``x`` with every TaskFuture inside lists, tuples and dicts (recursively) replaced
     by ``on_future(fut)``; containers without futures are returned as they are."""
-    if isinstance(x, TaskFuture):
-        return on_future(x)
-    if type(x) in (list, tuple):
-        items = [scan(i, on_future) for i in x]
-        if any(a is not b for a, b in zip(items, x, strict=True)):
-            return items if type(x) is list else tuple(items)
-        return x
+    return _replace(x, TaskFuture, on_future)
     if type(x) is dict:
         new = {k: scan(v, on_future) for k, v in x.items()}
         return new if any(new[k] is not x[k] for k in x) else x
