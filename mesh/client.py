@@ -41,9 +41,7 @@ from __future__ import annotations
 
 import collections
 import itertools
-import logging
 import os
-import select
 import socket
 import threading
 import time
@@ -55,17 +53,15 @@ import zmq
 from mesh import keys, localconn
 from mesh import messages as m
 from mesh.callfutures import Callback, CallFuture, complete, result_value  # noqa: F401 (result_value: API)
+from mesh.client_link import ClientLink
 from mesh.client_requests import ClientRequests
 from mesh.errors import AgentUnreachable
 from mesh.keys import MeshKey
 from mesh.localconn import FrameStream, StreamClosed
 from mesh.poll import Poller
 from mesh.taskexec import dumps
-from mesh.transport import HANDSHAKE_FAILED, curve_client, monitor_event
 
-log = logging.getLogger(__name__)
 _default: Client | None = None
-CLOSE_LINGER_MS = 500  # how long frames queued at close() may still take to go
 RECV_BATCH = 256  # frames the client's thread takes off the socket before handling them
 _EVENTS, _POLLIN = zmq.EVENTS, int(zmq.POLLIN)  # (ints: enum flags cost a call each)
 LOCAL_PROBE_S = 1.0  # how long a local socket may take to answer before we use TCP
@@ -77,7 +73,7 @@ def default_client() -> Client | None:
     return _default
 
 
-class Client(ClientRequests):
+class Client(ClientLink, ClientRequests):
     """A connection to one agent. Thread-safe; also a context manager."""
 
     def __init__(self, address: str, timeout: float = 5.0, key: MeshKey | None | str = "auto",
@@ -335,27 +331,6 @@ class Client(ClientRequests):
                 break
         return frames
 
-    def _break(self, exc: Exception) -> None:
-        """The local connection broke (the agent left, or died): our thread fails what
-        is in flight; new calls raise AgentUnreachable."""
-        if not self._broken:
-            self._broken = f"lost the connection to the agent at {self.address}: {exc}"
-            self._wake()
-
-    def _send_frame(self, frame: bytes) -> None:
-        """Send from our thread (under ``_sock_lock``): blocks while the agent does not
-        take more (a DEALER at its high-water mark; a local connection's bound)."""
-        stream = self._stream
-        if stream is None:
-            self._sock.send(frame)
-            return
-        try:
-            while not stream.send(frame) and not self._closed.is_set():
-                select.select([], [stream.sock], [], 0.5)
-                stream.flush()
-        except StreamClosed as exc:
-            self._break(exc)
-
     def _post(self, frame: bytes) -> None:
         self._outbox.append(frame)
         if not self._wake_pending:
@@ -368,16 +343,6 @@ class Client(ClientRequests):
         except (BlockingIOError, OSError):
             pass
 
-    def _dealer(self) -> None:
-        """Our socket becomes a DEALER to the agent's TCP address (CURVE with a key)."""
-        sock = self._sock = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, m.MAX_FRAME + 1024)
-        curve_client(sock, self.key)
-        self._monitor = sock.get_monitor_socket(HANDSHAKE_FAILED)
-        sock.connect(f"tcp://{self.address}")
-        self._fd = sock.getsockopt(zmq.FD)
-
     def _loop(self) -> None:
         try:
             while True:
@@ -387,22 +352,6 @@ class Client(ClientRequests):
                 self._fall_back_to_tcp()
         finally:
             self._finish()
-
-    def _fall_back_to_tcp(self) -> None:
-        """The local connection broke (the agent left, died or restarted): what was in
-        flight fails, and from now on we reach the agent's address over TCP, where
-        ZeroMQ reconnects to whatever agent serves it next (as a TCP client always did)."""
-        log.warning("%s; what was in flight fails, new calls go over TCP", self._broken)
-        with self._sock_lock:
-            old = self._stream
-            self._stream, self.local_path = None, None
-            self._dealer()
-            if self._lead_poller is not None:  # (it watched the old connection)
-                self._lead_poller.close()
-                self._lead_poller = None
-            old.close()
-        self._fail_all(AgentUnreachable(self._broken))
-        self._broken = ""  # (until now new calls were refused: none went the old way)
 
     def _serve(self) -> None:
         """Send and read until the client closes or its local connection breaks."""
@@ -489,42 +438,6 @@ class Client(ClientRequests):
                     frames = self._drain()
                 for frame in frames:
                     self._handle(frame)
-
-    def _finish(self) -> None:
-        """What was queued before close() still goes (e.g. the runtime's last Free
-        messages), for up to CLOSE_LINGER_MS after the socket is closed."""
-        sock, monitor, stream = self._sock, self._monitor, self._stream
-        with self._sock_lock:
-            outbox = self._outbox
-            sent = bool(outbox)
-            while outbox and not self._broken:
-                try:
-                    if stream is not None:
-                        stream.send(outbox.popleft())
-                    else:
-                        sock.send(outbox.popleft(), zmq.NOBLOCK)
-                except (zmq.ZMQError, StreamClosed):
-                    break
-            if stream is not None:
-                stream.close(CLOSE_LINGER_MS / 1000 if sent or stream.out else 0)
-            else:
-                sock.disable_monitor()
-                monitor.close(0)
-                sock.close(CLOSE_LINGER_MS if sent else 0)
-        if self._broken:
-            self._fail_all(AgentUnreachable(self._broken))
-
-    def _handshake_failed(self, monitor: zmq.Socket) -> None:
-        try:
-            event = monitor_event(monitor.recv_multipart(zmq.NOBLOCK))
-        except zmq.Again:
-            return
-        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-            self.auth_failure = "authentication failed: the agent does not admit this mesh key"
-        elif self.key is None:
-            self.auth_failure = "handshake failed: the agent may require a mesh key (MESH_KEY_FILE)"
-        else:
-            self.auth_failure = "handshake failed: wrong mesh key, or the agent runs --insecure"
 
 
 def connect(address: str = "127.0.0.1:46102", timeout: float = 5.0,
