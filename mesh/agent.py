@@ -250,9 +250,9 @@ class Agent(AgentInput, AgentActions, AgentQueries, AgentObjects):
 
     def _flush(self) -> None:
         """Send what waits for clients and members. Frames for members that could not
-        go: calls we delegate are placed again (``forward_failed``: a full queue), our
-        answers to a member whose connection to our ROUTER is gone go over our own
-        connection to it (``SendTo``); the rest is counted."""
+        go (no connection yet, or a full queue): calls we delegate are placed again
+        (``forward_failed``), our results for a member whose connection to our ROUTER is
+        gone go over our own connection to it (``SendTo``); the transport counted them."""
         unsent = self.transport.flush()
         if not unsent:
             return
@@ -269,8 +269,8 @@ class Agent(AgentInput, AgentActions, AgentQueries, AgentObjects):
                     self._do(self.dispatcher.forward_failed(one.call_id, peer_id), now)
                 elif isinstance(dest, bytes) and isinstance(one, m.Result) and member is not None:
                     self._do([dp.SendTo(peer_id, one)], now)
-                else:
-                    self.dropped["unsent"] = self.dropped.get("unsent", 0) + 1
+                # (the rest, e.g. a probe before the connection is up, is lost: the
+                # transport counted it in dropped_sends)
 
     def _tick(self, now: float) -> None:
         if self.leaving_since == -1.0:

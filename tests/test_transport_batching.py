@@ -82,7 +82,7 @@ def test_frames_that_cannot_go_come_back_from_flush_and_their_calls_are_placed_a
             _do=lambda acts, now: done.extend(acts), dropped={})
         Agent._flush(agent)
         assert failed == [("c0", "p1"), ("c1", "p1"), ("c2", "p1")] and done == ["c0", "c1", "c2"]
-        assert agent.dropped == {"unsent": 1}  # the cancel
+        assert agent.dropped == {}  # (the cancel: counted by the transport, not twice)
     finally:
         t.close()
 
@@ -109,4 +109,4 @@ def test_an_answer_our_router_cannot_route_to_a_member_goes_over_our_own_connect
         _do=lambda acts, now: sent.extend(acts), dropped={})
     Agent._flush(agent)
     assert len(sent) == 1 and sent[0].peer_id == member.hex() and sent[0].message == result
-    assert agent.dropped == {"unsent": 1}
+    assert agent.dropped == {}  # (the cancel: counted by the transport, not twice)
