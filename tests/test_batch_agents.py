@@ -25,6 +25,28 @@ def status(agent) -> dict:
         return c.query("status")
 
 
+def test_members_send_each_other_a_turns_messages_as_one_frame(agents):
+    """Calls an agent delegates and the results that come back travel between the two
+    agents in Batch frames (b has no client: every batch it reads is from a)."""
+    a = agents.start("origin", cpus=1)
+    b = agents.start("helper", "--peer", a.comm, cpus=1)
+    with mesh.connect(a.comm) as client:
+        wait_for(lambda: any(p["state"] == "alive" for p in client.query("peers")), 20,
+                 "a to see b alive")
+        n = 2000
+        futs = [client.submit(operator.mul, i, 2) for i in range(n)]
+        assert [f.result(60) for f in futs] == [2 * i for i in range(n)]
+        sent = client.query("status")
+    helper = status(b)
+    assert sent["forwarded"] > 0 and helper["done"] > 0, (sent, helper)
+    assert helper["batches"]["in"] > 0  # calls from a, several per frame
+    assert helper["batches"]["frames_in"] >= 2 * helper["batches"]["in"]
+    assert helper["batches"]["out"] > 0  # results back to a, several per frame
+    # (sends may count probes made before the connection to a was up: IMMEDIATE)
+    assert helper["dropped"]["duplicate_results"] == 0
+    assert not {k for k, v in helper["dropped"].items() if v and k != "sends"}, helper["dropped"]
+
+
 def test_a_burst_of_calls_goes_and_comes_back_in_batches(agents):
     agent = agents.start("batcher", cpus=2)
     n = 3000
