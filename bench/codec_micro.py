@@ -2,7 +2,7 @@
 
 Times (timeit, best of several repeats, microseconds per call) encode and decode of a
 typical `Call` and `Result` and `new(Call, ...)`, for the generated codec that
-`mesh.messages` uses and for the generic reference path (`Codec(..., generate=False)`),
+`mesh.wire.messages` uses and for the generic reference path (`Codec(..., generate=False)`),
 side by side, with cbor2's own `dumps`/`loads` of the same maps for scale. A short table
 goes to stdout; the LAST stdout line is one JSON object with the figures.
 """
@@ -22,8 +22,8 @@ sys.path.insert(0, str(ROOT))
 
 import cbor2  # noqa: E402
 
-from mesh import messages as m  # noqa: E402
-from mesh.codec import Codec  # noqa: E402
+from mesh.wire import messages as m  # noqa: E402
+from mesh.wire.codec import Codec  # noqa: E402
 
 
 def per_call_us(fn, number: int, repeat: int) -> float:

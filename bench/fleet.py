@@ -168,7 +168,7 @@ class Fleet:
     def client(self, agent: Agent):
         if self.netns is not None:
             raise BenchError("network safety: no client connections to namespace agents")
-        from mesh.client import Client
+        from mesh.client.client import Client
 
         if agent.comm not in self._clients:
             self._clients[agent.comm] = Client(agent.comm, timeout=10.0, key=agent.key)

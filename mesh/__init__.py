@@ -19,11 +19,11 @@ _API = frozenset(__all__[6:])
 
 def __getattr__(name: str):
     if name in ("connect", "Client"):
-        from mesh import client
+        from mesh.client import client
 
         return getattr(client, name)
     if name in _API:
-        from mesh import api
+        from mesh.program import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'mesh' has no attribute {name!r}")

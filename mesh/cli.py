@@ -130,7 +130,7 @@ def join(name, interfaces, comm_port, rest_port, peers, no_mdns, cpus, memory, l
         if not label or len(label) > 200 or any(c.isspace() for c in label):
             raise click.BadParameter(f"{label!r}: a label is one word of at most 200 characters",
                                      param_hint="--label")
-    from mesh.agent import Agent, AgentConfig, install_signal_handlers
+    from mesh.agent.agent import Agent, AgentConfig, install_signal_handlers
 
     config = AgentConfig(
         name=name or socket.gethostname(), interface=interface, comm_port=comm_port,
@@ -230,7 +230,7 @@ def _agent_option(f):
 
 
 def _client(agent: str, timeout: float, key_file):
-    from mesh.client import Client
+    from mesh.client.client import Client
     from mesh.errors import AgentUnreachable
 
     _address(agent, "--agent")
@@ -312,8 +312,8 @@ def tree(agent, timeout, key_file, fmt, as_json):
     """The latency tree, gathered from every live agent (text, Graphviz DOT or JSON)."""
     import json as _json
 
-    from mesh.client import Client
-    from mesh.treeview import gather, render_dot, render_text
+    from mesh.client.client import Client
+    from mesh.faces.treeview import gather, render_dot, render_text
 
     key = _load_key(key_file)
     with _client(agent, timeout, key_file) as client:
@@ -377,7 +377,7 @@ def run(agent, timeout, key_file, as_json, graph_file, script, args):
 
     ARGS are Python literals when they parse, else strings. Progress (calls done on
     the mesh) goes to stderr; at the end, a summary per agent."""
-    from mesh.runner import run_script
+    from mesh.program.runner import run_script
 
     with open(script, encoding="utf-8") as f:
         source = f.read()
@@ -420,7 +420,7 @@ def run(agent, timeout, key_file, as_json, graph_file, script, args):
 
 def _done_per_agent(client, timeout: float) -> dict[str, int]:
     """Calls finished so far on this agent and every live peer (by name)."""
-    from mesh.client import Client
+    from mesh.client.client import Client
 
     done = {}
     status = client.query("status", timeout)
@@ -503,7 +503,7 @@ def resources_lost(agent, timeout, key_file, member):
 @click.option("--calls", type=click.IntRange(1, 200), default=12, show_default=True)
 def demo(agents, calls):
     """Start a small mesh on 127.0.0.1, spread calls over it, print where each ran, stop it."""
-    from mesh.demo import run_demo
+    from mesh.faces.demo import run_demo
 
     sys.exit(run_demo(agents, calls))
 

@@ -25,7 +25,7 @@ import base64
 
 import pytest
 
-from mesh.compss import CompssRequestError
+from mesh.faces.compss.answers import CompssRequestError
 
 # ---------------------------------------------------------------------------- fixtures
 

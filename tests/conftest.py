@@ -54,7 +54,7 @@ def mesh_key(tmp_path_factory):
 
 @pytest.fixture(scope="session", autouse=True)
 def runtime_dir(tmp_path_factory):
-    """Agents' local sockets (``mesh.localsock``) go to a private directory of this test
+    """Agents' local sockets (``mesh.wire.localsock``) go to a private directory of this test
     session, not to the machine's ``<tmp>/mesh-<uid>``."""
     path = tmp_path_factory.mktemp("run")
     os.chmod(path, 0o700)

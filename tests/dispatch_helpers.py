@@ -6,8 +6,8 @@ Calls and results to feed a ``Dispatcher``, filters for its returned actions, an
 
 from __future__ import annotations
 
-from mesh.messages import Call, Result
 from mesh.sched.dispatch import Deliver, Dispatcher, Forward
+from mesh.wire.messages import Call, Result
 
 CLIENT = b"client"
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from mesh.discovery.detector import suspicion_bounds
 from mesh.discovery.membership import MemberChanged, Membership, Send, Timing
-from mesh.messages import Digest, IndirectAck, Load, Nack, NodeInfo, Ping, PingReq, Pong
 from mesh.sim import SimNetwork, SimNode
+from mesh.wire.messages import Digest, IndirectAck, Load, Nack, NodeInfo, Ping, PingReq, Pong
 
 LOAD = Load(1, 1, 0, 0)
 

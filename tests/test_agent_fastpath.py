@@ -1,5 +1,5 @@
 """The agent's per-call fast paths keep the behaviour of the plain code they replace:
-the compiled codec of ``mesh.messages``, ``messages.evolve`` and the worker notices."""
+the compiled codec of ``mesh.wire.messages``, ``messages.evolve`` and the worker notices."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import dataclasses
 import cbor2
 import pytest
 
-from mesh import messages as m
 from mesh.errors import DecodeError
 from mesh.tree.advert import Advert
+from mesh.wire import messages as m
 
 
 def test_decoded_messages_are_ordinary_instances():
@@ -64,7 +64,7 @@ def test_evolve_is_replace():
 
 
 def test_unknown_worker_notice_is_a_broken_channel():
-    from mesh.executor import WorkerPool
+    from mesh.agent.pool import WorkerPool
 
     pool = WorkerPool.__new__(WorkerPool)
     pool.progress, pool.lends = {}, []

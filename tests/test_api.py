@@ -1,4 +1,4 @@
-"""The PyCOMPSs-style API (mesh.api): sequential without a mesh, on real agents with one."""
+"""The PyCOMPSs-style API (mesh.program.api): sequential without a mesh, on real agents with one."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import time
 import pytest
 
 import mesh
-import mesh.client
-from mesh import api
-from mesh import runtime as rt_mod
-from mesh.api import (
+import mesh.client.client
+from mesh.client.client import Client
+from mesh.program import api
+from mesh.program import runtime as rt_mod
+from mesh.program.api import (
     FILE_IN,
     FILE_INOUT,
     FILE_OUT,
@@ -27,7 +28,6 @@ from mesh.api import (
     wait_on,
     wait_on_file,
 )
-from mesh.client import Client
 from tests.conftest import wait_for
 
 # the sequential tests start no agent; they carry the marker so the file runs as one unit
@@ -143,7 +143,7 @@ def connected(agents):
 
 
 def test_sequential_without_mesh(monkeypatch):
-    monkeypatch.setattr(mesh.client, "_default", None)  # no mesh connected
+    monkeypatch.setattr(mesh.client.client, "_default", None)  # no mesh connected
     assert inc(1) == 2
     assert wait_on(inc(inc(1))) == 3
     lst: list = []
@@ -163,7 +163,7 @@ def test_sequential_without_mesh(monkeypatch):
 
 
 def test_sequential_files(tmp_path, monkeypatch):
-    monkeypatch.setattr(mesh.client, "_default", None)
+    monkeypatch.setattr(mesh.client.client, "_default", None)
     src, dst = tmp_path / "in.txt", tmp_path / "out.txt"
     src.write_text("hello")
     assert upper_file(str(src), str(dst)) == 5
@@ -283,7 +283,7 @@ def test_time_out_cancels_the_attempt_where_it_runs(connected, agents):
     assert wait_on(inc(1)) == 2
 
     def running(a) -> int:
-        with mesh.client.Client(a.comm) as c:
+        with mesh.client.client.Client(a.comm) as c:
             return c.query("status")["running"]
 
     # the agent running it was told to stop it: no slot stays busy for 30 s

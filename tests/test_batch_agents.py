@@ -12,8 +12,8 @@ import pytest
 import zmq
 
 import mesh
-from mesh import messages as m
-from mesh.client import Client
+from mesh.client.client import Client
+from mesh.wire import messages as m
 from tests.conftest import wait_for
 from tests.test_hostile import dealer
 

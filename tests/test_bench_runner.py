@@ -123,10 +123,10 @@ def test_scenario_options_are_passed_through_and_checked():
 def test_member_change_lines_are_parsed():
     common, _, _ = _bench()
     lines = [
-        "2024-05-01 10:00:00,123 INFO mesh.agent: peer s2g1 (abcdef01) joined",
-        "2024-05-01 10:00:01,500 INFO mesh.agent: peer s2g1 (abcdef01): alive -> suspect (incarnation 0)",
-        "2024-05-01 10:00:02,750 INFO mesh.agent: peer s2g1 (abcdef01): suspect -> dead (incarnation 0)",
-        "2024-05-01 10:00:02,800 INFO mesh.agent: something else entirely",
+        "2024-05-01 10:00:00,123 INFO mesh.agent.agent: peer s2g1 (abcdef01) joined",
+        "2024-05-01 10:00:01,500 INFO mesh.agent.agent: peer s2g1 (abcdef01): alive -> suspect (incarnation 0)",
+        "2024-05-01 10:00:02,750 INFO mesh.agent.agent: peer s2g1 (abcdef01): suspect -> dead (incarnation 0)",
+        "2024-05-01 10:00:02,800 INFO mesh.agent.agent: something else entirely",
     ]
     changes = [c for c in map(common.parse_change, lines) if c is not None]
     assert [(c.old, c.new) for c in changes] == [("new", "alive"), ("alive", "suspect"), ("suspect", "dead")]

@@ -28,7 +28,7 @@ import pytest
 
 import mesh
 from mesh import task, wait_on
-from mesh.client import Client
+from mesh.client.client import Client
 from tests.conftest import run_cli, wait_for
 
 pytestmark = [pytest.mark.chaos, pytest.mark.agents, pytest.mark.timeout(240)]

@@ -59,7 +59,7 @@ cfg = json.loads(sys.argv[1])
 sys.path.insert(0, cfg["root"])
 import mesh
 from mesh import wait_on
-from mesh.client import Client
+from mesh.client.client import Client
 from tests.conftest import wait_for as until
 from tests.test_chaos import submit_graph
 

@@ -1,4 +1,4 @@
-"""Who reads the client's socket (mesh.client, leader/followers) with a real agent: a
+"""Who reads the client's socket (mesh.client.client, leader/followers) with a real agent: a
 thread that waits in ``result()`` for a lone call reads its result itself and the
 client's thread sleeps; every other way of waiting still gets the result; threads that
 wait at the same time, a waiting thread that must step aside for calls to send, a time
@@ -137,7 +137,7 @@ def test_close_ends_a_thread_that_reads_for_its_call(agent):
 
 
 def test_the_task_runtime_still_completes_lone_calls(agent):
-    from mesh import api
+    from mesh.program import api
 
     with mesh.connect(agent.comm):
         add = api.task(operator.add)

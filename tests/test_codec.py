@@ -1,4 +1,4 @@
-"""Tests for mesh.codec: the generated encoders, decoders and ``new`` behave exactly as
+"""Tests for mesh.wire.codec: the generated encoders, decoders and ``new`` behave exactly as
 the generic reference path (``Codec(..., generate=False)``, the code they replaced).
 
 Differential: Hypothesis makes valid messages of every registered type and mutated
@@ -18,9 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mesh import codec as wire
-from mesh import messages as m
 from mesh.errors import DecodeError
+from mesh.wire import codec as wire
+from mesh.wire import messages as m
 from tests.test_messages import EXAMPLES, STRATEGIES, ints, json_like
 
 pytestmark = pytest.mark.timeout(120)

@@ -1,4 +1,4 @@
-"""mesh.compss: the COMPSs agent REST formats, parsed from the exact bytes COMPSs sends.
+"""mesh.faces.compss.answers: the COMPSs agent REST formats, parsed from the exact bytes COMPSs sends.
 
 startApplication: the bodies compss_agent_call_operation sends, then lang, names,
 parameter types and the other fields on built bodies. Malformed and hostile XML:
@@ -16,7 +16,7 @@ import base64
 
 import pytest
 
-from mesh.compss import (
+from mesh.faces.compss.answers import (
     Orchestrator,
     parse_start_application,
 )

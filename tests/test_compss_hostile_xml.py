@@ -1,4 +1,4 @@
-"""mesh.compss: malformed and hostile XML (DTDs, entities, BOMs, oversized and non-bytes
+"""mesh.faces.compss.answers: malformed and hostile XML (DTDs, entities, BOMs, oversized and non-bytes
 bodies) is refused with 400 before anything is parsed from it.
 
 Fixtures and builders: ``tests/compss_helpers.py``.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from mesh.compss import (
+from mesh.faces.compss.answers import (
     MAX_XML_BYTES,
     parse_lost_node,
     parse_resources,

@@ -1,4 +1,4 @@
-"""mesh.compss: addResources / removeResources / lostNode bodies, and the JSON answer of
+"""mesh.faces.compss.answers: addResources / removeResources / lostNode bodies, and the JSON answer of
 GET /COMPSs/resources.
 
 Fixtures (byte-exact request bodies, and where they come from) and builders:
@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from mesh.compss import (
+from mesh.faces.compss.answers import (
     COMM_AGENT_WORKER,
     MASTER_ADAPTOR,
     NodeResources,

@@ -9,12 +9,12 @@ import os
 import pytest
 
 import mesh
-from mesh.api import barrier, constraint, task, wait_on
 from mesh.cli import _size
-from mesh.client import Client
-from mesh.messages import Call, Needs
-from mesh.runtime import needs_of
+from mesh.client.client import Client
+from mesh.program.api import barrier, constraint, task, wait_on
+from mesh.program.runtime import needs_of
 from mesh.sched.dispatch import Deliver, Dispatcher, Forward, RunLocal
+from mesh.wire.messages import Call, Needs
 from tests.conftest import run_cli, wait_for
 
 ME, GPU, BIG = "a" * 32, "b" * 32, "c" * 32
@@ -73,7 +73,7 @@ def test_a_multi_core_call_gives_back_all_its_slots():
     assert isinstance(act, RunLocal) and d.free == 1
     assert d.submit(Call("m2", "", b"p", needs=Needs(cpus=2)), b"client2") == []
     assert d.free == 1 and list(d.backlog) == ["m2"]  # 2 slots are not free, and no peer
-    from mesh.messages import Result
+    from mesh.wire.messages import Result
 
     acts = d.local_done(Result("m1", True, b"", "me"))
     assert any(isinstance(a, RunLocal) and a.call.call_id == "m2" for a in acts) and d.free == 2

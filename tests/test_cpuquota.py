@@ -1,4 +1,4 @@
-"""mesh.cpuquota: the cgroup CPU quota, read from fake cgroup trees and for real."""
+"""mesh.agent.cpuquota: the cgroup CPU quota, read from fake cgroup trees and for real."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh.cpuquota import quota_cores, slot_speed
+from mesh.agent.cpuquota import quota_cores, slot_speed
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -58,7 +58,7 @@ def test_a_process_in_a_capped_cgroup_sees_its_quota(tmp_path):
     if why:
         pytest.skip(why)
     name = f"quota{os.getpid()}"
-    code = "from mesh.cpuquota import quota_cores; print(quota_cores())"
+    code = "from mesh.agent.cpuquota import quota_cores; print(quota_cores())"
     try:
         out = subprocess.run(["bash", str(harness), "run", name, "25", "256", "--", sys.executable, "-c", code],
                              capture_output=True, text=True, timeout=30)
@@ -74,7 +74,7 @@ def test_a_capped_agent_reports_its_slot_speed(tmp_path):
     import signal
 
     from bench.common import cgroups_unusable
-    from mesh.client import Client
+    from mesh.client.client import Client
     from tests.conftest import mesh_cmd, wait_for
 
     why = cgroups_unusable()

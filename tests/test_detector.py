@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mesh.discovery.detector import GossipBuffer, LocalHealth, suspicion_bounds, suspicion_timeout
-from mesh.messages import Digest
+from mesh.wire.messages import Digest
 
 pytestmark = pytest.mark.timeout(60)
 

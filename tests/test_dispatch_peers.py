@@ -10,8 +10,8 @@ from dataclasses import replace
 
 import pytest
 
-from mesh.messages import Call, Cancel, Handback, Result
 from mesh.sched.dispatch import Deliver, Dispatcher, Forward, KillLocal, RunLocal, SendTo
+from mesh.wire.messages import Call, Cancel, Handback, Result
 from tests.dispatch_helpers import (
     CLIENT,
     call,

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh.messages import Call, Cancel, Handback, Result
 from mesh.sched.dispatch import Dispatcher, Forward, KillLocal, RunLocal, SendTo
+from mesh.wire.messages import Call, Cancel, Handback, Result
 from tests.dispatch_helpers import check
 
 pytestmark = pytest.mark.timeout(60)

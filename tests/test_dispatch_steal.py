@@ -10,8 +10,8 @@ from collections import Counter, deque
 
 import pytest
 
-from mesh.messages import Call, Cancel, Handback, Holding, Reclaim, Result
 from mesh.sched.dispatch import Deliver, Dispatcher, Forward, KillLocal, RunLocal, SendTo
+from mesh.wire.messages import Call, Cancel, Handback, Holding, Reclaim, Result
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -13,8 +13,8 @@ import types
 import cloudpickle
 import pytest
 
-from mesh import taskexec
-from mesh.framing import FrameSocket
+from mesh.program import taskexec
+from mesh.wire.framing import FrameSocket
 
 
 def _pair():

@@ -16,8 +16,8 @@ import pytest
 import zmq
 
 from mesh import keys
-from mesh import messages as m
-from mesh.transport import curve_client
+from mesh.agent.transport import curve_client
+from mesh.wire import messages as m
 from tests.conftest import run_cli, wait_for
 
 pytestmark = [pytest.mark.agents, pytest.mark.timeout(180)]

@@ -9,7 +9,7 @@ import signal
 import pytest
 
 import mesh
-from mesh.client import Client
+from mesh.client.client import Client
 from tests.conftest import run_cli, wait_for
 
 pytestmark = [pytest.mark.agents, pytest.mark.timeout(120)]

@@ -1,4 +1,4 @@
-"""The agent's local socket (mesh.localsock): programs on the agent's device reach it over a
+"""The agent's local socket (mesh.wire.localsock): programs on the agent's device reach it over a
 Unix socket in a private directory, no CURVE; everyone else, and any doubt, goes over TCP."""
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ import time
 import pytest
 import zmq
 
-from mesh import keys, localconn, localsock
-from mesh import messages as m
-from mesh.client import Client
+from mesh import keys
+from mesh.agent.transport import Transport, curve_client
+from mesh.client.client import Client
 from mesh.errors import AgentUnreachable
-from mesh.transport import Transport, curve_client
+from mesh.wire import localconn, localsock
+from mesh.wire import messages as m
 
 from .conftest import run_cli, wait_for
 

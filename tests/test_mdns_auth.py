@@ -10,8 +10,8 @@ import pytest
 from zeroconf import ServiceInfo, Zeroconf
 
 from mesh import keys
-from mesh import messages as m
 from mesh.discovery.mdns import SERVICE_TYPE
+from mesh.wire import messages as m
 from tests.conftest import run_cli, wait_for
 
 pytestmark = [pytest.mark.agents, pytest.mark.timeout(90)]

@@ -11,8 +11,8 @@ import pytest
 
 from mesh.discovery.detector import suspicion_timeout
 from mesh.discovery.membership import MemberChanged, Membership, Reply, Send, Timing
-from mesh.messages import Digest, Ping
 from mesh.sim import SimNetwork, SimNode
+from mesh.wire.messages import Digest, Ping
 from tests.membership_helpers import (
     LOAD,
     about,

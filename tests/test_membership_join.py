@@ -21,8 +21,8 @@ from mesh.discovery.membership import (
     Timing,
 )
 from mesh.errors import LocalProtocolError
-from mesh.messages import STATES, Digest, Leave, Load, Ping, Pong
 from mesh.sim import SimNetwork
+from mesh.wire.messages import STATES, Digest, Leave, Load, Ping, Pong
 from tests.membership_helpers import (
     LOAD,
     about,

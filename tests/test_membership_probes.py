@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesh.discovery.membership import Connect, MemberChanged, Membership, Reply, Send, Timing
-from mesh.messages import IndirectAck, Leave, Nack, Ping, PingReq, Pong
 from mesh.sim.network import MAX_TICK
+from mesh.wire.messages import IndirectAck, Leave, Nack, Ping, PingReq, Pong
 from tests.membership_helpers import (
     LOAD,
     about,

@@ -1,4 +1,4 @@
-"""Tests for mesh.messages: the one codec of every wire message.
+"""Tests for mesh.wire.messages: the one codec of every wire message.
 
 Round trips for every registered type, one test per rejection reason, and
 Hypothesis fuzzing that ``decode`` raises nothing but ``DecodeError`` whatever
@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from mesh import messages as m
 from mesh.errors import DecodeError, MeshError, RemoteProtocolError
+from mesh.wire import messages as m
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -1,5 +1,5 @@
-"""The object store core (``mesh.objects.Objects``), lineage bookkeeping
-(``mesh.lineage``) and locality in placement (``Dispatcher._data_holder``), pure."""
+"""The object store core (``mesh.sched.objects.Objects``), lineage bookkeeping
+(``mesh.program.lineage``) and locality in placement (``Dispatcher._data_holder``), pure."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import pickle
 
 import pytest
 
-from mesh.lineage import Lineage
-from mesh.messages import Call, Holding
-from mesh.objects import FetchFrom, Give, ObjectLost, Objects, Ref, refs_in, replace_refs
+from mesh.program.lineage import Lineage
 from mesh.sched.dispatch import Dispatcher, Forward, RunLocal
+from mesh.sched.objects import FetchFrom, Give, ObjectLost, Objects, Ref, refs_in, replace_refs
+from mesh.wire.messages import Call, Holding
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -188,8 +188,8 @@ def test_a_worker_keeps_an_output_only_if_it_fits_the_store_and_a_frame():
 
     import cloudpickle
 
-    from mesh.executor import WorkerPool
-    from mesh.taskexec import _execute
+    from mesh.agent.pool import WorkerPool
+    from mesh.program.taskexec import _execute
 
     pool = WorkerPool(1, "w", {"MESH_AGENT_ID": ME})
     try:

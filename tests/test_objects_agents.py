@@ -12,9 +12,9 @@ import time
 import pytest
 
 import mesh
-import mesh.runtime
-from mesh.api import INOUT, barrier, constraint, task, wait_on
-from mesh.client import Client
+import mesh.program.runtime
+from mesh.client.client import Client
+from mesh.program.api import INOUT, barrier, constraint, task, wait_on
 from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.agents, pytest.mark.timeout(120)]
@@ -151,7 +151,7 @@ def test_a_lost_holder_costs_a_recomputation_not_the_result(agents, tmp_path):
 
 
 def test_unknown_objects_and_stray_frees_get_a_clear_answer_and_lose_nothing(agents):
-    from mesh.objects import ObjectLost
+    from mesh.sched.objects import ObjectLost
 
     a = agents.start("solo", cpus=1)
     with Client(a.comm) as c:
@@ -215,7 +215,7 @@ def test_pipelines_over_big_objects_survive_a_holder_killed_midway(agents, tmp_p
         got = wait_on(digests)
         assert got == [expected_digest(c, n, stages) for c in range(chains)]
         assert client.late_results == 0
-        reruns = mesh.runtime.current(create=False).lineage.reruns
+        reruns = mesh.program.runtime.current(create=False).lineage.reruns
         assert reruns >= 1  # the victim held the newest objects of chains in progress
         print(f"killed {victim.name} after {sum(counts.values())} runs; {reruns} task(s) rerun "
               f"to remake lost objects; {len(ran())} runs of make and stage in all (against {chains * (stages + 1)} without a fault)")

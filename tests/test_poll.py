@@ -1,4 +1,4 @@
-"""mesh.poll.Poller: ZeroMQ sockets and plain descriptors in one epoll set, with the rule
+"""mesh.wire.poll.Poller: ZeroMQ sockets and plain descriptors in one epoll set, with the rule
 of ZMQ_FD (input already queued is never signalled again) kept."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 import pytest
 import zmq
 
-from mesh.poll import POLLIN, Poller
+from mesh.wire.poll import POLLIN, Poller
 
 pytestmark = pytest.mark.timeout(30)
 

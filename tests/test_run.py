@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from mesh.client import Client
+from mesh.client.client import Client
 from tests.conftest import run_cli, wait_for
 
 pytestmark = [pytest.mark.agents, pytest.mark.timeout(120)]

@@ -20,9 +20,9 @@ from multiprocessing import Pool
 
 import pytest
 
-from mesh.messages import Call, Cancel, Result
 from mesh.sched.dispatch import Dispatcher, Forward, KillLocal, SendTo
 from mesh.sim.ledger_sim import LedgerSim, run_seed
+from mesh.wire.messages import Call, Cancel, Result
 
 pytestmark = pytest.mark.timeout(int(os.environ.get("MESH_SIM_TIMEOUT", "600")))
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 import mesh
-from mesh.client import Client
+from mesh.client.client import Client
 from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.agents, pytest.mark.timeout(120)]

@@ -11,7 +11,7 @@ import pytest
 
 import mesh
 from mesh import barrier, task, wait_on
-from mesh.client import Client
+from mesh.client.client import Client
 from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.agents, pytest.mark.timeout(120)]

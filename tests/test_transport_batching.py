@@ -11,9 +11,9 @@ from types import SimpleNamespace
 import pytest
 import zmq
 
-from mesh import messages as m
-from mesh.agent import Agent
-from mesh.transport import Transport
+from mesh.agent.agent import Agent
+from mesh.agent.transport import Transport
+from mesh.wire import messages as m
 
 pytestmark = pytest.mark.timeout(30)
 

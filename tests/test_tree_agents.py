@@ -40,8 +40,8 @@ def delays_for(name: str) -> str:
 
 def tree_doc(agent) -> dict:
     """What `mesh tree --format json` prints, gathered in-process (fast enough to poll)."""
-    from mesh.client import Client
-    from mesh.treeview import gather
+    from mesh.client.client import Client
+    from mesh.faces.treeview import gather
 
     with Client(agent.comm, timeout=5) as client:
         return gather(lambda address: Client(address, timeout=1), client)

@@ -11,8 +11,8 @@ import time
 import pytest
 
 import mesh
-from mesh.api import task, wait_on
-from mesh.client import Client
+from mesh.client.client import Client
+from mesh.program.api import task, wait_on
 from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.agents, pytest.mark.timeout(120)]

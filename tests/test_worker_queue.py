@@ -14,10 +14,10 @@ import time
 import cbor2
 import pytest
 
-from mesh import messages as m
-from mesh import slot
-from mesh.executor import WorkerPool
+from mesh.agent.pool import WorkerPool
+from mesh.program import slot
 from mesh.sched import dispatch as dp
+from mesh.wire import messages as m
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -270,8 +270,8 @@ def test_short_calls_never_wait_behind_a_long_one(agents, mesh_key):
     import zmq
 
     import mesh
-    from mesh import messages as m
-    from mesh.client import Client
+    from mesh.client.client import Client
+    from mesh.wire import messages as m
     from tests.test_hostile import dealer
 
     agent = agents.start("piper", cpus=2)

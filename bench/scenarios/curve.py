@@ -3,10 +3,10 @@
 Two parts, each measured side by side in the same run, ratios are curve / plaintext:
 
 (a) raw pyzmq over tcp://127.0.0.1. A separate echo-server process holds two
-    `mesh.transport.Transport` ROUTERs, one plaintext and one with the mesh key (CURVE server,
+    `mesh.agent.transport.Transport` ROUTERs, one plaintext and one with the mesh key (CURVE server,
     ZAP handler in the server's loop, exactly as an agent does it), and echoes every frame back.
     The client (this process) uses plain DEALERs, made CURVE clients by
-    `mesh.transport.curve_client` for the CURVE side. Figures per side:
+    `mesh.agent.transport.curve_client` for the CURVE side. Figures per side:
     - round trip of 1 KiB messages, sequential (2,000; 300 with --quick): median / p99 / mean;
     - throughput of pipelined 1 KiB and 64 KiB messages (a bounded window in flight, 1 s per
       run; 0.3 s with --quick): echoed messages/s and payload MB/s each way, plus CPU time
@@ -18,7 +18,7 @@ Two parts, each measured side by side in the same run, ratios are curve / plaint
 (b) the mesh: one agent with a mesh key and one `--insecure` agent (1 slot each, mDNS and REST
     off), `Client.submit(abs, -1)` sequential round trips (500; 100 with --quick) through each
     over TCP (`local=False`: as from another device), and through the secure agent's local
-    socket (`mesh.localsock`: a program on the agent's device, no CURVE, Unix socket),
+    socket (`mesh.wire.localsock`: a program on the agent's device, no CURVE, Unix socket),
     rotating in blocks: median / p99 / mean and ratios (curve / plain, local / curve).
 
 On a small machine other load skews these figures (CPU per message least): `env` records the
@@ -73,7 +73,7 @@ MESH_BLOCK = 50
 def serve(state_path: str, key_file: str, lifetime: float) -> None:
     """Echo every frame on a plaintext and on a CURVE `Transport` ROUTER until SIGTERM."""
     from mesh import keys
-    from mesh.transport import Transport
+    from mesh.agent.transport import Transport
 
     key = keys.load(key_file, env={})
     plain = Transport(b"echo-plain", "127.0.0.1", 0, key=None)
@@ -139,7 +139,7 @@ class Side:
         self.sock = self.dealer()
 
     def dealer(self) -> zmq.Socket:
-        from mesh.transport import curve_client
+        from mesh.agent.transport import curve_client
 
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
@@ -306,7 +306,7 @@ def _raw(tmp: Path, key_file: Path, key, quick: bool, res: dict[str, Any]) -> No
 # -- the mesh -----------------------------------------------------------------------------------
 
 def _mesh(tmp: Path, quick: bool, res: dict[str, Any]) -> None:
-    from mesh.client import Client
+    from mesh.client.client import Client
     from mesh.errors import AgentUnreachable
 
     n = 100 if quick else 500
@@ -328,7 +328,7 @@ def _mesh(tmp: Path, quick: bool, res: dict[str, Any]) -> None:
         for name, agent in agents.items():  # over TCP: the way of a program on another device
             clients[name] = Client(agent.comm, timeout=10.0, key=agent.key, local=False)
             stack.callback(clients[name].close)
-        # and the secure agent's local socket (mesh.localsock): a program on its device
+        # and the secure agent's local socket (mesh.wire.localsock): a program on its device
         near = Client(agents["curve"].comm, timeout=10.0, key=agents["curve"].key)
         stack.callback(near.close)
         if near.local_path is not None:

@@ -140,8 +140,8 @@ def _alone_all(clients, layout, n_iter: int, alone_s: float):
 
 def run(quick: bool = False, profile: str = "default", tasks: int | None = None) -> dict[str, Any]:
     import mesh
-    from mesh.api import task, wait_on
-    from mesh.client import Client
+    from mesh.client.client import Client
+    from mesh.program.api import task, wait_on
 
     n_tasks = tasks or (100 if quick else 400)
     alone_s = 1.0 if quick else 3.0

@@ -79,8 +79,8 @@ def _round(kind: str, n: int, client, noop_task, api, procs, names) -> dict[str,
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    from mesh import api
-    from mesh.client import connect
+    from mesh.client.client import connect
+    from mesh.program import api
 
     rounds = 1 if quick else 3
     sizes = {"rtt": 500 if quick else 3000, "task": 1000 if quick else 5000}

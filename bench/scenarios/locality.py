@@ -109,7 +109,7 @@ class MeshSide:
         self.label = label
         self.agents: list[Agent] = []
         self.clients: list[Any] = []
-        from mesh.client import Client
+        from mesh.client.client import Client
 
         p = start_agent(tmp, f"{label}-p", 0, [], env=env)
         self.agents.append(p)
@@ -130,7 +130,7 @@ class MeshSide:
     def pipeline(self, chains: int, stages: int, size: int, work: int) -> tuple[float, list]:
         """Connect a program to `p`, run the pipeline, return (makespan, digests)."""
         import mesh
-        from mesh.api import task, wait_on
+        from mesh.program.api import task, wait_on
 
         make_t, stage_t, digest_t = task(make), task(stage), task(digest)
         with mesh.connect(self.program.comm, timeout=10.0, key=self.program.key):

@@ -62,7 +62,7 @@ def add_arguments(parser) -> None:
 def _bag(fn, args: tuple, n: int) -> tuple[float, dict[str, int]]:
     """Call `n` tasks of `fn(*args)` on the default mesh client, wait for all; wall time and
     tasks per agent."""
-    from mesh.api import task, wait_on
+    from mesh.program.api import task, wait_on
 
     t = task(fn)
     t0 = time.perf_counter()
@@ -78,7 +78,7 @@ def _bag(fn, args: tuple, n: int) -> tuple[float, dict[str, int]]:
 
 def run(quick: bool = False, profile: str = "default") -> dict[str, Any]:
     import mesh
-    from mesh.client import Client
+    from mesh.client.client import Client
 
     n_noop = 500 if quick else 2_000
     n_cpu = 150 if quick else 400

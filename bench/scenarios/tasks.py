@@ -4,7 +4,7 @@ Three systems run side by side in the same run, each with 2 single-threaded work
 127.0.0.1 (on this machine at the same time; only one is driven at a time):
 - mesh: one agent with a mesh key (`--cpus 2`: 2 slots; mDNS and REST off), this process
   connected with `mesh.connect` (which, from the agent's own device, goes through the agent's
-  local socket: a Unix socket only our user can reach, no CURVE; `mesh.localsock`). (b) also
+  local socket: a Unix socket only our user can reach, no CURVE; `mesh.wire.localsock`). (b) also
   measures a second client over TCP with CURVE (`local=False`, as from another device):
   `mesh_tcp`;
 - Dask distributed: `dask scheduler` + `dask worker --nworkers 2 --nthreads 1` (nanny);
@@ -90,7 +90,7 @@ class Mesh:
     name = "mesh"
 
     def __init__(self, client) -> None:
-        from mesh import api
+        from mesh.program import api
 
         self.client = client
         self.api = api
@@ -194,7 +194,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     res: dict[str, Any] = {"scenario": "tasks", "n_tasks": n_tasks, "n_round_trips": n_rtt,
                            "tree_leaves": leaves, "tree_tasks": 2 * leaves - 1, "rounds": rounds}
     load_start = round(os.getloadavg()[0], 2)
-    from mesh.client import connect
+    from mesh.client.client import connect
 
     with tempfile.TemporaryDirectory(prefix="mesh-bench-tasks-") as tmpdir, ExitStack() as stack:
         tmp = Path(tmpdir)
@@ -222,7 +222,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         mclient = connect(agent.comm, timeout=10.0, key=agent.key)
         stack.callback(mclient.close)
         res["mesh_local_socket"] = mclient.local_path is not None
-        from mesh.client import Client
+        from mesh.client.client import Client
 
         tclient = Client(agent.comm, timeout=10.0, key=agent.key, local=False)  # (b) over TCP
         stack.callback(tclient.close)

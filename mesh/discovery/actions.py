@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mesh.messages import Message
+from mesh.wire.messages import Message
 
 
 @dataclass(frozen=True)

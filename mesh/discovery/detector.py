@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from mesh.messages import Digest
+from mesh.wire.messages import Digest
 
 
 @dataclass

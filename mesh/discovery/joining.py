@@ -38,7 +38,7 @@ from mesh.discovery.actions import Action, Connect, DeclaredDead, Disconnect, Me
 from mesh.discovery.detector import GossipBuffer, LocalHealth
 from mesh.discovery.members import Member, _Seed
 from mesh.discovery.timing import Timing
-from mesh.messages import Digest, Load, NodeInfo, Ping
+from mesh.wire.messages import Digest, Load, NodeInfo, Ping
 
 
 class Joining:

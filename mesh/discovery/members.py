@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mesh.messages import Digest, Load, NodeInfo
+from mesh.wire.messages import Digest, Load, NodeInfo
 
 
 @dataclass

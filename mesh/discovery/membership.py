@@ -46,7 +46,7 @@ from mesh.discovery.members import Member, _Seed
 from mesh.discovery.probing import Probing, _Probe, _Relay
 from mesh.discovery.timing import Timing
 from mesh.errors import LocalProtocolError
-from mesh.messages import (
+from mesh.wire.messages import (
     Digest,
     IndirectAck,
     Leave,

@@ -41,7 +41,7 @@ from mesh.discovery.actions import Action, Reply, Send
 from mesh.discovery.detector import GossipBuffer, LocalHealth, suspicion_bounds, suspicion_timeout
 from mesh.discovery.members import Member
 from mesh.discovery.timing import Timing
-from mesh.messages import Digest, Nack, NodeInfo, PingReq
+from mesh.wire.messages import Digest, Nack, NodeInfo, PingReq
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mesh.messages import Call, Message, Result
+from mesh.wire.messages import Call, Message, Result
 
 
 @dataclass(frozen=True)

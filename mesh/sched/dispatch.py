@@ -36,11 +36,11 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from mesh.messages import Call, Cancel, Handback, Result, evolve
 from mesh.sched.actions import Action, Deliver, Forward, KillLocal, RunLocal, SendTo
 from mesh.sched.peer_failures import PeerFailures
 from mesh.sched.placement import Placement
 from mesh.sched.records import PeerSlots, Pending, Requester
+from mesh.wire.messages import Call, Cancel, Handback, Result, evolve
 
 
 @dataclass
@@ -55,7 +55,7 @@ class Dispatcher(PeerFailures, Placement):
     max_attempts: int = 5
     max_pending: int = 100_000
     prefetch: int = 0  # calls a busy peer may queue from us, per slot of its (0: none)
-    speed: float = 1.0  # our own effective cores per slot (mesh.cpuquota)
+    speed: float = 1.0  # our own effective cores per slot (mesh.agent.cpuquota)
     memory: int = 0  # bytes we offer to tasks (0: not said) (task constraints)
     labels: frozenset = frozenset()  # our capabilities (task constraints)
     unfit_grace: float = 30.0  # s a call that no known agent can run waits for one to join

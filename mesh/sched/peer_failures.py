@@ -32,9 +32,9 @@ by the hop that sees them, from membership's verdicts:
 
 from __future__ import annotations
 
-from mesh.messages import Cancel, Handback
 from mesh.sched.actions import Action, SendTo
 from mesh.sched.records import PeerSlots, Pending, Requester
+from mesh.wire.messages import Cancel, Handback
 
 
 class PeerFailures:

@@ -6,7 +6,7 @@ the ledger's).
 
 Placement (``_place``):
   0. a call whose big inputs are held at agents (``Call.inputs``: task outputs kept
-     where they were made, ``mesh.objects``) goes to the agent holding at least half
+     where they were made, ``mesh.sched.objects``) goes to the agent holding at least half
      of their bytes if that agent can start it now (a free slot, or room in the queue
      it keeps for us): running there moves no data (Ray's locality-aware leasing). The
      holder itself, when busy, keeps such a call if no more than ``prefetch`` calls per
@@ -83,8 +83,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mesh.messages import Call, Reclaim
 from mesh.sched.actions import Action, SendTo
+from mesh.wire.messages import Call, Reclaim
 
 if TYPE_CHECKING:
     from mesh.sched.dispatch import Pending
@@ -173,7 +173,7 @@ class Placement:
 
     def _data_holder(self, entry: Pending) -> str | None:
         """The peer holding at least half of the call's input bytes (``Call.inputs``:
-        task outputs kept where they were made, ``mesh.objects``) if it can start the
+        task outputs kept where they were made, ``mesh.sched.objects``) if it can start the
         call now (a free slot, or room in the queue it keeps for us): running there
         moves no data. Else None (also when we hold them: ``_place`` goes on with us)."""
         node = _major_holder(entry.call)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mesh.messages import Call
+from mesh.wire.messages import Call
 
 
 @dataclass

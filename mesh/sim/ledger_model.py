@@ -25,8 +25,8 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from mesh.messages import Call, Result
 from mesh.sched.dispatch import Dispatcher
+from mesh.wire.messages import Call, Result
 
 if TYPE_CHECKING:
     from mesh.sim.ledger_sim import LedgerSim
@@ -36,7 +36,7 @@ MAX_SUBMISSIONS = 4
 
 @dataclass(eq=False)
 class Worker:
-    """One worker process of an agent (``mesh.executor.Worker``): its FIFO as the agent
+    """One worker process of an agent (``mesh.agent.pool.Worker``): its FIFO as the agent
     sees it, and how far the process itself got (ahead of the agent while it is frozen)."""
 
     queue: deque = field(default_factory=deque)  # calls given to it: queue[0] runs, then waiting

@@ -15,11 +15,11 @@ one: the clock, the links, carrying out actions, faults, the checks, ``run_seed`
 and the command line.
 
 Agents: each holds a real ``mesh.sched.dispatch.Dispatcher``; its actions are carried
-out as ``Agent._do`` does (``mesh/agent.py``):
+out as ``Agent._do`` does (``mesh/agent/agent.py``):
 
 * ``RunLocal``: one of the agent's ``cpus`` virtual worker processes runs the call for
   its duration (in the payload), then the agent gets ``local_done``. ``KillLocal`` kills
-  the worker running the call. Both as ``mesh.executor.WorkerPool`` does (see
+  the worker running the call. Both as ``mesh.agent.pool.WorkerPool`` does (see
   ``ledger_workers``).
 * ``Forward(peer, call)``: the peer gets ``submit(call, <our id bytes>, from_peer=us)``.
 * ``Deliver(identity, result)``: our client's identity: the program gets it; a peer's
@@ -67,11 +67,11 @@ import sys
 import time
 from collections import Counter
 
-from mesh.messages import Call, Cancel, Handback, Reclaim, Result
 from mesh.sched.dispatch import Deliver, Dispatcher, Forward, KillLocal, RunLocal, SendTo
 from mesh.sim.ledger_membership import DETECT, HEARTBEAT, REFUTE, REVIVE, SUSPECT, MembershipModel
 from mesh.sim.ledger_model import MAX_SUBMISSIONS, Node, Program, Report, Worker, make_graph
 from mesh.sim.ledger_workers import SLOW_CHECK, WorkerPoolModel
+from mesh.wire.messages import Call, Cancel, Handback, Reclaim, Result
 
 __all__ = [
     "DELAY", "DETECT", "DURATION", "HEARTBEAT", "LOCAL", "MAX_SUBMISSIONS", "QUIESCE",

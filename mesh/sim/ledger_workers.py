@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-Workers, as ``mesh.executor.WorkerPool`` (``--depth N`` sets every ``Dispatcher.depth``;
+Workers, as ``mesh.agent.pool.WorkerPool`` (``--depth N`` sets every ``Dispatcher.depth``;
 default 1: one call per worker): each worker holds a FIFO; its first call runs, calls
 given with ``RunLocal(behind=True)`` wait in order behind it and the process starts
 each the moment the previous ends, without the agent. ``behind=False`` goes to an idle
@@ -34,14 +34,14 @@ import itertools
 from collections import Counter
 from collections.abc import Callable
 
-from mesh.messages import Call, Result
 from mesh.sim.ledger_model import Node, Worker
+from mesh.wire.messages import Call, Result
 
 SLOW_CHECK = 0.01  # s: how often an agent looks for long calls while calls wait at workers
 
 
 class WorkerPoolModel:
-    """Mixin of ``LedgerSim``: ``RunLocal`` and ``KillLocal``, as ``mesh.executor.WorkerPool``
+    """Mixin of ``LedgerSim``: ``RunLocal`` and ``KillLocal``, as ``mesh.agent.pool.WorkerPool``
     and the agent carry them out.
 
     ``LedgerSim._do`` calls ``_run`` and ``_kill_local``. It provides the state below and

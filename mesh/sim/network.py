@@ -6,7 +6,7 @@ No socket, thread or real clock: events wait in a heap ordered by (virtual time,
 sequence number) and all randomness comes from one seeded ``random.Random``, so
 one seed gives one run, action for action.
 
-Routing mirrors the agent (``mesh/agent.py``):
+Routing mirrors the agent (``mesh/agent/agent.py``):
 
 * ``Send(address, msg)`` from node S travels over S's connection to ``address``
   (S must have done ``Connect(address)`` and not ``Disconnect``) and arrives on
@@ -46,7 +46,7 @@ from mesh.discovery.membership import (
     Send,
     Timing,
 )
-from mesh.messages import Message, NodeInfo
+from mesh.wire.messages import Message, NodeInfo
 
 MAX_TICK = 0.1  # the longest wait between two ticks of a node, as the agent's MAX_SLEEP
 

@@ -2,7 +2,7 @@
 
 An ``Advert`` is what a node tells its tree neighbours about its route to the root.
 Its fields are ints, floats, strings and one list of strings, so it can become a
-record of ``mesh/messages.py`` unchanged.
+record of ``mesh/wire/messages.py`` unchanged.
 
 Labels
 ------

@@ -1,0 +1,411 @@
+"""Worker processes: the agent's slots, where user code runs.
+
+The agent's loop never runs user code and never unpickles anything: it hands a
+call's bytes to a worker process over a socket pair and gets the result's bytes
+back. A worker is a fresh interpreter (``python -m mesh.agent.worker``), so a crash, a
+segfault or ``os._exit`` in user code costs one call (reported as a failure of that
+call) and the worker is started again. Heartbeats are answered by the agent's
+loop, so a device whose every slot is busy is still alive.
+
+Frames between agent and worker are CBOR lists:
+  agent -> worker: ``["call", call_id, function, payload, want_json, inline_max, put_room]``
+                   (the last two: ``mesh.sched.objects``; bytes the call may keep here),
+                   ``["obj", oid, data or None, error]`` answering a worker's ``get``, and
+                   ``["withdraw", call_ids or None]``: give back these waiting calls (None:
+                   all of them) if not started;
+  worker -> agent: ``["ready", pid]`` once, then
+                   ``[call_id, ok, value, error_type, error, traceback, json, seconds]`` per
+                   call (``seconds``: how long it ran), ``["back", call_ids]`` (calls given
+                   back unstarted: withdrawn, or waiting when the running call lent its
+                   slot), and while a call runs: ``["put", call_id, oid, data]`` (keep this
+                   output here), ``["get", call_id, oid, holder]`` (send me this object),
+                   ``["hit", call_id, oid]`` (read from the worker's own recent copies),
+                   ``["lend", call_id, bool]``, ``["progress", call_id, total, done, failed]``.
+
+Calls waiting at a worker (``Dispatcher.depth``): while the calls an agent runs are
+short, a busy worker is given more calls, which wait in order behind the one it runs
+(``run(call, behind=True)``): the worker starts the next one the moment it finishes,
+without waiting for the agent, and the agent hands calls over and takes results in
+bulk (a worker's thread reads what the agent sends as it comes, see ``mesh.agent.worker``).
+How many may wait is bounded by time: about ``WAIT_BUDGET`` of the recent mean run
+time per slot (``depth()``). A call that runs much longer than that makes its worker
+give back the calls waiting behind it (``withdraw_slow``), and so does a call that
+blocks on other tasks (it lends its slot, ``mesh.program.slot``): they are placed again, so
+nothing waits long behind a long call and nested graphs cannot deadlock. A call is
+started by the worker or given back by it, never both: its thread decides, under one
+lock.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import cbor2
+
+from mesh.wire.framing import FrameSocket
+from mesh.wire.messages import Call, Result
+
+log = logging.getLogger("mesh.executor")
+
+try:  # Linux: a worker is killed when its agent dies, even by SIGKILL (no orphan keeps
+    # running a call nobody will collect)
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+except (OSError, AttributeError):
+    _prctl = None
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_agent() -> None:  # in the child, between fork and exec: no imports here
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+WAIT_BUDGET = float(os.environ.get("MESH_WORKER_WAIT_MS", "10")) / 1000  # s a call may wait at a worker
+MAX_DEPTH = int(os.environ.get("MESH_WORKER_DEPTH", "16"))  # calls per slot at most (1: none wait)
+SLOW_MIN = 0.02  # s: a call running longer than this and SLOW_FACTOR x the mean is long
+SLOW_FACTOR = 4.0
+MIN_SAMPLES = 8  # run times seen before calls may wait at workers
+
+
+@dataclass
+class Worker:
+    proc: subprocess.Popen
+    conn: FrameSocket
+    queue: deque = field(default_factory=deque)  # call ids given to it: running first, then waiting
+    started: float = 0.0  # when its running call started (as the agent saw it)
+    ready: bool = False
+    lent: bool = False  # its call is blocked waiting for other tasks (slot lent)
+    withdrawn: bool = False  # asked to give back its waiting calls (its call runs long)
+
+    @property
+    def call_id(self) -> str | None:
+        """The call it runs, if any."""
+        return self.queue[0] if self.queue else None
+
+    def fileno(self) -> int:
+        return self.conn.fileno()
+
+
+class WorkerPool:
+    """``size`` worker processes; the dispatcher never gives it more calls than slots."""
+
+    def __init__(self, size: int, agent_name: str, env: dict | None = None) -> None:
+        self.agent_name = agent_name
+        self.env = env  # extra environment of workers (how nested tasks reach the agent)
+        self.workers: list[Worker] = []
+        self.generation = 0  # bumped whenever ``workers`` changes (the agent polls them)
+        self.crashes = 0
+        self.lends: list[tuple[str, bool]] = []  # (call id, lent?) read by the agent
+        self.progress: dict[str, dict] = {}  # call id -> task graph progress (mesh run)
+        self.puts: list[tuple[str, str, bytes]] = []  # (call id, oid, data) read by the agent
+        self.gets: list[tuple[Worker, str, str]] = []  # (worker, oid, holder) read by the agent
+        self.inline_max = 0  # set by the agent: see mesh.sched.objects
+        self.worker_hits = 0  # objects a worker read from its own recent copies
+        self.room = lambda: 0  # bytes a call may put in the agent's store, asked per call
+        self.max_put = 0  # the biggest object a put may keep (it must fit in a frame to peers)
+        self.unstarted: list[str] = []  # calls workers gave back unstarted, read by the agent
+        self.cancelled: set[str] = set()  # waiting calls nobody wants: dropped when they come back
+        self.run_time: float | None = None  # mean seconds a call ran here lately (EWMA)
+        self.samples = 0
+        self.withdrawals = 0  # times a worker was asked to give back its waiting calls
+        self.target = size
+        self._closed = False
+        self.resize(size)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _spawn(self) -> Worker:
+        parent, child = socket.socketpair()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mesh.agent.worker", str(child.fileno()), self.agent_name],
+            pass_fds=(child.fileno(),),
+            stdin=subprocess.DEVNULL,
+            env=None if self.env is None else {**os.environ, **self.env},
+            start_new_session=False,
+            preexec_fn=_die_with_agent if _prctl is not None else None,
+        )
+        child.close()
+        conn = FrameSocket(parent)
+        return Worker(proc, conn)
+
+    def resize(self, size: int) -> None:
+        """Grow at once; shrink by retiring idle workers now and busy ones when their
+        call finishes (COMPSs' lazy reduce)."""
+        self.target = max(size, 0)
+        while len(self.workers) < self.target:
+            self.workers.append(self._spawn())
+            self.generation += 1
+        self._retire_idle()
+
+    def _retire_idle(self) -> None:
+        # a worker whose call lent its slot does not count: its stand-in stays
+        excess = len(self.workers) - self.target - sum(1 for w in self.workers if w.lent)
+        for w in [w for w in self.workers if w.call_id is None][: max(excess, 0)]:
+            self._stop(w)
+            self.workers.remove(w)
+            self.generation += 1
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop every worker (bounded in time); safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        for w in self.workers:
+            try:
+                w.conn.close()
+            except OSError:
+                pass
+            if w.proc.poll() is None:
+                w.proc.terminate()
+        for w in self.workers:
+            try:
+                w.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                w.proc.kill()
+                w.proc.wait(1)
+        self.workers.clear()
+        self.generation += 1
+
+    def _stop(self, w: Worker) -> None:
+        try:
+            w.conn.close()
+        except OSError:
+            pass
+        try:
+            w.proc.wait(1.0)
+        except subprocess.TimeoutExpired:
+            w.proc.kill()
+            w.proc.wait(1.0)
+
+    # ------------------------------------------------------------------ calls
+
+    def run(self, call: Call, behind: bool = False, now: float | None = None) -> Result | None:
+        """Hand ``call`` to an idle worker; when every worker is busy (some of them
+        blocked with their slot lent, see ``mesh.program.slot``), start one more, retired once
+        idle. ``behind``: no slot is free, the call waits at the busy worker with the
+        fewest calls (not one whose call lent its slot or runs long). Returns a failure
+        ``Result`` only if the worker died at once."""
+        if behind:
+            now = time.monotonic() if now is None else now
+            limit = self._slow_limit()
+            w = min((w for w in self.workers if self._can_wait_at(w, now, limit)),
+                    key=lambda w: len(w.queue), default=None)
+            if w is None:  # (every worker turned slow or lent since the dispatcher asked)
+                w = min((w for w in self.workers if not w.lent), key=lambda w: len(w.queue),
+                        default=None)
+        else:
+            w = next((w for w in self.workers if not w.queue), None)
+        if w is None:
+            w = self._spawn()
+            self.workers.append(w)
+            self.generation += 1
+        w.queue.append(call.call_id)
+        if len(w.queue) == 1:
+            w.started = time.monotonic() if now is None else now
+        try:
+            room = min(self.room() // max(self.target, 1), self.max_put) if self.inline_max else 0
+            w.conn.send(cbor2.dumps(["call", call.call_id, call.function, call.payload,
+                                     call.want_json, self.inline_max, room]))
+        except OSError:
+            return self._crashed(w)
+        return None
+
+    def depth(self, now: float | None = None) -> int:
+        """Calls a slot may hold now (``Dispatcher.depth``): 1 until calls ran here, or
+        when no worker can take one more to wait (each runs a long call or lends its
+        slot); else as many as fit in ``WAIT_BUDGET`` of the recent mean run time (at
+        most ``MAX_DEPTH``)."""
+        rt = self.run_time
+        if rt is None or self.samples < MIN_SAMPLES or MAX_DEPTH <= 1:
+            return 1
+        now = time.monotonic() if now is None else now
+        limit = self._slow_limit()
+        if not any(self._can_wait_at(w, now, limit) for w in self.workers):
+            return 1
+        return max(1, min(MAX_DEPTH, int(WAIT_BUDGET / max(rt, 1e-6))))
+
+    def _slow_limit(self) -> float:
+        """A call running longer than this is long (it holds up the calls behind it)."""
+        return max(SLOW_MIN, SLOW_FACTOR * (self.run_time or 0.0))
+
+    @staticmethod
+    def _can_wait_at(w: Worker, now: float, limit: float) -> bool:
+        return not w.lent and not w.withdrawn and (not w.queue or now - w.started <= limit)
+
+    @property
+    def waiting(self) -> int:
+        """Calls given to workers that wait behind another."""
+        return sum(len(w.queue) - 1 for w in self.workers if len(w.queue) > 1)
+
+    def withdraw_slow(self, now: float) -> int:
+        """Ask every worker whose call has run long (``SLOW_MIN`` and ``SLOW_FACTOR`` x
+        the mean) to give back the calls waiting behind it; they come back as
+        ``unstarted``. Returns how many workers were asked."""
+        limit = self._slow_limit()
+        asked = 0
+        for w in self.workers:
+            if len(w.queue) > 1 and not w.withdrawn and now - w.started > limit:
+                self._withdraw(w, None)
+                asked += 1
+        return asked
+
+    def _withdraw(self, w: Worker, call_ids: list[str] | None) -> None:
+        if call_ids is None:
+            w.withdrawn = True
+            self.withdrawals += 1
+        try:
+            w.conn.send(cbor2.dumps(["withdraw", call_ids]))
+        except OSError:
+            pass  # it died: readable() reports it and gives its waiting calls back
+
+    def give(self, w: Worker, oid: str, data: bytes | None, error: str) -> None:
+        """Answer a worker's ``get`` (if it is still there: it may have been killed)."""
+        if w in self.workers:
+            try:
+                w.conn.send(cbor2.dumps(["obj", oid, data, error]))
+            except OSError:
+                pass  # it died: readable() reports it
+
+    def cancel(self, call_id: str) -> str | None:
+        """Nobody wants ``call_id``'s result: the worker running it is stopped at once
+        and a new one started in its place (the calls that waited behind it come back
+        as ``unstarted``); a call still waiting at a worker is withdrawn (should it have
+        started meanwhile, its result is dropped). Nothing is reported for the call."""
+        w = next((w for w in self.workers if call_id in w.queue), None)
+        if w is None:
+            return None
+        if w.queue[0] != call_id:
+            self.cancelled.add(call_id)
+            self._withdraw(w, [call_id])
+            return "withdrawn"
+        w.queue.popleft()
+        self._give_back_waiting(w)
+        self._replace(w)
+        self.progress.pop(call_id, None)
+        return "stopped"
+
+    def _give_back_waiting(self, w: Worker) -> None:
+        """``w`` will run nothing more (stopped, or dead) and its running call is off its
+        queue: the calls that waited there never started, they come back as
+        ``unstarted`` (but those nobody wants any more)."""
+        self.unstarted.extend(c for c in w.queue if c not in self.cancelled)
+        self.cancelled.difference_update(w.queue)
+        w.queue.clear()
+
+    def readable(self, w: Worker, now: float | None = None) -> list[Result]:
+        """The worker's socket is readable (a poll said so): collect what it sent. A closed socket
+        means the worker died: its call fails (the calls waiting behind it come back
+        as ``unstarted``) and a new worker takes its place."""
+        results: list[Result] = []
+        conn = w.conn
+        try:
+            ready = True  # (the poll said so: no system call to ask again)
+            while ready or conn.readable():
+                ready = False
+                frame = cbor2.loads(conn.recv())
+                if len(frame) != 8:  # not a result: one of the worker's notices
+                    self._notice(w, frame)
+                    continue
+                call_id, ok, value, error_type, error, tb, text, seconds = frame
+                if w.queue and w.queue[0] == call_id:
+                    w.queue.popleft()
+                    w.lent = w.withdrawn = False
+                    w.started = time.monotonic() if now is None else now
+                elif call_id in w.queue:  # (a worker runs its calls in order: not expected)
+                    w.queue.remove(call_id)
+                self.progress.pop(call_id, None)
+                if type(seconds) is float and seconds >= 0:
+                    rt = self.run_time
+                    self.run_time = seconds if rt is None else rt + 0.2 * (seconds - rt)
+                    self.samples += 1
+                if call_id in self.cancelled:
+                    self.cancelled.discard(call_id)
+                    continue
+                results.append(Result(call_id, ok, value, self.agent_name, error_type, error, tb, text))
+                if len(self.workers) > self.target:
+                    self._retire_idle()  # a reduce was waiting for this call
+                    if w not in self.workers:
+                        break
+        except (EOFError, OSError, ValueError, TypeError, cbor2.CBORDecodeError):
+            failed = self._crashed(w)
+            if failed is not None:
+                results.append(failed)
+        return results
+
+    def _notice(self, w: Worker, frame: list) -> None:
+        """A frame from the worker that is not a result; anything else than these
+        is a broken channel (ValueError, as a result of the wrong length would be)."""
+        kind = frame[0] if frame else None
+        if kind == "ready":
+            w.ready = True
+        elif kind == "progress":  # [_, call_id, total, done, failed]
+            self.progress[frame[1]] = {"total": frame[2], "done": frame[3], "failed": frame[4]}
+        elif kind == "lend":  # the task blocks on other tasks, or resumes
+            self.lends.append((frame[1], bool(frame[2])))
+            w.lent = bool(frame[2])
+        elif kind == "put" and len(frame) == 4 and isinstance(frame[3], bytes):
+            self.puts.append((frame[1], frame[2], frame[3]))
+        elif kind == "get" and len(frame) == 4:
+            self.gets.append((w, str(frame[2]), str(frame[3])))
+        elif kind == "hit":  # the worker had the object's bytes already
+            self.worker_hits += 1
+        elif kind == "back" and len(frame) == 2 and isinstance(frame[1], list):
+            for call_id in frame[1]:  # calls it gave back unstarted (a worker slow to
+                if call_id in w.queue:  # start may give back even the first we gave it)
+                    if w.queue[0] == call_id:
+                        w.started = time.monotonic()
+                    w.queue.remove(call_id)
+                    if call_id in self.cancelled:
+                        self.cancelled.discard(call_id)
+                    else:
+                        self.unstarted.append(call_id)
+            if len(w.queue) <= 1:
+                w.withdrawn = False
+        else:
+            raise ValueError(f"unexpected frame from a worker: {kind!r}")
+
+    def _crashed(self, w: Worker) -> Result | None:
+        self.crashes += 1
+        code = self._replace(w)
+        call_id = w.queue.popleft() if w.queue else None
+        log.warning("worker %d exited (code %s) while running %s; starting a new one",
+                    w.proc.pid, code, call_id or "nothing")
+        self._give_back_waiting(w)
+        if call_id is None or call_id in self.cancelled:
+            self.cancelled.discard(call_id)
+            return None
+        return Result(call_id, False, b"", self.agent_name, "WorkerDied",
+                      f"the worker process running this call exited with code {code}", "")
+
+    def _replace(self, w: Worker) -> int | None:
+        """Kill ``w`` (if it still runs), drop it, and start a new worker if the pool is
+        below its size. Returns the old worker's exit code."""
+        code = w.proc.poll()
+        if code is None:
+            w.proc.kill()
+            try:
+                code = w.proc.wait(1.0)
+            except subprocess.TimeoutExpired:
+                log.warning("worker %d did not exit after SIGKILL", w.proc.pid)
+        self.workers.remove(w)
+        self.generation += 1
+        try:
+            w.conn.close()
+        except OSError:
+            pass
+        if not self._closed and len(self.workers) < self.target:
+            self.workers.append(self._spawn())
+            self.generation += 1
+        return code
+
+    @property
+    def idle(self) -> int:
+        return sum(1 for w in self.workers if w.call_id is None)

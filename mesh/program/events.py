@@ -1,0 +1,328 @@
+"""The event side of the program-side runtime (``mesh.program.runtime``): results, failures
+and dropped futures, the runtime's own thread, and the graph's actions they lead to.
+
+Theory of operation
+-------------------
+The client's thread never waits for the lock. A result is handled where it arrives
+(``_result``, the call's callback, on the client's thread) when the lock is free:
+``graph.done`` and the ``Ready`` tasks it frees are sent at once, without waking
+another thread (what makes a chain of dependent tasks fast). When the lock is taken
+(the program is submitting tasks) the result only becomes an event on ``inbox``: the
+runtime's own thread (``mesh-runtime``) takes events off it, calls ``graph.done`` and
+ticks the graph for time-outs. Futures dropped by the program post a ``forget`` there
+too (a finalizer may run anywhere, even inside the lock). Waking a thread costs more
+than handling an event, so ``_post`` rings the thread's doorbell only when no ring is
+pending; the thread clears that flag *before* it empties ``inbox``, so an event
+posted after that rings again, and a burst of results and dropped futures wakes the
+thread once, not once per event. (Events of different tasks may so be handled out of
+order; the graph does not mind.) Progress (``slot.progress``, inside a worker) is
+reported by whichever thread handled a result, at most every 0.2 s.
+
+An event of an attempt that no longer runs (killed or cancelled) only counts in
+``stale_results``. A result's outputs become the values of their versions (``_store``:
+a file is written back while its version is the newest) and are recorded for
+``mesh.program.lineage``; an attempt that failed because an input kept at an agent was lost
+(``ObjectLost``) waits until it is made again (``Recovery._recover``) and is sent again.
+``_apply`` carries out the graph's actions in order (the list in ``mesh.program.runtime``); the
+oids of released ``Ref`` values are freed at their holders once it is done.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any
+
+from mesh.program import slot
+from mesh.program.calls import _Call, _Group
+from mesh.program.lineage import Lineage, outputs_of
+from mesh.program.taskexec import TaskCancelled, TaskFailed, TaskTimedOut
+from mesh.program.tasktrace import TaskTrace
+from mesh.sched.graph import (
+    Cancelled,
+    DataVersion,
+    Finished,
+    GraphFailed,
+    Kill,
+    Outcome,
+    Ready,
+    Release,
+    Resolved,
+    Snapshot,
+    TaskGraph,
+    TaskState,
+)
+from mesh.sched.objects import ObjectLost, Ref
+
+log = logging.getLogger("mesh.runtime")  # its name before the split (as mesh.lineage's)
+
+
+class GraphEvents:
+    """Mixin of ``mesh.program.runtime.Runtime``: results and other events (``_result``,
+    ``_post``, the runtime's thread ``_loop``) and the graph's actions (``_apply``); see
+    the module docstring.
+
+    ``Runtime`` provides the state below; ``TaskSubmission`` (``mesh.program.calls``)
+    provides ``_submit``, ``Recovery`` (``mesh.program.lineage``) ``_recover`` and
+    ``_rerun_finished``."""
+
+    client: Any
+    graph: TaskGraph
+    lock: threading.Lock
+    cond: threading.Condition
+    inbox: collections.deque[tuple]
+    trace: TaskTrace
+    lineage: Lineage
+    failure: tuple[str, str] | None
+    failure_exc: BaseException | None
+    stale_results: int
+    _group_ended: bool
+    _doorbell: queue.SimpleQueue
+    _rung: bool
+    _calls: dict[str, _Call]
+    _values: dict[DataVersion, Any]
+    _running: dict[str, Ready]
+    _call_id: dict[str, str]
+    _failed_on: dict[str, list[str]]
+    _waiters: dict[DataVersion, tuple[Future, str | None]]
+    _last_exc: dict[str, BaseException]
+    _fate: dict[str, BaseException]
+    _last_writer: dict[str, str]
+    _object_of: dict[str, Any]
+    _groups: dict[str, list[_Group]]
+    _failed_exc: BaseException | None
+    _progress: tuple[tuple | None, float]
+    _progress_base: tuple[str | None, tuple]
+    _sent: dict[str, tuple]
+    _to_free: dict[str, list[str]]
+
+    def _post(self, event: tuple) -> None:
+        """Hand an event to the runtime's thread (from any thread, never under a lock
+        of ours); see the module docstring."""
+        self.inbox.append(event)
+        if not self._rung:
+            self._rung = True
+            self._doorbell.put(None)
+
+    def _loop(self) -> None:
+        closed_since = None
+        while True:
+            with self.lock:
+                nd = self.graph.next_deadline()
+            timeout = 0.5 if nd is None else min(0.5, max(0.0, nd - time.monotonic()))
+            try:
+                self._doorbell.get(timeout=timeout)
+            except queue.Empty:
+                pass
+            self._rung = False  # before emptying the inbox: see the module docstring
+            events = []
+            while self.inbox:
+                events.append(self.inbox.popleft())
+            with self.cond:
+                self._handle(events)
+                idle = self.graph.active_count == 0
+                progress = self._progress_due()
+            if progress is not None:
+                slot.progress(*progress)  # inside `mesh run`: the CLI shows done/total
+            if self.client._closed.is_set():
+                closed_since = closed_since or time.monotonic()
+                if (idle and not self.inbox) or time.monotonic() - closed_since > 30:
+                    return
+
+    def _handle(self, events: list[tuple]) -> None:
+        """Carry out events, under the lock."""
+        for ev in events:
+            try:
+                self._event(ev)
+            except Exception:  # a bug here: keep the runtime alive, say so
+                log.exception("mesh runtime: handling %r failed", ev[:2])
+        if self.graph.next_deadline() is not None:
+            self._apply(self.graph.tick(time.monotonic()))
+        self._notify()
+
+    def _progress_due(self) -> tuple[int, int, int] | None:
+        """Under the lock: the graph's (submitted, done, failed) since the worker's call
+        began (a worker runs one ``mesh run`` after another with this runtime), when it
+        changed and the last report is 0.2 s old (reports go to the agent:
+        ``slot.progress``)."""
+        c, base = self.graph.counters, self._progress_base[1]
+        progress = (c["submitted"] - base[0], c["done"] - base[1],
+                    c["failed"] + c["cancelled"] - base[2])
+        now = time.monotonic()
+        if progress == self._progress[0] or now - self._progress[1] < 0.2:
+            return None
+        self._progress = (progress, now)
+        return progress
+
+    def _result(self, task_id: str, attempt: int, ok: bool, value: Any, kind: str = "") -> None:
+        """A call is done (on the client's thread, as a rule): ``value`` is what
+        ``_execute`` returned, or the exception. Handled here if the lock is free, else
+        handed to the runtime's thread (see the module docstring)."""
+        event = (kind + ("result" if ok else "failed"), task_id, attempt, value)
+        if not self.lock.acquire(blocking=False):
+            self._post(event)
+            return
+        progress = None
+        try:
+            self._handle([event])
+            if self.graph.next_deadline() is not None:
+                self._post(("tick",))  # the runtime's thread sleeps until the next deadline
+            if slot.channel is not None:  # (only a worker reports progress)
+                progress = self._progress_due()
+        finally:
+            self.lock.release()
+        if progress is not None:
+            slot.progress(*progress)
+
+    def _event(self, ev: tuple) -> None:
+        kind = ev[0]
+        if kind == "tick":
+            return
+        if kind == "forget":
+            data_id = ev[1]
+            self._apply(self.graph.forget(data_id))
+            self._last_writer.pop(data_id, None)
+            task_id = data_id.rpartition("#r")[0]
+            if task_id and self.graph.task_state(task_id) is None:
+                self._fate.pop(task_id, None)
+            return
+        if kind.startswith("rerun"):
+            self._rerun_finished(ev[1], kind == "rerunresult", ev[3])
+            return
+        _, task_id, attempt, payload = ev
+        ready = self._running.get(task_id)
+        if ready is None or ready.attempt != attempt:
+            self.stale_results += 1  # a killed (timed-out) or cancelled attempt
+            return
+        del self._running[task_id]
+        self._call_id.pop(task_id, None)
+        now = time.monotonic()
+        exc = payload if kind == "failed" else None
+        if type(exc) is ObjectLost and self._recover(exc.oid, ("resubmit", task_id)) is not None:
+            self._running[task_id] = ready  # sent again once its input is made again
+            return
+        sent = self._sent.pop(task_id, None)
+        if exc is None:
+            try:
+                outputs = self._store(task_id, ready, payload)
+                if sent is not None:
+                    self.lineage.record(task_id, ready, self._calls[task_id], sent, outputs)
+            except Exception as e:  # a malformed answer, or writing a file back failed
+                exc = e
+        if exc is None:
+            self._apply(self.graph.done(task_id, attempt, Outcome.OK, now))
+        else:
+            self._last_exc[task_id] = exc
+            agent = getattr(exc, "mesh_agent", None)
+            if agent:
+                self._failed_on.setdefault(task_id, []).append(agent)
+            self._apply(self.graph.done(task_id, attempt,
+                                        Outcome.failed(f"{type(exc).__name__}: {exc}"), now))
+
+    def _store(self, task_id: str, ready: Ready, result: tuple) -> list:
+        """Keep a task's outputs as the values of their versions (files are written
+        back); returns the object outputs [(version, value)] (values may be ``Ref``)."""
+        value, outs, files, agent = result
+        self.trace.ran(task_id, agent)
+        call = self._calls[task_id]
+        outputs = outputs_of(ready, call, result)
+        for version, v in outputs:
+            self._values[version] = v
+        files = list(files)
+        for access, info in zip(ready.params, call.slots, strict=True):
+            if info.kind != "file":
+                continue
+            data = files.pop(0)
+            if access.write is None:
+                continue
+            self._values[access.write] = data
+            if self.graph.data_state(access.write.data_id).version == access.write:
+                tmp = f"{info.value}.mesh-tmp"
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                os.replace(tmp, info.value)
+        return outputs
+
+    def _apply(self, acts: list) -> None:
+        for act in acts:
+            if isinstance(act, Ready):
+                self._submit(act)
+            elif isinstance(act, Resolved):
+                entry = self._waiters.pop(act.version, None)
+                if entry is None:
+                    continue
+                fut, writer = entry
+                if act.ok:
+                    fut.set_result(self._values.get(act.version))
+                else:
+                    fut.set_exception(self._fate.get(writer) or TaskFailed(act.error))
+            elif isinstance(act, Snapshot):
+                data_id = act.version.data_id
+                if data_id.startswith("file:"):
+                    try:
+                        with open(data_id[5:], "rb") as fh:
+                            self._values[act.version] = fh.read()
+                    except OSError as exc:  # the task that reads it fails with this
+                        self._values[act.version] = exc
+                else:
+                    self._values[act.version] = self._object_of[data_id]
+            elif isinstance(act, Release):
+                value = self._values.pop(act.version, None)
+                if type(value) is Ref:  # kept at an agent: free it there
+                    self._to_free.setdefault(value.holder, []).append(value.oid)
+            elif isinstance(act, Kill):
+                ready = self._running.get(act.task_id)
+                if ready is not None and ready.attempt == act.attempt:
+                    del self._running[act.task_id]
+                    self._sent.pop(act.task_id, None)
+                    call_id = self._call_id.pop(act.task_id, None)
+                    if call_id is not None:  # the agent stops it wherever it runs
+                        self.client.cancel(call_id)
+            elif isinstance(act, Finished):
+                self._failed_on.pop(act.task_id, None)
+                if act.state is TaskState.FAILED:
+                    exc = self._last_exc.pop(act.task_id, None)
+                    if exc is None:
+                        cls = TaskTimedOut if act.error.startswith("TimedOut") else TaskFailed
+                        exc = cls(f"task {act.task_id} failed: {act.error}")
+                    self._fate[act.task_id] = exc
+                    self._failed_exc = exc
+                else:
+                    self._last_exc.pop(act.task_id, None)
+                self._terminal(act.task_id, act.state is TaskState.FAILED)
+            elif isinstance(act, Cancelled):
+                self._running.pop(act.task_id, None)
+                self._sent.pop(act.task_id, None)
+                self._fate[act.task_id] = TaskCancelled(f"task {act.task_id} cancelled: {act.reason}")
+                self._terminal(act.task_id, False)
+            elif isinstance(act, GraphFailed):
+                self.failure = (act.task_id, act.error)
+                self.failure_exc = self._failed_exc
+        if self._to_free:
+            to_free, self._to_free = self._to_free, {}
+            for holder, oids in to_free.items():
+                self.client.free(holder, oids)
+
+    def _notify(self) -> None:
+        """Under the lock: wake ``barrier`` and ``wait_group`` when what they wait for may
+        have come (no task active, or a group's last task ended), not at every event: a
+        wake of a waiting thread per result costs a thread switch per task."""
+        if self.graph.active_count == 0 or self._group_ended:
+            self._group_ended = False
+            self.cond.notify_all()
+
+    def _terminal(self, task_id: str, failed: bool) -> None:
+        self._calls.pop(task_id, None)
+        for g in self._groups.pop(task_id, ()):
+            g.pending -= 1
+            if g.pending == 0:
+                self._group_ended = True
+            if failed:
+                g.failed.append((task_id, self._fate.get(task_id)))
+        if self.graph.task_state(task_id) is None:  # no output left: nobody can wait on it
+            self._fate.pop(task_id, None)

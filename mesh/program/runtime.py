@@ -1,0 +1,197 @@
+"""The program-side runtime of the task model (``mesh.program.api``): it drives a ``TaskGraph``.
+
+Theory of operation
+-------------------
+As in PyCOMPSs, the graph lives in the process that runs the main program. One
+``Runtime`` belongs to one ``Client`` (the process's default client when a task is
+called). Every graph event runs under ``Runtime.lock`` and its actions are carried
+out at once, in order, under the same lock:
+
+* ``Snapshot``: store the program's value (the object itself, or the bytes of the
+  file read now) as that version;
+* ``Ready``: bind the versions read into the call's arguments and send
+  ``_execute(fn, ...)`` with ``client._submit_to`` (``submit`` with a callback instead
+  of a Future; non-blocking: it only queues a frame);
+* ``Resolved``: complete the ``wait_on`` waiter of that version;
+* ``Release``: drop the stored value; ``Finished``/``Cancelled``/``GraphFailed``:
+  bookkeeping (the task's fate, task groups, ``barrier``).
+
+Results, failures and futures the program dropped (``forget``) reach the graph on
+the client's thread or on the runtime's own thread (``mesh-runtime``): see
+``mesh.program.events``.
+
+Values are sent when a task is ready, not copied when it is called: an object passed
+as a plain argument (not INOUT) must not be changed by the program before its task
+ran. A timed-out attempt (``Kill``) is cancelled (``Client.cancel``): the agents stop
+it wherever it runs, and a result that still arrives is ignored. A failed attempt's
+agent is remembered, and a RETRY asks the mesh to run it elsewhere (``Call.avoid``).
+
+A big task output stays at the agent that made it (``mesh.sched.objects``): the version's
+value is then a ``Ref``, sent as such to the tasks that read it (the call names where
+its inputs are, ``Call.inputs``, for placement), fetched by ``wait_on``, and freed at its
+holder when the version is released. When a holder lost one, the task that made it runs
+again (``mesh.program.lineage``, whose ``Recovery`` mixin holds that part of this class).
+
+``Runtime`` holds the state and the program thread's side (``wait``, ``barrier``, task
+groups); mixins hold the rest, one concept each: ``TaskSubmission``
+(``mesh.program.calls``: a call becomes a ``TaskSpec``, a ``Ready`` task is sent),
+``GraphEvents`` (``mesh.program.events``: results, the runtime's thread, the graph's
+actions) and ``Recovery`` (``mesh.program.lineage``).
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import os
+import queue
+import threading
+from concurrent.futures import Future
+from typing import Any
+
+from mesh.program import slot
+from mesh.program.calls import TaskSubmission, _Call, _Group, needs_of, scan
+from mesh.program.events import GraphEvents
+from mesh.program.lineage import Lineage, Recovery
+from mesh.program.taskexec import TaskCancelled, TaskFailed, TaskFuture, TaskTimedOut
+from mesh.program.tasktrace import TaskTrace
+from mesh.sched.graph import DataVersion, Ready, TaskGraph
+from mesh.sched.objects import Ref
+
+__all__ = ["Runtime", "TaskCancelled", "TaskFailed", "TaskFuture", "TaskTimedOut", "current",
+           "needs_of", "scan"]
+
+log = logging.getLogger(__name__)
+
+
+class Runtime(TaskSubmission, GraphEvents, Recovery):
+    """The task graph of the program's tasks sent through one client. See the module
+    docstring."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+        self.graph = TaskGraph()
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
+        self._group_ended = False  # a task group's last task ended since the last _notify
+        self.inbox: collections.deque[tuple] = collections.deque()  # events, see ``_post``
+        self._doorbell: queue.SimpleQueue = queue.SimpleQueue()
+        self._rung = False  # the doorbell was rung and the thread has not answered yet
+        self._ids = itertools.count(1)
+        self._calls: dict[str, _Call] = {}
+        self._values: dict[DataVersion, Any] = {}
+        self._running: dict[str, Ready] = {}
+        self._call_id: dict[str, str] = {}  # task id -> the call of its running attempt
+        self._failed_on: dict[str, list[str]] = {}  # task id -> agents its attempts failed on
+        self._waiters: dict[DataVersion, tuple[Future, str | None]] = {}
+        self._last_exc: dict[str, BaseException] = {}
+        self._fate: dict[str, BaseException] = {}
+        self._last_writer: dict[str, str] = {}
+        self._objects: dict[int, tuple[str, Any]] = {}  # id(obj) -> (data id, obj): pinned
+        self._object_of: dict[str, Any] = {}
+        self._groups: dict[str, list[_Group]] = {}
+        self.failure: tuple[str, str] | None = None
+        self.failure_exc: BaseException | None = None
+        self._failed_exc: BaseException | None = None
+        self.stale_results = 0
+        self._progress: tuple[tuple | None, float] = (None, 0.0)  # last reported, when
+        self._progress_base: tuple[str | None, tuple] = (None, (0, 0, 0))  # call, counters
+        self.trace = TaskTrace()  # the run's task graph, for `mesh run --graph`
+        self._sent: dict[str, tuple] = {}  # task id -> _execute's arguments as sent
+        self.lineage = Lineage()  # how lost outputs kept at agents are made again
+        self._to_free: dict[str, list[str]] = {}  # holder -> released oids, sent after _apply
+        self._thread = threading.Thread(target=self._loop, name="mesh-runtime", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ program thread
+
+    def wait(self, items: list[tuple[str, str | None]]) -> list[Any]:
+        """The values of the latest versions of these data (data id, writer task id);
+        raises what the first one that failed raised."""
+        waits = []
+        with self.lock:
+            for data_id, writer in items:
+                version = self.graph.data_state(data_id).version
+                entry = self._waiters.get(version)
+                if entry is None:
+                    entry = self._waiters[version] = (Future(), self._last_writer.get(data_id, writer))
+                waits.append(entry[0])
+            self._apply(self.graph.wait_on([d for d, _ in items]))
+            self._notify()
+        if all(w.done() for w in waits):
+            values = [w.result() for w in waits]
+        else:
+            with slot.lent():  # inside a task: give the slot back while we wait
+                values = [w.result() for w in waits]
+        return [self._fetch(v) if type(v) is Ref else v for v in values]
+
+    def object_data_id(self, obj: Any) -> str | None:
+        with self.lock:
+            entry = self._objects.get(id(obj))
+            return entry[0] if entry is not None and entry[1] is obj else None
+
+    def known(self, data_id: str) -> bool:
+        with self.lock:
+            return self._known(data_id)
+
+    def barrier(self) -> None:
+        with slot.lent(), self.cond:
+            self.cond.wait_for(lambda: self.graph.active_count == 0)
+            failure = self.failure
+        if failure is not None:
+            task_id, error = failure
+            raise TaskFailed(f"the task graph failed: task {task_id} failed: {error}") \
+                from self.failure_exc
+
+    def wait_group(self, group: _Group) -> None:
+        with slot.lent(), self.cond:
+            self.cond.wait_for(lambda: group.pending == 0)
+
+    def forget(self, data_id: str) -> None:
+        """From a finalizer: never takes the lock here."""
+        self._post(("forget", data_id))
+
+
+_current: Runtime | None = None
+_current_lock = threading.Lock()
+
+
+def current(create: bool = True) -> Runtime | None:
+    """The runtime of the process's default client, or None when no mesh is connected
+    (task calls then run sequentially)."""
+    global _current
+    from mesh.client.client import default_client
+
+    client = default_client()
+    if client is None and create and slot.channel is not None:
+        client = _worker_client()  # inside a task on an agent: nested tasks go to its mesh
+    if client is None:
+        return None
+    rt = _current
+    if rt is not None and rt.client is client:  # the common case, without the lock
+        return rt
+    with _current_lock:
+        if _current is None or _current.client is not client:
+            if not create:
+                return None
+            _current = Runtime(client)
+        return _current
+
+
+def _worker_client():
+    """In a worker process: connect to our own agent (address and key from the
+    environment the agent gave us), once; None if it does not answer."""
+    from mesh import keys
+    from mesh.client.client import connect
+    from mesh.errors import MeshError
+
+    address = os.environ.get("MESH_WORKER_AGENT")
+    if not address:
+        return None
+    try:
+        key = keys.MeshKey.parse(os.environ["MESH_WORKER_KEY"]) if os.environ.get("MESH_WORKER_KEY") else None
+        return connect(address, timeout=10, key=key)
+    except MeshError as exc:
+        log.warning("nested tasks run here sequentially: cannot reach agent %s: %s", address, exc)
+        return None

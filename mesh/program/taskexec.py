@@ -1,0 +1,226 @@
+"""The values of ``mesh.program.api`` tasks: ``TaskFuture``, the task errors, and what runs on
+the worker.
+
+``_execute`` is what the program-side runtime (``mesh.program.runtime``) sends with
+``client.submit``: it calls the user's function with the argument values bound on the
+program side, puts FILE_* parameters in a temporary directory (their bytes travel with
+the call) and sends back the return value, the INOUT/OUT objects as the function left
+them and the bytes of the files it wrote.
+
+``dumps`` is how calls (``Client.submit``) and results (``mesh.agent.worker``) are pickled:
+cloudpickle's bytes, made by the standard pickler when that gives the very same bytes
+(a few times cheaper, and a call or result is pickled per task).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import sys
+import tempfile
+import types
+from dataclasses import dataclass
+from typing import Any
+
+from mesh.program import slot
+
+_ATOMS = frozenset({int, float, str, bytes, bool, type(None)})
+_MAX_ITEMS = 64  # bigger containers go to cloudpickle at once (checking costs too)
+_cloudpickle = None
+
+
+def dumps(obj: Any) -> bytes:
+    """``cloudpickle.dumps(obj)``. When ``obj`` holds only None, bools, numbers, str,
+    bytes, small tuples/lists/dicts of these and functions that cloudpickle pickles by
+    reference (importable, not from ``__main__``, not registered by value), plain
+    ``pickle`` makes the same bytes, a few times faster: it does."""
+    global _cloudpickle
+    if _cloudpickle is None:
+        import cloudpickle
+
+        _cloudpickle = cloudpickle
+    if _plain(obj, 3):
+        try:  # the standard pickler checks that each function is importable as named
+            return pickle.dumps(obj, protocol=_cloudpickle.DEFAULT_PROTOCOL)
+        except Exception:  # not (a local function, ...): cloudpickle sends it by value
+            pass
+    return _cloudpickle.dumps(obj)
+
+
+def _plain(x: Any, depth: int) -> bool:
+    t = type(x)
+    if t in _ATOMS:
+        return True
+    if t is tuple or t is list:
+        if depth == 0 or len(x) > _MAX_ITEMS:
+            return False
+        for i in x:
+            if type(i) not in _ATOMS and not _plain(i, depth - 1):
+                return False
+        return True
+    if t is dict:
+        if depth == 0 or len(x) > _MAX_ITEMS:
+            return False
+        for k, v in x.items():
+            if type(k) is not str or (type(v) not in _ATOMS and not _plain(v, depth - 1)):
+                return False
+        return True
+    if t is types.FunctionType:  # by reference, as cloudpickle would do it?
+        name = x.__module__
+        module = sys.modules.get(name) if type(name) is str else None
+        if module is None or name == "__main__" or getattr(module, "__spec__", None) is None:
+            return False  # cloudpickle sends these by value
+        by_value = getattr(_cloudpickle.cloudpickle, "_is_registered_pickle_by_value", None)
+        return by_value is not None and not by_value(module)
+    return False
+
+
+class TaskFailed(Exception):
+    """A task failed and no better exception is known (or the graph failed: ``barrier``
+    raises this with the failing task's own exception as ``__cause__``)."""
+
+
+class TaskCancelled(TaskFailed):
+    """The task never ran (to its end): a predecessor failed or the graph failed."""
+
+
+class TaskTimedOut(TaskFailed):
+    """The task ran longer than its ``time_out`` (on its last attempt)."""
+
+
+class TaskFuture:
+    """The future value of a task's return, given at once by a task call when a mesh is
+    connected. Pass it to other tasks (a dependency, also inside lists, tuples and
+    dicts) or resolve it with ``wait_on`` (or ``result()``). It cannot be sent to a
+    worker any other way. Dropping it lets the runtime free the value."""
+
+    __slots__ = ("runtime", "task_id", "data_id", "__weakref__")
+
+    def __init__(self, runtime, task_id: str, data_id: str) -> None:
+        self.runtime = runtime
+        self.task_id = task_id
+        self.data_id = data_id
+
+    def result(self) -> Any:
+        """Wait for the value; raises what the task raised (or ``TaskCancelled``)."""
+        return self.runtime.wait([(self.data_id, self.task_id)])[0]
+
+    def done(self) -> bool:
+        """True once the task's outcome is known (done, failed or cancelled)."""
+        with self.runtime.lock:
+            state = self.runtime.graph.task_state(self.task_id)
+        return state is None or state.terminal
+
+    def __repr__(self) -> str:
+        return f"<TaskFuture {self.data_id}>"
+
+    def __reduce__(self):
+        raise TypeError("a TaskFuture cannot be pickled: pass it as a task argument (directly "
+                        "or inside lists, tuples or dicts) or resolve it with wait_on first")
+
+    def __del__(self) -> None:
+        try:
+            self.runtime.forget(self.data_id)
+        except Exception:
+            pass
+
+
+# ------------------------------------------------------------------ worker side
+
+
+@dataclass
+class _FileArg:
+    """A FILE_* parameter on its way to the worker: the file's bytes (None for FILE_OUT)."""
+
+    name: str
+    data: bytes | None
+    writes: bool
+    path: str = ""
+
+
+def _execute(fn, args: tuple, kwargs: dict, outs: list, files: list, returns: int,
+             refs: bool = False):
+    """Runs on the worker: call ``fn`` and send back (value, mutated INOUT/OUT objects,
+    bytes of written files, the agent's name). The objects in ``outs`` and ``files`` are the very ones in
+    ``args``/``kwargs`` (one pickle keeps identity), so in-place changes are seen.
+    With ``refs``, some arguments are ``mesh.sched.objects.Ref``: fetched first (one object
+    per id, so identity is kept). Outputs that pickle big stay at this agent and go
+    back as a ``Ref`` (``_keep``)."""
+    if refs:
+        args, kwargs, outs = _resolve(args, kwargs, outs)
+    tmp = tempfile.mkdtemp(prefix="mesh-task-") if files else None
+    try:
+        for i, f in enumerate(files):
+            d = os.path.join(tmp, str(i))
+            os.mkdir(d)
+            f.path = os.path.join(d, f.name)
+            if f.data is not None:
+                with open(f.path, "wb") as fh:
+                    fh.write(f.data)
+        if files:
+            args = tuple(a.path if isinstance(a, _FileArg) else a for a in args)
+            kwargs = {k: v.path if isinstance(v, _FileArg) else v for k, v in kwargs.items()}
+        value = fn(*args, **kwargs)
+        if returns == 0:
+            value = None
+        elif returns > 1:
+            value = tuple(value)
+            if len(value) != returns:
+                raise ValueError(f"{getattr(fn, '__name__', fn)} returned {len(value)} values, "
+                                 f"its @task declares returns={returns}")
+        written = []
+        for f in files:
+            if not f.writes:
+                written.append(None)
+                continue
+            if not os.path.exists(f.path):
+                raise FileNotFoundError(f"the task did not write its output file {f.name!r}")
+            with open(f.path, "rb") as fh:
+                written.append(fh.read())
+        if slot.put_room > 0:
+            if returns == 1:
+                value = _keep(value)
+            elif returns > 1:
+                value = tuple(_keep(v) for v in value)
+            outs = [_keep(o) for o in outs]
+        return value, outs, written, os.environ.get("MESH_AGENT_NAME", "?")
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _resolve(args: tuple, kwargs: dict, outs: list) -> tuple:
+    """Fetch the ``Ref`` arguments' values (``slot.get``: from our agent, which may get
+    them from their holder) and put them in place."""
+    from mesh.sched.objects import Ref, refs_in, replace_refs
+
+    found: list[Ref] = []
+    refs_in(args, found)
+    refs_in(kwargs, found)
+    refs_in(outs, found)
+    values: dict[str, Any] = {}
+    for ref in found:
+        if ref.oid not in values:
+            values[ref.oid] = pickle.loads(slot.get(ref.oid, ref.holder))
+    return replace_refs(args, values), replace_refs(kwargs, values), replace_refs(outs, values)
+
+
+def _keep(value: Any) -> Any:
+    """``value``, or a ``Ref`` to it when it pickles to more than ``slot.inline_max``
+    bytes and our agent's store takes it. Small plain values are not even pickled."""
+    t = type(value)
+    if t in _ATOMS and (t is not bytes and t is not str or len(value) <= slot.inline_max // 4):
+        return value
+    if (t is tuple or t is list or t is dict) and len(value) <= 8 and _plain(value, 1) and all(
+            type(v) not in (str, bytes) for v in (value.values() if t is dict else value)):
+        return value  # a few numbers: cheaper to send than to measure
+    data = dumps(value)
+    if len(data) <= slot.inline_max:
+        return value
+    oid = slot.put(data)
+    if oid is None:
+        return value
+    from mesh.sched.objects import Ref
+
+    return Ref(oid, os.environ.get("MESH_AGENT_ID", ""), len(data))
