@@ -1,4 +1,5 @@
-"""Command line interface: ``mesh join``, ``call``, ``status``, ``peers``, ``demo``.
+"""Command line interface: ``mesh join``, ``keygen``, ``token``, ``call``, ``run``, ``status``,
+``peers``, ``tree``, ``resources``, ``demo``.
 
 Exit codes of client commands (CONTRACT.md): 0 ok, 1 the function raised (remote
 traceback on stderr), 2 usage error, 3 no agent reachable.
@@ -81,7 +82,14 @@ def main() -> None:
 @click.option("--comm-port", type=click.IntRange(0, 65535), default=46102, show_default=True,
               help="Agent-to-agent port; 0 picks a free one.")
 @click.option("--rest-port", type=click.IntRange(-1, 65535), default=46101, show_default=True,
-              help="REST port (loopback only for now); 0 picks a free one, -1 disables REST.")
+              help="REST port (JSON and COMPSs endpoints; runs code). Every request needs "
+                   "Authorization: Bearer $(mesh token), a Host naming this agent, no foreign Origin "
+                   "(see docs/rest.md). On --interface with a mesh key, on 127.0.0.1 only without. "
+                   "0 picks a free one, -1 disables REST.")
+@click.option("--rest-open", is_flag=True,
+              help="Let COMPSs' client scripts use the /COMPSs endpoints WITHOUT a token: anyone who "
+                   "can reach the REST port can then run code as this user. Host, Origin and "
+                   "Content-Type are still checked.")
 @click.option("--peer", "peers", multiple=True, envvar="MESH_PEERS",
               help="Seed peer HOST:PORT (repeatable; also MESH_PEERS=host:port,host:port).")
 @click.option("--no-mdns", is_flag=True, help="Use seeds and gossip only; no mDNS.")
@@ -102,10 +110,13 @@ def main() -> None:
 @click.option("--insecure", is_flag=True, help="Plaintext, unauthenticated mesh (anyone can run code here).")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
               default="INFO", show_default=True)
-def join(name, interfaces, comm_port, rest_port, peers, no_mdns, cpus, memory, labels, state_file,
-         profile, key_file, insecure, log_level):
+def join(name, interfaces, comm_port, rest_port, rest_open, peers, no_mdns, cpus, memory, labels,
+         state_file, profile, key_file, insecure, log_level):
     """Run an agent in the foreground until SIGINT/SIGTERM (graceful leave)."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if rest_open and rest_port < 0:
+        raise click.UsageError("--rest-open opens the REST port's COMPSs endpoints, and --rest-port -1 "
+                               "turns REST off")
     seeds = []
     for item in peers:
         for part in item.split(","):
@@ -135,7 +146,7 @@ def join(name, interfaces, comm_port, rest_port, peers, no_mdns, cpus, memory, l
     config = AgentConfig(
         name=name or socket.gethostname(), interface=interface, comm_port=comm_port,
         rest_port=rest_port, peers=seeds, mdns=not no_mdns, cpus=cpus, state_file=state_file,
-        profile=profile, key=key, memory=memory_bytes, labels=sorted(set(labels)),
+        profile=profile, key=key, memory=memory_bytes, labels=sorted(set(labels)), rest_open=rest_open,
     )
     try:
         agent = Agent(config)
@@ -207,13 +218,31 @@ def keygen(path, force):
 
 
 @main.command()
-@click.option("--key-file", type=click.Path(dir_okay=False), default=None)
-def token(key_file):
-    """Print the REST bearer token derived from the mesh key."""
+@click.option("--agent", default=DEFAULT_AGENT, envvar="MESH_AGENT", show_default=True,
+              help="The agent's comm address HOST:PORT, as for the other commands (also MESH_AGENT).")
+@click.option("--key-file", type=click.Path(dir_okay=False), default=None,
+              help="Mesh key file (also MESH_KEY_FILE, MESH_KEY, ~/.config/mesh/key).")
+def token(agent, key_file):
+    """Print the bearer token for the agent's REST interface.
+
+    The token the agent wrote to its private runtime directory, when it runs on this
+    machine as this user; else the one derived from the mesh key (the same on every agent
+    of the mesh). Exit 3 when there is neither."""
+    from mesh.faces import rest_auth
+
+    _address(agent, "--agent")
+    try:
+        click.echo(rest_auth.read_token(agent))
+        return
+    except rest_auth.TokenFileError as exc:
+        why = str(exc)
     key = _load_key(key_file)
-    if key is None:
-        raise click.UsageError("no mesh key (see `mesh keygen`)")
-    click.echo(key.rest_token())
+    if key is not None:
+        click.echo(key.rest_token())
+        return
+    click.echo(f"error: no REST token for the agent at {agent}: {why}; and no mesh key to derive "
+               "it from (--key-file, MESH_KEY_FILE, MESH_KEY, ~/.config/mesh/key)", err=True)
+    sys.exit(EXIT_UNREACHABLE)
 
 
 # --------------------------------------------------------------------------- clients
@@ -275,9 +304,19 @@ def status(agent, timeout, key_file, as_json):
         "local     " + (f"{body['local_socket']} ({body['local']['connections']} connected, "
                         f"{body['local']['strangers']} strangers refused)"
                         if body.get("local_socket") and body.get("local") else "none (TCP only)"),
+        "rest      " + _rest_line(body.get("rest")),
         "dropped   " + (", ".join(f"{k} {v}" for k, v in sorted(body["dropped"].items()) if v) or "none"),
     ]
     click.echo("\n".join(lines))
+
+
+def _rest_line(rest: dict | None) -> str:
+    if rest is None:
+        return "off"
+    refused = ", ".join(f"{k} {v}" for k, v in sorted(rest["refused"].items()) if v) or "none"
+    access = ("OPEN: /COMPSs/* without a token (--rest-open), /v1/* with it" if rest["open"]
+              else "bearer token")
+    return f"http://{rest['address']}, {access} (refused: {refused})"
 
 
 @main.command()

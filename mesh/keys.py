@@ -9,7 +9,8 @@ Whoever holds the key is part of the mesh (as Serf's gossip key). From it:
   unpickled; traffic is encrypted.
 - an authenticator for mDNS announcements (HMAC of the announced fields), so a
   forged announcement is ignored;
-- the REST bearer token.
+- the REST bearer token (HMAC of a fixed label, so every holder of the key computes
+  the same one; ``mesh.faces.rest_auth`` says how REST uses it).
 
 Key file: one line ``mesh-key-v1:<base64url of 32 random bytes>``, mode 0600,
 by default in ``$XDG_CONFIG_HOME/mesh/key`` (``~/.config/mesh/key``). Sources in

@@ -36,6 +36,8 @@ def test_help_lists_every_command(runner):
     ["resources", "reduce"],
     ["join", "--comm-port", "-5"],
     ["join", "--profile", "slow"],
+    ["join", "--rest-open", "--rest-port", "-1"],
+    ["token", "--agent", "nocolon"],
     ["run", "/no/such/script.py"],
     ["no-such-command"],
 ])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from http.client import HTTPConnection
 
 import pytest
 
@@ -35,8 +36,90 @@ def http(rest: str, token: str, method: str, path: str, body: bytes | None = Non
         return err.code, err.read()
 
 
-def status(agent) -> dict:
-    return json.loads(run_cli("status", "--agent", agent.comm, "--json").stdout)
+def status(agent, env: dict | None = None) -> dict:
+    return json.loads(run_cli("status", "--agent", agent.comm, "--json", env=env).stdout)
+
+
+def curl(rest: str, method: str, path: str, body: bytes | None = None, host: str | None = None,
+         content_type: str = "application/xml", extra=()):
+    """A request as the COMPSs scripts send it: ``curl -s -XPUT http://HOST:PORT/COMPSs/...
+    -H 'content-type: application/xml' -d "$xml"``, i.e. exactly these headers (recorded
+    from curl 7.88) and no token."""
+    address, _, port = rest.rpartition(":")
+    conn = HTTPConnection(address, int(port), timeout=10)
+    try:
+        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        conn.putheader("Host", host or rest)
+        conn.putheader("User-Agent", "curl/7.88.1")
+        conn.putheader("Accept", "*/*")
+        if body is not None:
+            conn.putheader("content-type", content_type)
+            conn.putheader("Content-Length", str(len(body)))
+        for name, value in extra:
+            conn.putheader(name, value)
+        conn.endheaders(body)
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
+
+
+def test_compss_scripts_get_401_without_rest_open(agents):
+    a = agents.start("n0", "--rest-port", "0", cpus=1)
+    rest = a.state["rest"]
+    for method, path, body in (("PUT", "/COMPSs/startApplication", CALL_PYTHON_ADD),
+                               ("PUT", "/COMPSs/addResources", ADD_RESOURCES_SELF),
+                               ("PUT", "/COMPSs/removeResources", REDUCE_RESOURCES),
+                               ("PUT", "/COMPSs/lostNode", LOST_NODE),
+                               ("GET", "/COMPSs/test", None), ("DELETE", "/COMPSs", None)):
+        code, headers, data = curl(rest, method, path, body)
+        assert code == 401, (path, data)
+        assert headers["WWW-Authenticate"].startswith("Bearer"), path
+    body = status(a)
+    assert body["done"] == 0 and body["cpus"]["total"] == 1 and a.alive()
+    assert body["rest"]["open"] is False and body["rest"]["refused"]["token"] == 6
+    assert "--rest-open" not in a.log()
+
+
+def test_compss_scripts_drive_an_agent_started_with_rest_open(agents, tmp_path):
+    nokey = {"MESH_KEY_FILE": "", "XDG_CONFIG_HOME": str(tmp_path)}  # as COMPSs users start it
+    a = agents.start("o0", "--rest-port", "0", "--rest-open", cpus=1, env=nokey)
+    rest = a.state["rest"]
+    assert "anyone who can reach" in a.log() and "can run code as" in a.log()
+    assert "OPEN: /COMPSs/* without a token" in run_cli("status", "--agent", a.comm, env=nokey).stdout
+
+    assert curl(rest, "GET", "/COMPSs/test")[0] == 200
+    code, _, data = curl(rest, "PUT", "/COMPSs/startApplication", CALL_PYTHON_ADD)
+    assert code == 200
+    token = run_cli("token", "--agent", a.comm, env=nokey).stdout.strip()  # (to read the result)
+
+    def finished():
+        code, _, doc = curl(rest, "GET", f"/v1/calls/{data.decode()}", extra=[("Authorization", f"Bearer {token}")])
+        doc = json.loads(doc)
+        return doc if doc["state"] in ("done", "failed") else None
+
+    assert wait_for(finished, 20, "the COMPSs call to finish")["result"] == "23"
+    assert curl(rest, "PUT", "/COMPSs/addResources", ADD_RESOURCES_SELF)[0] == 200
+    assert status(a, nokey)["cpus"]["total"] == 5
+    assert curl(rest, "PUT", "/COMPSs/removeResources", REDUCE_RESOURCES)[0] == 200
+    assert status(a, nokey)["cpus"]["total"] == 3
+    code, _, data = curl(rest, "GET", "/COMPSs/resources")
+    assert code == 200 and [r["name"] for r in json.loads(data)["resources"]] == ["o0"]
+
+    # --rest-open never lifts the other checks, nor the token of /v1/*
+    assert curl(rest, "PUT", "/COMPSs/startApplication", CALL_PYTHON_ADD, host="evil.example")[0] == 421
+    assert curl(rest, "PUT", "/COMPSs/startApplication", CALL_PYTHON_ADD, content_type="text/plain")[0] == 415
+    assert curl(rest, "PUT", "/COMPSs/addResources", ADD_RESOURCES_SELF,
+                extra=[("Origin", "http://evil.example")])[0] == 403
+    assert curl(rest, "POST", "/v1/calls", json.dumps({"function": "operator:add", "args": [1, 2]}).encode(),
+                content_type="application/json")[0] == 401
+    body = status(a, nokey)
+    assert body["done"] == 1 and body["cpus"]["total"] == 3
+    assert body["rest"]["open"] is True
+    assert body["rest"]["refused"] == {"host": 1, "origin": 1, "token": 1, "content_type": 1}
+
+    assert curl(rest, "DELETE", "/COMPSs")[0] == 200  # a graceful leave, as the scripts ask it
+    assert a.proc.wait(20) == 0
 
 
 def test_compss_scripts_drive_a_mesh_agent(agents, mesh_key):

@@ -106,6 +106,7 @@ def test_metrics_parse_as_prometheus_text(rest_pair):
     code, body = rest.json("POST", "/v1/calls", {"function": "operator:add", "args": [1, 1]})
     rest.outcome(body["id"])
     wait_for(lambda: rest.json("GET", "/v1/status")[1]["peers_alive"] == 1, 10, "the peer")
+    assert Rest(a.state["rest"], "wrong").json("GET", "/metrics")[0] == 401
     code, ctype, data = rest.request("GET", "/metrics")
     assert code == 200 and ctype.startswith("text/plain")
     families = {f.name: f for f in parser.text_string_to_metric_families(data.decode())}
@@ -116,3 +117,5 @@ def test_metrics_parse_as_prometheus_text(rest_pair):
     assert samples[("mesh_tasks_total", (("agent", "r0"), ("state", "done")))] >= 1
     assert samples[("mesh_peers", (("agent", "r0"), ("state", "alive")))] == 1
     assert samples[("mesh_bytes_total", (("agent", "r0"), ("direction", "in")))] > 0
+    assert samples[("mesh_rest_refused_total", (("agent", "r0"), ("reason", "token")))] == 1
+    assert samples[("mesh_rest_refused_total", (("agent", "r0"), ("reason", "host")))] == 0

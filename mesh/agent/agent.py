@@ -68,6 +68,7 @@ class AgentConfig:
     key: MeshKey | None = None  # None: plaintext (--insecure, or loopback without a key)
     memory: int = 0  # bytes offered to tasks (@constraint(memory=...)); 0: not said
     labels: list[str] = field(default_factory=list)  # capabilities (@constraint(labels=...))
+    rest_open: bool = False  # --rest-open: /COMPSs/* without a token (mesh.faces.rest_auth)
 
 
 class Agent(AgentInput, AgentActions, AgentQueries, AgentObjects):
@@ -144,14 +145,13 @@ class Agent(AgentInput, AgentActions, AgentQueries, AgentObjects):
         rest_address = None
         if self.config.rest_port >= 0:
             from mesh.faces.rest import RestServer
+            from mesh.faces.rest_auth import new_token
 
-            if self.config.key is not None:
-                self.rest = RestServer(self, self.config.interface, self.config.rest_port,
-                                       token=self.config.key.rest_token())
-                log.info("REST on http://%s (bearer token: `mesh token`)", self.rest.address)
-            else:
-                self.rest = RestServer(self, "127.0.0.1", self.config.rest_port)
-                log.info("REST on http://%s (no key: loopback only, no token)", self.rest.address)
+            key = self.config.key  # with a key: on the interface, the key's token; else loopback
+            self.rest = RestServer(self, self.config.interface if key is not None else "127.0.0.1",
+                                   self.config.rest_port,
+                                   key.rest_token() if key is not None else new_token(),
+                                   rest_open=self.config.rest_open)
             rest_address = self.rest.address
         if self.config.state_file:
             state = {"id": self.node_id, "name": self.config.name, "comm": self.address,

@@ -65,6 +65,7 @@ class AgentQueries:
                 "accepted": self.transport.local.accepted,
                 "strangers": self.transport.local.strangers,
                 "failed_accepts": self.transport.local.starved},
+            "rest": None if self.rest is None else self.rest.status(),
             "auth": {"rejected": self.transport.auth_rejected,
                      "handshake_failures": self.transport.handshake_failures},
             "leaving": self.leaving_since is not None,

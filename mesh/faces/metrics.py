@@ -47,6 +47,9 @@ def render(status: dict, peers: list[dict]) -> str:
     metric("mesh_auth_failures_total", "counter", "Refused or failed handshakes.",
            [(dict(agent, kind="rejected"), status["auth"]["rejected"]),
             (dict(agent, kind="handshake"), status["auth"]["handshake_failures"])])
+    if status.get("rest"):
+        metric("mesh_rest_refused_total", "counter", "REST requests refused, by reason.",
+               [(dict(agent, reason=r), n) for r, n in sorted(status["rest"]["refused"].items())])
     counters = status["membership"]
     metric("mesh_membership_events_total", "counter", "Failure detector events.",
            [(dict(agent, event=k), v) for k, v in sorted(counters.items())

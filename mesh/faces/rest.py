@@ -1,4 +1,4 @@
-"""The agent's REST interface (JSON; COMPSs-compatible endpoints come with the user-interface issue).
+"""The agent's REST interface: JSON, COMPSs-compatible endpoints, Prometheus metrics.
 
     GET  /v1/status, /v1/peers, /v1/tree      what `mesh status|peers|tree --json` print
     POST /v1/calls   {"function": "module:function", "args": [...], "kwargs": {...}} -> 201 {"id"}
@@ -16,9 +16,17 @@ COMPSs-compatible (``mesh/faces/compss/xmlbodies.py`` parses the XML that COMPSs
     PUT    /COMPSs/lostNode           drop that member at once, re-place its calls
     DELETE /COMPSs                    graceful leave
 
-With a mesh key it listens on the agent's interface and every request must carry
-``Authorization: Bearer <token>`` (``mesh token`` prints it); without a key it
-listens on loopback only. Requests are served by a standard-library HTTP server in
+Who may use it (``mesh/faces/rest_auth.py``, ``docs/rest.md``): every request must name this
+agent in ``Host`` (else 421), carry no foreign ``Origin`` (else 403) and carry
+``Authorization: Bearer <token>`` (else 401; ``mesh token`` prints it); requests that
+change something must say ``Content-Type: application/json`` (``application/xml`` under
+``/COMPSs``; else 415). ``join --rest-open`` lets the ``/COMPSs`` endpoints, only those,
+go without the token, for COMPSs' own scripts. These checks come first, before a body is
+read. No answer carries CORS headers. With a mesh key REST listens on the agent's
+interface and the token is derived from the key; without one it listens on loopback only
+and the token is random, written to the agent's private runtime directory.
+
+Requests are served by a standard-library HTTP server in
 its own threads and answered by the agent's loop through ``Agent.ask`` (no shared
 state). Arguments arrive as JSON and are pickled here (pickle.dumps of plain data;
 nothing is ever unpickled in the agent); results come back as JSON made by the
@@ -27,21 +35,24 @@ worker. Bad input gets 400 with a message; unknown paths 404; other methods 405.
 
 from __future__ import annotations
 
-import hmac
+import getpass
 import json
 import logging
 import os
 import pickle
 import threading
+import time
 from concurrent.futures import TimeoutError as FutureTimeout
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from mesh.faces import rest_auth
 from mesh.faces.compss import answers as compss
 from mesh.wire import messages as m
 
 log = logging.getLogger("mesh.rest")
 
 MAX_BODY = 16 * 1024 * 1024
+MAX_DRAIN = 64 * 1024  # a refused request's body is read (so its answer arrives) up to this
 QUERIES = {"/v1/status": "status", "/v1/peers": "peers"}
 RESOURCES = sorted([*QUERIES, "/v1/tree", "/v1/calls", "/v1/calls/{id}", "/metrics", "/COMPSs/test",
                     "/COMPSs/resources", "/COMPSs/startApplication", "/COMPSs/addResources",
@@ -51,14 +62,14 @@ RESOURCES = sorted([*QUERIES, "/v1/tree", "/v1/calls", "/v1/calls/{id}", "/metri
 class _Handler(BaseHTTPRequestHandler):
     server_version = "mesh"
     agent = None  # set per server class
-    token: str | None = None
+    guard: rest_auth.RestGuard  # set per server class
 
     # ------------------------------------------------------------------ methods
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        if not self._authorised():
+        path = self._admit()
+        if path is None:
             return
-        path = self.path.split("?", 1)[0].rstrip("/")
         try:
             if path in QUERIES:
                 answer = self.agent.ask(QUERIES[path])
@@ -84,9 +95,9 @@ class _Handler(BaseHTTPRequestHandler):
         return self._json(404, {"error": f"no such resource {path}", "resources": RESOURCES})
 
     def do_POST(self) -> None:  # noqa: N802
-        if not self._authorised():
+        path = self._admit()
+        if path is None:
             return
-        path = self.path.split("?", 1)[0].rstrip("/")
         if path != "/v1/calls":
             code = 405 if path in QUERIES or path in ("/metrics", "/v1/tree") else 404
             return self._json(code, {"error": f"cannot POST to {path}", "resources": RESOURCES})
@@ -103,9 +114,9 @@ class _Handler(BaseHTTPRequestHandler):
         return self._json(201, {"id": call_id})
 
     def do_PUT(self) -> None:  # noqa: N802
-        if not self._authorised():
+        path = self._admit()
+        if path is None:
             return
-        path = self.path.split("?", 1)[0].rstrip("/")
         handler = {"/COMPSs/startApplication": self._compss_start,
                    "/COMPSs/addResources": self._compss_resources_change,
                    "/COMPSs/removeResources": self._compss_resources_change,
@@ -126,17 +137,22 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(503, b"the agent did not answer in time", "text/plain")
 
     def do_DELETE(self) -> None:  # noqa: N802
-        if not self._authorised():
+        path = self._admit()
+        if path is None:
             return
-        if self.path.split("?", 1)[0].rstrip("/") == "/COMPSs":
+        if path == "/COMPSs":
             self._send(200, b"", "text/plain")
             self.agent.request_leave()  # graceful, as SIGTERM
             return
         self._json(405, {"error": "no resource here accepts DELETE", "resources": RESOURCES})
 
     def do_PATCH(self) -> None:  # noqa: N802
-        if self._authorised():
+        if self._admit() is not None:
             self._json(405, {"error": "no resource here accepts PATCH", "resources": RESOURCES})
+
+    def do_OPTIONS(self) -> None:  # noqa: N802 - a CORS preflight gets no Access-Control-* headers
+        if self._admit() is not None:
+            self._send(204, b"", None, (("Allow", "GET, POST, PUT, DELETE"),))
 
     # ------------------------------------------------------------------ COMPSs
 
@@ -180,20 +196,24 @@ class _Handler(BaseHTTPRequestHandler):
 
     # ------------------------------------------------------------------ helpers
 
-    def _authorised(self) -> bool:
-        if self.token is None:
-            return True
-        given = self.headers.get("Authorization", "")
-        if hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
-            return True
-        self._drain()
-        self._json(401, {"error": "missing or wrong bearer token (see `mesh token`)"})
-        return False
-
-    def _drain(self) -> None:
-        length = self.headers.get("Content-Length")
-        if length and length.isdigit() and int(length) <= MAX_BODY:
+    def _admit(self) -> str | None:
+        """The request's path if ``rest_auth`` lets it through; else it is answered here
+        (nothing else has looked at it) and None."""
+        path = self.path.split("?", 1)[0].rstrip("/")
+        refusal = self.guard.check(self.command, path, self.headers, time.monotonic())
+        if refusal is None:
+            return path
+        if refusal.log:
+            log.warning("REST refused %s %s from %s: %s (%d refused for %s so far; logged at most "
+                        "once a minute per reason)", self.command, path[:80] or "/",
+                        self.client_address[0], refusal.message, refusal.count, refusal.reason)
+        length = self.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) <= MAX_DRAIN:  # (else the connection just closes)
             self.rfile.read(int(length))
+        self.close_connection = True
+        self._send(refusal.status, json.dumps({"error": refusal.message, "refused": refusal.reason}).encode(),
+                   "application/json", refusal.headers)
+        return None
 
     def _read_json(self):
         length = self.headers.get("Content-Length")
@@ -218,9 +238,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, code: int, body) -> None:
         self._send(code, json.dumps(body).encode(), "application/json")
 
-    def _send(self, code: int, data: bytes, content_type: str) -> None:
+    def _send(self, code: int, data: bytes, content_type: str | None, headers=()) -> None:
+        """The only way answers go out: no Access-Control-* header, ever (no CORS)."""
         self.send_response(code)
-        self.send_header("Content-Type", content_type)
+        if content_type is not None:
+            self.send_header("Content-Type", content_type)
+        for name, value in headers:
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -249,16 +273,41 @@ def _call_from_json(body) -> tuple[m.Call | None, str | None]:
 
 
 class RestServer:
-    def __init__(self, agent, host: str, port: int, token: str | None = None) -> None:
-        handler = type("Handler", (_Handler,), {"agent": agent, "token": token})
+    """REST for ``agent`` on ``host:port``, guarded by ``token`` (``mesh.faces.rest_auth``), which
+    it also writes to the agent's token file (removed by ``close``)."""
+
+    def __init__(self, agent, host: str, port: int, token: str, rest_open: bool = False) -> None:
+        handler = type("Handler", (_Handler,), {"agent": agent})
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
         host, port = self.httpd.server_address[:2]
         self.address = f"{host}:{port}"
+        self.guard = handler.guard = rest_auth.RestGuard(
+            token, host, port, rest_open, token_hint=f"mesh token --agent {agent.address}")
+        self.token_file = None
+        try:
+            self.token_file = rest_auth.write_token(agent.address, token)
+        except rest_auth.TokenFileError as exc:
+            log.warning("REST token file not written (%s): `mesh token` will not find this "
+                        "agent's token%s", exc, "" if agent.config.key is not None else
+                        ", and without a mesh key nothing else knows it")
+        how = ("derived from the mesh key" if agent.config.key is not None
+               else f"random, in {self.token_file or '(no file)'}")
+        log.info("REST on http://%s: every request needs Authorization: Bearer <token> (%s; "
+                 "`mesh token --agent %s` prints it)", self.address, how, agent.address)
+        if rest_open:
+            log.warning("--rest-open: the COMPSs endpoints (/COMPSs/*) on http://%s run code "
+                        "WITHOUT a token: anyone who can reach %s can run code as %s. (Host, "
+                        "Origin and Content-Type are still checked; /v1/* still needs the token.)",
+                        self.address, self.address, _user())
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.5},
                                         name="mesh-rest", daemon=True)
         self._thread.start()
         self._closed = False
+
+    def status(self) -> dict:
+        """For the agent's status: address, --rest-open, the token file, refusals by reason."""
+        return dict(self.guard.status(), address=self.address, token_file=self.token_file)
 
     def close(self) -> None:
         if self._closed:
@@ -266,3 +315,12 @@ class RestServer:
         self._closed = True
         self.httpd.shutdown()
         self.httpd.server_close()
+        if self.token_file is not None:
+            rest_auth.remove_token(self.token_file)
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # (no name for this uid)
+        return f"uid {os.geteuid()}"

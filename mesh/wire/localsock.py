@@ -17,7 +17,9 @@ keeps agents in different namespaces of one machine apart (the test harness's ho
 share one file system), and a client that dials an agent in another namespace finds no
 file of that name and uses TCP, as it must. ``MESH_LOCAL_SOCKET=0`` turns it off, for
 an agent and for a client; ``MESH_RUNTIME_DIR`` names the directory (default
-``<tmp>/mesh-<uid>``).
+``<tmp>/mesh-<uid>``). The same directory holds the agent's REST token file
+(``<...>-<port>.token``, ``mesh.faces.rest_auth``), found the same way; ``runtime_path`` and
+``make_private_dir`` serve both.
 
 A client uses it only when the agent's key is its own (``mesh.wire.localconn.dial``
 compares key fingerprints in the first answer): the local socket is a faster way to
@@ -64,19 +66,36 @@ def _netns() -> int:
         return 0
 
 
-def path_for(address: str, env: dict | None = None) -> str | None:
-    """Where the agent serving TCP on ``address`` (``host:port``) keeps its local
-    socket, or None when there can be none (turned off, no Unix sockets, a path too long)."""
-    if not enabled(env):
-        return None
+def runtime_path(address: str, suffix: str, env: dict | None = None) -> str | None:
+    """``<runtime dir>/<network namespace>-<host>-<port><suffix>``: a file of the agent
+    serving TCP on ``address`` (``host:port``), or None when ``address`` names none."""
     host, _, port = address.rpartition(":")
     host = host.strip("[]")
     if host == "localhost":
         host = "127.0.0.1"
     if not host or not port.isdigit() or "/" in host:
         return None
-    path = os.path.join(runtime_dir(env), f"{_netns()}-{host}-{port}.sock")
-    return path if len(path.encode()) <= MAX_PATH else None
+    return os.path.join(runtime_dir(env), f"{_netns()}-{host}-{port}{suffix}")
+
+
+def path_for(address: str, env: dict | None = None) -> str | None:
+    """Where the agent serving TCP on ``address`` (``host:port``) keeps its local
+    socket, or None when there can be none (turned off, no Unix sockets, a path too long)."""
+    if not enabled(env):
+        return None
+    path = runtime_path(address, ".sock", env)
+    return path if path is not None and len(path.encode()) <= MAX_PATH else None
+
+
+def make_private_dir(directory: str) -> bool:
+    """Make ``directory`` (mode 0700) if it is not there; True if it is then private."""
+    try:
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return False
+    return private_dir(directory)
 
 
 def bind_path(address: str, env: dict | None = None) -> str | None:
@@ -85,14 +104,7 @@ def bind_path(address: str, env: dict | None = None) -> str | None:
     path = path_for(address, env)
     if path is None:
         return None
-    directory = os.path.dirname(path)
-    try:
-        os.mkdir(directory, 0o700)
-    except FileExistsError:
-        pass
-    except OSError:
-        return None
-    return path if private_dir(directory) else None
+    return path if make_private_dir(os.path.dirname(path)) else None
 
 
 def dial_path(address: str, env: dict | None = None) -> str | None:
