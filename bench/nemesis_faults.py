@@ -10,7 +10,8 @@ on one target. Kinds (weights in `KINDS`), on a host (one agent each) or a progr
 - loss: `param` % of the frames between the host and every other host are dropped, both
   ways, for `seconds`;
 - nproc: the agent's process tree may start no new process or thread (cgroup pids.max set
-  to what it runs now, plus `param`) for `seconds`;
+  to what it runs now, plus `param`) for `seconds`, and one of its workers is killed at once
+  (as by an OOM killer), so that the agent must start another at its limit;
 - stall: a program stops reading its socket for `seconds` (SIGSTOP of the program process).
 """
 

@@ -154,8 +154,17 @@ class Hosts:
         agent = self.agent(i)
         if agent is None:
             return {"skipped": "no agent"}
-        pids = [p.pid for p in tree(agent.pid)]
-        return {"limit": cap.cap(pids, headroom), "processes": len(pids)}
+        procs = tree(agent.pid)
+        out: dict[str, Any] = {"limit": cap.cap([p.pid for p in procs], headroom),
+                               "processes": len(procs)}
+        # a worker dies (as to an OOM killer): the agent must start another, at its limit
+        for worker in procs[1:2]:
+            try:
+                worker.kill()
+                out["worker_killed"] = worker.pid
+            except psutil.Error:
+                pass
+        return out
 
     def monitor(self, restart: bool) -> None:
         """One look at every agent: an exit the nemesis did not cause is recorded (and the

@@ -23,7 +23,8 @@ never two on one target, all ended 5 s before the end: kill -9 of an agent (a ne
 2-10 s later), SIGSTOP for 1-8 s, isolation of a host's link for 2-10 s (silent loss, `chaos.sh
 isolate`), 5-30 % frame loss between a host and all others for 5-15 s (`chaos.sh loss`), an
 agent's process tree capped at what it runs now (+0-2) for 5-15 s (a cgroup v1 `pids.max`:
-RLIMIT_NPROC is not applied to root, the agents' user here), and a program stopped (SIGSTOP)
+RLIMIT_NPROC is not applied to root, the agents' user here) with one of its workers killed at
+once (the agent must start another at its limit), and a program stopped (SIGSTOP)
 for 2-10 s, so that it does not read its socket. `Nemesis` applies them at their times and
 records when each really began and ended. A monitor samples each agent's RSS every second and
 notes every agent exit the nemesis did not cause (that agent is replaced too).
