@@ -11,11 +11,11 @@ the checker, not here.
 
 No wait is unbounded: each call has a deadline (`hang_s` after it was made, moved on by any
 time this process itself did not run, e.g. while the nemesis stopped it); when it passes the
-program writes `hung` and stops waiting for that call. Values are fetched (`wait_on`) by a
-small pool of threads so that one fetch stuck on a frozen agent does not stop the others.
-When its task graph has failed (a task failed twice under RETRY: the connection's graph is
-failed for good, as documented in mesh.api) the program lets what is in flight end, then
-connects again. After the end time it drains (each call still has its own deadline), writes
+program writes `hung` and stops waiting for that call (an outcome that still comes is
+recorded too, `after_hung`: late, not lost). Values are fetched (`wait_on`) by a small pool
+of threads so that one fetch stuck on a frozen agent does not stop the others. When its task
+graph has failed (a task failed twice under RETRY: the connection's graph is failed for good,
+as documented in mesh.api) the program lets what is in flight end, then connects again. After the end time it drains (each call still has its own deadline), writes
 `end` with the client's counters and leaves with os._exit (a client stuck in close must not
 keep it alive).
 """
@@ -86,6 +86,7 @@ class Program:
         self.lock = threading.Lock()  # pending and the outcome records
         self.done: set[str] = set()
         self.gave_up_ids: set[str] = set()
+        self.watched: list[Pending] = []  # task calls given up on, still watched
         self.seq = 0
         self.graphs = 0
         self.pool = ThreadPoolExecutor(8, thread_name_prefix="resolve")
@@ -242,8 +243,20 @@ class Program:
                     if self.pending.pop(p.cid, None) is None:
                         continue
                     self.gave_up_ids.add(p.cid)
+                    if p.task and not p.resolving:
+                        self.watched.append(p)
                 self.hist.write("hung", cid=p.cid, waited_s=self.hang_s, resolving=p.resolving,
                                 **self._ids(p))
+        # calls given up on: an outcome that still comes is recorded (late, not lost)
+        for p in list(self.watched):
+            try:
+                finished = p.fut.done()
+            except Exception:  # noqa: BLE001
+                finished = False
+            if finished:
+                self.watched.remove(p)
+                p.resolving = True
+                self.pool.submit(self._resolve, p)
 
     def _ids(self, p: Pending) -> dict:
         """Evidence to find a call in the agents' logs: its mesh call id (for a task, that
@@ -294,6 +307,7 @@ class Program:
             if self.client is None:
                 if not self.connect(end):
                     break
+                last = time.monotonic()  # (the time connecting was no stall)
             elif failure is None and now >= next_graph and len(self.pending) < cfg["max_inflight"]:
                 self.submit_graph()
                 next_graph = now + cfg["pace_s"]
