@@ -6,7 +6,8 @@ A history is a list of records (dicts with an "ev" key), in any order:
 - `outcome` {p, cid, t, ok, value | kind, msg, after_hung?}: what the program got for it, a
   value digest or an error kind (`RemoteError:TYPE` for a `RemoteError`, else the exception's
   class name);
-- `hung` {p, cid, t}: the program's bounded wait for cid ran out (it stops waiting);
+- `hung` {p, cid, t}: the program's bounded wait for cid ran out (it stops waiting); an
+  outcome after it marked `self_inflicted` (the program closed that client) is no answer;
 - `exec` {cid, agent, pid, t}: a task body started (the side channel, `bench.nemesis_tasks`);
 - `fault` {kind, target, t0, t1}: the nemesis applied a fault from t0 to t1;
 - `agent_exit` {agent, host, pid, rc, t, by_nemesis}: an agent process ended;
@@ -100,7 +101,8 @@ def check(history: list[dict[str, Any]]) -> dict[str, Any]:
         specs_by_prog[s["p"]][s["cid"]] = s
     terminal: dict[str, list[dict]] = defaultdict(list)  # cid -> outcome/hung records, in time order
     for r in sorted(by_ev["outcome"] + by_ev["hung"], key=lambda r: r["t"]):
-        terminal[r["cid"]].append(r)
+        if not r.get("self_inflicted"):  # (the program closed its client: no answer)
+            terminal[r["cid"]].append(r)
     execs: dict[str, list[dict]] = defaultdict(list)
     for e in sorted(by_ev["exec"], key=lambda e: e["t"]):
         execs[e["cid"]].append(e)

@@ -69,6 +69,7 @@ class Pending:
     fut: Any  # TaskFuture or concurrent.futures.Future
     deadline: float  # monotonic
     task: bool
+    client: int = 0  # id() of the client it was made through
     resolving: bool = False
     gave_up: bool = False
 
@@ -85,7 +86,8 @@ class Program:
         self.pending: dict[str, Pending] = {}
         self.lock = threading.Lock()  # pending and the outcome records
         self.done: set[str] = set()
-        self.gave_up_ids: set[str] = set()
+        self.gave_up_ids: dict[str, Pending] = {}
+        self.retired: set[int] = set()  # id() of clients this program closed itself
         self.watched: list[Pending] = []  # task calls given up on, still watched
         self.seq = 0
         self.graphs = 0
@@ -123,6 +125,7 @@ class Program:
         client, self.client = self.client, None
         if client is None:
             return
+        self.retired.add(id(client))
         self.late_results += client.late_results
         rt = mruntime.current(create=False) if mclient.default_client() is client else None
         if rt is not None:
@@ -144,7 +147,8 @@ class Program:
         except Exception as exc:  # noqa: BLE001 - the call's outcome, recorded
             self._outcome(cid, False, exc)
             return cid
-        p = Pending(cid, fut, time.monotonic() + self.hang_s, task=via == "task")
+        p = Pending(cid, fut, time.monotonic() + self.hang_s, task=via == "task",
+                    client=id(self.client))
         with self.lock:
             self.pending[cid] = p
         if not p.task:
@@ -162,9 +166,11 @@ class Program:
     def _outcome(self, cid: str, ok: bool, value: Any) -> None:
         with self.lock:
             p = self.pending.pop(cid, None)
-            after_hung = p is None and cid not in self.done and cid in self.gave_up_ids
+            given_up = self.gave_up_ids.get(cid) if p is None and cid not in self.done else None
             self.done.add(cid)
-        extra = {"after_hung": True} if after_hung else {}
+        extra: dict[str, Any] = {"after_hung": True} if given_up is not None else {}
+        if given_up is not None and given_up.client in self.retired:
+            extra["self_inflicted"] = True  # (closing the client failed it: no answer)
         if ok:
             self.hist.write("outcome", cid=cid, ok=True, value=model.value_digest(value), **extra)
         else:
@@ -242,7 +248,7 @@ class Program:
                 with self.lock:
                     if self.pending.pop(p.cid, None) is None:
                         continue
-                    self.gave_up_ids.add(p.cid)
+                    self.gave_up_ids[p.cid] = p
                     if p.task and not p.resolving:
                         self.watched.append(p)
                 self.hist.write("hung", cid=p.cid, waited_s=self.hang_s, resolving=p.resolving,

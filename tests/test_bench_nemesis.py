@@ -106,6 +106,10 @@ def test_hung_calls_and_late_answers():
     c = check(h)["counts"]
     assert c["hung"] == 1 and c["late_after_hung"] == 1 and c["ok"] == 9
     assert c["submitted"] == c["ok"] + c["failed_total"] + c["lost"] + c["hung"]
+    # the program's own close of its client failing a call it gave up on is no answer
+    h[-1] = {**err("a", "AgentUnreachable", t=60.0), "after_hung": True, "self_inflicted": True}
+    c = check(h)["counts"]
+    assert c["hung"] == 1 and c["late_after_hung"] == 0 and c["duplicated"] == 0
 
 
 def test_extra_executions_are_attributed_to_the_fault_before_them():
