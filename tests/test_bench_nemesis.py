@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -215,3 +216,4 @@ def test_a_short_nemesis_run_accounts_for_every_call():
     assert sum(res["faults"].values()) <= 2
     for key in ("duplicated", "agent_crashes", "extra_executions", "late_results"):
         assert key in res
+    shutil.rmtree(run_dir)  # (kept when the test fails: the agents' logs are the evidence)
