@@ -61,15 +61,15 @@ def bench_key(workdir: Path) -> tuple[Path, Any]:
 def agent_command(state_file: Path, name: str = "bench", cpus: int = 2,
                   extra: Sequence[str] = (), key_file: Path | None = None,
                   mdns: bool = False, rest: bool = False, interface: str = "127.0.0.1",
-                  netns: str | None = None) -> list[str]:
-    """`python -m mesh join` on 127.0.0.1 with an ephemeral comm port. `key_file` None means
-    `--insecure` (plaintext); `mdns` announces/browses on 127.0.0.1 only (pinned by
+                  netns: str | None = None, comm_port: int = 0) -> list[str]:
+    """`python -m mesh join` on 127.0.0.1 with an ephemeral comm port (or `comm_port`). `key_file`
+    None means `--insecure` (plaintext); `mdns` announces/browses on 127.0.0.1 only (pinned by
     --interface); `rest` opens REST on an ephemeral port (else `--rest-port -1`).
     `netns` runs it inside that harness namespace (`ip netns exec`, which execs: the pid is the
     agent's) bound to `interface`, that namespace's address."""
     prefix = ["ip", "netns", "exec", netns] if netns else []
     cmd = [*prefix, sys.executable, "-m", "mesh", "join", "--name", name, "--interface", interface,
-           "--comm-port", "0", "--rest-port", "0" if rest else "-1", "--cpus", str(cpus),
+           "--comm-port", str(comm_port), "--rest-port", "0" if rest else "-1", "--cpus", str(cpus),
            "--state-file", str(state_file)]
     if not mdns:
         cmd.append("--no-mdns")
@@ -80,7 +80,8 @@ def agent_command(state_file: Path, name: str = "bench", cpus: int = 2,
 def start_agent(workdir: Path, name: str = "bench", cpus: int = 2, extra: Sequence[str] = (),
                 timeout: float = 30.0, secure: bool = True, mdns: bool = False,
                 rest: bool = False, interface: str = "127.0.0.1",
-                netns: str | None = None, env: dict[str, str] | None = None) -> Agent:
+                netns: str | None = None, env: dict[str, str] | None = None,
+                comm_port: int = 0) -> Agent:
     """Start `python -m mesh join` on loopback and wait (polling) until its state file is ready.
 
     `secure` (default): the agent gets the run's mesh key (`bench_key`) with `--key-file`;
@@ -91,7 +92,7 @@ def start_agent(workdir: Path, name: str = "bench", cpus: int = 2, extra: Sequen
     `netns` (a harness namespace `mt_hN`) with `interface` its address: the agent runs in that
     namespace, and the safety check is that it really lives there (not in the root namespace).
     Without `netns` only a loopback `interface` is allowed. `env`: extra environment
-    variables of the agent (e.g. MESH_INLINE_MAX).
+    variables of the agent (e.g. MESH_INLINE_MAX). `comm_port`: 0 (default) an ephemeral one.
     """
     if netns is None and not interface.startswith("127."):
         raise BenchError(f"network safety: interface {interface} outside a harness namespace")
@@ -100,7 +101,8 @@ def start_agent(workdir: Path, name: str = "bench", cpus: int = 2, extra: Sequen
     key_file, key = bench_key(workdir) if secure else (None, None)
     state_file = Path(workdir) / f"{name}.state.json"
     child = spawn(f"agent-{name}", agent_command(state_file, name, cpus, extra, key_file, mdns, rest,
-                                                 interface, netns), workdir, env=bench_env(env))
+                                                 interface, netns, comm_port), workdir,
+                  env=bench_env(env))
     try:
         state = wait_until(lambda: read_json(state_file, STATE_KEYS), timeout,
                            f"the agent's state file {state_file}", child)

@@ -119,3 +119,60 @@ def start_capped_agent(workdir: Path, cap: CpuCap, name: str, cpus: int,
     if state.get("pid") != child.pid:
         issues.append(f"state pid {state.get('pid')!r} != process pid {child.pid}")
     return Agent(child, state, ready_s, issues, key, False)
+
+
+class PidsCap:
+    """A cgroup v1 `pids` group `mt_NAME` that caps how many tasks (processes and threads)
+    some running processes may have: `cap` moves them in and sets `pids.max` to what they
+    have now plus a headroom, so a fork or a new thread fails (EAGAIN) as on a device at its
+    process limit; `lift` sets it back to `max`. (RLIMIT_NPROC cannot do this here: the
+    kernel does not apply it to root, whom the agents run as.)"""
+
+    def __init__(self, name: str):
+        self.dir = CG_ROOT / "pids" / f"mt_{name}"
+
+    @staticmethod
+    def usable() -> str | None:
+        if not (CG_ROOT / "pids" / "cgroup.procs").exists():
+            return "no cgroup v1 pids controller at /sys/fs/cgroup/pids"
+        if os.geteuid() != 0:
+            return "cgroups need root"
+        return None
+
+    def cap(self, pids: Sequence[int], headroom: int) -> int:
+        """Move `pids` in (those still alive) and cap the group; returns the limit set."""
+        self.dir.mkdir(exist_ok=True)
+        (self.dir / "pids.max").write_text("max")
+        for pid in pids:
+            try:
+                (self.dir / "cgroup.procs").write_text(str(pid))
+            except OSError:  # (gone meanwhile)
+                pass
+        limit = int((self.dir / "pids.current").read_text()) + headroom
+        (self.dir / "pids.max").write_text(str(limit))
+        return limit
+
+    def lift(self) -> None:
+        if self.dir.exists():
+            (self.dir / "pids.max").write_text("max")
+
+    def refused(self) -> int:
+        """How many forks the cap refused so far (`pids.events`: max)."""
+        try:
+            return int((self.dir / "pids.events").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            return 0
+
+    def remove(self) -> None:
+        """Move what is left back to the root group and delete the group (errors ignored)."""
+        if not self.dir.exists():
+            return
+        try:
+            for pid in (self.dir / "cgroup.procs").read_text().split():
+                try:
+                    (CG_ROOT / "pids" / "cgroup.procs").write_text(pid)
+                except OSError:
+                    pass
+            self.dir.rmdir()
+        except OSError:
+            pass

@@ -288,8 +288,9 @@ def _kill_leftovers(procs: list[psutil.Process], grace: float) -> int:
     return len(alive)
 
 
-def stop(child: Child, timeout: float = 10.0, sig: int = signal.SIGTERM) -> dict[str, Any]:
-    """Send `sig` (SIGTERM: graceful), wait at most `timeout`, then SIGKILL. Idempotent.
+def stop(child: Child, timeout: float = 10.0, sig: int | None = signal.SIGTERM) -> dict[str, Any]:
+    """Send `sig` (SIGTERM: graceful; None: it was sent already), wait at most `timeout`,
+    then SIGKILL. Idempotent.
 
     Descendants still alive 2 s after the root is gone are killed and counted as
     `orphans` (a clean agent takes its workers down with it)."""
@@ -300,8 +301,9 @@ def stop(child: Child, timeout: float = 10.0, sig: int = signal.SIGTERM) -> dict
     descendants += [p for p in child.descendants if (p.pid, _create_time(p)) not in seen]
     t0 = time.monotonic()
     how = "already-exited"
-    if child.popen.poll() is None:
-        child.popen.send_signal(sig)
+    if sig is None or child.popen.poll() is None:
+        if sig is not None:
+            child.popen.send_signal(sig)
         try:
             child.popen.wait(timeout)
             how = "graceful"
@@ -336,14 +338,17 @@ def signal_abruptly(child: Child, sig: int = signal.SIGKILL) -> float:
 
 
 def stop_all(children: Iterable[Child], timeout: float = 10.0) -> None:
-    """SIGTERM every child still running at once, then `stop` each (graceful leaves overlap)."""
+    """SIGTERM every child still running at once, then `stop` each (graceful leaves overlap;
+    once: an agent takes a second SIGTERM as "exit at once")."""
     children = [c for c in children if c.stopped is None]
+    signalled = set()
     for c in children:
         if c.popen.poll() is None:
             try:
                 c.popen.send_signal(signal.SIGCONT)  # a frozen one could not leave
                 c.popen.send_signal(signal.SIGTERM)
+                signalled.add(c.pid)
             except ProcessLookupError:
                 pass
     for c in children:
-        stop(c, timeout)
+        stop(c, timeout, sig=None if c.pid in signalled else signal.SIGTERM)

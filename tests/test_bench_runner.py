@@ -198,3 +198,26 @@ def test_hotpath_scenario_reports_cpu_per_call_by_process_and_thread():
         assert r["cpu_total_us"] > 0 and r["cpu_us"]["agent"] > 0
         assert any(k.startswith("program/") for k in r["thread_cpu_us"]), r["thread_cpu_us"]
     assert "hotpath: CPU per call" in proc.stdout
+
+
+@pytest.mark.timeout(60)
+def test_stop_all_sends_one_sigterm_so_a_graceful_leave_can_finish(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    try:
+        from bench import common
+    finally:
+        sys.path.remove(str(ROOT))
+    ready = tmp_path / "ready"
+    # like an agent: the first SIGTERM starts a graceful leave, a second one ends it at once
+    code = ("import signal, sys, time\n"
+            "def leave(*_):\n"
+            "    signal.signal(signal.SIGTERM, signal.SIG_DFL)\n"
+            "    time.sleep(0.5)\n"
+            "    sys.exit(0)\n"
+            "signal.signal(signal.SIGTERM, leave)\n"
+            f"open({str(ready)!r}, 'w').close()\n"
+            "time.sleep(60)\n")
+    child = common.spawn("leaver", [sys.executable, "-c", code], tmp_path)
+    common.wait_until(ready.exists, 20, "the child's SIGTERM handler", child)
+    common.stop_all([child], timeout=10)
+    assert child.stopped["how"] == "graceful" and child.stopped["returncode"] == 0, child.stopped
