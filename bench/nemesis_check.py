@@ -41,9 +41,9 @@ from typing import Any
 from bench import nemesis_model as model
 
 # Errors a call may end with when the mesh could not do it, and says why:
-# mesh.errors / mesh.taskexec (what the program's API raises), and the agents' own
+# mesh.errors / mesh.program.taskexec (what the program's API raises), and the agents' own
 # failures, which reach a program as RemoteError(type_name) (mesh/sched/dispatch.py,
-# placement.py, peer_failures.py, mesh/executor.py), and ObjectLost (mesh/objects.py)
+# placement.py, peer_failures.py, mesh/agent/pool.py), and ObjectLost (mesh/sched/objects.py)
 DOCUMENTED = frozenset({
     "TaskFailed", "TaskCancelled", "TaskTimedOut", "AgentUnreachable", "ObjectLost",
     "RemoteError:NoSuitableAgent", "RemoteError:NoCapacity", "RemoteError:PeerLost",

@@ -15,7 +15,7 @@ program writes `hung` and stops waiting for that call (an outcome that still com
 recorded too, `after_hung`: late, not lost). Values are fetched (`wait_on`) by a small pool
 of threads so that one fetch stuck on a frozen agent does not stop the others. When its task
 graph has failed (a task failed twice under RETRY: the connection's graph is failed for good,
-as documented in mesh.api) the program lets what is in flight end, then connects again. After the end time it drains (each call still has its own deadline), writes
+as documented in mesh.program.api) the program lets what is in flight end, then connects again. After the end time it drains (each call still has its own deadline), writes
 `end` with the client's counters and leaves with os._exit (a client stuck in close must not
 keep it alive).
 """
@@ -37,9 +37,9 @@ from typing import Any
 import mesh
 from bench import nemesis_model as model
 from bench import nemesis_tasks as nt
-from mesh import client as mclient
-from mesh import runtime as mruntime
+from mesh.client import client as mclient
 from mesh.errors import RemoteError
+from mesh.program import runtime as mruntime
 
 POLL_S = 0.05
 STALL_S = 1.0  # a turn of the loop this much later than due: the process was stopped
