@@ -34,6 +34,14 @@ a shorter way, with no thread hop either way:
   ``add_done_callback``, ``concurrent.futures.wait``/``as_completed``) wakes the
   background thread to read for it (``_need_reader``).
 
+While anything is in flight, the background thread also watches that the agent is alive
+(``mesh.client.heartbeat``: any frame from it counts; after 1 s of silence it pings, and
+when 3 pings in a row go unanswered, a frozen agent or a dead link whose connection stays
+open, the agent is unreachable). When that happens, or when the connection itself breaks
+(``mesh.client.link``), whoever reads steps aside, everything in flight fails with
+``AgentUnreachable`` saying why, and the link connects anew to whatever agent serves the
+address (``_reconnect``): later calls work again once one does.
+
 A result that raised on the agent is re-raised here as the original exception when
 it could be rebuilt, with the remote traceback (and the agent's name) attached as its
 ``__cause__``; otherwise as ``RemoteError``.
@@ -55,6 +63,7 @@ import zmq
 
 from mesh import keys
 from mesh.client.futures import Callback, CallFuture, result_value  # noqa: F401 (result_value: API)
+from mesh.client.heartbeat import PING, SILENT, Heartbeat
 from mesh.client.link import RECV_BATCH, Link
 from mesh.client.requests import Requests
 from mesh.errors import AgentUnreachable
@@ -67,6 +76,7 @@ from mesh.wire.poll import Poller
 _default: Client | None = None
 LOCAL_PROBE_S = 1.0  # how long a local socket may take to answer before we use TCP
 BG = "background"  # ``Client._reader`` while the client's own thread reads the socket
+PING_FRAME = m.encode(m.Query(0, "ping"))  # (qid 0: nobody waits for its answer)
 
 
 def default_client() -> Client | None:
@@ -100,18 +110,20 @@ class Client:
         self._lw.setblocking(False)
         self._lead_poller: Poller | None = None  # (one reader at a time: made once)
         self.wakes = 0  # times the client's thread woke (a loop of single calls: ~none)
+        self.pings = 0  # heartbeats sent (``mesh.client.heartbeat``)
         self.requests = Requests(self._lock)
+        self.heartbeat = Heartbeat()  # (ticked by the client's thread)
         self.link = Link(address, self.key, min(timeout, LOCAL_PROBE_S) if local else None,
                          self._closed, self._wake)
         self._thread = threading.Thread(target=self._loop, name=f"mesh-client-{address}", daemon=True)
         self._thread.start()
-        if self.link.stream is not None:  # (it answered already)
-            return
-        try:
-            self.query("status", timeout=timeout)
-        except AgentUnreachable:
-            self.close()
-            raise
+        if self.link.stream is None:  # (a local socket answered already)
+            try:
+                self.query("status", timeout=timeout)
+            except AgentUnreachable:
+                self.close()
+                raise
+        self.heartbeat.start(time.monotonic())
 
     # ------------------------------------------------------------------ what it says
 
@@ -307,7 +319,7 @@ class Client:
                 # (the poller asks the socket's EVENTS itself: no drain needed around it;
                 # one frame per poll, the agent sends what it has for us as one)
                 while not (Future.done(fut) or self._closed.is_set() or self._outbox
-                           or (stream is not None and (stream.out or link.broken))):
+                           or link.broken or (stream is not None and stream.out)):
                     wait_ms = None if deadline is None else max(deadline - time.monotonic(), 0) * 1000
                     ready = poller.poll(wait_ms)
                     if not ready and deadline is not None and time.monotonic() >= deadline:
@@ -378,6 +390,11 @@ class Client:
                 self._serve()
                 if not link.broken or self._closed.is_set():
                     break
+                if self._reader not in (None, BG):  # a thread reading the old socket
+                    try:  # steps aside (it holds the link's lock)
+                        self._lw.send(b"\0")
+                    except (BlockingIOError, OSError):
+                        pass
                 self._reconnect()
         finally:
             link.finish(self._outbox)
@@ -386,19 +403,45 @@ class Client:
 
     def _reconnect(self) -> None:
         """The connection broke (``link.broken``): what was in flight fails, and the link
-        reaches the agent's address anew (``Link.reconnect``)."""
+        reaches the agent's address anew (``Link.reconnect``). What was queued and not sent
+        yet goes too: it was for the old connection (the calls in it fail; a Free in it is
+        lost, and its objects go when the session closes)."""
         link = self.link
         with link.lock:
             link.reconnect()
             if self._lead_poller is not None:  # (it watched the old connection)
                 self._lead_poller.close()
                 self._lead_poller = None
+            self._outbox.clear()
         self.requests.fail_all(AgentUnreachable(link.broken))
+        self.heartbeat.start(time.monotonic())
         link.broken = ""  # (until now new calls were refused: none went the old way)
+
+    def _silent(self) -> None:
+        """The heartbeat says the agent did not answer its pings: unless something waits
+        unread on the socket, the connection is broken (``mesh.client.heartbeat``)."""
+        link, requests = self.link, self.requests
+        if self._reader not in (None, BG):  # (a thread reads: it has read what came)
+            frames = []
+        else:
+            with link.lock:
+                frames = link.drain()
+        for frame in frames:
+            requests.handle(frame)
+        if frames or link.broken:
+            return
+        now = time.monotonic()
+        quiet = link.quiet_for()  # (bytes of a big frame still coming: the agent lives)
+        if quiet is not None and quiet < self.heartbeat.limit:
+            self.heartbeat.alive(now - quiet)
+            return
+        silence = self.heartbeat.silence(now)
+        why = f" ({link.auth_failure})" if link.auth_failure else ""
+        link.broken = f"no answer from the agent at {self.address} for {silence:.1f} s{why}"
 
     def _serve(self) -> None:
         """Send and read until the client closes or its connection breaks."""
-        link, requests = self.link, self.requests
+        link, requests, heartbeat = self.link, self.requests, self.heartbeat
         handle, outbox = requests.handle, self._outbox
         monitor, stream, fd = link.monitor, link.stream, link.fd
         poller = zmq.Poller()
@@ -411,12 +454,31 @@ class Client:
         # connection's output waits for room)
         while not self._closed.is_set() and not link.broken:
             with self._lock:  # read the socket while something is in flight and
-                watch = self._reader in (None, BG) and requests.inflight()  # no thread does
+                busy = requests.inflight()  # no thread does
+                watch = self._reader in (None, BG) and busy
                 if watch:
                     self._reader = BG
                 elif self._reader == BG:
                     self._reader = None
+            now = time.monotonic()
+            beat = heartbeat.tick(now, requests.frames, busy)
+            if beat is PING:
+                outbox.append(PING_FRAME)
+                self.pings += 1
+                if self._reader not in (None, BG):  # a waiting thread reads: it steps
+                    try:  # aside now, so that the ping goes at once
+                        self._lw.send(b"\0")
+                    except (BlockingIOError, OSError):
+                        pass
+            elif beat is SILENT:
+                self._silent()
+                if link.broken:
+                    break
             timeout = 500
+            if busy and heartbeat.running:
+                timeout = min(timeout, int(heartbeat.due(now) * 1000) + 1)
+            if outbox and self._reader in (None, BG):  # (a send that did not go: again)
+                timeout = 0
             want = (zmq.POLLIN if watch else 0) | (
                 zmq.POLLOUT if stream is not None and stream.out else 0)
             if want != flags:
@@ -469,13 +531,18 @@ class Client:
             if outbox:
                 with link.lock:
                     if len(outbox) == 1:
-                        link.send(outbox.popleft())
+                        frame = outbox.popleft()
+                        if not link.send(frame):  # (the agent takes nothing: first in
+                            outbox.appendleft(frame)  # line, after a look at the heartbeat)
                     else:  # calls piled up while we were away: one frame for the lot
                         frames = []
                         while outbox:
                             frames.append(outbox.popleft())
-                        for frame in m.batches(frames):
-                            link.send(frame)
+                        frames = m.batches(frames)
+                        for i, frame in enumerate(frames):
+                            if not link.send(frame):
+                                outbox.extendleft(reversed(frames[i:]))
+                                break
                     frames = link.drain()
                 for frame in frames:
                     handle(frame)

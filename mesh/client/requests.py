@@ -34,6 +34,7 @@ class Requests:
         self.id_prefix = os.urandom(8).hex()
         self.seq = itertools.count()
         self.qids = itertools.count(1)
+        self.frames = 0  # frames the agent sent us: any is a sign of its life (the heartbeat)
         self.dropped = 0  # frames (or messages in a batch) that did not decode
         self.batches_received = 0  # frames from the agent that carried several messages
         self.late_results = 0  # results for calls already answered (or never made)
@@ -103,6 +104,7 @@ class Requests:
 
     def handle(self, frame: bytes) -> None:
         """A frame from the agent: a message, or a batch of them."""
+        self.frames += 1
         try:
             msg = m.decode(frame)
         except DecodeError:

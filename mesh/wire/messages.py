@@ -296,7 +296,10 @@ class Result(Message):
 
 @dataclass(frozen=True)
 class Query(Message):
-    """A client asks an agent about itself: ``what`` is ``status`` or ``peers``."""
+    """A client asks an agent about itself: ``what`` is ``status``, ``peers``, ``tree-node``,
+    ``metrics``, ``progress`` (of the call ``arg``) or ``ping`` (a client's heartbeat,
+    ``mesh.client.heartbeat``: answered at once with no body; an agent that does not know
+    a ``what`` still answers, with an error)."""
 
     TAG: ClassVar[str] = "query"
     qid: int
