@@ -66,9 +66,9 @@ from mesh.client.futures import Callback, CallFuture, result_value  # noqa: F401
 from mesh.client.heartbeat import PING, SILENT, Heartbeat
 from mesh.client.link import RECV_BATCH, Link
 from mesh.client.requests import Requests
-from mesh.errors import AgentUnreachable
+from mesh.errors import AgentUnreachable, ValueTooLarge
 from mesh.keys import MeshKey
-from mesh.program.taskexec import dumps
+from mesh.program.taskexec import _execute, dumps
 from mesh.sched.objects import ObjectLost
 from mesh.wire import messages as m
 from mesh.wire.poll import Poller
@@ -76,6 +76,7 @@ from mesh.wire.poll import Poller
 _default: Client | None = None
 LOCAL_PROBE_S = 1.0  # how long a local socket may take to answer before we use TCP
 BG = "background"  # ``Client._reader`` while the client's own thread reads the socket
+MAX_VALUE = m.MAX_VALUE  # the most bytes a call's pickled function and arguments may take
 PING_FRAME = m.encode(m.Query(0, "ping"))  # (qid 0: nobody waits for its answer)
 
 
@@ -152,11 +153,14 @@ class Client:
     # ------------------------------------------------------------------ API
 
     def submit(self, fn, /, *args, **kwargs) -> Future:
-        """Run ``fn(*args, **kwargs)`` on the mesh; ``fn`` travels by cloudpickle."""
-        return self._send_call("", dumps((fn, args, kwargs)))
+        """Run ``fn(*args, **kwargs)`` on the mesh; ``fn`` travels by cloudpickle. Raises
+        ``ValueTooLarge`` at once when the call pickles to more than a message carries
+        (``mesh.wire.messages.MAX_VALUE``); a result that big fails the call with it."""
+        return self._send_call("", dumps((fn, args, kwargs)), fn=fn, args=args)
 
     def call(self, function: str, args: tuple = (), kwargs: dict | None = None) -> Future:
-        """Run ``module:function`` as the agent imports it, with picklable arguments."""
+        """Run ``module:function`` as the agent imports it, with picklable arguments
+        (``ValueTooLarge`` as for ``submit``)."""
         return self._send_call(function, pickle.dumps((tuple(args), dict(kwargs or {}))))
 
     def _submit_to(self, on_done, avoid, fn, /, *args, inputs=(), needs=None, **kwargs) -> str:
@@ -165,9 +169,9 @@ class Client:
         called once, on the thread that completes the call (the client's, as a rule).
         ``avoid``: agent names where it failed before; ``inputs``: ``Holding`` records
         (where the call's big inputs are); ``needs``: its constraints (``Needs``).
-        Returns the call id."""
+        Returns the call id; raises what ``submit`` raises."""
         return self._send_call("", dumps((fn, args, kwargs)), on_done=on_done, avoid=avoid,
-                               inputs=inputs, needs=needs).call_id
+                               inputs=inputs, needs=needs, fn=fn, args=args).call_id
 
     def cancel(self, call_id: str) -> bool:
         """Stop waiting for a call and tell the agent: it stops the call wherever it is
@@ -247,7 +251,9 @@ class Client:
     # ------------------------------------------------------------------ internals
 
     def _send_call(self, function: str, payload: bytes, *, on_done=None, avoid=(),
-                   inputs=(), needs=None) -> Future:
+                   inputs=(), needs=None, fn=None, args=()) -> Future:
+        if len(payload) > MAX_VALUE:  # (it could not travel: refused here, nothing sent)
+            raise ValueTooLarge(_called(function, fn, args), len(payload), MAX_VALUE)
         if self._closed.is_set():
             raise AgentUnreachable("client is closed")
         broken = self.link.broken
@@ -546,6 +552,20 @@ class Client:
                     frames = link.drain()
                 for frame in frames:
                     handle(frame)
+
+
+def _called(function: str, fn, args: tuple) -> str:
+    """What a call runs, for its ``ValueTooLarge``: the user's function, also for a task
+    of the runtime (whose call runs ``_execute``)."""
+    if function:
+        return f"the call of {function} (its arguments)"
+    if fn is _execute and args:
+        return f"the call of task {_name(args[0])} (its arguments and input files)"
+    return f"the call of {_name(fn)} (the function and its arguments)"
+
+
+def _name(fn) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)[:100]
 
 
 def connect(address: str = "127.0.0.1:46102", timeout: float = 5.0,
