@@ -36,6 +36,23 @@ class AgentUnreachable(MeshError):
     """No agent answered at the given address within the time allowed."""
 
 
+class ValueTooLarge(MeshError):
+    """A value cannot travel: pickled, it is ``size`` bytes, over the ``limit`` that one
+    frame of the wire carries (``mesh.wire.fields.MAX_VALUE``). Raised at once by the
+    client for a call's arguments, and the outcome of a call whose result is that big
+    (at the worker: the call fails, nothing else does). ``what``: which value."""
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        super().__init__(f"{what}: {size:,} bytes pickled, over the limit of {limit:,} bytes "
+                         f"that one message of the mesh carries")
+        self.what = what
+        self.size = size
+        self.limit = limit
+
+    def __reduce__(self):  # (rebuilt from its fields where the caller unpickles it)
+        return type(self), (self.what, self.size, self.limit)
+
+
 class RemoteError(MeshError):
     """A function raised on an agent and its exception could not be rebuilt here.
 

@@ -109,6 +109,8 @@ class AgentQueries:
         return m.Answer(req.qid, "resources", self.status())
 
     def _answer(self, q: m.Query) -> m.Answer:
+        if q.what == "ping":  # a client's heartbeat (mesh.client.heartbeat): any answer will do
+            return m.Answer(q.qid, q.what, None)
         if q.what == "status":
             return m.Answer(q.qid, q.what, self.status())
         if q.what == "peers":

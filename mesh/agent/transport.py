@@ -21,12 +21,12 @@ queue drops the frame and counts it), linger is short.
 from __future__ import annotations
 
 import logging
-import struct
 
 import zmq
 
 from mesh.keys import MeshKey
 from mesh.wire import localsock
+from mesh.wire.curve import HANDSHAKE_FAILED, curve_client, monitor_event
 from mesh.wire.localconn import FrameStream, LocalServer, StreamClosed
 from mesh.wire.localsock import LOCAL_TAG
 from mesh.wire.messages import MAX_FRAME, batches
@@ -40,31 +40,6 @@ _SEND_MORE = zmq.NOBLOCK | zmq.SNDMORE
 RECONNECT_MAX_MS = 2_000
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 ZAP_DOMAIN = b"mesh"
-HANDSHAKE_FAILED = (
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-)
-
-
-def monitor_event(frames: list[bytes]) -> int:
-    """The event number of a ZeroMQ socket-monitor message (first frame: uint16 event,
-    uint32 value). Parsed here because ``zmq.utils.monitor`` imports asyncio and ssl,
-    which would cost an idle agent ~8 MB."""
-    if not frames or len(frames[0]) < 6:
-        return 0
-    return struct.unpack("=HI", frames[0][:6])[0]
-
-
-def curve_client(sock: zmq.Socket, key: MeshKey | None) -> None:
-    """Make ``sock`` a CURVE client of the mesh (no-op without a key)."""
-    if key is None:
-        return
-    public, secret = key.curve_keypair()
-    sock.setsockopt(zmq.CURVE_SERVERKEY, public)
-    sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
-    sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
-
-
 def tcp(address: str) -> str:
     return f"tcp://{address}"
 

@@ -27,8 +27,10 @@ import traceback
 import cbor2
 import cloudpickle
 
+from mesh.errors import ValueTooLarge
 from mesh.program import slot
-from mesh.program.taskexec import dumps
+from mesh.program.taskexec import _execute, dumps
+from mesh.wire.fields import MAX_VALUE
 from mesh.wire.framing import FrameSocket
 
 NICE = 10  # the main thread's nice once a call has run NICE_AFTER (``Inbox._nice_main``)
@@ -56,7 +58,10 @@ def resolve(function: str):
 
 
 def run_call(function: str, payload: bytes, want_json: bool = False) -> list:
-    """Run one call; returns ``[ok, value, error_type, error, traceback, json]``."""
+    """Run one call; returns ``[ok, value, error_type, error, traceback, json]``. A value
+    that pickles to more than ``MAX_VALUE`` bytes cannot travel: the call fails with
+    ``ValueTooLarge`` instead (and so does a task whose outputs together are that big)."""
+    fn = None
     try:
         if function:
             fn = resolve(function)
@@ -68,9 +73,20 @@ def run_call(function: str, payload: bytes, want_json: bool = False) -> list:
         return _failure(exc)
     try:
         text = json.dumps(value, default=repr) if want_json else ""
-        return [True, dumps(value), "", "", "", text]
+        data = dumps(value)
     except Exception as exc:
         return _failure(exc, prefix="the result could not be pickled: ")
+    if len(data) > MAX_VALUE:
+        if fn is _execute and args:  # (a task of mesh.program.api: name the user's function)
+            what = f"the outputs of task {_name(args[0])}"
+        else:
+            what = f"the result of {function or _name(fn)}"
+        return _failure(ValueTooLarge(what, len(data), MAX_VALUE))
+    return [True, data, "", "", "", text]
+
+
+def _name(fn) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)[:100]
 
 
 def _failure(exc: BaseException, prefix: str = "") -> list:
@@ -78,6 +94,8 @@ def _failure(exc: BaseException, prefix: str = "") -> list:
     try:
         blob = cloudpickle.dumps(exc)
         pickle.loads(blob)  # only send what the caller can rebuild
+        if len(blob) > MAX_VALUE:  # (an exception holding a big value: its text travels)
+            blob = b""
     except Exception:
         blob = b""
     return [False, blob, type(exc).__name__, prefix + str(exc), tb, ""]

@@ -1,10 +1,12 @@
 """Python client of an agent: ``mesh.connect("host:port")``.
 
-The client's DEALER socket is used by one thread at a time, under ``_sock_lock``
-(ZeroMQ sockets are not thread-safe; a lock is the memory barrier they need to move
-between threads). A background thread watches it: it sends what ``submit``, ``call``
-and the task runtime queued (``_outbox``, several frames as one ``Batch``), and takes
-what arrived, completing ``concurrent.futures.Future`` objects when ``Result``s come.
+A ``Client`` holds its parts: its ``Link`` (``mesh.client.link``: the socket to the agent,
+local or TCP, used by one thread at a time under ``link.lock``) and its ``Requests``
+(``mesh.client.requests``: what is in flight, completed from the frames read), and runs
+the threads that move frames between them. A background thread watches the socket:
+it sends what ``submit``, ``call`` and the task runtime queued (``_outbox``, several
+frames as one ``Batch``), and takes what arrived (``Requests.handle`` completes the
+``concurrent.futures.Future`` objects when ``Result``s come).
 One wake per burst, not per frame: a sender writes the waker's byte only when no wake
 is pending yet; the thread clears the flag *before* it empties the queue, so a frame
 queued after that finds the flag clear and wakes it again, and a burst of submissions
@@ -16,7 +18,7 @@ One call at a time (a program that waits for each result before the next call) t
 a shorter way, with no thread hop either way:
 - when nothing else is in flight, the calling thread sends the call itself. The
   background thread therefore polls the socket's descriptor (``ZMQ_FD``), not the socket,
-  and whoever touches the socket then reads what waits on it (``_drain``): that
+  and whoever touches the socket then reads what waits on it (``Link.drain``): that
   descriptor only signals new input to one who asked ``EVENTS`` after the last send or
   receive;
 - a thread that waits in ``result()`` (or ``exception()``) of such a call reads the
@@ -32,6 +34,14 @@ a shorter way, with no thread hop either way:
   ``add_done_callback``, ``concurrent.futures.wait``/``as_completed``) wakes the
   background thread to read for it (``_need_reader``).
 
+While anything is in flight, the background thread also watches that the agent is alive
+(``mesh.client.heartbeat``: any frame from it counts; after 1 s of silence it pings, and
+when 3 pings in a row go unanswered, a frozen agent or a dead link whose connection stays
+open, the agent is unreachable). When that happens, or when the connection itself breaks
+(``mesh.client.link``), whoever reads steps aside, everything in flight fails with
+``AgentUnreachable`` saying why, and the link connects anew to whatever agent serves the
+address (``_reconnect``): later calls work again once one does.
+
 A result that raised on the agent is re-raised here as the original exception when
 it could be rebuilt, with the remote traceback (and the agent's name) attached as its
 ``__cause__``; otherwise as ``RemoteError``.
@@ -40,33 +50,34 @@ it could be rebuilt, with the remote traceback (and the agent's name) attached a
 from __future__ import annotations
 
 import collections
-import itertools
 import os
+import pickle
 import socket
 import threading
 import time
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import zmq
 
 from mesh import keys
-from mesh.client.futures import Callback, CallFuture, complete, result_value  # noqa: F401 (result_value: API)
-from mesh.client.link import ClientLink
-from mesh.client.requests import ClientRequests
-from mesh.errors import AgentUnreachable
+from mesh.client.futures import Callback, CallFuture, result_value  # noqa: F401 (result_value: API)
+from mesh.client.heartbeat import PING, SILENT, Heartbeat
+from mesh.client.link import RECV_BATCH, Link
+from mesh.client.requests import Requests
+from mesh.errors import AgentUnreachable, ValueTooLarge
 from mesh.keys import MeshKey
-from mesh.program.taskexec import dumps
-from mesh.wire import localconn
+from mesh.program.taskexec import _execute, dumps
+from mesh.sched.objects import ObjectLost
 from mesh.wire import messages as m
-from mesh.wire.localconn import FrameStream, StreamClosed
 from mesh.wire.poll import Poller
 
 _default: Client | None = None
-RECV_BATCH = 256  # frames the client's thread takes off the socket before handling them
-_EVENTS, _POLLIN = zmq.EVENTS, int(zmq.POLLIN)  # (ints: enum flags cost a call each)
 LOCAL_PROBE_S = 1.0  # how long a local socket may take to answer before we use TCP
 BG = "background"  # ``Client._reader`` while the client's own thread reads the socket
+MAX_VALUE = m.MAX_VALUE  # the most bytes a call's pickled function and arguments may take
+PING_FRAME = m.encode(m.Query(0, "ping"))  # (qid 0: nobody waits for its answer)
 
 
 def default_client() -> Client | None:
@@ -74,7 +85,7 @@ def default_client() -> Client | None:
     return _default
 
 
-class Client(ClientLink, ClientRequests):
+class Client:
     """A connection to one agent. Thread-safe; also a context manager."""
 
     def __init__(self, address: str, timeout: float = 5.0, key: MeshKey | None | str = "auto",
@@ -86,59 +97,71 @@ class Client(ClientLink, ClientRequests):
         False: always TCP (with CURVE when there is a key)."""
         self.address = address
         self.key = keys.load() if key == "auto" else key
-        self.auth_failure: str | None = None
-        self.ctx = zmq.Context.instance()
+        self.session = os.urandom(8).hex()  # owner of what our calls leave at agents
+        self._closed = threading.Event()
         self._outbox: collections.deque[bytes] = collections.deque()  # frames to send
         self._wake_pending = False  # a wake byte is on its way (see the module docstring)
-        self._futures: dict[str, Future] = {}
-        self._queries: dict[int, Future] = {}
-        self._fetches: dict[str, list[Future]] = {}  # oid -> waiting fetch() calls
-        self.session = os.urandom(8).hex()  # owner of what our calls leave at agents
-        self._id_prefix = os.urandom(8).hex()
-        self._seq = itertools.count()
-        self._qids = itertools.count(1)
-        self._lock = threading.Lock()
-        self._r, self._w = socket.socketpair()
+        self._r, self._w = socket.socketpair()  # wakes the client's thread
         self._r.setblocking(False)
         self._w.setblocking(False)
-        self._closed = threading.Event()
-        self._sock_lock = threading.Lock()  # whoever uses the socket holds it
+        self._lock = threading.Lock()  # what is in flight, and who reads the socket
         self._reader: int | str | None = None  # who reads the socket: BG, a thread's ident, nobody
         self._lr, self._lw = socket.socketpair()  # asks a reading thread to step aside
         self._lr.setblocking(False)
         self._lw.setblocking(False)
         self._lead_poller: Poller | None = None  # (one reader at a time: made once)
-        self.local_path: str | None = None  # the agent's local socket, when we use it
-        self._stream: FrameStream | None = None  # (then our connection)
-        self._broken = ""  # why the local connection broke (the agent left or died)
-        self._monitor: zmq.Socket | None = None
-        near = localconn.dial(address, None if self.key is None else self.key.fingerprint(),
-                              min(timeout, LOCAL_PROBE_S), m.MAX_FRAME) if local else None
-        if near is not None:
-            self._stream, self.local_path = near
-            self._sock: Any = self._stream
-            self._fd = self._stream.fileno()
-        else:
-            self._dealer()
-        self.dropped = 0
-        self.batches_received = 0  # frames from the agent that carried several messages
-        self.late_results = 0  # results for calls already answered (or never made)
         self.wakes = 0  # times the client's thread woke (a loop of single calls: ~none)
+        self.pings = 0  # heartbeats sent (``mesh.client.heartbeat``)
+        self.requests = Requests(self._lock)
+        self.heartbeat = Heartbeat()  # (ticked by the client's thread)
+        self.link = Link(address, self.key, min(timeout, LOCAL_PROBE_S) if local else None,
+                         self._closed, self._wake)
         self._thread = threading.Thread(target=self._loop, name=f"mesh-client-{address}", daemon=True)
         self._thread.start()
-        if near is not None:  # (it answered already)
-            return
-        try:
-            self.query("status", timeout=timeout)
-        except AgentUnreachable:
-            self.close()
-            raise
+        if self.link.stream is None:  # (a local socket answered already)
+            try:
+                self.query("status", timeout=timeout)
+            except AgentUnreachable:
+                self.close()
+                raise
+        self.heartbeat.start(time.monotonic())
+
+    # ------------------------------------------------------------------ what it says
+
+    @property
+    def local_path(self) -> str | None:
+        """The agent's local socket, when we reach it that way (else None: TCP)."""
+        return self.link.local_path
+
+    @property
+    def auth_failure(self) -> str | None:
+        """Why the agent's TCP address refused our handshake, if it did."""
+        return self.link.auth_failure
+
+    @property
+    def dropped(self) -> int:
+        return self.requests.dropped
+
+    @property
+    def batches_received(self) -> int:
+        return self.requests.batches_received
+
+    @property
+    def late_results(self) -> int:
+        return self.requests.late_results
 
     # ------------------------------------------------------------------ API
 
     def submit(self, fn, /, *args, **kwargs) -> Future:
-        """Run ``fn(*args, **kwargs)`` on the mesh; ``fn`` travels by cloudpickle."""
-        return self._send_call("", dumps((fn, args, kwargs)))
+        """Run ``fn(*args, **kwargs)`` on the mesh; ``fn`` travels by cloudpickle. Raises
+        ``ValueTooLarge`` at once when the call pickles to more than a message carries
+        (``mesh.wire.messages.MAX_VALUE``); a result that big fails the call with it."""
+        return self._send_call("", dumps((fn, args, kwargs)), fn=fn, args=args)
+
+    def call(self, function: str, args: tuple = (), kwargs: dict | None = None) -> Future:
+        """Run ``module:function`` as the agent imports it, with picklable arguments
+        (``ValueTooLarge`` as for ``submit``)."""
+        return self._send_call(function, pickle.dumps((tuple(args), dict(kwargs or {}))))
 
     def _submit_to(self, on_done, avoid, fn, /, *args, inputs=(), needs=None, **kwargs) -> str:
         """``submit`` for the task runtime (``mesh.program.runtime``): no Future, which costs
@@ -146,18 +169,61 @@ class Client(ClientLink, ClientRequests):
         called once, on the thread that completes the call (the client's, as a rule).
         ``avoid``: agent names where it failed before; ``inputs``: ``Holding`` records
         (where the call's big inputs are); ``needs``: its constraints (``Needs``).
-        Returns the call id."""
+        Returns the call id; raises what ``submit`` raises."""
         return self._send_call("", dumps((fn, args, kwargs)), on_done=on_done, avoid=avoid,
-                               inputs=inputs, needs=needs).call_id
+                               inputs=inputs, needs=needs, fn=fn, args=args).call_id
+
+    def cancel(self, call_id: str) -> bool:
+        """Stop waiting for a call and tell the agent: it stops the call wherever it is
+        (a task that timed out). Its result, if one still comes, is dropped. False if
+        the call was not pending."""
+        fut = self.requests.pop_call(call_id)
+        if fut is None:
+            return False
+        self._post(m.encode(m.Cancel(call_id, "cancelled by the caller")))
+        if isinstance(fut, Future) and not fut.done():
+            fut.cancel()
+        return True
+
+    def query(self, what: str, timeout: float = 5.0, arg: str = "") -> Any:
+        """Ask the agent ``status``, ``peers``, ``tree-node``, ``metrics`` or ``progress``
+        (``arg``: a call id). Raises AgentUnreachable on time-out, ValueError when the
+        agent refuses."""
+        return self._ask(lambda qid: m.Query(qid, what, arg), timeout)
+
+    def resources(self, action: str, cpus: int = 0, peer: str = "", timeout: float = 5.0) -> Any:
+        """COMPSs-style resource change (see ``messages.Resources``); returns the agent's
+        status after it. Raises ValueError with the agent's message when refused."""
+        return self._ask(lambda qid: m.Resources(qid, action, cpus, peer), timeout)
+
+    def fetch(self, oid: str, holder: str, timeout: float = 120.0) -> bytes:
+        """The pickled bytes of a task output kept at the agent ``holder`` (a
+        ``mesh.sched.objects.Ref``), through our agent. Raises ``ObjectLost`` when it is gone,
+        AgentUnreachable when our agent does not answer."""
+        fut = self.requests.add_fetch(oid)
+        self._post(m.encode(m.Fetch(oid, holder)))
+        try:
+            msg = fut.result(timeout)
+        except (TimeoutError, FutureTimeout):
+            raise AgentUnreachable(f"no object {oid[:8]} from agent at {self.address} "
+                                   f"within {timeout} s") from None
+        finally:
+            self.requests.end_fetch(oid, fut)
+        if not msg.ok:
+            raise ObjectLost(oid, msg.error or "ObjectLost")
+        return msg.data
+
+    def free(self, holder: str, oids: list[str]) -> None:
+        """Nobody here reads these objects of ``holder`` again (non-blocking)."""
+        if oids and not self._closed.is_set():
+            self._post(m.encode(m.Free(holder, list(oids))))
 
     def close(self) -> None:
         """Stop the client's thread and fail calls still pending. Safe to call twice."""
         global _default
         if self._closed.is_set():
             return
-        with self._lock:
-            pending = list(self._futures)
-        for call_id in pending:  # nobody will read these: the agents stop them
+        for call_id in self.requests.call_ids():  # nobody will read these: the agents stop them
             self._post(m.encode(m.Cancel(call_id, "the caller closed its connection")))
         # and drop what our calls kept at agents (mesh.sched.objects), even what they still make
         self._post(m.encode(m.Free("", [], self.session)))
@@ -168,12 +234,7 @@ class Client(ClientLink, ClientRequests):
         except (BlockingIOError, OSError):
             pass
         self._thread.join(2.0)
-        with self._lock:
-            pending = list(self._futures.values())
-            self._futures.clear()
-        for fut in pending:
-            if not fut.done():
-                fut.set_exception(AgentUnreachable("client closed before the result arrived"))
+        self.requests.fail_all(AgentUnreachable("client closed before the result arrived"))
         for sock in (self._r, self._w, self._lr, self._lw):
             sock.close()
         if self._lead_poller is not None:
@@ -190,22 +251,22 @@ class Client(ClientLink, ClientRequests):
     # ------------------------------------------------------------------ internals
 
     def _send_call(self, function: str, payload: bytes, *, on_done=None, avoid=(),
-                   inputs=(), needs=None) -> Future:
+                   inputs=(), needs=None, fn=None, args=()) -> Future:
+        if len(payload) > MAX_VALUE:  # (it could not travel: refused here, nothing sent)
+            raise ValueTooLarge(_called(function, fn, args), len(payload), MAX_VALUE)
         if self._closed.is_set():
             raise AgentUnreachable("client is closed")
-        if self._broken:
-            raise AgentUnreachable(self._broken)
-        # unique in the mesh: a random prefix per client and a counter (no system call
-        # per call: os.urandom releases the GIL, and the I/O thread then takes it)
-        call_id = f"{self._id_prefix}{next(self._seq):08x}"
+        broken = self.link.broken
+        if broken:
+            raise AgentUnreachable(broken)
+        requests = self.requests
+        call_id = requests.new_call_id()
         fut: Future
         if on_done is None:
             fut = CallFuture(self, call_id)
         else:
             fut = Callback(call_id, on_done)  # type: ignore[assignment]
-        with self._lock:
-            alone = not self._inflight()  # nothing else in flight: send it ourselves
-            self._futures[call_id] = fut
+        alone = requests.add_call(call_id, fut)  # nothing else in flight: send it ourselves
         frame = m.encode(m.new(m.Call, call_id=call_id, function=function, payload=payload,
                                avoid=list(avoid), inputs=list(inputs), owner=self.session,
                                needs=needs))
@@ -215,9 +276,22 @@ class Client(ClientLink, ClientRequests):
             self._need_reader()
         return fut
 
-    def _inflight(self) -> bool:
-        """Anything to read for (under ``_lock``)."""
-        return bool(self._futures or self._queries or self._fetches)
+    def _ask(self, make, timeout: float) -> Any:
+        """Send ``make(qid)`` and wait for the ``Answer`` with that qid."""
+        qid, fut = self.requests.add_query()
+        self._post(m.encode(make(qid)))
+        try:
+            answer = fut.result(timeout)
+        except (TimeoutError, FutureTimeout):  # distinct classes on 3.10
+            failure = self.link.auth_failure
+            why = f" ({failure})" if failure else (
+                "" if self.key is None else " (or it does not hold this mesh key)")
+            raise AgentUnreachable(f"no answer from agent at {self.address} within {timeout} s{why}") from None
+        finally:
+            self.requests.end_query(qid)
+        if answer.error:
+            raise ValueError(answer.error)
+        return answer.body
 
     def _need_reader(self) -> None:
         """Someone waits for a call without reading: if nobody reads, wake our thread."""
@@ -235,21 +309,23 @@ class Client(ClientLink, ClientRequests):
                 return
             self._reader = me
         deadline = None if timeout is None else time.monotonic() + timeout
+        link = self.link
         try:
-            with self._sock_lock:
+            with link.lock:
                 if self._closed.is_set():  # (the socket may be closed already)
                     return
                 poller = self._lead_poller
                 if poller is None:
                     poller = self._lead_poller = Poller()
-                    poller.register(self._sock)
+                    poller.register(link.sock)
                     poller.register(self._lr)
-                poller.touch(self._sock)  # (our thread used it since: ask its EVENTS first)
-                sock, lr, stream = self._sock, self._lr, self._stream
+                sock, lr, stream = link.sock, self._lr, link.stream
+                poller.touch(sock)  # (our thread used it since: ask its EVENTS first)
+                handle = self.requests.handle
                 # (the poller asks the socket's EVENTS itself: no drain needed around it;
                 # one frame per poll, the agent sends what it has for us as one)
                 while not (Future.done(fut) or self._closed.is_set() or self._outbox
-                           or (stream is not None and (stream.out or self._broken))):
+                           or link.broken or (stream is not None and stream.out)):
                     wait_ms = None if deadline is None else max(deadline - time.monotonic(), 0) * 1000
                     ready = poller.poll(wait_ms)
                     if not ready and deadline is not None and time.monotonic() >= deadline:
@@ -258,14 +334,14 @@ class Client(ClientLink, ClientRequests):
                     for item, _ in ready:
                         if item is sock:
                             if stream is not None:  # (level-triggered: read it all)
-                                for frame in self._drain():
-                                    self._handle(frame)
+                                for frame in link.drain():
+                                    handle(frame)
                                 continue
                             try:
                                 frame = sock.recv(zmq.NOBLOCK)
                             except zmq.Again:
                                 continue
-                            self._handle(frame)
+                            handle(frame)
                         else:  # (lr: poll may give it back as its number)
                             stand_down = True
                             try:
@@ -278,59 +354,28 @@ class Client(ClientLink, ClientRequests):
         finally:
             with self._lock:
                 self._reader = None
-                more = self._inflight() or bool(self._outbox)
+                more = self.requests.inflight() or bool(self._outbox)
             if more:  # our thread reads (and sends) from now on
                 self._wake()
 
     def _send_now(self, frame: bytes) -> bool:
         """Send ``frame`` from this thread if the socket is free and nothing is queued
         before it (order); False: queue it for the background thread."""
-        if self._outbox or not self._sock_lock.acquire(blocking=False):
+        link = self.link
+        if self._outbox or not link.lock.acquire(blocking=False):
             return False
         try:
-            if self._outbox or self._closed.is_set():
+            if self._outbox or self._closed.is_set() or not link.try_send(frame):
                 return False
-            stream = self._stream
-            if stream is not None:
-                try:
-                    if not stream.send(frame):  # (over its bound: our thread waits for room)
-                        return False
-                except StreamClosed as exc:
-                    self._break(exc)
-                    return False
-                if stream.out:  # the socket took part of it: our thread writes the rest
-                    self._wake()
-            else:
-                try:
-                    self._sock.send(frame, zmq.NOBLOCK)
-                except zmq.ZMQError:  # (full, or closing): the background thread sends it
-                    return False
             # (our thread watches the descriptor: it signals only once EVENTS was asked;
             # a thread that reads next polls the socket, which asks it)
-            frames = self._drain() if self._reader == BG else ()
+            frames = link.drain() if self._reader == BG else ()
         finally:
-            self._sock_lock.release()
+            link.lock.release()
+        handle = self.requests.handle
         for f in frames:
-            self._handle(f)
+            handle(f)
         return True
-
-    def _drain(self) -> list[bytes]:
-        """What waits on the socket (at most ``RECV_BATCH`` frames). Under ``_sock_lock``;
-        asking ``EVENTS`` is what lets the descriptor signal the next input. (The local
-        connection: what whole frames arrived.)"""
-        if self._stream is not None:
-            try:
-                return self._stream.frames()
-            except StreamClosed as exc:
-                self._break(exc)
-                return []
-        sock, frames = self._sock, []
-        while len(frames) < RECV_BATCH and sock.get(_EVENTS) & _POLLIN:
-            try:
-                frames.append(sock.recv(zmq.NOBLOCK))
-            except zmq.Again:
-                break
-        return frames
 
     def _post(self, frame: bytes) -> None:
         self._outbox.append(frame)
@@ -345,46 +390,113 @@ class Client(ClientLink, ClientRequests):
             pass
 
     def _loop(self) -> None:
+        link = self.link
         try:
             while True:
                 self._serve()
-                if not self._broken or self._closed.is_set():
+                if not link.broken or self._closed.is_set():
                     break
-                self._fall_back_to_tcp()
+                if self._reader not in (None, BG):  # a thread reading the old socket
+                    try:  # steps aside (it holds the link's lock)
+                        self._lw.send(b"\0")
+                    except (BlockingIOError, OSError):
+                        pass
+                self._reconnect()
         finally:
-            self._finish()
+            link.finish(self._outbox)
+            if link.broken:
+                self.requests.fail_all(AgentUnreachable(link.broken))
+
+    def _reconnect(self) -> None:
+        """The connection broke (``link.broken``): what was in flight fails, and the link
+        reaches the agent's address anew (``Link.reconnect``). What was queued and not sent
+        yet goes too: it was for the old connection (the calls in it fail; a Free in it is
+        lost, and its objects go when the session closes)."""
+        link = self.link
+        with link.lock:
+            link.reconnect()
+            if self._lead_poller is not None:  # (it watched the old connection)
+                self._lead_poller.close()
+                self._lead_poller = None
+            self._outbox.clear()
+        self.requests.fail_all(AgentUnreachable(link.broken))
+        self.heartbeat.start(time.monotonic())
+        link.broken = ""  # (until now new calls were refused: none went the old way)
+
+    def _silent(self) -> None:
+        """The heartbeat says the agent did not answer its pings: unless something waits
+        unread on the socket, the connection is broken (``mesh.client.heartbeat``)."""
+        link, requests = self.link, self.requests
+        if self._reader not in (None, BG):  # (a thread reads: it has read what came)
+            frames = []
+        else:
+            with link.lock:
+                frames = link.drain()
+        for frame in frames:
+            requests.handle(frame)
+        if frames or link.broken:
+            return
+        now = time.monotonic()
+        quiet = link.quiet_for()  # (bytes of a big frame still coming: the agent lives)
+        if quiet is not None and quiet < self.heartbeat.limit:
+            self.heartbeat.alive(now - quiet)
+            return
+        silence = self.heartbeat.silence(now)
+        why = f" ({link.auth_failure})" if link.auth_failure else ""
+        link.broken = f"no answer from the agent at {self.address} for {silence:.1f} s{why}"
 
     def _serve(self) -> None:
-        """Send and read until the client closes or its local connection breaks."""
-        monitor, stream = self._monitor, self._stream
+        """Send and read until the client closes or its connection breaks."""
+        link, requests, heartbeat = self.link, self.requests, self.heartbeat
+        handle, outbox = requests.handle, self._outbox
+        monitor, stream, fd = link.monitor, link.stream, link.fd
         poller = zmq.Poller()
         if monitor is not None:
             poller.register(monitor, zmq.POLLIN)
         poller.register(self._r, zmq.POLLIN)
-        poller.register(self._fd, zmq.POLLIN)  # (not the socket: see the docstring)
+        poller.register(fd, zmq.POLLIN)  # (not the socket: see the docstring)
         wake_fd = self._r.fileno()
         flags = zmq.POLLIN  # what we watch the descriptor for (POLLOUT: a local
         # connection's output waits for room)
-        while not self._closed.is_set() and not self._broken:
+        while not self._closed.is_set() and not link.broken:
             with self._lock:  # read the socket while something is in flight and
-                watch = self._reader in (None, BG) and self._inflight()  # no thread does
+                busy = requests.inflight()  # no thread does
+                watch = self._reader in (None, BG) and busy
                 if watch:
                     self._reader = BG
                 elif self._reader == BG:
                     self._reader = None
+            now = time.monotonic()
+            beat = heartbeat.tick(now, requests.frames, busy)
+            if beat is PING:
+                outbox.append(PING_FRAME)
+                self.pings += 1
+                if self._reader not in (None, BG):  # a waiting thread reads: it steps
+                    try:  # aside now, so that the ping goes at once
+                        self._lw.send(b"\0")
+                    except (BlockingIOError, OSError):
+                        pass
+            elif beat is SILENT:
+                self._silent()
+                if link.broken:
+                    break
             timeout = 500
+            if busy and heartbeat.running:
+                timeout = min(timeout, int(heartbeat.due(now) * 1000) + 1)
+            if outbox and self._reader in (None, BG):  # (a send that did not go: again)
+                timeout = 0
             want = (zmq.POLLIN if watch else 0) | (
                 zmq.POLLOUT if stream is not None and stream.out else 0)
             if want != flags:
                 if want:
-                    poller.register(self._fd, want)
+                    poller.register(fd, want)
                 else:
-                    poller.unregister(self._fd)
+                    poller.unregister(fd)
                 if watch and not flags & zmq.POLLIN:  # a thread that read before us may
-                    with self._sock_lock:  # have left input that the descriptor
-                        frames = self._drain()  # will not signal
+                    with link.lock:  # have left input that the descriptor
+                        frames = link.drain()  # will not signal
                     for frame in frames:
-                        self._handle(frame)
+                        handle(frame)
                     if frames:
                         timeout = 0
                 flags = want
@@ -395,7 +507,7 @@ class Client(ClientLink, ClientRequests):
             self._wake_pending = True
             for item, _ in ready:
                 if item is monitor:
-                    self._handshake_failed(monitor)
+                    link.on_monitor()
                 elif item is self._r or item == wake_fd:  # (poll may give the number)
                     try:
                         while self._r.recv(4096):
@@ -403,42 +515,57 @@ class Client(ClientLink, ClientRequests):
                     except (BlockingIOError, OSError):
                         pass
             if stream is not None and stream.out:
-                with self._sock_lock:
-                    try:
-                        stream.flush()
-                    except StreamClosed as exc:
-                        self._break(exc)
+                with link.lock:
+                    link.flush()
             reader = self._reader
             if reader is not None and reader != BG:  # a waiting thread reads the socket
                 self._wake_pending = False
-                if self._outbox or (stream is not None and stream.out):
+                if outbox or (stream is not None and stream.out):
                     try:  # ask it to step aside: it wakes us when it did
                         self._lw.send(b"\0")
                     except (BlockingIOError, OSError):
                         pass
                 continue
             while True:
-                with self._sock_lock:
-                    frames = self._drain()
+                with link.lock:
+                    frames = link.drain()
                 for frame in frames:
-                    self._handle(frame)
+                    handle(frame)
                 if len(frames) < RECV_BATCH:
                     break
             self._wake_pending = False  # before emptying the queue: see the docstring
-            outbox = self._outbox
             if outbox:
-                with self._sock_lock:
+                with link.lock:
                     if len(outbox) == 1:
-                        self._send_frame(outbox.popleft())
+                        frame = outbox.popleft()
+                        if not link.send(frame):  # (the agent takes nothing: first in
+                            outbox.appendleft(frame)  # line, after a look at the heartbeat)
                     else:  # calls piled up while we were away: one frame for the lot
                         frames = []
                         while outbox:
                             frames.append(outbox.popleft())
-                        for frame in m.batches(frames):
-                            self._send_frame(frame)
-                    frames = self._drain()
+                        frames = m.batches(frames)
+                        for i, frame in enumerate(frames):
+                            if not link.send(frame):
+                                outbox.extendleft(reversed(frames[i:]))
+                                break
+                    frames = link.drain()
                 for frame in frames:
-                    self._handle(frame)
+                    handle(frame)
+
+
+def _called(function: str, fn, args: tuple) -> str:
+    """What a call runs, for its ``ValueTooLarge``: the user's function, also for a task
+    of the runtime (whose call runs ``_execute``)."""
+    if function:
+        return f"the call of {function} (its arguments)"
+    if fn is _execute and args:
+        return f"the call of task {_name(args[0])} (its arguments and input files)"
+    return f"the call of {_name(fn)} (the function and its arguments)"
+
+
+def _name(fn) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)[:100]
 
 
 def connect(address: str = "127.0.0.1:46102", timeout: float = 5.0,

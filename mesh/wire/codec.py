@@ -65,6 +65,7 @@ from mesh.wire.fields import (  # noqa: F401 (the limits and cut: re-exported)
     MAX_FRAME,
     MAX_LIST,
     MAX_STR,
+    MAX_VALUE,
     Checker,
     _compile,
     _cut_text,

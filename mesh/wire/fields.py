@@ -16,6 +16,9 @@ from typing import Any, Union
 from mesh.errors import DecodeError
 
 MAX_FRAME = 64 * 1024 * 1024  # bytes; larger frames are dropped unread
+MAX_VALUE = MAX_FRAME - (1 << 20)  # the most pickled bytes one message carries (a call's
+# payload, a result's value), leaving room for the rest of its frame: bigger ones are
+# refused where they are made (``mesh.errors.ValueTooLarge``), never sent
 MAX_STR = 4096  # longest accepted text field (names, addresses, error messages are cut)
 MAX_LIST = 4096  # longest accepted list field
 BATCH_BYTES = 1 << 20  # frames bigger than this travel alone; a batch stops growing there

@@ -16,8 +16,8 @@ here; it raises exactly one error type, ``DecodeError``, whose ``reason`` is use
 counting. Unknown extra keys are ignored, so a newer peer of the same protocol version
 may add optional fields. ``encode`` never validates again: the dataclasses are built by
 our own code. ``encode``, ``decode``, ``new``, ``evolve``, ``batches``, ``unbatch`` and
-the bounds (``MAX_FRAME``, ``MAX_STR``, ``MAX_LIST``, ``BATCH_BYTES``) are the codec's,
-made available here so that one import gives the whole wire format.
+the bounds (``MAX_FRAME``, ``MAX_VALUE``, ``MAX_STR``, ``MAX_LIST``, ``BATCH_BYTES``) are
+the codec's, made available here so that one import gives the whole wire format.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import cbor2  # noqa: F401 (the codec's parser: tests reach it as messages.cbor2)
 
 from mesh.tree.advert import Advert
-from mesh.wire.codec import BATCH_BYTES, MAX_FRAME, MAX_LIST, MAX_STR, Codec  # noqa: F401
+from mesh.wire.codec import BATCH_BYTES, MAX_FRAME, MAX_LIST, MAX_STR, MAX_VALUE, Codec  # noqa: F401
 from mesh.wire.codec import cut as _cut  # noqa: F401
 
 PROTOCOL = 2  # the "v" of every frame. 2: members send each other Batch frames too (an
@@ -296,7 +296,10 @@ class Result(Message):
 
 @dataclass(frozen=True)
 class Query(Message):
-    """A client asks an agent about itself: ``what`` is ``status`` or ``peers``."""
+    """A client asks an agent about itself: ``what`` is ``status``, ``peers``, ``tree-node``,
+    ``metrics``, ``progress`` (of the call ``arg``) or ``ping`` (a client's heartbeat,
+    ``mesh.client.heartbeat``: answered at once with no body; an agent that does not know
+    a ``what`` still answers, with an error)."""
 
     TAG: ClassVar[str] = "query"
     qid: int
