@@ -14,8 +14,10 @@ runtime (``mesh.program.runtime``) runs the task on the mesh when its inputs exi
 * futures passed as arguments, also inside lists, tuples and dicts, are dependencies;
 * ``INOUT``/``OUT`` objects get a new version from the task (the worker's mutated copy):
   as in PyCOMPSs the program sees it only through ``obj = wait_on(obj)``, which
-  returns the latest version (a new object; ``obj`` itself is not changed). Passing
-  such an object again as a plain argument reads its latest version;
+  returns the latest version (a new object; ``obj`` itself is not changed), also for
+  such objects inside lists, tuples and dicts (``C = wait_on(C)`` on a list of lists
+  of INOUT blocks). Passing such an object again as a plain argument reads its latest
+  version;
 * ``FILE_IN``/``FILE_OUT``/``FILE_INOUT`` parameters are paths on the program's
   machine: the file's bytes travel with the task (read when the task is called) and
   written bytes come back and are written to the path when the task ends (only the
@@ -56,6 +58,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mesh.program import runtime as _rt
+from mesh.program.containers import PASS, replace
 from mesh.program.runtime import TaskCancelled, TaskFailed, TaskFuture, TaskTimedOut
 from mesh.sched.taskspec import (
     FILE_IN,
@@ -161,42 +164,42 @@ def task(fn=None, *, returns: Any = 1, priority: bool = False, on_failure: str =
     return deco if fn is None else deco(fn)
 
 
-def _flatten_futures(x: Any, out: list) -> None:
-    if isinstance(x, TaskFuture):
-        out.append(x)
-    elif type(x) in (list, tuple):
-        for i in x:
-            _flatten_futures(i, out)
-    elif type(x) is dict:
-        for v in x.values():
-            _flatten_futures(v, out)
-
-
 def _wait_one(x: Any) -> Any:
-    futures: list[TaskFuture] = []
-    _flatten_futures(x, futures)
-    if futures:
-        values: dict[int, Any] = {}
-        by_rt: dict[int, list[TaskFuture]] = {}
-        for f in futures:
-            by_rt.setdefault(id(f.runtime), []).append(f)
-        for group in by_rt.values():
-            got = group[0].runtime.wait([(f.data_id, f.task_id) for f in group])
-            for f, v in zip(group, got, strict=True):
-                values[id(f)] = v
-        return _rt.scan(x, lambda f: values[id(f)])
-    rt = _rt.current(create=False)
-    if rt is not None:
-        data_id = rt.object_data_id(x)
-        if data_id is not None:  # an object a task writes (INOUT/OUT): its latest version
-            return rt.wait([(data_id, None)])[0]
-    return x
+    """``x`` with every future and every object a task writes (INOUT/OUT) inside it
+    (``mesh.program.containers``: lists, tuples and dicts, at any depth; ``x`` itself
+    too) replaced by its value, the latest version for an object; one ``wait`` per
+    runtime, so a task waiting here lends its slot once."""
+    objects_rt = _rt.current(create=False)
+    found: dict[int, tuple] = {}  # id(node) -> (runtime, data id, writer task id or None)
+
+    def collect(node: Any) -> Any:
+        if isinstance(node, TaskFuture):
+            found[id(node)] = (node.runtime, node.data_id, node.task_id)
+            return node
+        if objects_rt is not None:
+            data_id = objects_rt.object_data_id(node)
+            if data_id is not None:  # an object a task writes: its latest version
+                found[id(node)] = (objects_rt, data_id, None)
+                return node
+        return PASS
+
+    replace(x, collect)
+    if not found:
+        return x
+    by_rt: dict[int, list[int]] = {}
+    for key, (rt, _, _) in found.items():
+        by_rt.setdefault(id(rt), []).append(key)
+    values: dict[int, Any] = {}
+    for keys in by_rt.values():
+        got = found[keys[0]][0].wait([found[k][1:] for k in keys])
+        values.update(zip(keys, got, strict=True))
+    return replace(x, lambda node: values.get(id(node), PASS))
 
 
 def wait_on(*objs: Any) -> Any:
-    """The value of each argument: futures (also inside lists, tuples and dicts, at any
-    depth) become their values, INOUT/OUT objects their latest version, anything else
-    is returned as is. One argument gives one value, several a list (as PyCOMPSs).
+    """The value of each argument: futures become their values and INOUT/OUT objects
+    their latest version, also inside lists, tuples and dicts at any depth (as
+    PyCOMPSs' ``compss_wait_on``); anything else is returned as is. One argument gives one value, several a list (as PyCOMPSs).
     Raises what a failed task raised, or ``TaskCancelled``."""
     values = [_wait_one(o) for o in objs]
     return values[0] if len(values) == 1 else values
