@@ -3,22 +3,22 @@ values PyCOMPSs gives them (issue 16): each test pins one semantic PyCOMPSs user
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 import mesh
-from mesh.program.api import INOUT, task, wait_on
+from mesh.program.api import TaskFailed, wait_on
 from tests.conftest import wait_for
+from tests.pycompss_tasks import (
+    fires_a_failing_task,
+    multiply,
+    nested_inc,
+    waits_then_fires_0,
+    waits_then_fires_1,
+)
 
 pytestmark = [pytest.mark.agents, pytest.mark.timeout(120)]
-
-
-@task(c=INOUT, returns=0)
-def multiply(a, b, c):
-    """c += a @ b, blocks as lists of lists (the tutorial's matmul, without numpy)."""
-    n = len(c)
-    for i in range(n):
-        for j in range(n):
-            c[i][j] += sum(a[i][k] * b[k][j] for k in range(n))
 
 
 def block(seed: int, n: int) -> list:
@@ -67,3 +67,54 @@ def test_wait_on_a_nested_list_of_inout_blocks_returns_their_latest_versions(two
     assert one == expected[1][2]
     C = wait_on(C)
     assert C == expected
+
+
+@pytest.mark.timeout(240)  # (each run starts a worker process: slow on a loaded machine)
+def test_fire_and_forget_tasks_of_a_task_are_never_lost_on_one_slot_agents(agents, tmp_path):
+    """A task waits on one task (lending its only slot: the agent starts a stand-in
+    worker), calls two more without waiting and returns; its worker may be stopped
+    once its call is over. Its call ends when those tasks have ended, so they are never
+    lost. 200 runs on two one-slot agents (two lanes, one per agent, at once); each
+    run's tasks are distinct. (Each run costs a worker start: the agent retires the
+    worker that ran the task, as it has a stand-in too, which is what lost them.)"""
+    a = agents.start("ff0", "--label", "lane0", cpus=1)
+    agents.start("ff1", "--peer", a.comm, "--label", "lane1", cpus=1)
+    path = str(tmp_path / "fired")
+    runs = 200
+    with mesh.connect(a.comm) as client:
+        wait_for(lambda: any(p["name"] == "ff1" and p["state"] == "alive"
+                             for p in client.query("peers")), 15, "ff0 to see ff1")
+        errors: list = []
+
+        def lane(i: int, fn) -> None:
+            try:
+                for x in range(i, runs, 2):
+                    assert wait_on(fn(1000 * x, path)) == 1000 * x + 1
+            except BaseException as exc:  # (reported by the test's thread)
+                errors.append(exc)
+
+        threads = [threading.Thread(target=lane, args=(i, fn), daemon=True)
+                   for i, fn in enumerate((waits_then_fires_0, waits_then_fires_1))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(220)
+        assert not any(t.is_alive() for t in threads), "the runs did not end"
+        assert not errors, errors
+    expected = {f"now-{1000 * x}" for x in range(runs)} | {str(1000 * x + 1) for x in range(runs)}
+    with open(path) as f:
+        fired = set(f.read().split())
+    # each call of waits_then_fires ended after its two fires: none may be missing now
+    assert fired == expected, f"lost: {sorted(expected - fired)[:20]}"
+
+
+def test_a_task_whose_unwaited_task_fails_the_graph_fails_and_its_worker_starts_anew(agents):
+    """A task called and not waited for that fails the graph (FAIL) fails the call that
+    called it (as a barrier at its end would); the worker's next call, of any program,
+    starts with a new graph, not one failed for good."""
+    a = agents.start("fail0", cpus=2)  # (an idle agent gives a call to its first worker)
+    with mesh.connect(a.comm):
+        with pytest.raises(TaskFailed, match="bad 7"):
+            wait_on(fires_a_failing_task(7))
+    with mesh.connect(a.comm):
+        assert wait_on(nested_inc(1)) == 3

@@ -38,7 +38,14 @@ runtime (``mesh.program.runtime``) runs the task on the mesh when its inputs exi
   (``mesh.sched.objects``): readers run there or fetch them from it, and a lost one is
   recomputed from its lineage;
 * ``wait_on`` on a failed task raises the task's own exception, with the remote
-  traceback as ``__cause__``.
+  traceback as ``__cause__``;
+* tasks a task calls and does not wait for ("fire and forget") are never dropped: the
+  task's call ends once they have ended (its worker waits for them, lending its slot),
+  as PyCOMPSs waits for every task at the end of the main program. Their graph lives
+  in the worker, which the agent may stop or give other work once the call is over,
+  so nobody would receive their results otherwise. If one of them fails the graph
+  (FAIL, or RETRY used up), the call fails with ``TaskFailed``, as ``barrier`` would
+  raise, and the worker's next call starts with a new graph.
 
 Limits: a TaskFuture cannot be returned by a task (resolve inner futures inside it);
 an object used as INOUT/OUT is held by the runtime for the life of the connection (its

@@ -100,6 +100,7 @@ class GraphEvents:
     _progress_base: tuple[str | None, tuple]
     _sent: dict[str, tuple]
     _to_free: dict[str, list[str]]
+    _retired: bool
 
     def _post(self, event: tuple) -> None:
         """Hand an event to the runtime's thread (from any thread, never under a lock
@@ -129,6 +130,8 @@ class GraphEvents:
                 progress = self._progress_due()
             if progress is not None:
                 slot.progress(*progress)  # inside `mesh run`: the CLI shows done/total
+            if self._retired and idle and not self.inbox:
+                return
             if self.client._closed.is_set():
                 closed_since = closed_since or time.monotonic()
                 if (idle and not self.inbox) or time.monotonic() - closed_since > 30:

@@ -32,6 +32,10 @@ its inputs are, ``Call.inputs``, for placement), fetched by ``wait_on``, and fre
 holder when the version is released. When a holder lost one, the task that made it runs
 again (``mesh.program.lineage``, whose ``Recovery`` mixin holds that part of this class).
 
+Inside a worker (nested tasks) the runtime is the worker's, shared by the calls it
+runs one after another: a call ends when the tasks it called have (``finish_call``),
+and a graph that failed is dropped then, so the next call starts anew.
+
 ``Runtime`` holds the state and the program thread's side (``wait``, ``barrier``, task
 groups); mixins hold the rest, one concept each: ``TaskSubmission``
 (``mesh.program.calls``: a call becomes a ``TaskSpec``, a ``Ready`` task is sent),
@@ -101,6 +105,7 @@ class Runtime(TaskSubmission, GraphEvents, Recovery):
         self._sent: dict[str, tuple] = {}  # task id -> _execute's arguments as sent
         self.lineage = Lineage()  # how lost outputs kept at agents are made again
         self._to_free: dict[str, list[str]] = {}  # holder -> released oids, sent after _apply
+        self._retired = False  # dropped by finish_call: the thread ends once idle
         self._thread = threading.Thread(target=self._loop, name="mesh-runtime", daemon=True)
         self._thread.start()
 
@@ -148,6 +153,11 @@ class Runtime(TaskSubmission, GraphEvents, Recovery):
         with slot.lent(), self.cond:
             self.cond.wait_for(lambda: group.pending == 0)
 
+    def retire(self) -> None:
+        """This runtime takes no more tasks (``finish_call`` dropped it): its thread ends."""
+        self._retired = True
+        self._post(("tick",))
+
     def forget(self, data_id: str) -> None:
         """From a finalizer: never takes the lock here."""
         self._post(("forget", data_id))
@@ -176,7 +186,37 @@ def current(create: bool = True) -> Runtime | None:
             if not create:
                 return None
             _current = Runtime(client)
+            if slot.channel is not None:  # in a worker: a call ends when its tasks have
+                slot.after_call = finish_call
         return _current
+
+
+def finish_call() -> TaskFailed | None:
+    """In a worker, once a call's function has returned or raised (``slot.call_done``):
+    the tasks it called and did not wait for ("fire and forget") live in this process's
+    graph, and the worker may be stopped or given other work once its call is over (a
+    stand-in retired, a slot given back): their results would then reach nobody, and
+    tasks still waiting for an input would never be sent. So the call ends when they
+    have: a barrier, lending the slot meanwhile, as PyCOMPSs' main program ends with
+    one. A graph that failed is dropped (the worker's next call, of any program, starts
+    a new one) and reported as ``TaskFailed``, which fails the call."""
+    rt = _current
+    if rt is None or (rt.graph.active_count == 0 and rt.failure is None):
+        return None  # (the common case, without the lock)
+    try:
+        rt.barrier()
+    except TaskFailed as exc:
+        _drop(rt)
+        return exc
+    return None
+
+
+def _drop(rt: Runtime) -> None:
+    global _current
+    with _current_lock:
+        if _current is rt:
+            _current = None
+    rt.retire()
 
 
 def _worker_client():
