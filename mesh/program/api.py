@@ -11,7 +11,10 @@ With a mesh connected (``mesh.connect(...)``) a task call returns a ``TaskFuture
 once (a tuple of them for ``returns`` > 1, None for ``returns=0``) and the program-side
 runtime (``mesh.program.runtime``) runs the task on the mesh when its inputs exist:
 
-* futures passed as arguments, also inside lists, tuples and dicts, are dependencies;
+* futures passed as arguments, also inside lists, tuples and dicts (their values, up
+  to 100 deep: the rule of ``mesh.program.containers``), are dependencies, and so are
+  objects a task writes passed there; one inside a set, a dict key or a subclass of
+  list, tuple or dict raises TypeError at the call (pass a list);
 * ``INOUT``/``OUT`` objects get a new version from the task (the worker's mutated copy):
   as in PyCOMPSs the program sees it only through ``obj = wait_on(obj)``, which
   returns the latest version (a new object; ``obj`` itself is not changed), also for
@@ -173,9 +176,9 @@ def task(fn=None, *, returns: Any = 1, priority: bool = False, on_failure: str =
 
 def _wait_one(x: Any) -> Any:
     """``x`` with every future and every object a task writes (INOUT/OUT) inside it
-    (``mesh.program.containers``: lists, tuples and dicts, at any depth; ``x`` itself
-    too) replaced by its value, the latest version for an object; one ``wait`` per
-    runtime, so a task waiting here lends its slot once."""
+    (``mesh.program.containers``: lists, tuples and dict values, up to its depth limit;
+    ``x`` itself too) replaced by its value, the latest version for an object; one
+    ``wait`` per runtime, so a task waiting here lends its slot once."""
     objects_rt = _rt.current(create=False)
     found: dict[int, tuple] = {}  # id(node) -> (runtime, data id, writer task id or None)
 
@@ -205,8 +208,9 @@ def _wait_one(x: Any) -> Any:
 
 def wait_on(*objs: Any) -> Any:
     """The value of each argument: futures become their values and INOUT/OUT objects
-    their latest version, also inside lists, tuples and dicts at any depth (as
-    PyCOMPSs' ``compss_wait_on``); anything else is returned as is. One argument gives one value, several a list (as PyCOMPSs).
+    their latest version, also inside lists, tuples and dict values, 100 deep (as
+    PyCOMPSs' ``compss_wait_on``, see ``mesh.program.containers``); anything else is
+    returned as is. One argument gives one value, several a list (as PyCOMPSs).
     Raises what a failed task raised, or ``TaskCancelled``."""
     values = [_wait_one(o) for o in objs]
     return values[0] if len(values) == 1 else values

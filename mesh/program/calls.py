@@ -7,8 +7,10 @@ Theory of operation
 argument the graph must know of (a ``TaskFuture``, a file, an object passed as INOUT or
 OUT, or an object a task writes passed again) becomes a ``Param`` of the ``TaskSpec``
 and a ``_Slot`` placeholder in the call's argument template, described by a
-``_SlotInfo``; any other value stays in the template as it is (``scan`` finds the
-futures inside lists, tuples and dicts). The function, the template and the slots are
+``_SlotInfo``; any other value stays in the template as it is. Futures and objects
+a task writes inside lists, tuples and dicts are found by the one container walk
+(``mesh.program.containers``, its depth rule included), and so are the slots when the
+values are put in. The function, the template and the slots are
 kept as a ``_Call`` until the task ends. An object passed as INOUT or OUT gets one data
 id (``_object_id``) and stays pinned for the life of the runtime.
 
@@ -34,6 +36,7 @@ from typing import Any
 
 from mesh.errors import LocalProtocolError
 from mesh.program import slot
+from mesh.program.containers import ATOMS, PASS, replace
 from mesh.program.lineage import holdings
 from mesh.program.taskexec import TaskFuture, _execute, _FileArg
 from mesh.program.tasktrace import TaskTrace
@@ -82,7 +85,7 @@ class _Call:
 
 # types of argument values that cannot hold a TaskFuture (``call`` still checks that
 # such a value is not an object a task writes, e.g. a str passed as INOUT elsewhere)
-_ATOMS = frozenset({int, float, str, bytes, bool, type(None), complex})
+_ATOMS = ATOMS
 _POSITIONAL_KINDS = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 _names_cache: dict[int, tuple[inspect.Signature, tuple[str, ...] | None]] = {}
 
@@ -101,35 +104,9 @@ def _positional_names(signature: inspect.Signature) -> tuple[str, ...] | None:
     return names
 
 
-def _replace(x: Any, kind: type, fn) -> Any:
-    """``x`` with every instance of ``kind`` inside lists, tuples and dicts (recursively)
-    replaced by ``fn(it)``; containers without one are returned as they are (no copy)."""
-    if isinstance(x, kind):
-        return fn(x)
-    if type(x) in (list, tuple):
-        items = [_replace(i, kind, fn) for i in x]
-        if any(a is not b for a, b in zip(items, x, strict=True)):
-            return items if type(x) is list else tuple(items)
-        return x
-    if type(x) is dict:
-        new = {k: _replace(v, kind, fn) for k, v in x.items()}
-        return new if any(new[k] is not x[k] for k in x) else x
-    return x
-
-
 def substitute(x: Any, values: list) -> Any:
-    """``x`` with every ``_Slot`` replaced by its value."""
-    return _replace(x, _Slot, lambda slot: values[slot.index])
-
-
-def scan(x: Any, on_future) -> Any:
-    """``x`` with every TaskFuture inside lists, tuples and dicts (recursively) replaced
-    by ``on_future(fut)``; containers without futures are returned as they are."""
-    return _replace(x, TaskFuture, on_future)
-    if type(x) is dict:
-        new = {k: scan(v, on_future) for k, v in x.items()}
-        return new if any(new[k] is not x[k] for k in x) else x
-    return x
+    """``x`` with every ``_Slot`` replaced by its value (``mesh.program.containers``)."""
+    return replace(x, lambda node: values[node.index] if type(node) is _Slot else PASS)
 
 
 class _Group:
@@ -186,6 +163,16 @@ class TaskSubmission:
                 raise ValueError("this future belongs to another mesh connection")
             return add(Param(IN, fut.data_id), _SlotInfo("future"))
 
+        objects = self._objects
+
+        def inside(node: Any) -> Any:  # (a node inside an argument: mesh.program.containers)
+            if isinstance(node, TaskFuture):
+                return future(node)
+            entry = objects.get(id(node))
+            if entry is not None and entry[1] is node:  # an object a task writes: read its latest
+                return add(Param(IN, entry[0]), _SlotInfo("obj", node))
+            return PASS
+
         template: dict = {}
         with self.lock:
             if slot.call_id != self._progress_base[0]:  # a worker's next call: a new run
@@ -214,7 +201,7 @@ class TaskSubmission:
                     data_id = self._objects[id(value)][0]  # an object a task writes: a dependency
                     template[pname] = add(Param(IN, data_id), _SlotInfo("obj", value))
                 else:
-                    template[pname] = scan(value, future)
+                    template[pname] = replace(value, inside)
             task_id = f"{name}-{next(self._ids)}"
             spec = TaskSpec(task_id, name, params, returns, priority, on_failure, time_out)
             self._calls[task_id] = _Call(fn, signature, template, slots, returns, groups, positional,

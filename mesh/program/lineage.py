@@ -30,9 +30,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from mesh.program import slot
+from mesh.program.containers import PASS, replace
 from mesh.program.taskexec import TaskFailed, _execute
 from mesh.sched.graph import Outcome
-from mesh.sched.objects import ObjectLost, Ref, refs_in, replace_refs
+from mesh.sched.objects import ObjectLost, Ref
 from mesh.wire.messages import Holding
 
 log = logging.getLogger("mesh.runtime")
@@ -109,13 +110,15 @@ class Lineage:
     def payload(self, task_id: str) -> tuple:
         """The producer's call as sent, each lost input replaced by its newest value."""
         fn, args, kwargs, outs, files, returns, refs = self.entries[task_id].sent
-        if self.renamed:
-            found: list[Ref] = []
-            refs_in((args, kwargs, outs), found, depth=4)
-            values = {r.oid: self.latest(r.oid) for r in found if r.oid in self.renamed}
-            if values:
-                args, kwargs, outs = (replace_refs(args, values), replace_refs(kwargs, values),
-                                      replace_refs(outs, values))
+        if self.renamed:  # (where the runtime put them: mesh.program.containers' walk)
+            def newest(node: Any) -> Any:
+                if type(node) is Ref and node.oid in self.renamed:
+                    return self.latest(node.oid)
+                return PASS
+
+            args = tuple([replace(a, newest) for a in args])
+            kwargs = {k: replace(v, newest) for k, v in kwargs.items()}
+            outs = [replace(o, newest) for o in outs]
         return fn, args, kwargs, outs, files, returns, refs
 
     def rerun_done(self, task_id: str, outputs: list) -> tuple[list, list]:

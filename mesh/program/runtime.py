@@ -55,7 +55,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from mesh.program import slot
-from mesh.program.calls import TaskSubmission, _Call, _Group, needs_of, scan
+from mesh.program.calls import TaskSubmission, _Call, _Group, needs_of
 from mesh.program.events import GraphEvents
 from mesh.program.lineage import Lineage, Recovery
 from mesh.program.taskexec import TaskCancelled, TaskFailed, TaskFuture, TaskTimedOut
@@ -64,7 +64,7 @@ from mesh.sched.graph import DataVersion, Ready, TaskGraph
 from mesh.sched.objects import Ref
 
 __all__ = ["Runtime", "TaskCancelled", "TaskFailed", "TaskFuture", "TaskTimedOut", "current",
-           "needs_of", "scan"]
+           "needs_of"]
 
 log = logging.getLogger(__name__)
 

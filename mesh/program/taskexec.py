@@ -34,7 +34,9 @@ def dumps(obj: Any) -> bytes:
     """``cloudpickle.dumps(obj)``. When ``obj`` holds only None, bools, numbers, str,
     bytes, small tuples/lists/dicts of these and functions that cloudpickle pickles by
     reference (importable, not from ``__main__``, not registered by value), plain
-    ``pickle`` makes the same bytes, a few times faster: it does."""
+    ``pickle`` makes the same bytes, a few times faster: it does. (``_plain`` looks 3
+    deep and 64 items wide only to bound its own cost; it finds nothing: anything else
+    simply goes to cloudpickle. Task values are found by ``mesh.program.containers``.)"""
     global _cloudpickle
     if _cloudpickle is None:
         import cloudpickle
@@ -192,18 +194,24 @@ def _execute(fn, args: tuple, kwargs: dict, outs: list, files: list, returns: in
 
 def _resolve(args: tuple, kwargs: dict, outs: list) -> tuple:
     """Fetch the ``Ref`` arguments' values (``slot.get``: from our agent, which may get
-    them from their holder) and put them in place."""
-    from mesh.sched.objects import Ref, refs_in, replace_refs
+    them from their holder) and put them in place: where the program's runtime put
+    them, found by the same walk (``mesh.program.containers``), each argument from its
+    own depth 0. One object per id, so identity is kept."""
+    from mesh.program.containers import PASS, replace
+    from mesh.sched.objects import Ref
 
-    found: list[Ref] = []
-    refs_in(args, found)
-    refs_in(kwargs, found)
-    refs_in(outs, found)
     values: dict[str, Any] = {}
-    for ref in found:
-        if ref.oid not in values:
-            values[ref.oid] = pickle.loads(slot.get(ref.oid, ref.holder))
-    return replace_refs(args, values), replace_refs(kwargs, values), replace_refs(outs, values)
+
+    def fetch(node: Any) -> Any:
+        if type(node) is not Ref:
+            return PASS
+        value = values.get(node.oid, PASS)
+        if value is PASS:
+            value = values[node.oid] = pickle.loads(slot.get(node.oid, node.holder))
+        return value
+
+    return (tuple([replace(a, fetch) for a in args]), {k: replace(v, fetch) for k, v in kwargs.items()},
+            [replace(o, fetch) for o in outs])
 
 
 def _keep(value: Any) -> Any:
