@@ -55,3 +55,15 @@ def fires_a_failing_task(x):
 @task(returns=1)
 def nested_inc(x):
     return wait_on(child(x)) + 1
+
+
+@task(returns=1)
+def square(x):
+    return x * x
+
+
+@task(returns=1)
+def main(n):
+    """A ``@task``-decorated entry point, as PyCOMPSs programs often have: it runs as the
+    main program itself (COMPSs' startApplication, ``mesh call``), not as one task."""
+    return sum(wait_on([square(i) for i in range(int(n))]))  # (COMPSs passes strings)

@@ -3,13 +3,16 @@ values PyCOMPSs gives them (issue 16): each test pins one semantic PyCOMPSs user
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 
 import pytest
 
 import mesh
 from mesh.program.api import TaskFailed, wait_on
-from tests.conftest import wait_for
+from tests.compss_helpers import b64, element, param, start
+from tests.conftest import run_cli, wait_for
 from tests.pycompss_tasks import (
     fires_a_failing_task,
     multiply,
@@ -17,6 +20,7 @@ from tests.pycompss_tasks import (
     waits_then_fires_0,
     waits_then_fires_1,
 )
+from tests.test_compss_rest import http
 
 pytestmark = [pytest.mark.agents, pytest.mark.timeout(120)]
 
@@ -118,3 +122,49 @@ def test_a_task_whose_unwaited_task_fails_the_graph_fails_and_its_worker_starts_
             wait_on(fires_a_failing_task(7))
     with mesh.connect(a.comm):
         assert wait_on(nested_inc(1)) == 3
+
+
+TASK_MAIN_SCRIPT = '''
+from mesh import task, wait_on
+
+@task(returns=1)
+def square(x):
+    return x * x
+
+@task(returns=1)
+def main(n):
+    return sum(wait_on([square(i) for i in range(int(n))]))
+'''
+
+
+def test_a_task_decorated_main_runs_as_the_main_program(agents, tmp_path, mesh_key):
+    """COMPSs runs the method named by startApplication as the application's main, even
+    when it is a @task: so do ``mesh call``, ``mesh run`` and startApplication (before,
+    ``main`` became one nested task: 'a TaskFuture cannot be pickled')."""
+    a = agents.start("main0", "--rest-port", "0", cpus=2)
+    expected = sum(i * i for i in range(6))
+    res = run_cli("call", "--agent", a.comm, "tests.pycompss_tasks:main", "6", timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == str(expected)
+
+    script = tmp_path / "app.py"
+    script.write_text(TASK_MAIN_SCRIPT)
+    graph = tmp_path / "graph.dot"
+    res = run_cli("run", "--agent", a.comm, "--graph", str(graph), str(script), "6", timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == str(expected)
+    names = re.findall(r'tooltip="(\w+) on', graph.read_text())
+    assert names == ["square"] * 6  # main ran as the program, not as a task of it
+
+    rest, token = a.state["rest"], mesh_key.rest_token()
+    body = start(param("STRING_64_T", element(b64("6"))), class_name="tests.pycompss_tasks",
+                 method="main")
+    code, call_id = http(rest, token, "PUT", "/COMPSs/startApplication", body)
+    assert code == 200
+
+    def finished():
+        doc = json.loads(http(rest, token, "GET", f"/v1/calls/{call_id.decode()}")[1])
+        return doc if doc["state"] in ("done", "failed") else None
+
+    doc = wait_for(finished, 30, "the application to end")
+    assert doc["state"] == "done" and doc["result"] == expected, doc

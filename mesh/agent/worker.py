@@ -29,7 +29,7 @@ import cbor2
 import cloudpickle
 
 from mesh.program import slot
-from mesh.program.taskexec import dumps
+from mesh.program.taskexec import dumps, entry_point
 from mesh.wire.framing import FrameSocket
 
 NICE = 10  # the main thread's nice once a call has run NICE_AFTER (``Inbox._nice_main``)
@@ -51,6 +51,7 @@ def resolve(function: str):
         obj = getattr(obj, part)
     if not callable(obj):
         raise TypeError(f"{function} is not callable")
+    obj = entry_point(obj)  # a @task named here runs as the program's main itself
     if len(_resolved) < 4096:
         _resolved[function] = obj
     return obj

@@ -131,6 +131,18 @@ class TaskFuture:
 # ------------------------------------------------------------------ worker side
 
 
+def entry_point(fn: Any) -> Any:
+    """What runs for a function named as a program's entry point (``mesh call``'s
+    MODULE:FUNCTION, ``mesh run``'s ``main``, COMPSs' startApplication): a ``@task``
+    runs as the main program itself, its undecorated function in this worker, as COMPSs
+    runs the method as the application's main. Calling the task wrapper here would make
+    it one nested task of a graph made for it, whose future cannot even be sent back."""
+    api = sys.modules.get("mesh.program.api")  # (not imported: no Task exists)
+    if api is not None and isinstance(fn, api.Task):
+        return fn.fn
+    return fn
+
+
 @dataclass
 class _FileArg:
     """A FILE_* parameter on its way to the worker: the file's bytes (None for FILE_OUT)."""
