@@ -4,7 +4,7 @@ for a lent slot starts quickly."""
 
 from __future__ import annotations
 
-from mesh.program.api import INOUT, constraint, task, wait_on
+from mesh.program.api import FILE_INOUT, INOUT, constraint, task, wait_on
 
 
 @task(c=INOUT, returns=0)
@@ -67,3 +67,11 @@ def main(n):
     """A ``@task``-decorated entry point, as PyCOMPSs programs often have: it runs as the
     main program itself (COMPSs' startApplication, ``mesh call``), not as one task."""
     return sum(wait_on([square(i) for i in range(int(n))]))  # (COMPSs passes strings)
+
+
+@task(path=FILE_INOUT, returns=0, on_failure="IGNORE")
+def append_or_fail(path, line):
+    if line == "bad":
+        raise ValueError("refused a bad line")
+    with open(path, "a") as f:
+        f.write(line + "\n")

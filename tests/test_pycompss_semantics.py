@@ -10,10 +10,11 @@ import threading
 import pytest
 
 import mesh
-from mesh.program.api import TaskFailed, wait_on
+from mesh.program.api import TaskFailed, barrier, wait_on, wait_on_file
 from tests.compss_helpers import b64, element, param, start
 from tests.conftest import run_cli, wait_for
 from tests.pycompss_tasks import (
+    append_or_fail,
     fires_a_failing_task,
     multiply,
     nested_inc,
@@ -168,3 +169,19 @@ def test_a_task_decorated_main_runs_as_the_main_program(agents, tmp_path, mesh_k
 
     doc = wait_for(finished, 30, "the application to end")
     assert doc["state"] == "done" and doc["result"] == expected, doc
+
+
+def test_ignore_on_a_chained_file_inout_goes_on_with_the_next_task(two_agents, tmp_path):
+    """IGNORE on a FILE_INOUT in a chain: the next task runs and barrier returns (the
+    next task gets an empty file, the graph's stand-in for a failed version; COMPSs
+    would keep what the failed task wrote). Before: KeyError(DataVersion) in _submit,
+    the next task never sent, barrier blocked for ever."""
+    path = tmp_path / "log.txt"
+    path.write_text("start\n")
+    append_or_fail(str(path), "one")
+    append_or_fail(str(path), "bad")  # fails, ignored
+    append_or_fail(str(path), "two")
+    append_or_fail(str(path), "three")
+    barrier()
+    assert wait_on_file(str(path)) == str(path)
+    assert path.read_text().endswith("two\nthree\n")  # (what came before: see the docstring)

@@ -254,9 +254,10 @@ class TaskSubmission:
         files: list[_FileArg] = []
         for access, info in zip(ready.params, call.slots, strict=True):
             if info.kind == "file":
-                data = self._values[access.read] if access.read is not None else None
-                if access.read_failed:
+                if access.read_failed:  # its writer failed under IGNORE: no value was kept
                     data = b""
+                else:
+                    data = self._values[access.read] if access.read is not None else None
                 if isinstance(data, OSError):
                     self._running[ready.task_id] = ready
                     self._post(("failed", ready.task_id, ready.attempt, data))
