@@ -4,7 +4,7 @@ for a lent slot starts quickly."""
 
 from __future__ import annotations
 
-from mesh.program.api import FILE_INOUT, INOUT, constraint, task, wait_on
+from mesh.program.api import FILE_IN, FILE_INOUT, FILE_OUT, INOUT, constraint, task, wait_on
 
 
 @task(c=INOUT, returns=0)
@@ -75,3 +75,14 @@ def append_or_fail(path, line):
         raise ValueError("refused a bad line")
     with open(path, "a") as f:
         f.write(line + "\n")
+
+
+@task(src=FILE_IN, dst=FILE_OUT, returns=1)
+def copy_or_report(src, dst):
+    """PyCOMPSs passes a FILE parameter given as None to the task as None (a null
+    parameter): nothing is read, transferred or written back."""
+    text = "none" if src is None else open(src).read()
+    if dst is not None:
+        with open(dst, "w") as f:
+            f.write(text)
+    return f"src={'None' if src is None else 'a file'} dst={'None' if dst is None else 'a file'}"

@@ -15,6 +15,7 @@ from tests.compss_helpers import b64, element, param, start
 from tests.conftest import run_cli, wait_for
 from tests.pycompss_tasks import (
     append_or_fail,
+    copy_or_report,
     fires_a_failing_task,
     multiply,
     nested_inc,
@@ -185,3 +186,17 @@ def test_ignore_on_a_chained_file_inout_goes_on_with_the_next_task(two_agents, t
     barrier()
     assert wait_on_file(str(path)) == str(path)
     assert path.read_text().endswith("two\nthree\n")  # (what came before: see the docstring)
+
+
+def test_a_file_parameter_given_none_reaches_the_task_as_none(two_agents, tmp_path):
+    """As PyCOMPSs (a None FILE parameter is a null parameter): no dependency, nothing
+    read or written back. Anything else that is not a path is refused at the call."""
+    src, dst = tmp_path / "in.txt", tmp_path / "out.txt"
+    src.write_text("data")
+    assert wait_on(copy_or_report(None, str(dst))) == "src=None dst=a file"
+    assert wait_on_file(str(dst)) and dst.read_text() == "none"
+    assert wait_on(copy_or_report(str(src), None)) == "src=a file dst=None"
+    assert wait_on(copy_or_report(str(src), str(dst))) == "src=a file dst=a file"
+    assert wait_on_file(str(dst)) and dst.read_text() == "data"
+    with pytest.raises(TypeError, match="'src' is FILE_IN: a path .* or None, not int"):
+        copy_or_report(42, None)

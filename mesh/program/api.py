@@ -24,7 +24,8 @@ runtime (``mesh.program.runtime``) runs the task on the mesh when its inputs exi
 * ``FILE_IN``/``FILE_OUT``/``FILE_INOUT`` parameters are paths on the program's
   machine: the file's bytes travel with the task (read when the task is called) and
   written bytes come back and are written to the path when the task ends (only the
-  latest version is written). ``wait_on_file(path)`` waits for that;
+  latest version is written). ``wait_on_file(path)`` waits for that. None instead of a
+  path reaches the task as None, with no file (PyCOMPSs' null parameter);
 * ``on_failure``: RETRY (run once more, then as FAIL), CANCEL_SUCCESSORS (the tasks
   that read its outputs are cancelled: their futures raise ``TaskCancelled``), FAIL
   (every pending task is cancelled, later calls are cancelled at once and ``barrier``

@@ -12,7 +12,9 @@ a task writes inside lists, tuples and dicts are found by the one container walk
 (``mesh.program.containers``, its depth rule included), and so are the slots when the
 values are put in. The function, the template and the slots are
 kept as a ``_Call`` until the task ends. An object passed as INOUT or OUT gets one data
-id (``_object_id``) and stays pinned for the life of the runtime.
+id (``_object_id``) and stays pinned for the life of the runtime. A FILE_* parameter
+given None reaches the function as None, with no file behind it (PyCOMPSs' null
+parameter); any other value that is not a path is refused.
 
 When the graph says ``Ready``, ``_submit`` puts the values of the versions the task
 reads in place of its slots (``substitute``; files as ``_FileArg``) and sends
@@ -182,7 +184,14 @@ class TaskSubmission:
             for pname, value in arguments.items():
                 d = directions.get(pname, IN) if directions else IN
                 if d is not IN and d.is_file:  # (Direction's properties cost a call)
-                    path = os.path.abspath(os.fspath(value))
+                    if value is None:  # as PyCOMPSs: a null parameter, no file at all
+                        template[pname] = None
+                        continue
+                    try:
+                        path = os.path.abspath(os.fspath(value))
+                    except TypeError:
+                        raise TypeError(f"{name}: parameter {pname!r} is {d.value}: a path (str, bytes "
+                                        f"or os.PathLike) or None, not {type(value).__name__}") from None
                     data_id = "file:" + path
                     if d.reads and not os.path.exists(path) and not self._known(data_id):
                         raise FileNotFoundError(f"{name}: input file {path!r} does not exist")
