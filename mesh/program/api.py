@@ -70,7 +70,7 @@ from typing import Any
 
 from mesh.program import runtime as _rt
 from mesh.program.containers import PASS, replace
-from mesh.program.runtime import TaskCancelled, TaskFailed, TaskFuture, TaskTimedOut
+from mesh.program.runtime import GraphBroken, TaskCancelled, TaskFailed, TaskFuture, TaskTimedOut
 from mesh.sched.taskspec import (
     FILE_IN,
     FILE_INOUT,
@@ -83,7 +83,7 @@ from mesh.sched.taskspec import (
 )
 
 __all__ = [
-    "FILE_IN", "FILE_INOUT", "FILE_OUT", "IN", "INOUT", "OUT", "Constraints", "Task",
+    "FILE_IN", "FILE_INOUT", "FILE_OUT", "IN", "INOUT", "OUT", "Constraints", "GraphBroken", "Task",
     "TaskCancelled", "TaskFailed", "TaskFuture", "TaskGroup", "TaskTimedOut", "barrier",
     "constraint", "task", "wait_on", "wait_on_file",
 ]

@@ -140,6 +140,7 @@ class TaskSubmission:
     _groups: dict[str, list[_Group]]
     _progress_base: tuple[str | None, tuple]
     _sent: dict[str, tuple]
+    broken: Any
 
     def call(self, fn, signature: inspect.Signature, directions: dict, args: tuple, kwargs: dict,
              returns: int, name: str, priority: bool, on_failure: OnFailure,
@@ -177,6 +178,8 @@ class TaskSubmission:
 
         template: dict = {}
         with self.lock:
+            if self.broken is not None:
+                raise self.broken
             if slot.call_id != self._progress_base[0]:  # a worker's next call: a new run
                 c = self.graph.counters
                 self._progress_base = (slot.call_id,

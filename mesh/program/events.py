@@ -25,6 +25,14 @@ a file is written back while its version is the newest) and are recorded for
 (``ObjectLost``) waits until it is made again (``Recovery._recover``) and is sent again.
 ``_apply`` carries out the graph's actions in order (the list in ``mesh.program.runtime``); the
 oids of released ``Ref`` values are freed at their holders once it is done.
+
+Nothing waits for ever because of a bug here. An exception while handling an event is
+never only logged: a task's result that cannot be handled before the graph is told
+fails that attempt (``_event_failed``: its policy decides, its waiters get the error);
+a ``Ready`` that cannot be sent fails that attempt too. Any other action that raises
+leaves the graph half-updated (the actions after it are lost), so the graph is
+*broken* (``_break``): one ``GraphBroken`` error reaches every waiter, ``barrier`` and
+task group at once, later calls raise it, and the calls in flight are cancelled.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ from typing import Any
 from mesh.program import slot
 from mesh.program.calls import _Call, _Group
 from mesh.program.lineage import Lineage, outputs_of
-from mesh.program.taskexec import TaskCancelled, TaskFailed, TaskTimedOut
+from mesh.program.taskexec import GraphBroken, TaskCancelled, TaskFailed, TaskTimedOut
 from mesh.program.tasktrace import TaskTrace
 from mesh.sched.graph import (
     Cancelled,
@@ -101,6 +109,7 @@ class GraphEvents:
     _sent: dict[str, tuple]
     _to_free: dict[str, list[str]]
     _retired: bool
+    broken: GraphBroken | None
 
     def _post(self, event: tuple) -> None:
         """Hand an event to the runtime's thread (from any thread, never under a lock
@@ -138,15 +147,86 @@ class GraphEvents:
                     return
 
     def _handle(self, events: list[tuple]) -> None:
-        """Carry out events, under the lock."""
+        """Carry out events, under the lock. An event that raises fails what it was
+        about (``_event_failed``): nothing is left waiting."""
         for ev in events:
+            if self.broken is not None:
+                break  # (nothing will be sent again: see _break)
             try:
                 self._event(ev)
-            except Exception:  # a bug here: keep the runtime alive, say so
-                log.exception("mesh runtime: handling %r failed", ev[:2])
-        if self.graph.next_deadline() is not None:
-            self._apply(self.graph.tick(time.monotonic()))
+            except Exception as exc:  # a bug, or a core refusing what we told it
+                self._event_failed(ev, exc)
+        if self.broken is None and self.graph.next_deadline() is not None:
+            try:
+                acts = self.graph.tick(time.monotonic())
+            except Exception as exc:
+                self._break(exc, "ticking the graph")
+            else:
+                self._apply(acts)
         self._notify()
+
+    def _event_failed(self, ev: tuple, exc: Exception) -> None:
+        """Under the lock: handling ``ev`` raised outside ``_apply`` (which breaks the
+        graph itself when an action fails). For a task's result, before the graph was
+        told: that attempt fails with the error (its policy decides what follows, its
+        waiters get the error). Anything else: the graph is broken (``_break``)."""
+        log.error("mesh runtime: handling %r failed", ev[:2], exc_info=exc)
+        kind = ev[0]
+        if kind not in ("result", "failed"):
+            self._break(exc, f"handling a {kind!r} event")
+            return
+        _, task_id, attempt, _ = ev
+        state = self.graph.task_state(task_id)
+        if state is None or state.terminal:  # the graph knew of it: what followed is unknown
+            self._break(exc, f"handling the result of task {task_id}")
+            return
+        self._running.pop(task_id, None)
+        self._call_id.pop(task_id, None)
+        self._sent.pop(task_id, None)
+        error = TaskFailed(f"task {task_id}: its result could not be handled: "
+                           f"{type(exc).__name__}: {exc}")
+        error.__cause__ = exc
+        self._last_exc[task_id] = error
+        try:
+            acts = self.graph.done(task_id, attempt, Outcome.failed(str(error)), time.monotonic())
+        except Exception as again:
+            self._break(again, f"failing task {task_id}")
+            return
+        self._apply(acts)
+
+    def _break(self, exc: BaseException, where: str) -> None:
+        """Under the lock: an internal error left the graph in a state that cannot be
+        trusted (some of its actions were not carried out). Fail everything at once,
+        with one clear error: every waiter, ``barrier`` and task groups wake with it,
+        later calls raise it, and the calls in flight are cancelled at the agents (their
+        results would reach nobody)."""
+        if self.broken is not None:
+            return
+        log.error("mesh runtime: the task graph is broken while %s", where, exc_info=exc)
+        err = GraphBroken(f"the task graph cannot go on: an internal error while {where}: "
+                          f"{type(exc).__name__}: {exc}")
+        err.__cause__ = exc
+        self.broken = err
+        self.failure = ("(runtime)", str(err))
+        self.failure_exc = err
+        waiters, self._waiters = self._waiters, {}
+        for fut, _ in waiters.values():
+            if not fut.done():
+                fut.set_exception(err)
+        for entry in self.lineage.entries.values():  # wait_on fetches waiting for a rerun
+            waiting, entry.waiting = entry.waiting or [], None
+            for kind, target in waiting:
+                if kind == "wait" and not target.done():
+                    target.set_exception(err)
+        calls, self._call_id = self._call_id, {}
+        self._running.clear()
+        self._sent.clear()
+        for call_id in calls.values():
+            try:
+                self.client.cancel(call_id)
+            except Exception:  # (a closed client: nothing runs for us any more)
+                pass
+        self.cond.notify_all()
 
     def _progress_due(self) -> tuple[int, int, int] | None:
         """Under the lock: the graph's (submitted, done, failed) since the worker's call
@@ -252,64 +332,85 @@ class GraphEvents:
         return outputs
 
     def _apply(self, acts: list) -> None:
-        for act in acts:
-            if isinstance(act, Ready):
-                self._submit(act)
-            elif isinstance(act, Resolved):
-                entry = self._waiters.pop(act.version, None)
-                if entry is None:
-                    continue
-                fut, writer = entry
-                if act.ok:
-                    fut.set_result(self._values.get(act.version))
-                else:
-                    fut.set_exception(self._fate.get(writer) or TaskFailed(act.error))
-            elif isinstance(act, Snapshot):
-                data_id = act.version.data_id
-                if data_id.startswith("file:"):
-                    try:
-                        with open(data_id[5:], "rb") as fh:
-                            self._values[act.version] = fh.read()
-                    except OSError as exc:  # the task that reads it fails with this
-                        self._values[act.version] = exc
-                else:
-                    self._values[act.version] = self._object_of[data_id]
-            elif isinstance(act, Release):
-                value = self._values.pop(act.version, None)
-                if type(value) is Ref:  # kept at an agent: free it there
-                    self._to_free.setdefault(value.holder, []).append(value.oid)
-            elif isinstance(act, Kill):
-                ready = self._running.get(act.task_id)
-                if ready is not None and ready.attempt == act.attempt:
-                    del self._running[act.task_id]
-                    self._sent.pop(act.task_id, None)
-                    call_id = self._call_id.pop(act.task_id, None)
-                    if call_id is not None:  # the agent stops it wherever it runs
-                        self.client.cancel(call_id)
-            elif isinstance(act, Finished):
-                self._failed_on.pop(act.task_id, None)
-                if act.state is TaskState.FAILED:
-                    exc = self._last_exc.pop(act.task_id, None)
-                    if exc is None:
-                        cls = TaskTimedOut if act.error.startswith("TimedOut") else TaskFailed
-                        exc = cls(f"task {act.task_id} failed: {act.error}")
-                    self._fate[act.task_id] = exc
-                    self._failed_exc = exc
-                else:
-                    self._last_exc.pop(act.task_id, None)
-                self._terminal(act.task_id, act.state is TaskState.FAILED)
-            elif isinstance(act, Cancelled):
-                self._running.pop(act.task_id, None)
-                self._sent.pop(act.task_id, None)
-                self._fate[act.task_id] = TaskCancelled(f"task {act.task_id} cancelled: {act.reason}")
-                self._terminal(act.task_id, False)
-            elif isinstance(act, GraphFailed):
-                self.failure = (act.task_id, act.error)
-                self.failure_exc = self._failed_exc
+        """Carry out the graph's actions in order (under the lock). A ``Ready`` that
+        cannot be sent fails that attempt; any other action that raises breaks the graph
+        (``_break``): the actions after it are lost, so its state is unknown."""
+        if self.broken is not None:
+            return
+        act = None
+        try:
+            for act in acts:
+                self._act(act)
+        except Exception as exc:
+            self._break(exc, f"carrying out {type(act).__name__}")
         if self._to_free:
             to_free, self._to_free = self._to_free, {}
             for holder, oids in to_free.items():
                 self.client.free(holder, oids)
+
+    def _act(self, act: Any) -> None:
+        """One action of the graph (see ``_apply``)."""
+        if isinstance(act, Ready):
+            try:
+                self._submit(act)
+            except Exception as exc:  # the attempt fails with it; the graph is fine
+                log.error("mesh runtime: task %s could not be sent", act.task_id, exc_info=exc)
+                call_id = self._call_id.pop(act.task_id, None)
+                if call_id is not None:  # (it went: nobody will take its result)
+                    self.client.cancel(call_id)
+                self._running[act.task_id] = act
+                self._post(("failed", act.task_id, act.attempt, exc))
+        elif isinstance(act, Resolved):
+            entry = self._waiters.pop(act.version, None)
+            if entry is None:
+                return
+            fut, writer = entry
+            if act.ok:
+                fut.set_result(self._values.get(act.version))
+            else:
+                fut.set_exception(self._fate.get(writer) or TaskFailed(act.error))
+        elif isinstance(act, Snapshot):
+            data_id = act.version.data_id
+            if data_id.startswith("file:"):
+                try:
+                    with open(data_id[5:], "rb") as fh:
+                        self._values[act.version] = fh.read()
+                except OSError as exc:  # the task that reads it fails with this
+                    self._values[act.version] = exc
+            else:
+                self._values[act.version] = self._object_of[data_id]
+        elif isinstance(act, Release):
+            value = self._values.pop(act.version, None)
+            if type(value) is Ref:  # kept at an agent: free it there
+                self._to_free.setdefault(value.holder, []).append(value.oid)
+        elif isinstance(act, Kill):
+            ready = self._running.get(act.task_id)
+            if ready is not None and ready.attempt == act.attempt:
+                del self._running[act.task_id]
+                self._sent.pop(act.task_id, None)
+                call_id = self._call_id.pop(act.task_id, None)
+                if call_id is not None:  # the agent stops it wherever it runs
+                    self.client.cancel(call_id)
+        elif isinstance(act, Finished):
+            self._failed_on.pop(act.task_id, None)
+            if act.state is TaskState.FAILED:
+                exc = self._last_exc.pop(act.task_id, None)
+                if exc is None:
+                    cls = TaskTimedOut if act.error.startswith("TimedOut") else TaskFailed
+                    exc = cls(f"task {act.task_id} failed: {act.error}")
+                self._fate[act.task_id] = exc
+                self._failed_exc = exc
+            else:
+                self._last_exc.pop(act.task_id, None)
+            self._terminal(act.task_id, act.state is TaskState.FAILED)
+        elif isinstance(act, Cancelled):
+            self._running.pop(act.task_id, None)
+            self._sent.pop(act.task_id, None)
+            self._fate[act.task_id] = TaskCancelled(f"task {act.task_id} cancelled: {act.reason}")
+            self._terminal(act.task_id, False)
+        elif isinstance(act, GraphFailed):
+            self.failure = (act.task_id, act.error)
+            self.failure_exc = self._failed_exc
 
     def _notify(self) -> None:
         """Under the lock: wake ``barrier`` and ``wait_group`` when what they wait for may

@@ -58,12 +58,12 @@ from mesh.program import slot
 from mesh.program.calls import TaskSubmission, _Call, _Group, needs_of
 from mesh.program.events import GraphEvents
 from mesh.program.lineage import Lineage, Recovery
-from mesh.program.taskexec import TaskCancelled, TaskFailed, TaskFuture, TaskTimedOut
+from mesh.program.taskexec import GraphBroken, TaskCancelled, TaskFailed, TaskFuture, TaskTimedOut
 from mesh.program.tasktrace import TaskTrace
 from mesh.sched.graph import DataVersion, Ready, TaskGraph
 from mesh.sched.objects import Ref
 
-__all__ = ["Runtime", "TaskCancelled", "TaskFailed", "TaskFuture", "TaskTimedOut", "current",
+__all__ = ["GraphBroken", "Runtime", "TaskCancelled", "TaskFailed", "TaskFuture", "TaskTimedOut", "current",
            "needs_of"]
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,7 @@ class Runtime(TaskSubmission, GraphEvents, Recovery):
         self.lineage = Lineage()  # how lost outputs kept at agents are made again
         self._to_free: dict[str, list[str]] = {}  # holder -> released oids, sent after _apply
         self._retired = False  # dropped by finish_call: the thread ends once idle
+        self.broken: GraphBroken | None = None  # an internal error failed it all (events._break)
         self._thread = threading.Thread(target=self._loop, name="mesh-runtime", daemon=True)
         self._thread.start()
 
@@ -116,6 +117,8 @@ class Runtime(TaskSubmission, GraphEvents, Recovery):
         raises what the first one that failed raised."""
         waits = []
         with self.lock:
+            if self.broken is not None:
+                raise self.broken
             for data_id, writer in items:
                 version = self.graph.data_state(data_id).version
                 entry = self._waiters.get(version)
@@ -142,8 +145,10 @@ class Runtime(TaskSubmission, GraphEvents, Recovery):
 
     def barrier(self) -> None:
         with slot.lent(), self.cond:
-            self.cond.wait_for(lambda: self.graph.active_count == 0)
+            self.cond.wait_for(lambda: self.graph.active_count == 0 or self.broken is not None)
             failure = self.failure
+        if self.broken is not None:
+            raise self.broken
         if failure is not None:
             task_id, error = failure
             raise TaskFailed(f"the task graph failed: task {task_id} failed: {error}") \
@@ -151,7 +156,9 @@ class Runtime(TaskSubmission, GraphEvents, Recovery):
 
     def wait_group(self, group: _Group) -> None:
         with slot.lent(), self.cond:
-            self.cond.wait_for(lambda: group.pending == 0)
+            self.cond.wait_for(lambda: group.pending == 0 or self.broken is not None)
+        if self.broken is not None:
+            raise self.broken
 
     def retire(self) -> None:
         """This runtime takes no more tasks (``finish_call`` dropped it): its thread ends."""

@@ -87,6 +87,12 @@ class TaskCancelled(TaskFailed):
     """The task never ran (to its end): a predecessor failed or the graph failed."""
 
 
+class GraphBroken(TaskFailed):
+    """An internal error left the program's task graph in a state that cannot be
+    trusted: every unfinished task fails with this, and so do later calls, ``wait_on``
+    and ``barrier`` (connect again to start anew)."""
+
+
 class TaskTimedOut(TaskFailed):
     """The task ran longer than its ``time_out`` (on its last attempt)."""
 
