@@ -10,7 +10,11 @@ import pytest
 
 import mesh
 from mesh.program import runtime as rt_mod
-from mesh.program.api import GraphBroken, TaskFailed, TaskGroup, barrier, task, wait_on
+from mesh.program.api import INOUT, GraphBroken, TaskFailed, TaskGroup, barrier, task, wait_on
+from mesh.program.events import FATE_SWEEP
+from mesh.program.lineage import Lineage
+from mesh.sched.objects import Ref
+from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.agents, pytest.mark.timeout(60)]
 
@@ -86,3 +90,51 @@ def test_an_action_that_fails_breaks_the_graph_and_every_waiter_hears_it(runtime
         inc(3)  # later calls raise at once
     with pytest.raises(GraphBroken), TaskGroup("after"):
         pass
+
+
+@task(b=INOUT, returns=0, on_failure="IGNORE")
+def fail_bump(b):
+    raise ValueError("no")
+
+
+@task(returns=1, on_failure="CANCEL_SUCCESSORS")
+def boom(x):
+    raise ValueError(f"boom {x}")
+
+
+def test_the_runtime_s_tables_shrink_when_their_tasks_are_done(runtime):
+    """Many tasks, failed, cancelled and done: what the runtime keeps per task goes
+    once the task is over and nobody can wait on it (before: a failed task's fate
+    stayed for good once its outputs were released later)."""
+    obj = [0]
+    for _ in range(300):
+        fail_bump(obj)  # each fails, ignored; the next one releases its version
+    for i in range(100):
+        inc(boom(i))  # fails, its successor is cancelled; both futures dropped at once
+    within(30, barrier)
+    futures = [inc(i) for i in range(200)]
+    assert within(30, lambda fs=futures: wait_on(fs)) == [i + 1 for i in range(200)]
+    del futures
+
+    def sizes():
+        with runtime.lock:
+            return {name: len(getattr(runtime, name)) for name in (
+                "_fate", "_failed_on", "_last_exc", "_calls", "_running", "_call_id", "_sent",
+                "_waiters", "_groups", "_last_writer")}
+
+    # (dropped futures reach the runtime's thread as events: wait for them); the fates
+    # of tasks let go are swept in bulk, so up to FATE_SWEEP of them may remain
+    wait_for(lambda: max(sizes().values()) <= FATE_SWEEP, 10, "the tables to shrink",
+             explain=lambda: sizes())
+
+
+def test_lineage_stays_bounded_however_many_outputs_are_lost_and_made_again():
+    """Every producer's output lost and made again, 20 times the entries kept: the
+    renamings go with their producer's entry (before, ``renamed`` never shrank)."""
+    lin = Lineage(max_entries=10)
+    for i in range(200):
+        old = Ref(f"{i:032x}", "holder", 10)
+        lin.record(f"t{i}", "ready", "call", ("f", (), {}, [], [], 1, None), [("v", old)])
+        assert lin.recover(old.oid, ("wait", None)) == "started"
+        lin.rerun_done(f"t{i}", [("v", Ref(f"{i + 1000:032x}", "other", 10))])
+    assert len(lin.entries) == 10 and len(lin.made) == 10 and len(lin.renamed) == 10

@@ -68,6 +68,7 @@ from mesh.sched.graph import (
 from mesh.sched.objects import ObjectLost, Ref
 
 log = logging.getLogger("mesh.runtime")  # its name before the split (as mesh.lineage's)
+FATE_SWEEP = 64  # fates kept before the first sweep of those no longer needed (_set_fate)
 
 
 class GraphEvents:
@@ -100,6 +101,7 @@ class GraphEvents:
     _waiters: dict[DataVersion, tuple[Future, str | None]]
     _last_exc: dict[str, BaseException]
     _fate: dict[str, BaseException]
+    _fate_sweep: int
     _last_writer: dict[str, str]
     _object_of: dict[str, Any]
     _groups: dict[str, list[_Group]]
@@ -392,21 +394,18 @@ class GraphEvents:
                 if call_id is not None:  # the agent stops it wherever it runs
                     self.client.cancel(call_id)
         elif isinstance(act, Finished):
-            self._failed_on.pop(act.task_id, None)
             if act.state is TaskState.FAILED:
                 exc = self._last_exc.pop(act.task_id, None)
                 if exc is None:
                     cls = TaskTimedOut if act.error.startswith("TimedOut") else TaskFailed
                     exc = cls(f"task {act.task_id} failed: {act.error}")
-                self._fate[act.task_id] = exc
+                self._set_fate(act.task_id, exc)
                 self._failed_exc = exc
-            else:
-                self._last_exc.pop(act.task_id, None)
             self._terminal(act.task_id, act.state is TaskState.FAILED)
         elif isinstance(act, Cancelled):
             self._running.pop(act.task_id, None)
             self._sent.pop(act.task_id, None)
-            self._fate[act.task_id] = TaskCancelled(f"task {act.task_id} cancelled: {act.reason}")
+            self._set_fate(act.task_id, TaskCancelled(f"task {act.task_id} cancelled: {act.reason}"))
             self._terminal(act.task_id, False)
         elif isinstance(act, GraphFailed):
             self.failure = (act.task_id, act.error)
@@ -420,8 +419,23 @@ class GraphEvents:
             self._group_ended = False
             self.cond.notify_all()
 
+    def _set_fate(self, task_id: str, exc: BaseException) -> None:
+        """What ``wait_on`` on the outputs of a failed or cancelled task raises. Kept
+        while the graph holds the task (an output can still be waited on); the fates
+        of tasks it let go are swept once the table doubled since the last sweep (so at
+        most twice those still needed, or ``FATE_SWEEP``; O(1) per task)."""
+        self._fate[task_id] = exc
+        if len(self._fate) > self._fate_sweep:
+            task_state = self.graph.task_state
+            for gone in [t for t in self._fate if task_state(t) is None]:
+                del self._fate[gone]
+            self._fate_sweep = max(FATE_SWEEP, 2 * len(self._fate))
+
     def _terminal(self, task_id: str, failed: bool) -> None:
+        """A task is over (done, failed or cancelled): what was kept for its attempts goes."""
         self._calls.pop(task_id, None)
+        self._failed_on.pop(task_id, None)
+        self._last_exc.pop(task_id, None)
         for g in self._groups.pop(task_id, ()):
             g.pending -= 1
             if g.pending == 0:

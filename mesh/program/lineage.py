@@ -11,7 +11,9 @@ comes (``rerun_done``) the lost outputs are renamed to the new ones and the wait
 readers go again. Plain bookkeeping, no I/O: the runtime sends and receives.
 
 Entries are kept for the newest ``max_entries`` producers (an output whose producer
-was forgotten fails its reader with the ``ObjectLost`` error instead).
+was forgotten fails its reader with the ``ObjectLost`` error instead); ``made`` and
+``renamed`` hold only oids of kept entries (a renaming goes with its producer's entry),
+so the whole is bounded by ``max_entries``, ``max_reruns`` and the outputs per task.
 
 ``Recovery`` is the runtime's side (a mixin of ``mesh.program.runtime.Runtime``, run under its
 lock like the rest of its graph events): it sends the reruns and carries on with what
@@ -26,7 +28,7 @@ import pickle
 import time
 from collections import OrderedDict
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mesh.program import slot
@@ -47,6 +49,7 @@ class _Entry:
     outputs: list  # [(version, value)] as last produced
     reruns: int = 0
     waiting: list | None = None  # what to do when the running rerun finishes
+    lost: list = field(default_factory=list)  # oids of its outputs that were lost (renamed)
 
 
 class Lineage:
@@ -71,6 +74,8 @@ class Lineage:
             for _, v in old.outputs:
                 if type(v) is Ref:
                     self.made.pop(v.oid, None)
+            for oid in old.lost:  # (its renamings go with it)
+                self.renamed.pop(oid, None)
 
     def latest(self, oid: str) -> Any:
         """The newest value of a lost object (following recomputations), or None."""
@@ -129,6 +134,8 @@ class Lineage:
         for (version, old), (_, new) in zip(entry.outputs, outputs, strict=True):
             if type(old) is Ref:
                 self.renamed[old.oid] = new
+                entry.lost.append(old.oid)
+                self.made.pop(old.oid, None)  # (recover finds it in renamed from now on)
                 changes.append((version, old, new))
                 if type(new) is Ref:
                     self.made[new.oid] = task_id

@@ -90,7 +90,8 @@ class Runtime(TaskSubmission, GraphEvents, Recovery):
         self._failed_on: dict[str, list[str]] = {}  # task id -> agents its attempts failed on
         self._waiters: dict[DataVersion, tuple[Future, str | None]] = {}
         self._last_exc: dict[str, BaseException] = {}
-        self._fate: dict[str, BaseException] = {}
+        self._fate: dict[str, BaseException] = {}  # failed/cancelled task -> what wait_on raises
+        self._fate_sweep = 64  # its size at which it is swept next (events._set_fate)
         self._last_writer: dict[str, str] = {}
         self._objects: dict[int, tuple[str, Any]] = {}  # id(obj) -> (data id, obj): pinned
         self._object_of: dict[str, Any] = {}
