@@ -288,9 +288,11 @@ class GraphEvents:
         self._call_id.pop(task_id, None)
         now = time.monotonic()
         exc = payload if kind == "failed" else None
-        if type(exc) is ObjectLost and self._recover(exc.oid, ("resubmit", task_id)) is not None:
-            self._running[task_id] = ready  # sent again once its input is made again
-            return
+        if type(exc) is ObjectLost:  # sent again once its input is made again (maybe now:
+            self._running[task_id] = ready  # then _then finds it running)
+            if self._recover(exc.oid, ("resubmit", task_id)) is not None:
+                return
+            del self._running[task_id]
         sent = self._sent.pop(task_id, None)
         if exc is None:
             try:
