@@ -215,7 +215,7 @@ def test_pipelines_over_big_objects_survive_a_holder_killed_midway(agents, tmp_p
         got = wait_on(digests)
         assert got == [expected_digest(c, n, stages) for c in range(chains)]
         assert client.late_results == 0
-        reruns = mesh.program.runtime.current(create=False).lineage.reruns
+        reruns = mesh.program.runtime.current(create=False).recovery.lineage.reruns
         assert reruns >= 1  # the victim held the newest objects of chains in progress
         print(f"killed {victim.name} after {sum(counts.values())} runs; {reruns} task(s) rerun "
               f"to remake lost objects; {len(ran())} runs of make and stage in all (against {chains * (stages + 1)} without a fault)")

@@ -21,8 +21,9 @@ reported by whichever thread handled a result, at most every 0.2 s.
 An event of an attempt that no longer runs (killed or cancelled) only counts in
 ``stale_results``. A result's outputs become the values of their versions (``_store``:
 a file is written back while its version is the newest) and are recorded for
-``mesh.program.lineage``; an attempt that failed because an input kept at an agent was lost
-(``ObjectLost``) waits until it is made again (``Recovery._recover``) and is sent again.
+``mesh.program.recovery``; an attempt that failed because an input kept at an agent was lost
+(``ObjectLost``) waits until it is made again (``Recovery.recover``) and is sent again
+(``_resubmit``), or fails when it cannot be (``_fail_reader``).
 ``_apply`` carries out the graph's actions in order (the list in ``mesh.program.runtime``); the
 oids of released ``Ref`` values are freed at their holders once it is done.
 
@@ -48,7 +49,8 @@ from typing import Any
 
 from mesh.program import slot
 from mesh.program.calls import _Call, _Group
-from mesh.program.lineage import Lineage, outputs_of
+from mesh.program.lineage import outputs_of
+from mesh.program.recovery import Recovery
 from mesh.program.taskexec import GraphBroken, TaskCancelled, TaskFailed, TaskTimedOut
 from mesh.program.tasktrace import TaskTrace
 from mesh.sched.graph import (
@@ -77,8 +79,8 @@ class GraphEvents:
     the module docstring.
 
     ``Runtime`` provides the state below; ``TaskSubmission`` (``mesh.program.calls``)
-    provides ``_submit``, ``Recovery`` (``mesh.program.lineage``) ``_recover`` and
-    ``_rerun_finished``."""
+    provides ``_submit``; ``Runtime.recovery`` (``mesh.program.recovery``) makes lost
+    outputs again."""
 
     client: Any
     graph: TaskGraph
@@ -86,7 +88,7 @@ class GraphEvents:
     cond: threading.Condition
     inbox: collections.deque[tuple]
     trace: TaskTrace
-    lineage: Lineage
+    recovery: Recovery
     failure: tuple[str, str] | None
     failure_exc: BaseException | None
     stale_results: int
@@ -215,11 +217,7 @@ class GraphEvents:
         for fut, _ in waiters.values():
             if not fut.done():
                 fut.set_exception(err)
-        for entry in self.lineage.entries.values():  # wait_on fetches waiting for a rerun
-            waiting, entry.waiting = entry.waiting or [], None
-            for kind, target in waiting:
-                if kind == "wait" and not target.done():
-                    target.set_exception(err)
+        self.recovery.abandon(err)  # wait_on fetches waiting for a rerun
         calls, self._call_id = self._call_id, {}
         self._running.clear()
         self._sent.clear()
@@ -277,7 +275,7 @@ class GraphEvents:
                 self._fate.pop(task_id, None)
             return
         if kind.startswith("rerun"):
-            self._rerun_finished(ev[1], kind == "rerunresult", ev[3])
+            self.recovery.rerun_finished(ev[1], kind == "rerunresult", ev[3])
             return
         _, task_id, attempt, payload = ev
         ready = self._running.get(task_id)
@@ -289,8 +287,8 @@ class GraphEvents:
         now = time.monotonic()
         exc = payload if kind == "failed" else None
         if type(exc) is ObjectLost:  # sent again once its input is made again (maybe now:
-            self._running[task_id] = ready  # then _then finds it running)
-            if self._recover(exc.oid, ("resubmit", task_id)) is not None:
+            self._running[task_id] = ready  # then resubmit finds it running)
+            if self.recovery.recover(exc.oid, ("resubmit", task_id)) is not None:
                 return
             del self._running[task_id]
         sent = self._sent.pop(task_id, None)
@@ -298,7 +296,7 @@ class GraphEvents:
             try:
                 outputs = self._store(task_id, ready, payload)
                 if sent is not None:
-                    self.lineage.record(task_id, ready, self._calls[task_id], sent, outputs)
+                    self.recovery.record(task_id, ready, self._calls[task_id], sent, outputs)
             except Exception as e:  # a malformed answer, or writing a file back failed
                 exc = e
         if exc is None:
@@ -310,6 +308,23 @@ class GraphEvents:
                 self._failed_on.setdefault(task_id, []).append(agent)
             self._apply(self.graph.done(task_id, attempt,
                                         Outcome.failed(f"{type(exc).__name__}: {exc}"), now))
+
+    def _resubmit(self, task_id: str) -> None:
+        """Under the lock: a reader's lost input was made again: send it again."""
+        ready = self._running.get(task_id)
+        if ready is not None:
+            self._submit(ready)
+
+    def _fail_reader(self, task_id: str, exc: BaseException) -> None:
+        """Under the lock: a reader's lost input cannot be made again: it fails."""
+        ready = self._running.pop(task_id, None)
+        if ready is None:
+            return
+        self._call_id.pop(task_id, None)
+        self._sent.pop(task_id, None)
+        self._last_exc[task_id] = exc
+        self._apply(self.graph.done(task_id, ready.attempt, Outcome.failed(
+            f"{type(exc).__name__}: {exc}"), time.monotonic()))
 
     def _store(self, task_id: str, ready: Ready, result: tuple) -> list:
         """Keep a task's outputs as the values of their versions (files are written

@@ -30,7 +30,8 @@ A big task output stays at the agent that made it (``mesh.sched.objects``): the 
 value is then a ``Ref``, sent as such to the tasks that read it (the call names where
 its inputs are, ``Call.inputs``, for placement), fetched by ``wait_on``, and freed at its
 holder when the version is released. When a holder lost one, the task that made it runs
-again (``mesh.program.lineage``, whose ``Recovery`` mixin holds that part of this class).
+again: the runtime's ``recovery`` part (``mesh.program.recovery``, which owns the outputs'
+lineage, ``mesh.program.lineage``).
 
 Inside a worker (nested tasks) the runtime is the worker's, shared by the calls it
 runs one after another: a call ends when the tasks it called have (``finish_call``),
@@ -38,9 +39,9 @@ and a graph that failed is dropped then, so the next call starts anew.
 
 ``Runtime`` holds the state and the program thread's side (``wait``, ``barrier``, task
 groups); mixins hold the rest, one concept each: ``TaskSubmission``
-(``mesh.program.calls``: a call becomes a ``TaskSpec``, a ``Ready`` task is sent),
+(``mesh.program.calls``: a call becomes a ``TaskSpec``, a ``Ready`` task is sent) and
 ``GraphEvents`` (``mesh.program.events``: results, the runtime's thread, the graph's
-actions) and ``Recovery`` (``mesh.program.lineage``).
+actions); ``recovery`` is a part of its own (``mesh.program.recovery``).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from typing import Any
 from mesh.program import slot
 from mesh.program.calls import TaskSubmission, _Call, _Group, needs_of
 from mesh.program.events import GraphEvents
-from mesh.program.lineage import Lineage, Recovery
+from mesh.program.recovery import Recovery
 from mesh.program.taskexec import GraphBroken, TaskCancelled, TaskFailed, TaskFuture, TaskTimedOut
 from mesh.program.tasktrace import TaskTrace
 from mesh.sched.graph import DataVersion, Ready, TaskGraph
@@ -69,7 +70,7 @@ __all__ = ["GraphBroken", "Runtime", "TaskCancelled", "TaskFailed", "TaskFuture"
 log = logging.getLogger(__name__)
 
 
-class Runtime(TaskSubmission, GraphEvents, Recovery):
+class Runtime(TaskSubmission, GraphEvents):
     """The task graph of the program's tasks sent through one client. See the module
     docstring."""
 
@@ -104,9 +105,11 @@ class Runtime(TaskSubmission, GraphEvents, Recovery):
         self._progress_base: tuple[str | None, tuple] = (None, (0, 0, 0))  # call, counters
         self.trace = TaskTrace()  # the run's task graph, for `mesh run --graph`
         self._sent: dict[str, tuple] = {}  # task id -> _execute's arguments as sent
-        self.lineage = Lineage()  # how lost outputs kept at agents are made again
         self._to_free: dict[str, list[str]] = {}  # holder -> released oids, sent after _apply
         self._retired = False  # dropped by finish_call: the thread ends once idle
+        # how lost outputs kept at agents are made again (owns their lineage)
+        self.recovery = Recovery(client, self.lock, self._values, self._resubmit, self._fail_reader,
+                                 self._result)
         self.broken: GraphBroken | None = None  # an internal error failed it all (events._break)
         self._thread = threading.Thread(target=self._loop, name="mesh-runtime", daemon=True)
         self._thread.start()
@@ -133,7 +136,7 @@ class Runtime(TaskSubmission, GraphEvents, Recovery):
         else:
             with slot.lent():  # inside a task: give the slot back while we wait
                 values = [w.result() for w in waits]
-        return [self._fetch(v) if type(v) is Ref else v for v in values]
+        return [self.recovery.fetch(v) if type(v) is Ref else v for v in values]
 
     def object_data_id(self, obj: Any) -> str | None:
         with self.lock:
