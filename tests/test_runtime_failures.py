@@ -118,9 +118,11 @@ def test_the_runtime_s_tables_shrink_when_their_tasks_are_done(runtime):
 
     def sizes():
         with runtime.lock:
-            return {name: len(getattr(runtime, name)) for name in (
-                "_fate", "_failed_on", "_last_exc", "_calls", "_running", "_call_id", "_sent",
-                "_waiters", "_groups", "_last_writer")}
+            tables = {name: getattr(runtime, name) for name in (
+                "_fate", "_failed_on", "_last_exc", "_running", "_call_id", "_sent", "_waiters",
+                "_groups")}
+            tables.update(calls=runtime.calls.by_task, last_writer=runtime.calls.last_writer)
+            return {name: len(table) for name, table in tables.items()}
 
     # (dropped futures reach the runtime's thread as events: wait for them); the fates
     # of tasks let go are swept in bulk, so up to FATE_SWEEP of them may remain

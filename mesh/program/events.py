@@ -39,6 +39,7 @@ task group at once, later calls raise it, and the calls in flight are cancelled.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
 import queue
@@ -48,10 +49,10 @@ from concurrent.futures import Future
 from typing import Any
 
 from mesh.program import slot
-from mesh.program.calls import _Call, _Group
-from mesh.program.lineage import outputs_of
+from mesh.program.calls import Calls, _Group
+from mesh.program.lineage import holdings, outputs_of
 from mesh.program.recovery import Recovery
-from mesh.program.taskexec import GraphBroken, TaskCancelled, TaskFailed, TaskTimedOut
+from mesh.program.taskexec import GraphBroken, TaskCancelled, TaskFailed, TaskTimedOut, _execute
 from mesh.program.tasktrace import TaskTrace
 from mesh.sched.graph import (
     Cancelled,
@@ -78,8 +79,8 @@ class GraphEvents:
     ``_post``, the runtime's thread ``_loop``) and the graph's actions (``_apply``); see
     the module docstring.
 
-    ``Runtime`` provides the state below; ``TaskSubmission`` (``mesh.program.calls``)
-    provides ``_submit``; ``Runtime.recovery`` (``mesh.program.recovery``) makes lost
+    ``Runtime`` provides the state below; ``Runtime.calls`` (``mesh.program.calls``) keeps
+    the tasks' calls; ``Runtime.recovery`` (``mesh.program.recovery``) makes lost
     outputs again."""
 
     client: Any
@@ -95,7 +96,7 @@ class GraphEvents:
     _group_ended: bool
     _doorbell: queue.SimpleQueue
     _rung: bool
-    _calls: dict[str, _Call]
+    calls: Calls
     _values: dict[DataVersion, Any]
     _running: dict[str, Ready]
     _call_id: dict[str, str]
@@ -104,8 +105,6 @@ class GraphEvents:
     _last_exc: dict[str, BaseException]
     _fate: dict[str, BaseException]
     _fate_sweep: int
-    _last_writer: dict[str, str]
-    _object_of: dict[str, Any]
     _groups: dict[str, list[_Group]]
     _failed_exc: BaseException | None
     _progress: tuple[tuple | None, float]
@@ -269,7 +268,7 @@ class GraphEvents:
         if kind == "forget":
             data_id = ev[1]
             self._apply(self.graph.forget(data_id))
-            self._last_writer.pop(data_id, None)
+            self.calls.last_writer.pop(data_id, None)
             task_id = data_id.rpartition("#r")[0]
             if task_id and self.graph.task_state(task_id) is None:
                 self._fate.pop(task_id, None)
@@ -296,7 +295,7 @@ class GraphEvents:
             try:
                 outputs = self._store(task_id, ready, payload)
                 if sent is not None:
-                    self.recovery.record(task_id, ready, self._calls[task_id], sent, outputs)
+                    self.recovery.record(task_id, ready, self.calls.by_task[task_id], sent, outputs)
             except Exception as e:  # a malformed answer, or writing a file back failed
                 exc = e
         if exc is None:
@@ -308,6 +307,33 @@ class GraphEvents:
                 self._failed_on.setdefault(task_id, []).append(agent)
             self._apply(self.graph.done(task_id, attempt,
                                         Outcome.failed(f"{type(exc).__name__}: {exc}"), now))
+
+    def _submit(self, ready: Ready) -> None:
+        """Under the lock: send an attempt of a ``Ready`` task (``client._submit_to``:
+        non-blocking, it only queues a frame), away from the agents its earlier attempts
+        failed on (``Call.avoid``) and naming where its ``Ref`` inputs are
+        (``Call.inputs``). A file input that could not be read, or a call that cannot be
+        sent (client closed, arguments that do not pickle), fails the attempt through
+        the inbox (``_post``)."""
+        call = self.calls.by_task[ready.task_id]
+        task_id, attempt = ready.task_id, ready.attempt
+        self._running[task_id] = ready
+        try:
+            args, kwargs, outs, files, refs = call.arguments(ready, self._values)
+        except OSError as exc:  # a file input that could not be read when it was called
+            self._post(("failed", task_id, attempt, exc))
+            return
+        self._sent[task_id] = (call.fn, args, kwargs, outs, files, call.returns, refs)
+        try:
+            self._call_id[task_id] = self.client._submit_to(
+                functools.partial(self._result, task_id, attempt), self._failed_on.get(task_id, ()),
+                _execute, call.fn, args, kwargs, outs, files, call.returns, refs is not None,
+                inputs=holdings(refs), needs=call.needs)
+        except BaseException as exc:  # client closed, or the arguments do not pickle
+            self._post(("failed", task_id, attempt, exc))
+            return
+        if ready.spec.time_out is not None:
+            self._apply(self.graph.started(task_id, attempt, time.monotonic()))
 
     def _resubmit(self, task_id: str) -> None:
         """Under the lock: a reader's lost input was made again: send it again."""
@@ -331,7 +357,7 @@ class GraphEvents:
         back); returns the object outputs [(version, value)] (values may be ``Ref``)."""
         value, outs, files, agent = result
         self.trace.ran(task_id, agent)
-        call = self._calls[task_id]
+        call = self.calls.by_task[task_id]
         outputs = outputs_of(ready, call, result)
         for version, v in outputs:
             self._values[version] = v
@@ -397,7 +423,7 @@ class GraphEvents:
                 except OSError as exc:  # the task that reads it fails with this
                     self._values[act.version] = exc
             else:
-                self._values[act.version] = self._object_of[data_id]
+                self._values[act.version] = self.calls.object_of[data_id]
         elif isinstance(act, Release):
             value = self._values.pop(act.version, None)
             if type(value) is Ref:  # kept at an agent: free it there
@@ -450,7 +476,7 @@ class GraphEvents:
 
     def _terminal(self, task_id: str, failed: bool) -> None:
         """A task is over (done, failed or cancelled): what was kept for its attempts goes."""
-        self._calls.pop(task_id, None)
+        self.calls.end(task_id)
         self._failed_on.pop(task_id, None)
         self._last_exc.pop(task_id, None)
         for g in self._groups.pop(task_id, ()):

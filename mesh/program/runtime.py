@@ -38,30 +38,32 @@ runs one after another: a call ends when the tasks it called have (``finish_call
 and a graph that failed is dropped then, so the next call starts anew.
 
 ``Runtime`` holds the state and the program thread's side (``wait``, ``barrier``, task
-groups); mixins hold the rest, one concept each: ``TaskSubmission``
-(``mesh.program.calls``: a call becomes a ``TaskSpec``, a ``Ready`` task is sent) and
-``GraphEvents`` (``mesh.program.events``: results, the runtime's thread, the graph's
-actions); ``recovery`` is a part of its own (``mesh.program.recovery``).
+groups); its parts own the rest: ``calls`` (``mesh.program.calls``: a call becomes a
+``TaskSpec``, a ``Ready`` task's arguments) and ``recovery`` (``mesh.program.recovery``);
+the ``GraphEvents`` mixin (``mesh.program.events``) holds results, the runtime's thread,
+sending and the graph's actions.
 """
 
 from __future__ import annotations
 
 import collections
-import itertools
+import inspect
 import logging
 import os
 import queue
 import threading
+import time
 from concurrent.futures import Future
 from typing import Any
 
+from mesh.errors import LocalProtocolError
 from mesh.program import slot
-from mesh.program.calls import TaskSubmission, _Call, _Group, needs_of
+from mesh.program.calls import Calls, _Group, bind, needs_of
 from mesh.program.events import GraphEvents
 from mesh.program.recovery import Recovery
 from mesh.program.taskexec import GraphBroken, TaskCancelled, TaskFailed, TaskFuture, TaskTimedOut
 from mesh.program.tasktrace import TaskTrace
-from mesh.sched.graph import DataVersion, Ready, TaskGraph
+from mesh.sched.graph import DataVersion, OnFailure, Ready, TaskGraph, return_id
 from mesh.sched.objects import Ref
 
 __all__ = ["GraphBroken", "Runtime", "TaskCancelled", "TaskFailed", "TaskFuture", "TaskTimedOut", "current",
@@ -70,7 +72,7 @@ __all__ = ["GraphBroken", "Runtime", "TaskCancelled", "TaskFailed", "TaskFuture"
 log = logging.getLogger(__name__)
 
 
-class Runtime(TaskSubmission, GraphEvents):
+class Runtime(GraphEvents):
     """The task graph of the program's tasks sent through one client. See the module
     docstring."""
 
@@ -83,8 +85,6 @@ class Runtime(TaskSubmission, GraphEvents):
         self.inbox: collections.deque[tuple] = collections.deque()  # events, see ``_post``
         self._doorbell: queue.SimpleQueue = queue.SimpleQueue()
         self._rung = False  # the doorbell was rung and the thread has not answered yet
-        self._ids = itertools.count(1)
-        self._calls: dict[str, _Call] = {}
         self._values: dict[DataVersion, Any] = {}
         self._running: dict[str, Ready] = {}
         self._call_id: dict[str, str] = {}  # task id -> the call of its running attempt
@@ -93,9 +93,6 @@ class Runtime(TaskSubmission, GraphEvents):
         self._last_exc: dict[str, BaseException] = {}
         self._fate: dict[str, BaseException] = {}  # failed/cancelled task -> what wait_on raises
         self._fate_sweep = 64  # its size at which it is swept next (events._set_fate)
-        self._last_writer: dict[str, str] = {}
-        self._objects: dict[int, tuple[str, Any]] = {}  # id(obj) -> (data id, obj): pinned
-        self._object_of: dict[str, Any] = {}
         self._groups: dict[str, list[_Group]] = {}
         self.failure: tuple[str, str] | None = None
         self.failure_exc: BaseException | None = None
@@ -107,6 +104,7 @@ class Runtime(TaskSubmission, GraphEvents):
         self._sent: dict[str, tuple] = {}  # task id -> _execute's arguments as sent
         self._to_free: dict[str, list[str]] = {}  # holder -> released oids, sent after _apply
         self._retired = False  # dropped by finish_call: the thread ends once idle
+        self.calls = Calls(self, self._known)  # the tasks' calls: specs, arguments, objects
         # how lost outputs kept at agents are made again (owns their lineage)
         self.recovery = Recovery(client, self.lock, self._values, self._resubmit, self._fail_reader,
                                  self._result)
@@ -115,6 +113,36 @@ class Runtime(TaskSubmission, GraphEvents):
         self._thread.start()
 
     # ------------------------------------------------------------------ program thread
+
+    def call(self, fn, signature: inspect.Signature, directions: dict, args: tuple, kwargs: dict,
+             returns: int, name: str, priority: bool, on_failure: OnFailure,
+             time_out: float | None, groups: list) -> list[str]:
+        """Submit one task call (``mesh.program.calls``); returns its task id and the data
+        ids of its returns."""
+        arguments, positional = bind(signature, args, kwargs)
+        with self.lock:
+            if self.broken is not None:
+                raise self.broken
+            if slot.call_id != self._progress_base[0]:  # a worker's next call: a new run
+                c = self.graph.counters
+                self._progress_base = (slot.call_id,
+                                       (c["submitted"], c["done"], c["failed"] + c["cancelled"]))
+            spec = self.calls.make(fn, signature, directions, arguments, positional, returns, name,
+                                   priority, on_failure, time_out, groups)
+            task_id = spec.task_id
+            try:
+                acts = self.graph.submit(spec, time.monotonic())
+            except BaseException:
+                self.calls.end(task_id)
+                raise
+            self.trace.task(task_id, name, self.calls.wrote(spec))
+            for g in groups:
+                g.pending += 1
+            if groups:
+                self._groups[task_id] = groups
+            self._apply(acts)
+            self._notify()
+        return [task_id] + [return_id(task_id, i) for i in range(returns)]
 
     def wait(self, items: list[tuple[str, str | None]]) -> list[Any]:
         """The values of the latest versions of these data (data id, writer task id);
@@ -127,7 +155,7 @@ class Runtime(TaskSubmission, GraphEvents):
                 version = self.graph.data_state(data_id).version
                 entry = self._waiters.get(version)
                 if entry is None:
-                    entry = self._waiters[version] = (Future(), self._last_writer.get(data_id, writer))
+                    entry = self._waiters[version] = (Future(), self.calls.last_writer.get(data_id, writer))
                 waits.append(entry[0])
             self._apply(self.graph.wait_on([d for d, _ in items]))
             self._notify()
@@ -140,12 +168,18 @@ class Runtime(TaskSubmission, GraphEvents):
 
     def object_data_id(self, obj: Any) -> str | None:
         with self.lock:
-            entry = self._objects.get(id(obj))
-            return entry[0] if entry is not None and entry[1] is obj else None
+            return self.calls.object_data_id(obj)
 
     def known(self, data_id: str) -> bool:
         with self.lock:
             return self._known(data_id)
+
+    def _known(self, data_id: str) -> bool:
+        try:
+            self.graph.data_state(data_id)
+        except LocalProtocolError:
+            return False
+        return True
 
     def barrier(self) -> None:
         with slot.lent(), self.cond:
