@@ -1,5 +1,5 @@
 """Internal errors in the program-side runtime end in an error for whoever waits, never
-in a hang (mesh.program.events: ``_event_failed``, ``_break``). Failures are injected
+in a hang (mesh.program.runtime: ``_event_failed``, ``_break``). Failures are injected
 into a runtime connected to a real agent."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 import mesh
 from mesh.program import runtime as rt_mod
 from mesh.program.api import INOUT, GraphBroken, TaskFailed, TaskGroup, barrier, task, wait_on
-from mesh.program.events import FATE_SWEEP
 from mesh.program.lineage import Lineage
+from mesh.program.runtime import FATE_SWEEP
 from mesh.sched.objects import Ref
 from tests.conftest import wait_for
 
