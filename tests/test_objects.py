@@ -9,7 +9,7 @@ import pytest
 
 from mesh.program.lineage import Lineage
 from mesh.sched.dispatch import Dispatcher, Forward, RunLocal
-from mesh.sched.objects import FetchFrom, Give, ObjectLost, Objects, Ref, refs_in, replace_refs
+from mesh.sched.objects import FetchFrom, Give, ObjectLost, Objects, Ref
 from mesh.wire.messages import Call, Holding
 
 pytestmark = pytest.mark.timeout(30)
@@ -81,17 +81,8 @@ def test_the_cache_is_bounded_least_recently_used_first():
     assert o.serve("c") == (b"1234", "")  # a cached copy is served to others too
 
 
-def test_refs_are_found_and_replaced_in_containers_keeping_identity():
-    r1, r2 = Ref("1" * 32, HOLDER, 10), Ref("2" * 32, HOLDER, 20)
-    args = (r1, [r2, 3], {"k": r1}, "plain")
-    found: list = []
-    refs_in(args, found)
-    assert found == [r1, r2, r1]
-    value = object()
-    new = replace_refs(args, {r1.oid: value, r2.oid: 5})
-    assert new[0] is value and new[2]["k"] is value and new[1] == [5, 3] and new[3] == "plain"
-    untouched = ([1, 2], {"a": 1})
-    assert replace_refs(untouched, {r1.oid: 1}) is untouched
+def test_refs_and_object_lost_survive_pickling():
+    r1 = Ref("1" * 32, HOLDER, 10)
     assert pickle.loads(pickle.dumps(r1)) == r1
     exc = pickle.loads(pickle.dumps(ObjectLost("x", "gone")))
     assert exc.oid == "x" and str(exc) == "gone"

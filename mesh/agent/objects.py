@@ -72,10 +72,10 @@ class AgentObjects:
     def _on_free(self, msg: m.Free, peer_id: str | None, now: float) -> None:
         if msg.owner:  # a client session ended: its objects go, here and everywhere
             self.objects.owner_closed(msg.owner)
-            if peer_id is None:  # from the client itself: tell every member
-                frame = m.encode(m.Free("", [], msg.owner))
-                for member in self.members.alive():
-                    if member.conn is not None:
+            if peer_id is None:  # from the client itself: tell every member that may
+                frame = m.encode(m.Free("", [], msg.owner))  # hold some (a suspect one too:
+                for member in self.members.members.values():  # it is alive, as a rule)
+                    if member.state in ("alive", "suspect") and member.conn is not None:
                         self._send(member.conn, frame, now)
             return
         if not msg.holder or msg.holder == self.node_id:

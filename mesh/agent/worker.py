@@ -6,7 +6,8 @@ runs for more than a few milliseconds (or lends its slot) a second thread does
 (``Inbox``), so calls the agent sends meanwhile wait here, answers to ``slot.get``
 reach the call that asked, and a ``withdraw`` is answered at once. Exits when the
 agent closes the socket or when the agent process is gone. Exceptions in user code
-are results, never the worker's death.
+are results, never the worker's death. A call that called tasks ends when they have
+(``mesh.program.slot.call_done``): its result goes after theirs.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import cloudpickle
 
 from mesh.errors import ValueTooLarge
 from mesh.program import slot
-from mesh.program.taskexec import _execute, dumps
+from mesh.program.taskexec import _execute, dumps, entry_point
 from mesh.wire.fields import MAX_VALUE
 from mesh.wire.framing import FrameSocket
 
@@ -52,6 +53,7 @@ def resolve(function: str):
         obj = getattr(obj, part)
     if not callable(obj):
         raise TypeError(f"{function} is not callable")
+    obj = entry_point(obj)  # a @task named here runs as the program's main itself
     if len(_resolved) < 4096:
         _resolved[function] = obj
     return obj
@@ -70,7 +72,11 @@ def run_call(function: str, payload: bytes, want_json: bool = False) -> list:
             fn, args, kwargs = cloudpickle.loads(payload)
         value = fn(*args, **kwargs)
     except BaseException as exc:  # noqa: BLE001 - user code may raise anything, even SystemExit
+        slot.call_done()  # (the tasks it called still end first)
         return _failure(exc)
+    failed = slot.call_done()  # tasks it called and did not wait for end first
+    if failed is not None:
+        return _failure(failed)
     try:
         text = json.dumps(value, default=repr) if want_json else ""
         data = dumps(value)

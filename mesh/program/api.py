@@ -11,15 +11,21 @@ With a mesh connected (``mesh.connect(...)``) a task call returns a ``TaskFuture
 once (a tuple of them for ``returns`` > 1, None for ``returns=0``) and the program-side
 runtime (``mesh.program.runtime``) runs the task on the mesh when its inputs exist:
 
-* futures passed as arguments, also inside lists, tuples and dicts, are dependencies;
+* futures passed as arguments, also inside lists, tuples and dicts (their values, up
+  to 100 deep: the rule of ``mesh.program.containers``), are dependencies, and so are
+  objects a task writes passed there; one inside a set, a dict key or a subclass of
+  list, tuple or dict raises TypeError at the call (pass a list);
 * ``INOUT``/``OUT`` objects get a new version from the task (the worker's mutated copy):
   as in PyCOMPSs the program sees it only through ``obj = wait_on(obj)``, which
-  returns the latest version (a new object; ``obj`` itself is not changed). Passing
-  such an object again as a plain argument reads its latest version;
+  returns the latest version (a new object; ``obj`` itself is not changed), also for
+  such objects inside lists, tuples and dicts (``C = wait_on(C)`` on a list of lists
+  of INOUT blocks). Passing such an object again as a plain argument reads its latest
+  version;
 * ``FILE_IN``/``FILE_OUT``/``FILE_INOUT`` parameters are paths on the program's
   machine: the file's bytes travel with the task (read when the task is called) and
   written bytes come back and are written to the path when the task ends (only the
-  latest version is written). ``wait_on_file(path)`` waits for that;
+  latest version is written). ``wait_on_file(path)`` waits for that. None instead of a
+  path reaches the task as None, with no file (PyCOMPSs' null parameter);
 * ``on_failure``: RETRY (run once more, then as FAIL), CANCEL_SUCCESSORS (the tasks
   that read its outputs are cancelled: their futures raise ``TaskCancelled``), FAIL
   (every pending task is cancelled, later calls are cancelled at once and ``barrier``
@@ -36,7 +42,14 @@ runtime (``mesh.program.runtime``) runs the task on the mesh when its inputs exi
   (``mesh.sched.objects``): readers run there or fetch them from it, and a lost one is
   recomputed from its lineage;
 * ``wait_on`` on a failed task raises the task's own exception, with the remote
-  traceback as ``__cause__``.
+  traceback as ``__cause__``;
+* tasks a task calls and does not wait for ("fire and forget") are never dropped: the
+  task's call ends once they have ended (its worker waits for them, lending its slot),
+  as PyCOMPSs waits for every task at the end of the main program. Their graph lives
+  in the worker, which the agent may stop or give other work once the call is over,
+  so nobody would receive their results otherwise. If one of them fails the graph
+  (FAIL, or RETRY used up), the call fails with ``TaskFailed``, as ``barrier`` would
+  raise, and the worker's next call starts with a new graph.
 
 Limits: a TaskFuture cannot be returned by a task (resolve inner futures inside it);
 an object used as INOUT/OUT is held by the runtime for the life of the connection (its
@@ -56,7 +69,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mesh.program import runtime as _rt
-from mesh.program.runtime import TaskCancelled, TaskFailed, TaskFuture, TaskTimedOut
+from mesh.program.containers import PASS, replace
+from mesh.program.runtime import GraphBroken, TaskCancelled, TaskFailed, TaskFuture, TaskTimedOut
 from mesh.sched.taskspec import (
     FILE_IN,
     FILE_INOUT,
@@ -69,7 +83,7 @@ from mesh.sched.taskspec import (
 )
 
 __all__ = [
-    "FILE_IN", "FILE_INOUT", "FILE_OUT", "IN", "INOUT", "OUT", "Constraints", "Task",
+    "FILE_IN", "FILE_INOUT", "FILE_OUT", "IN", "INOUT", "OUT", "Constraints", "GraphBroken", "Task",
     "TaskCancelled", "TaskFailed", "TaskFuture", "TaskGroup", "TaskTimedOut", "barrier",
     "constraint", "task", "wait_on", "wait_on_file",
 ]
@@ -161,42 +175,43 @@ def task(fn=None, *, returns: Any = 1, priority: bool = False, on_failure: str =
     return deco if fn is None else deco(fn)
 
 
-def _flatten_futures(x: Any, out: list) -> None:
-    if isinstance(x, TaskFuture):
-        out.append(x)
-    elif type(x) in (list, tuple):
-        for i in x:
-            _flatten_futures(i, out)
-    elif type(x) is dict:
-        for v in x.values():
-            _flatten_futures(v, out)
-
-
 def _wait_one(x: Any) -> Any:
-    futures: list[TaskFuture] = []
-    _flatten_futures(x, futures)
-    if futures:
-        values: dict[int, Any] = {}
-        by_rt: dict[int, list[TaskFuture]] = {}
-        for f in futures:
-            by_rt.setdefault(id(f.runtime), []).append(f)
-        for group in by_rt.values():
-            got = group[0].runtime.wait([(f.data_id, f.task_id) for f in group])
-            for f, v in zip(group, got, strict=True):
-                values[id(f)] = v
-        return _rt.scan(x, lambda f: values[id(f)])
-    rt = _rt.current(create=False)
-    if rt is not None:
-        data_id = rt.object_data_id(x)
-        if data_id is not None:  # an object a task writes (INOUT/OUT): its latest version
-            return rt.wait([(data_id, None)])[0]
-    return x
+    """``x`` with every future and every object a task writes (INOUT/OUT) inside it
+    (``mesh.program.containers``: lists, tuples and dict values, up to its depth limit;
+    ``x`` itself too) replaced by its value, the latest version for an object; one
+    ``wait`` per runtime, so a task waiting here lends its slot once."""
+    objects_rt = _rt.current(create=False)
+    found: dict[int, tuple] = {}  # id(node) -> (runtime, data id, writer task id or None)
+
+    def collect(node: Any) -> Any:
+        if isinstance(node, TaskFuture):
+            found[id(node)] = (node.runtime, node.data_id, node.task_id)
+            return node
+        if objects_rt is not None:
+            data_id = objects_rt.object_data_id(node)
+            if data_id is not None:  # an object a task writes: its latest version
+                found[id(node)] = (objects_rt, data_id, None)
+                return node
+        return PASS
+
+    replace(x, collect)
+    if not found:
+        return x
+    by_rt: dict[int, list[int]] = {}
+    for key, (rt, _, _) in found.items():
+        by_rt.setdefault(id(rt), []).append(key)
+    values: dict[int, Any] = {}
+    for keys in by_rt.values():
+        got = found[keys[0]][0].wait([found[k][1:] for k in keys])
+        values.update(zip(keys, got, strict=True))
+    return replace(x, lambda node: values.get(id(node), PASS))
 
 
 def wait_on(*objs: Any) -> Any:
-    """The value of each argument: futures (also inside lists, tuples and dicts, at any
-    depth) become their values, INOUT/OUT objects their latest version, anything else
-    is returned as is. One argument gives one value, several a list (as PyCOMPSs).
+    """The value of each argument: futures become their values and INOUT/OUT objects
+    their latest version, also inside lists, tuples and dict values, 100 deep (as
+    PyCOMPSs' ``compss_wait_on``, see ``mesh.program.containers``); anything else is
+    returned as is. One argument gives one value, several a list (as PyCOMPSs).
     Raises what a failed task raised, or ``TaskCancelled``."""
     values = [_wait_one(o) for o in objs]
     return values[0] if len(values) == 1 else values

@@ -11,31 +11,24 @@ comes (``rerun_done``) the lost outputs are renamed to the new ones and the wait
 readers go again. Plain bookkeeping, no I/O: the runtime sends and receives.
 
 Entries are kept for the newest ``max_entries`` producers (an output whose producer
-was forgotten fails its reader with the ``ObjectLost`` error instead).
+was forgotten fails its reader with the ``ObjectLost`` error instead); ``made`` and
+``renamed`` hold only oids of kept entries (a renaming goes with its producer's entry),
+so the whole is bounded by ``max_entries``, ``max_reruns`` and the outputs per task.
 
-``Recovery`` is the runtime's side (a mixin of ``mesh.program.runtime.Runtime``, run under its
-lock like the rest of its graph events): it sends the reruns and carries on with what
-waited for them.
+The runtime's side, which sends the reruns and carries on with what waited for them,
+is ``mesh.program.recovery``. ``outputs_of`` and ``holdings`` are what both sides read
+of a task's result and of a call's inputs.
 """
 
 from __future__ import annotations
 
-import functools
-import logging
-import pickle
-import time
 from collections import OrderedDict
-from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from mesh.program import slot
-from mesh.program.taskexec import TaskFailed, _execute
-from mesh.sched.graph import Outcome
-from mesh.sched.objects import ObjectLost, Ref, refs_in, replace_refs
+from mesh.program.containers import PASS, replace
+from mesh.sched.objects import Ref
 from mesh.wire.messages import Holding
-
-log = logging.getLogger("mesh.runtime")
 
 
 @dataclass
@@ -46,6 +39,7 @@ class _Entry:
     outputs: list  # [(version, value)] as last produced
     reruns: int = 0
     waiting: list | None = None  # what to do when the running rerun finishes
+    lost: list = field(default_factory=list)  # oids of its outputs that were lost (renamed)
 
 
 class Lineage:
@@ -70,6 +64,8 @@ class Lineage:
             for _, v in old.outputs:
                 if type(v) is Ref:
                     self.made.pop(v.oid, None)
+            for oid in old.lost:  # (its renamings go with it)
+                self.renamed.pop(oid, None)
 
     def latest(self, oid: str) -> Any:
         """The newest value of a lost object (following recomputations), or None."""
@@ -109,13 +105,15 @@ class Lineage:
     def payload(self, task_id: str) -> tuple:
         """The producer's call as sent, each lost input replaced by its newest value."""
         fn, args, kwargs, outs, files, returns, refs = self.entries[task_id].sent
-        if self.renamed:
-            found: list[Ref] = []
-            refs_in((args, kwargs, outs), found, depth=4)
-            values = {r.oid: self.latest(r.oid) for r in found if r.oid in self.renamed}
-            if values:
-                args, kwargs, outs = (replace_refs(args, values), replace_refs(kwargs, values),
-                                      replace_refs(outs, values))
+        if self.renamed:  # (where the runtime put them: mesh.program.containers' walk)
+            def newest(node: Any) -> Any:
+                if type(node) is Ref and node.oid in self.renamed:
+                    return self.latest(node.oid)
+                return PASS
+
+            args = tuple([replace(a, newest) for a in args])
+            kwargs = {k: replace(v, newest) for k, v in kwargs.items()}
+            outs = [replace(o, newest) for o in outs]
         return fn, args, kwargs, outs, files, returns, refs
 
     def rerun_done(self, task_id: str, outputs: list) -> tuple[list, list]:
@@ -126,6 +124,8 @@ class Lineage:
         for (version, old), (_, new) in zip(entry.outputs, outputs, strict=True):
             if type(old) is Ref:
                 self.renamed[old.oid] = new
+                entry.lost.append(old.oid)
+                self.made.pop(old.oid, None)  # (recover finds it in renamed from now on)
                 changes.append((version, old, new))
                 if type(new) is Ref:
                     self.made[new.oid] = task_id
@@ -138,103 +138,6 @@ class Lineage:
         entry = self.entries[task_id]
         waiting, entry.waiting = entry.waiting or [], None
         return waiting
-
-
-class Recovery:
-    """Mixin of ``mesh.program.runtime.Runtime``: lost task outputs (see the module docstring)."""
-
-    def _fetch(self, ref: Ref) -> Any:
-        """The value of a task output kept at an agent (``mesh.sched.objects``); recomputed
-        (``mesh.program.lineage``) when its holder lost it."""
-        for _ in range(8):
-            try:
-                return pickle.loads(self.client.fetch(ref.oid, ref.holder))
-            except ObjectLost as exc:
-                done: Future = Future()
-                with self.lock:
-                    how = self._recover(ref.oid, ("wait", done))
-                if how is None:
-                    raise TaskFailed(f"a task output was lost and cannot be recomputed: {exc}") from exc
-                with slot.lent():
-                    done.result()
-                with self.lock:
-                    new = self.lineage.latest(ref.oid)
-                if type(new) is not Ref:
-                    return new
-                ref = new
-        raise TaskFailed(f"a task output was lost again and again: {ref!r}")
-
-    def _rerun_result(self, task_id: str, ok: bool, value: Any) -> None:
-        """The rerun of a task whose lost output is wanted (``mesh.program.lineage``) is done."""
-        self._result(task_id, -1, ok, value, "rerun")
-
-    def _recover(self, oid: str, then: tuple) -> str | None:
-        """Under the lock: the output ``oid`` kept at an agent is lost; do ``then`` once
-        it is made again (``mesh.program.lineage``). None: it cannot be."""
-        how = self.lineage.recover(oid, then)
-        if how == "ready":
-            self._then(then, None)
-        elif how == "started":
-            self._send_rerun(self.lineage.producer(oid))
-        return how
-
-    def _send_rerun(self, task_id: str) -> None:
-        fn, args, kwargs, outs, files, returns, refs = self.lineage.payload(task_id)
-        log.info("mesh: running task %s again: an output of it kept at an agent was lost", task_id)
-        try:
-            self.client._submit_to(functools.partial(self._rerun_result, task_id), (), _execute,
-                                   fn, args, kwargs, outs, files, returns, refs,
-                                   inputs=holdings(refs), needs=self.lineage.entries[task_id].call.needs)
-        except BaseException as exc:
-            self._post(("rerunfailed", task_id, -1, exc))
-
-    def _rerun_finished(self, task_id: str, ok: bool, payload: Any) -> None:
-        if not ok and type(payload) is ObjectLost:  # its own input is lost too
-            if self._recover(payload.oid, ("rerun", task_id)) is not None:
-                return
-        if ok:
-            entry = self.lineage.entries[task_id]
-            try:
-                outputs = outputs_of(entry.ready, entry.call, payload)
-            except Exception as exc:
-                ok, payload = False, exc
-        if not ok:
-            for then in self.lineage.rerun_failed(task_id):
-                self._then(then, payload)
-            return
-        waiting, changes = self.lineage.rerun_done(task_id, outputs)
-        for version, old, new in changes:
-            if self._values.get(version) is old:
-                self._values[version] = new
-        for then in waiting:
-            self._then(then, None)
-
-    def _then(self, then: tuple, exc: BaseException | None) -> None:
-        """Go on with what waited for a lost output (``exc``: it could not be made)."""
-        kind, target = then
-        if kind == "wait":
-            if exc is None:
-                target.set_result(None)
-            else:
-                target.set_exception(exc)
-        elif kind == "rerun":
-            if exc is None:
-                self._send_rerun(target)
-            else:
-                self._rerun_finished(target, False, exc)
-        else:  # "resubmit": a task whose input was lost
-            ready = self._running.get(target)
-            if ready is None:
-                return
-            if exc is None:
-                self._submit(ready)
-            else:
-                del self._running[target]
-                self._call_id.pop(target, None)
-                self._sent.pop(target, None)
-                self._last_exc[target] = exc
-                self._apply(self.graph.done(target, ready.attempt, Outcome.failed(
-                    f"{type(exc).__name__}: {exc}"), time.monotonic()))
 
 
 def outputs_of(ready: Any, call: Any, result: tuple) -> list:

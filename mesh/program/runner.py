@@ -2,7 +2,8 @@
 program of a task graph.
 
 The script's source travels to the agent; a worker there executes it as a fresh
-module and calls ``main(*args)``. Task calls inside go to that agent's mesh (the
+module and calls ``main(*args)`` (a ``@task``-decorated ``main`` runs as itself, the
+main program, not as a task). Task calls inside go to that agent's mesh (the
 worker connects to its agent), and the script's own functions travel by value
 (cloudpickle), since no other worker could import the script.
 """
@@ -23,6 +24,7 @@ def run_script(source: str, filename: str, args: tuple, graph: bool = False):
     import cloudpickle
 
     from mesh.program.runtime import current
+    from mesh.program.taskexec import entry_point
     from mesh.program.tasktrace import TaskTrace
 
     rt = current(create=True)  # this worker's connection to its agent (None: sequential)
@@ -35,7 +37,7 @@ def run_script(source: str, filename: str, args: tuple, graph: bool = False):
     try:
         code = compile(source, filename, "exec")
         exec(code, module.__dict__)  # noqa: S102 - running the user's program is the point
-        main = module.__dict__.get("main")
+        main = entry_point(module.__dict__.get("main"))  # (a @task main runs as itself)
         if not callable(main):
             raise AttributeError(f"{filename} defines no main() function")
         result = main(*args)

@@ -6,6 +6,10 @@ the program-side runtime (``mesh.program.runtime``) is about to block in ``wait_
 agent is told the slot is free while the task waits (so the tasks it waits for can
 run even on a one-slot agent: recursive graphs cannot deadlock the mesh), and taken
 again when it resumes. Outside a worker this does nothing.
+
+When a call's function has returned or raised, the worker asks ``call_done`` before it
+sends the result: a call that made tasks here ends when they have
+(``mesh.program.runtime.finish_call``).
 """
 
 from __future__ import annotations
@@ -30,6 +34,16 @@ _recent_bytes = 0
 RECENT_MAX = int(os.environ.get("MESH_WORKER_CACHE_MB", "32")) << 20
 _lock = threading.Lock()
 _depth = 0
+# set by mesh.program.runtime once a call here made tasks: what ends a call (``call_done``)
+after_call = None
+
+
+def call_done() -> BaseException | None:
+    """The running call's function returned or raised (the worker asks before it sends
+    the result): wait for the tasks it called and did not wait for
+    (``mesh.program.runtime.finish_call``). An exception: the call fails with it."""
+    hook = after_call
+    return None if hook is None else hook()
 
 
 @contextlib.contextmanager

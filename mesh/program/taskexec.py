@@ -34,7 +34,9 @@ def dumps(obj: Any) -> bytes:
     """``cloudpickle.dumps(obj)``. When ``obj`` holds only None, bools, numbers, str,
     bytes, small tuples/lists/dicts of these and functions that cloudpickle pickles by
     reference (importable, not from ``__main__``, not registered by value), plain
-    ``pickle`` makes the same bytes, a few times faster: it does."""
+    ``pickle`` makes the same bytes, a few times faster: it does. (``_plain`` looks 3
+    deep and 64 items wide only to bound its own cost; it finds nothing: anything else
+    simply goes to cloudpickle. Task values are found by ``mesh.program.containers``.)"""
     global _cloudpickle
     if _cloudpickle is None:
         import cloudpickle
@@ -85,6 +87,12 @@ class TaskCancelled(TaskFailed):
     """The task never ran (to its end): a predecessor failed or the graph failed."""
 
 
+class GraphBroken(TaskFailed):
+    """An internal error left the program's task graph in a state that cannot be
+    trusted: every unfinished task fails with this, and so do later calls, ``wait_on``
+    and ``barrier`` (connect again to start anew)."""
+
+
 class TaskTimedOut(TaskFailed):
     """The task ran longer than its ``time_out`` (on its last attempt)."""
 
@@ -127,6 +135,18 @@ class TaskFuture:
 
 
 # ------------------------------------------------------------------ worker side
+
+
+def entry_point(fn: Any) -> Any:
+    """What runs for a function named as a program's entry point (``mesh call``'s
+    MODULE:FUNCTION, ``mesh run``'s ``main``, COMPSs' startApplication): a ``@task``
+    runs as the main program itself, its undecorated function in this worker, as COMPSs
+    runs the method as the application's main. Calling the task wrapper here would make
+    it one nested task of a graph made for it, whose future cannot even be sent back."""
+    api = sys.modules.get("mesh.program.api")  # (not imported: no Task exists)
+    if api is not None and isinstance(fn, api.Task):
+        return fn.fn
+    return fn
 
 
 @dataclass
@@ -192,18 +212,24 @@ def _execute(fn, args: tuple, kwargs: dict, outs: list, files: list, returns: in
 
 def _resolve(args: tuple, kwargs: dict, outs: list) -> tuple:
     """Fetch the ``Ref`` arguments' values (``slot.get``: from our agent, which may get
-    them from their holder) and put them in place."""
-    from mesh.sched.objects import Ref, refs_in, replace_refs
+    them from their holder) and put them in place: where the program's runtime put
+    them, found by the same walk (``mesh.program.containers``), each argument from its
+    own depth 0. One object per id, so identity is kept."""
+    from mesh.program.containers import PASS, replace
+    from mesh.sched.objects import Ref
 
-    found: list[Ref] = []
-    refs_in(args, found)
-    refs_in(kwargs, found)
-    refs_in(outs, found)
     values: dict[str, Any] = {}
-    for ref in found:
-        if ref.oid not in values:
-            values[ref.oid] = pickle.loads(slot.get(ref.oid, ref.holder))
-    return replace_refs(args, values), replace_refs(kwargs, values), replace_refs(outs, values)
+
+    def fetch(node: Any) -> Any:
+        if type(node) is not Ref:
+            return PASS
+        value = values.get(node.oid, PASS)
+        if value is PASS:
+            value = values[node.oid] = pickle.loads(slot.get(node.oid, node.holder))
+        return value
+
+    return (tuple([replace(a, fetch) for a in args]), {k: replace(v, fetch) for k, v in kwargs.items()},
+            [replace(o, fetch) for o in outs])
 
 
 def _keep(value: Any) -> Any:

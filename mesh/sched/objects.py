@@ -85,39 +85,6 @@ def new_oid() -> str:
     return os.urandom(16).hex()
 
 
-def refs_in(x: Any, found: list, depth: int = 3) -> None:
-    """Append the ``Ref`` objects in ``x`` (itself, or inside lists, tuples and dicts:
-    where the runtime puts task values) to ``found``."""
-    t = type(x)
-    if t is Ref:
-        found.append(x)
-    elif depth and (t is list or t is tuple):
-        for i in x:
-            refs_in(i, found, depth - 1)
-    elif depth and t is dict:
-        for i in x.values():
-            refs_in(i, found, depth - 1)
-
-
-def replace_refs(x: Any, values: dict) -> Any:
-    """``x`` with each ``Ref`` whose oid is in ``values`` replaced by that value (same
-    containers as ``refs_in``; a container without refs is returned as it is)."""
-    t = type(x)
-    if t is Ref:
-        return values.get(x.oid, x)
-    if t is list or t is tuple:
-        new = [replace_refs(i, values) for i in x]
-        if all(a is b for a, b in zip(new, x, strict=True)):
-            return x
-        return new if t is list else tuple(new)
-    if t is dict:
-        new = {k: replace_refs(v, values) for k, v in x.items()}
-        if all(new[k] is v for k, v in x.items()):
-            return x
-        return new
-    return x
-
-
 # ------------------------------------------------------------------ the agent's part
 
 
