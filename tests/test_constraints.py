@@ -12,9 +12,9 @@ import mesh
 from mesh.api import barrier, constraint, task, wait_on
 from mesh.cli import _size
 from mesh.client import Client
-from mesh.messages import Call, Needs
+from mesh.messages import Call, Needs, Reclaim, Result
 from mesh.runtime import needs_of
-from mesh.sched.dispatch import Deliver, Dispatcher, Forward, RunLocal
+from mesh.sched.dispatch import Deliver, Dispatcher, Forward, RunLocal, SendTo
 from tests.conftest import run_cli, wait_for
 
 ME, GPU, BIG = "a" * 32, "b" * 32, "c" * 32
@@ -168,3 +168,23 @@ def test_a_task_no_agent_can_run_fails_clearly(agents):
             wait_on(fut)
     with mesh.connect(a.comm):  # (that failure failed the graph: FAIL is the default policy)
         assert wait_on(anywhere(1)) == "a"  # and the agent carries on
+
+
+@pytest.mark.timeout(10)
+def test_an_idle_agent_does_not_steal_back_a_call_it_cannot_run():
+    """A (1 slot, no label) gave a plain call and two gpu calls to B (gpu), where they
+    wait; A, idle, asks back only the call it can run (issue 16: it took back
+    label-bound calls and forwarded them again)."""
+    a = Dispatcher("a", cpus=1, node_id=ME, prefetch=1)
+    a.peer_load(GPU, "gpu-box", 2, 2, 0.001, labels=("gpu",))
+    needs = Needs(labels=["gpu"])
+    acts = a.submit(Call("p", "", b"p"), b"client")  # runs here
+    for call in (Call("q", "", b"p"), Call("g0", "", b"p", needs=needs),
+                 Call("g1", "", b"p", needs=needs)):
+        acts += a.submit(call, b"client")
+    assert [x.peer_id for x in acts if isinstance(x, Forward)] == [GPU] * 3
+    a.peer_load(GPU, "gpu-box", 2, 0, 0.001, queued=3, labels=("gpu",))  # all three wait there
+    acts = a.local_done(Result("p", True, b"", "a"))  # idle now
+    asked = [x.message.call_ids for x in acts if isinstance(x, SendTo)
+             and isinstance(x.message, Reclaim)]
+    assert asked == [["q"]]  # not g1 (the newest), nor g0
