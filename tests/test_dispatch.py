@@ -311,6 +311,27 @@ def test_orphan_records_are_bounded():
     assert sum(map(len, c.orphans.values())) == 3 and list(c.orphans) == ["O2", "O3", "O4"]
 
 
+def test_orphans_handed_back_make_room_for_new_ones():
+    """Issue 17: records popped by ``peer_alive`` were not taken off a count kept beside
+    the table, so after ``max_orphans`` hand-backs in all every new orphan was forgotten
+    at once and its Handback never sent (its requester waited on a live holder)."""
+    c = Dispatcher("c", cpus=1, node_id="C", max_orphans=3)
+    reason = "cancelled while its origin seemed dead"
+    for i in range(10):
+        origin = f"O{i % 2}"
+        c.submit(Call(f"x{i}", "m:f", b"", 1, origin), b"P", from_peer="P")
+        assert c.peer_lost(origin) == [KillLocal(f"x{i}")]
+        assert c.peer_alive(origin) == [SendTo("P", Handback(f"x{i}", reason))], i
+        assert c.orphans == {}
+    # the bound still holds, and forgets the oldest records first
+    for i in range(5):
+        c.submit(Call(f"y{i}", "m:f", b"", 1, "O9"), b"P", from_peer="P")
+        c.submit(Call(f"z{i}", "m:f", b"", 1, f"Q{i}"), b"P", from_peer="P")
+        c.local_done(Result(f"y{i}", True, b"", "c"))
+        c.peer_lost(f"Q{i}")
+    assert c.orphans == {"Q2": [("z2", "P")], "Q3": [("z3", "P")], "Q4": [("z4", "P")]}
+
+
 def test_a_call_avoiding_this_agent_goes_elsewhere_if_anyone_can_take_it():
     d = Dispatcher("a", cpus=2, node_id="A")
     retry = Call("r", "m:f", b"", avoid=["a"])

@@ -67,7 +67,6 @@ class Dispatcher(PeerFailures, Placement):
     suspected: set[str] = field(default_factory=set)  # members suspected since their last report
     orphans: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # origin -> (call, requester)
     max_orphans: int = 100_000
-    _orphaned: int = 0
     backlog: deque[str] = field(default_factory=deque)
     delegated: dict[str, dict[str, None]] = field(default_factory=dict)  # peer -> call ids, oldest first
     queues: dict[str, None] = field(default_factory=dict)  # peers that reported a queue (lazily pruned)

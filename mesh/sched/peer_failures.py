@@ -53,7 +53,6 @@ class PeerFailures:
     suspected: set[str]
     orphans: dict[str, list[tuple[str, str]]]
     max_orphans: int
-    _orphaned: int
     delegated: dict[str, dict[str, None]]
     counters: dict[str, int]
 
@@ -163,13 +162,20 @@ class PeerFailures:
 
     def _orphan(self, entry: Pending) -> None:
         """Remember a call cancelled for its lost origin, in case the origin comes back
-        (bounded: the oldest are forgotten)."""
-        if not entry.call.origin:
-            return
-        asked = self.orphans.setdefault(entry.call.origin, [])
+        (bounded: beyond ``max_orphans`` records in all, the oldest are forgotten, oldest
+        origin first). The total is counted here, never kept: a count kept beside the
+        table drifted when records left it elsewhere (``peer_alive``), until every new
+        record was forgotten at once and its Handback never sent."""
         new = [(entry.call.call_id, r.peer) for r in entry.requesters if r.peer is not None]
-        asked += new
-        self._orphaned += len(new)
-        while self._orphaned > self.max_orphans and self.orphans:
+        if not entry.call.origin or not new:
+            return
+        self.orphans.setdefault(entry.call.origin, []).extend(new)
+        excess = sum(map(len, self.orphans.values())) - self.max_orphans
+        while excess > 0:
             oldest = next(iter(self.orphans))
-            self._orphaned -= len(self.orphans.pop(oldest))
+            records = self.orphans[oldest]
+            drop = min(excess, len(records))
+            del records[:drop]
+            excess -= drop
+            if not records:
+                del self.orphans[oldest]
