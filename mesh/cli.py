@@ -130,6 +130,11 @@ def join(name, interfaces, comm_port, rest_port, peers, no_mdns, cpus, memory, l
         if not label or len(label) > 200 or any(c.isspace() for c in label):
             raise click.BadParameter(f"{label!r}: a label is one word of at most 200 characters",
                                      param_hint="--label")
+    from mesh.messages import MAX_LIST
+
+    if len(set(labels)) > MAX_LIST:  # (every heartbeat carries them, in one list field)
+        raise click.BadParameter(f"{len(set(labels))} labels: at most {MAX_LIST}",
+                                 param_hint="--label")
     from mesh.agent import Agent, AgentConfig, install_signal_handlers
 
     config = AgentConfig(

@@ -197,6 +197,11 @@ class Client(ClientLink, ClientRequests):
         # unique in the mesh: a random prefix per client and a counter (no system call
         # per call: os.urandom releases the GIL, and the I/O thread then takes it)
         call_id = f"{self._id_prefix}{next(self._seq):08x}"
+        # (encoded first: a call that cannot travel, e.g. too many labels, raises
+        # EncodeError here and leaves no future behind)
+        frame = m.encode(m.new(m.Call, call_id=call_id, function=function, payload=payload,
+                               avoid=list(avoid), inputs=list(inputs), owner=self.session,
+                               needs=needs))
         fut: Future
         if on_done is None:
             fut = CallFuture(self, call_id)
@@ -205,9 +210,6 @@ class Client(ClientLink, ClientRequests):
         with self._lock:
             alone = not self._inflight()  # nothing else in flight: send it ourselves
             self._futures[call_id] = fut
-        frame = m.encode(m.new(m.Call, call_id=call_id, function=function, payload=payload,
-                               avoid=list(avoid), inputs=list(inputs), owner=self.session,
-                               needs=needs))
         if not (alone and self._send_now(frame)):
             self._post(frame)
         elif on_done is not None:  # nobody will wait in result(): our thread reads for it

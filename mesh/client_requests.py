@@ -49,7 +49,8 @@ class ClientRequests:
     def free(self, holder: str, oids: list[str]) -> None:
         """Nobody here reads these objects of ``holder`` again (non-blocking)."""
         if oids and not self._closed.is_set():
-            self._post(m.encode(m.Free(holder, list(oids))))
+            for msg in m.Free.split(holder, list(oids)):  # (at most MAX_LIST ids a frame)
+                self._post(m.encode(msg))
 
     def cancel(self, call_id: str) -> bool:
         """Stop waiting for a call and tell the agent: it stops the call wherever it is

@@ -12,7 +12,8 @@ import mesh
 from mesh.api import barrier, constraint, task, wait_on
 from mesh.cli import _size
 from mesh.client import Client
-from mesh.messages import Call, Needs, Reclaim, Result
+from mesh.errors import EncodeError
+from mesh.messages import MAX_LIST, Call, Needs, Reclaim, Result
 from mesh.runtime import needs_of
 from mesh.sched.dispatch import Deliver, Dispatcher, Forward, RunLocal, SendTo
 from tests.conftest import run_cli, wait_for
@@ -123,6 +124,12 @@ def anywhere(i: int):
     return os.environ.get("MESH_AGENT_NAME")
 
 
+@constraint(labels=[f"l{i}" for i in range(MAX_LIST + 1)])
+@task(returns=1)
+def too_many_labels(i: int):
+    return os.environ.get("MESH_AGENT_NAME")
+
+
 def sees(agent, name: str) -> bool:
     with Client(agent.comm) as c:
         return any(p["name"] == name and p["state"] == "alive" for p in c.query("peers"))
@@ -168,6 +175,21 @@ def test_a_task_no_agent_can_run_fails_clearly(agents):
             wait_on(fut)
     with mesh.connect(a.comm):  # (that failure failed the graph: FAIL is the default policy)
         assert wait_on(anywhere(1)) == "a"  # and the agent carries on
+
+
+@pytest.mark.agents
+@pytest.mark.timeout(60)
+def test_a_task_whose_constraints_cannot_travel_fails_at_once_with_a_clear_error(agents):
+    """More labels than a frame's list may hold (``MAX_LIST``): encode refuses the call
+    before anything is sent (issue 17: the agent dropped it as undecodable and the
+    caller waited), and the client keeps no future for it."""
+    a = agents.start("a", cpus=1)
+    with mesh.connect(a.comm) as client:
+        with pytest.raises(EncodeError, match=rf"Needs\.labels: {MAX_LIST + 1} items"):
+            wait_on(too_many_labels(0))
+        assert client._futures == {}
+    with mesh.connect(a.comm):
+        assert wait_on(anywhere(1)) == "a"
 
 
 @pytest.mark.timeout(10)

@@ -127,6 +127,8 @@ class Dispatcher(PeerFailures, Placement):
         self.counters["accepted"] += 1
         if from_peer is None and not call.origin and self.node_id:
             call = evolve(call, origin=self.node_id)
+        elif len(call.visited) > call.hops:  # each hop adds one to both: a peer's bad count
+            call = evolve(call, hops=len(call.visited))  # (``visited`` stays a short list)
         entry = Pending(call, [requester], "backlog", since=now)
         if from_peer is not None:
             entry.tried.add(from_peer)
