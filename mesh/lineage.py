@@ -11,7 +11,10 @@ comes (``rerun_done``) the lost outputs are renamed to the new ones and the wait
 readers go again. Plain bookkeeping, no I/O: the runtime sends and receives.
 
 Entries are kept for the newest ``max_entries`` producers (an output whose producer
-was forgotten fails its reader with the ``ObjectLost`` error instead).
+was forgotten fails its reader with the ``ObjectLost`` error instead), and so is what
+leads to them: ``made`` (an output's producer) holds the current outputs of the kept
+producers, ``renamed`` (a lost output's recomputed value) the lost outputs of the kept
+producers; both go with their producer's entry.
 
 ``Recovery`` is the runtime's side (a mixin of ``mesh.runtime.Runtime``, run under its
 lock like the rest of its graph events): it sends the reruns and carries on with what
@@ -46,6 +49,7 @@ class _Entry:
     outputs: list  # [(version, value)] as last produced
     reruns: int = 0
     waiting: list | None = None  # what to do when the running rerun finishes
+    lost: list | None = None  # oids of its earlier outputs, lost and renamed (``renamed``)
 
 
 class Lineage:
@@ -70,6 +74,8 @@ class Lineage:
             for _, v in old.outputs:
                 if type(v) is Ref:
                     self.made.pop(v.oid, None)
+            for oid in old.lost or ():
+                self.renamed.pop(oid, None)
 
     def latest(self, oid: str) -> Any:
         """The newest value of a lost object (following recomputations), or None."""
@@ -126,6 +132,8 @@ class Lineage:
         for (version, old), (_, new) in zip(entry.outputs, outputs, strict=True):
             if type(old) is Ref:
                 self.renamed[old.oid] = new
+                self.made.pop(old.oid, None)  # (renamed: ``recover`` finds it there)
+                entry.lost = [*(entry.lost or ()), old.oid]
                 changes.append((version, old, new))
                 if type(new) is Ref:
                     self.made[new.oid] = task_id

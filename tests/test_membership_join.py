@@ -14,6 +14,7 @@ from mesh.discovery.membership import (
     TRANSITIONS,
     Connect,
     Disconnect,
+    Forgotten,
     MemberChanged,
     Membership,
     Reply,
@@ -415,7 +416,7 @@ def test_eviction_returns_the_disconnect_of_the_evicted_member():
     assert core.members[info(1).id].state == "dead"
     assert core.members[info(2).id].state == "alive"
     acts = join(core, 3, 10.0)
-    assert acts[0] == Disconnect("n1:1")
+    assert acts[:2] == [Disconnect("n1:1"), Forgotten(info(1).id)]
     assert MemberChanged(info(3).id, "n3", "new", "alive") in acts
     assert set(core.members) == {info(2).id, info(3).id}
     assert "n1:1" not in core._conns

@@ -44,14 +44,24 @@ in ``mesh.discovery.probing``), and news of a member we suspect or hold dead goe
 first on messages to it (``_gossip_for``). A member enters the table on its first
 direct contact (``_heard``: its Ping to us, or its Pong); news of an unknown member
 only makes us connect to it and ping it. When the table is full, the oldest dead or
-left member is forgotten to make room (``_evict``), never an alive or suspect one.
+left member is forgotten to make room (``_evict``, then ``Forgotten``), never an alive or
+suspect one. Members joining faster than they are probed do not pile up in the round
+robin (``_order``): it is pruned of forgotten ids when it outgrows the table.
 """
 
 from __future__ import annotations
 
 import random
 
-from mesh.discovery.actions import Action, Connect, DeclaredDead, Disconnect, MemberChanged, Send
+from mesh.discovery.actions import (
+    Action,
+    Connect,
+    DeclaredDead,
+    Disconnect,
+    Forgotten,
+    MemberChanged,
+    Send,
+)
 from mesh.discovery.detector import GossipBuffer, LocalHealth
 from mesh.discovery.members import Member, _Dial, _Seed
 from mesh.discovery.timing import Timing
@@ -192,7 +202,7 @@ class Joining:
                 continue
             acts.append(self._ping(address, now))  # answers tell us who is there
             dial.pings += 1
-            dial.next = now + min(t.seed_retry * 2 ** (dial.pings - 1), t.dial_backoff_max)
+            dial.next = now + min(t.seed_retry * 2 ** min(dial.pings - 1, 32), t.dial_backoff_max)
         for seed in self.seeds.values():
             member = self.members.get(seed.node_id) if seed.node_id else None
             reachable = member is not None and member.state in ("alive", "suspect")
@@ -273,6 +283,8 @@ class Joining:
             self.members[info.id] = member
             acts.append(MemberChanged(info.id, info.name, "new", "alive", info.incarnation))
             self.gossip.add(member.digest())  # spread the join
+            if len(self._order) > 2 * len(self.members):  # (joins faster than probes)
+                self._order = [i for i in self._order if i in self.members]
             self._order.append(info.id)  # probe it soon: measures its round trip
         else:
             if info.incarnation > member.info.incarnation:
@@ -298,11 +310,11 @@ class Joining:
         return acts
 
     def _evict(self) -> list[Action] | None:
-        """Forget the oldest dead or left member and close its connection; None if
-        every member is alive or suspect."""
+        """Forget the oldest dead or left member and close its connection (then
+        ``Forgotten``); None if every member is alive or suspect."""
         gone = [m for m in self.members.values() if m.state in ("dead", "left")]
         if not gone:
             return None
         oldest = min(gone, key=lambda m: m.changed_at)
         del self.members[oldest.info.id]
-        return self._drop_conn(oldest)
+        return self._drop_conn(oldest) + [Forgotten(oldest.info.id)]

@@ -23,7 +23,8 @@ Member states and the allowed transitions (``TRANSITIONS``):
 
 Dead members keep their connection (ZeroMQ reconnects by itself) and get a slow
 ping every ``seed_retry`` seconds; dead and left members are forgotten after
-``forget_after``; the table holds at most ``max_members``. Addresses no member answers
+``forget_after`` (``Forgotten``: the shell's other parts drop what they keep about
+them); the table holds at most ``max_members``. Addresses no member answers
 on are pinged with back-off and forgotten after ``dial_attempts`` pings, seeds aside;
 the table of connections holds at most ``max_members`` (silent addresses, then dead
 members make room for new ones: ``mesh.discovery.joining``).
@@ -39,6 +40,7 @@ from mesh.discovery.actions import (
     Connect,  # noqa: F401 (re-exported: the agent, the simulator and tests take it from here)
     DeclaredDead,  # noqa: F401 (re-exported)
     Disconnect,  # noqa: F401 (re-exported)
+    Forgotten,  # noqa: F401 (re-exported)
     MemberChanged,
     Reply,
     Send,
@@ -107,6 +109,7 @@ class Membership(Joining, Probing):
 
     def __post_init__(self) -> None:
         self.gossip.retransmit_mult = self.timing.retransmit_mult
+        self.gossip.max_updates = 2 * self.max_members
 
     # ------------------------------------------------------------------ inputs
 

@@ -29,7 +29,8 @@ probe we make for another member's ``PingReq`` is one ``_Relay``, answered with
 ``IndirectAck`` when the target answers us, or ``Nack`` at its deadline (at once
 if our table is full of live members). A failed
 probe suspects its target only if it is still alive or suspect; a suspect that
-times out becomes dead; dead and left members are forgotten after ``forget_after``.
+times out becomes dead; dead and left members are forgotten after ``forget_after``
+(``Forgotten``).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from mesh.discovery.actions import Action, Reply, Send
+from mesh.discovery.actions import Action, Forgotten, Reply, Send
 from mesh.discovery.detector import GossipBuffer, LocalHealth, suspicion_bounds, suspicion_timeout
 from mesh.discovery.members import Member
 from mesh.discovery.timing import Timing
@@ -218,4 +219,5 @@ class Probing:
             elif member.state in ("dead", "left") and now - member.changed_at > self.timing.forget_after:
                 acts += self._drop_conn(member)
                 del self.members[member.info.id]
+                acts.append(Forgotten(member.info.id))
         return acts
