@@ -28,11 +28,12 @@ they are pinged with the same back-off for as long as nobody answers there. (A d
 member keeps its own connection and slow ping every ``seed_retry`` until it is
 forgotten, see ``mesh.discovery.membership``.)
 
-The table of connections holds at most ``max_members`` addresses (a seed is connected
-even beyond). When a new address needs room (``_room``), the silent address pinged
-most (then the oldest) is forgotten first, then the oldest dead or left member; the
-connections of live members and seeds are never given up. So a new live member can
-always join: only a table full of live members (or seeds) turns it away.
+The table of connections holds at most ``max_members`` addresses besides the seeds' (a
+seed is connected whatever the table holds). When a new address needs room (``_room``),
+the silent address pinged most (then the oldest) is forgotten first, then the oldest
+dead or left member; the connections of live members and seeds are never given up. So
+a new live member can always join: only a table full of live members (or seeds) turns
+it away.
 
 Dissemination: every message carries a few ``Digest``s from ``GossipBuffer``
 (fresh news first), then random members' digests (anti-entropy, spreading joins).
