@@ -141,6 +141,11 @@ def join(name, interfaces, comm_port, rest_port, rest_open, peers, no_mdns, cpus
         if not label or len(label) > 200 or any(c.isspace() for c in label):
             raise click.BadParameter(f"{label!r}: a label is one word of at most 200 characters",
                                      param_hint="--label")
+    from mesh.wire.messages import MAX_LIST
+
+    if len(set(labels)) > MAX_LIST:  # (every heartbeat carries them, in one list field)
+        raise click.BadParameter(f"{len(set(labels))} labels: at most {MAX_LIST}",
+                                 param_hint="--label")
     from mesh.agent.agent import Agent, AgentConfig, install_signal_handlers
 
     config = AgentConfig(

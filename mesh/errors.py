@@ -17,6 +17,13 @@ class LocalProtocolError(MeshError):
     """This process tried something the protocol does not allow (a bug on our side)."""
 
 
+class EncodeError(LocalProtocolError):
+    """A message cannot become a frame that ``decode`` accepts: a list longer than
+    ``MAX_LIST`` (dropping items would change what the message says), containers nested
+    deeper than ``MAX_DEPTH``, or a value CBOR cannot carry. Raised by ``encode``, before
+    anything is sent."""
+
+
 class RemoteProtocolError(MeshError):
     """A peer or client sent a frame we cannot accept."""
 

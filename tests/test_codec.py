@@ -10,6 +10,9 @@ lists, nested garbage, extra keys), and each is decoded by both paths: the same 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import threading
+import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -18,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mesh.errors import DecodeError
+from mesh.errors import DecodeError, EncodeError
 from mesh.wire import codec as wire
 from mesh.wire import messages as m
 from tests.test_messages import EXAMPLES, STRATEGIES, ints, json_like
@@ -369,3 +372,156 @@ def test_a_class_whose_name_is_no_identifier():
     frame = fast.encode(fast.new(odd, n=3))
     assert frame == slow.encode(odd(3)) and fast.decode(frame) == odd(3)
     assert fast._decoder(odd).__name__ == "decode_odd-one"  # (named after it, all the same)
+
+
+# ----------------------------------------------------------------------------- limits
+
+
+def nested(value: Any, depth: int, maps: bool) -> Any:
+    for _ in range(depth):
+        value = {"k": value} if maps else [value]
+    return value
+
+
+def depth_of(value: Any) -> int:
+    """Containers nested in ``value`` (0 for a scalar), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict | list | tuple):
+            deepest = max(deepest, d)
+            stack += [(x, d + 1) for x in (v.values() if isinstance(v, dict) else v)]
+    return deepest
+
+
+edge_texts = (st.text(max_size=8)
+              | st.text(st.characters(min_codepoint=0xD7F0, max_codepoint=0xE010), max_size=6)
+              | st.sampled_from(["", "x" * m.MAX_STR, "é" * m.MAX_STR, "y" * (m.MAX_STR + 1),
+                                 "z" * 10_000, "\U0001f600" * (m.MAX_STR + 1), "\udcff",
+                                 "a\ud800b" * 50, "\udcff" * m.MAX_STR, "c" * (m.MAX_STR - 2) + "\udcff"]))
+LENGTHS = [m.MAX_LIST - 1, m.MAX_LIST, m.MAX_LIST + 1, 3 * m.MAX_LIST]
+DEPTHS = [1, 10, m.MAX_DEPTH - 3, m.MAX_DEPTH - 2, m.MAX_DEPTH - 1, m.MAX_DEPTH, m.MAX_DEPTH + 1,
+          2_000, 20_000]
+edge_json = st.recursive(
+    st.none() | st.booleans() | ints | st.floats() | edge_texts | st.binary(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(edge_texts, inner, max_size=3),
+    max_leaves=10,
+)
+edge_any = edge_json | st.builds(nested, edge_json, st.sampled_from(DEPTHS), st.booleans())
+
+
+def edge(hint: Any, small: bool = False) -> st.SearchStrategy:
+    """Values of a field type that reach the codec's limits: text around MAX_STR (and not
+    UTF-8), lists around MAX_LIST (all but their last item ``small``: a long list of long
+    texts makes frames of hundreds of MB), ``Any`` values nested around MAX_DEPTH."""
+    simple = {int: ints, float: st.floats(), bool: st.booleans(), bytes: st.binary(max_size=16),
+              str: st.text(max_size=4) if small else edge_texts,
+              Any: st.none() | ints if small else edge_any}
+    if hint in simple:
+        return simple[hint]
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is list:
+        if small:
+            return st.lists(edge(args[0], small), max_size=2)
+        return st.lists(edge(args[0]), max_size=4) | st.builds(
+            lambda x, last, n: [x] * (n - 1) + [last], edge(args[0], small=True), edge(args[0]),
+            st.sampled_from(LENGTHS))
+    if type(None) in args:
+        return st.none() | edge([a for a in args if a is not type(None)][0], small)
+    hints = typing.get_type_hints(hint)
+    return st.builds(hint, **{f.name: edge(hints[f.name], small) for f in dataclasses.fields(hint)})
+
+
+@functools.cache
+def typed_fields(cls: type) -> tuple[str, ...]:
+    hints = typing.get_type_hints(cls)
+    return tuple(f.name for f in dataclasses.fields(cls) if hints[f.name] is not Any)
+
+
+def overlong_list(value: Any) -> bool:
+    """A list field (at any level of records) longer than MAX_LIST."""
+    if dataclasses.is_dataclass(value):
+        return any(overlong_list(getattr(value, name)) for name in typed_fields(type(value)))
+    if not isinstance(value, list):
+        return False
+    distinct = {id(v): v for v in value}.values()  # (a long list repeats one item)
+    return len(value) > m.MAX_LIST or any(map(overlong_list, distinct))
+
+
+@pytest.mark.parametrize("tag", sorted(m.MESSAGES))
+@settings(DIFF, max_examples=40)
+@given(data=st.data())
+def test_encode_makes_a_frame_decode_accepts_or_raises_a_local_error(tag, data):
+    """Issue 17: encode did not cut text in lists nor bound list lengths, which decode
+    refuses (``Call(avoid=[5,000-char name])``, ``Load(labels=...)``, a ``Free`` of more
+    than 4,096 ids). For every message type, at the limits: the frame decodes (and
+    encodes again to itself), or encode raises ``EncodeError``, exactly when a list is
+    longer than MAX_LIST or an ``Any`` value nests deeper than MAX_DEPTH."""
+    msg = data.draw(edge(m.MESSAGES[tag]))
+    too_deep = any(depth_of(getattr(msg, f.name)) + 1 > m.MAX_DEPTH
+                   for f in dataclasses.fields(msg) if f.type in ("Any", Any))
+    try:
+        frame = m.encode(msg)
+    except EncodeError as exc:
+        assert overlong_list(msg) or too_deep, exc
+        assert encoded(REFERENCE, msg) == ("raises", EncodeError, str(exc))
+        return
+    assert not overlong_list(msg) and not too_deep
+    # (never a DecodeError; the frame's size is the one limit encode leaves to the sender,
+    # which knows what the bytes are and the receiver's max_size: a list of MAX_LIST long
+    # texts may be bigger than MAX_FRAME)
+    back = m.decode(frame, max_size=max(len(frame), m.MAX_FRAME))
+    assert m.encode(back) == frame and REFERENCE.encode(msg) == frame
+
+
+def test_text_in_lists_is_cut_and_long_lists_are_refused_at_encode():
+    name = "n" * 5_000
+    back = m.decode(m.encode(m.Call("c", "", b"", avoid=[name, "b"])))
+    assert back.avoid == [m._cut(name), "b"] and len(back.avoid[0]) == m.MAX_STR
+    load = m.Load(1, 1, 0, 0, labels=["gpu", "l" * 9_000])
+    assert m.decode(m.encode(m.Pong(1, m.NodeInfo("i", "n", "a", 1), load))).load.labels[0] == "gpu"
+    with pytest.raises(EncodeError, match=r"Needs\.labels: 4097 items"):
+        m.encode(m.Call("c", "", b"", needs=m.Needs(labels=["x"] * (m.MAX_LIST + 1))))
+    with pytest.raises(EncodeError, match=r"Free\.oids: 5000 items"):
+        m.encode(m.Free("h", [f"{i:032x}" for i in range(5_000)]))
+    with pytest.raises(EncodeError, match="nested more than"):  # (cbor2 itself crashed)
+        m.encode(m.Answer(1, "status", nested([], 20_000, False)))
+    assert m.decode(m.encode(m.Answer(1, "s", nested([], m.MAX_DEPTH - 2, True)))).qid == 1
+
+
+def test_text_that_is_not_utf8_is_escaped():
+    """A file name decoded with surrogateescape in an error message: cbor2 refused the
+    text (UnicodeEncodeError from encode); it goes escaped."""
+    msg = m.Result("c", False, b"", "a", "FileNotFoundError", "no file caf\udce9.txt",
+                   "t" * (m.MAX_STR - 1) + "\udcff")
+    back = m.decode(m.encode(msg))
+    assert back.error == "no file caf\\udce9.txt" and len(back.traceback) == m.MAX_STR
+    assert m.encode(msg) == REFERENCE.encode(msg)
+    assert m.decode(m.encode(m.Answer(1, "s", {"k\udcff": ["v\udcff"]}))).body == {
+        "k\\udcff": ["v\\udcff"]}
+
+
+def test_a_free_of_many_ids_is_split_and_every_object_is_freed():
+    """Issue 17: a Free of more than 4,096 ids failed to decode at the holder, so the
+    objects leaked there. Senders split it (``Free.split``): the client does."""
+    from mesh.client.client import Client
+    from mesh.sched.objects import Objects
+
+    oids = [f"{i:032x}" for i in range(10_000)]
+    holder = Objects("h")
+    for oid in oids:
+        holder.put(oid, b"x" * 10)
+
+    class Sender:  # the client's side of free(), without its sockets
+        _closed = threading.Event()
+        posted: list[bytes] = []
+        _post = posted.append
+
+    Client.free(Sender(), "h", oids)
+    assert len(Sender.posted) == 3
+    for frame in Sender.posted:
+        msg = m.decode(frame)
+        assert msg.holder == "h" and len(msg.oids) <= m.MAX_LIST
+        holder.free(msg.oids)
+    assert holder.stored == {} and holder.nbytes == 0
+    assert m.Free.split("h", []) == [] and m.Free.split("h", ["a"]) == [m.Free("h", ["a"])]

@@ -11,10 +11,11 @@ import pytest
 import mesh
 from mesh.cli import _size
 from mesh.client.client import Client
+from mesh.errors import EncodeError
 from mesh.program.api import barrier, constraint, task, wait_on
 from mesh.program.runtime import needs_of
-from mesh.sched.dispatch import Deliver, Dispatcher, Forward, RunLocal
-from mesh.wire.messages import Call, Needs
+from mesh.sched.dispatch import Deliver, Dispatcher, Forward, RunLocal, SendTo
+from mesh.wire.messages import MAX_LIST, Call, Needs, Reclaim, Result
 from tests.conftest import run_cli, wait_for
 
 ME, GPU, BIG = "a" * 32, "b" * 32, "c" * 32
@@ -123,6 +124,12 @@ def anywhere(i: int):
     return os.environ.get("MESH_AGENT_NAME")
 
 
+@constraint(labels=[f"l{i}" for i in range(MAX_LIST + 1)])
+@task(returns=1)
+def too_many_labels(i: int):
+    return os.environ.get("MESH_AGENT_NAME")
+
+
 def sees(agent, name: str) -> bool:
     with Client(agent.comm) as c:
         return any(p["name"] == name and p["state"] == "alive" for p in c.query("peers"))
@@ -168,3 +175,38 @@ def test_a_task_no_agent_can_run_fails_clearly(agents):
             wait_on(fut)
     with mesh.connect(a.comm):  # (that failure failed the graph: FAIL is the default policy)
         assert wait_on(anywhere(1)) == "a"  # and the agent carries on
+
+
+@pytest.mark.agents
+@pytest.mark.timeout(60)
+def test_a_task_whose_constraints_cannot_travel_fails_at_once_with_a_clear_error(agents):
+    """More labels than a frame's list may hold (``MAX_LIST``): encode refuses the call
+    before anything is sent (issue 17: the agent dropped it as undecodable and the
+    caller waited), and the client keeps no future for it."""
+    a = agents.start("a", cpus=1)
+    with mesh.connect(a.comm) as client:
+        with pytest.raises(EncodeError, match=rf"Needs\.labels: {MAX_LIST + 1} items"):
+            wait_on(too_many_labels(0))
+        assert client.requests.calls == {}
+    with mesh.connect(a.comm):
+        assert wait_on(anywhere(1)) == "a"
+
+
+@pytest.mark.timeout(10)
+def test_an_idle_agent_does_not_steal_back_a_call_it_cannot_run():
+    """A (1 slot, no label) gave a plain call and two gpu calls to B (gpu), where they
+    wait; A, idle, asks back only the call it can run (issue 16: it took back
+    label-bound calls and forwarded them again)."""
+    a = Dispatcher("a", cpus=1, node_id=ME, prefetch=1)
+    a.peer_load(GPU, "gpu-box", 2, 2, 0.001, labels=("gpu",))
+    needs = Needs(labels=["gpu"])
+    acts = a.submit(Call("p", "", b"p"), b"client")  # runs here
+    for call in (Call("q", "", b"p"), Call("g0", "", b"p", needs=needs),
+                 Call("g1", "", b"p", needs=needs)):
+        acts += a.submit(call, b"client")
+    assert [x.peer_id for x in acts if isinstance(x, Forward)] == [GPU] * 3
+    a.peer_load(GPU, "gpu-box", 2, 0, 0.001, queued=3, labels=("gpu",))  # all three wait there
+    acts = a.local_done(Result("p", True, b"", "a"))  # idle now
+    asked = [x.message.call_ids for x in acts if isinstance(x, SendTo)
+             and isinstance(x.message, Reclaim)]
+    assert asked == [["q"]]  # not g1 (the newest), nor g0

@@ -17,7 +17,7 @@ from dataclasses import replace
 import pytest
 
 from mesh.sched.dispatch import Deliver, Dispatcher, Forward, KillLocal, RunLocal, SendTo
-from mesh.wire.messages import Call, Handback, Result
+from mesh.wire.messages import MAX_LIST, Call, Handback, Result, encode
 from tests.dispatch_helpers import (
     CLIENT,
     call,
@@ -309,6 +309,41 @@ def test_orphan_records_are_bounded():
         c.submit(Call(f"x{i}", "m:f", b"", 1, f"O{i}"), b"P", from_peer="P")
         c.peer_lost(f"O{i}")
     assert sum(map(len, c.orphans.values())) == 3 and list(c.orphans) == ["O2", "O3", "O4"]
+
+
+def test_a_call_from_a_peer_counts_at_least_one_hop_per_agent_it_visited():
+    """A peer's call that says hops=0 but lists MAX_LIST agents it visited is not passed
+    on: each forward adds one to ``visited``, which would then be longer than a frame's
+    list may be (encode refuses it) and grow with every hop."""
+    a = Dispatcher("a", cpus=0, node_id="A")
+    a.peer_load("B", "b", 1, 1, 0.001)
+    bad = Call("c", "m:f", b"", 0, "O", [f"{i:032x}" for i in range(MAX_LIST)])
+    (act,) = a.submit(bad, b"P", from_peer="P")
+    assert isinstance(act, Deliver) and act.result.error_type == "NoCapacity"
+    (fwd,) = a.submit(Call("d", "m:f", b"", 1, "O", ["P"]), b"P", from_peer="P")
+    assert fwd.peer_id == "B" and fwd.call.hops == 2 and fwd.call.visited == ["P", "A"]
+    encode(fwd.call)
+
+
+def test_orphans_handed_back_make_room_for_new_ones():
+    """Issue 17: records popped by ``peer_alive`` were not taken off a count kept beside
+    the table, so after ``max_orphans`` hand-backs in all every new orphan was forgotten
+    at once and its Handback never sent (its requester waited on a live holder)."""
+    c = Dispatcher("c", cpus=1, node_id="C", max_orphans=3)
+    reason = "cancelled while its origin seemed dead"
+    for i in range(10):
+        origin = f"O{i % 2}"
+        c.submit(Call(f"x{i}", "m:f", b"", 1, origin), b"P", from_peer="P")
+        assert c.peer_lost(origin) == [KillLocal(f"x{i}")]
+        assert c.peer_alive(origin) == [SendTo("P", Handback(f"x{i}", reason))], i
+        assert c.orphans == {}
+    # the bound still holds, and forgets the oldest records first
+    for i in range(5):
+        c.submit(Call(f"y{i}", "m:f", b"", 1, "O9"), b"P", from_peer="P")
+        c.submit(Call(f"z{i}", "m:f", b"", 1, f"Q{i}"), b"P", from_peer="P")
+        c.local_done(Result(f"y{i}", True, b"", "c"))
+        c.peer_lost(f"Q{i}")
+    assert c.orphans == {"Q2": [("z2", "P")], "Q3": [("z3", "P")], "Q4": [("z4", "P")]}
 
 
 def test_a_call_avoiding_this_agent_goes_elsewhere_if_anyone_can_take_it():

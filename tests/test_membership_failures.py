@@ -137,9 +137,11 @@ def test_dead_member_is_forgotten_after_forget_after():
     net, a, b = _pair(10, timing)
     net.kill(b)
     assert net.run_until(net.now + 10.0, stop=lambda: state(a, b) == "dead")
+    assert a.forgotten == []
     net.run_for(timing.forget_after + 1.0)
     assert b.id not in a.membership.members
     assert b.address not in a.membership._conns or b.address in a.membership.seeds
+    assert [node for _, node in a.forgotten] == [b.id]  # the other parts drop it too
 
 
 def test_restarted_node_at_the_same_address_keeps_its_connection():

@@ -14,6 +14,7 @@ from mesh.discovery.membership import (
     TRANSITIONS,
     Connect,
     Disconnect,
+    Forgotten,
     MemberChanged,
     Membership,
     Reply,
@@ -22,7 +23,7 @@ from mesh.discovery.membership import (
 )
 from mesh.errors import LocalProtocolError
 from mesh.sim import SimNetwork
-from mesh.wire.messages import STATES, Digest, Leave, Load, Ping, Pong
+from mesh.wire.messages import STATES, Digest, Leave, Load, Ping, PingReq, Pong
 from tests.membership_helpers import (
     LOAD,
     about,
@@ -175,6 +176,80 @@ def test_unanswered_pings_are_forgotten():
     for step in range(1000):  # 100 s: the seed is pinged every seed_retry
         core.tick(step * 0.1)
     assert len(core._sent) <= (timing.forget_after / 4) / timing.seed_retry + 2
+
+
+# ----------------------------------------------------------------------------- silent addresses
+
+
+def pings_to(log, address: str) -> list[float]:
+    return [t for t, a in log if isinstance(a, Send) and a.address == address
+            and isinstance(a.message, Ping)]
+
+
+def test_an_address_that_never_answers_is_pinged_with_back_off_then_forgotten():
+    """Issue 17: every address learnt (mDNS, gossip, PingReq) was kept and pinged every
+    seed_retry forever."""
+    timing = Timing()
+    core = Membership(info(1), timing)
+    log = [(0.0, a) for a in core.discovered(info(50).id, "n50:1", 0.0)]  # a stale announcement
+    log += [(0.0, a) for a in core.receive(  # a PingReq names an address of nobody
+        PingReq(5, info(51).id, "n51:1", info(2), []), 0.0, identity=ident(2))]
+    log += run_core(core, 0.0, 300.0, step=0.1, silent={50, 51})
+    for address in ("n50:1", "n51:1"):
+        pings = pings_to(log, address)
+        assert len(pings) == timing.dial_attempts, (address, pings)
+        gaps = [round(b - a, 6) for a, b in pairwise(pings)]
+        assert gaps == [min(timing.seed_retry * 2 ** k, timing.dial_backoff_max)
+                        for k in range(timing.dial_attempts - 1)], gaps
+        (gone,) = [t for t, a in log if a == Disconnect(address)]
+        assert gone - pings[-1] == pytest.approx(min(
+            timing.seed_retry * 2 ** (timing.dial_attempts - 1), timing.dial_backoff_max), abs=0.11)
+    assert core._conns == {} and core._dials == {}
+    assert core.counters["silent_forgotten"] == 2
+
+
+def test_a_seed_is_kept_and_retried_with_back_off_until_it_answers():
+    timing = Timing()
+    core = Membership(info(1), timing)
+    log = [(0.0, a) for a in core.add_seed("n7:1", 0.0)]
+    log += run_core(core, 0.0, 400.0, step=0.1, silent={7})
+    pings = pings_to(log, "n7:1")
+    gaps = [round(b - a, 6) for a, b in pairwise(pings)]
+    assert gaps[:5] == [1.0, 2.0, 4.0, 8.0, 16.0] and set(gaps[5:]) == {timing.dial_backoff_max}
+    assert "n7:1" in core._conns and Disconnect("n7:1") not in [a for _, a in log]
+    # it answers at last: a member, and no longer a silent address
+    log = run_core(core, 400.0, 440.0, step=0.1)
+    assert state_of(core, 7) == "alive" and "n7:1" not in core._dials
+
+
+def state_of(core: Membership, n: int) -> str | None:
+    member = core.members.get(info(n).id)
+    return None if member is None else member.state
+
+
+def test_a_table_full_of_silent_addresses_still_lets_new_live_members_in():
+    """Issue 17: once the connections reached max_members, discovery and gossip connected
+    to nobody new. Silent addresses make room for live ones; live members and seeds are
+    never given up, and a table full of live members turns newcomers away."""
+    timing = Timing()
+    net = SimNetwork(40)
+    a = net.add("a", timing=timing, max_members=4, seeds=["seed:1"])
+    for k in range(4):  # stale announcements: nobody listens there
+        net.do(a, a.membership.discovered(f"{k:032x}", f"ghost{k}:1", net.now))
+    assert len(a.membership._conns) == 4 and "seed:1" in a.membership._conns
+    b, c, d = (net.add(name, timing=timing) for name in "bcd")
+    net.do(c, c.membership.discovered(b.id, b.address, net.now))  # b and c know each other
+    net.do(a, a.membership.discovered(b.id, b.address, net.now))  # mDNS: b
+    net.do(d, d.membership.discovered(a.id, a.address, net.now))  # d pings a
+    # b (announced), c (gossip from b) and d (its own ping) join a
+    assert net.run_until(net.now + 10.0, stop=lambda: converged([a, b, c, d]))
+    conns = a.membership._conns
+    assert "seed:1" in conns and len(conns) == 4
+    assert {b.address, c.address, d.address} <= set(conns)
+    # full of live members (and the seed): a new address is turned away, none is evicted
+    acts = a.membership.discovered("ee" * 16, "late:1", net.now)
+    assert acts == [] and "late:1" not in conns
+    assert [n.id in a.membership.members for n in (b, c, d)] == [True] * 3
 
 
 # ----------------------------------------------------------------------------- leaving
@@ -341,7 +416,7 @@ def test_eviction_returns_the_disconnect_of_the_evicted_member():
     assert core.members[info(1).id].state == "dead"
     assert core.members[info(2).id].state == "alive"
     acts = join(core, 3, 10.0)
-    assert acts[0] == Disconnect("n1:1")
+    assert acts[:2] == [Disconnect("n1:1"), Forgotten(info(1).id)]
     assert MemberChanged(info(3).id, "n3", "new", "alive") in acts
     assert set(core.members) == {info(2).id, info(3).id}
     assert "n1:1" not in core._conns

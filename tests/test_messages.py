@@ -441,7 +441,7 @@ def test_any_parser_failure_becomes_a_cbor_decode_error(monkeypatch, error):
     """cbor2 raises many types on garbage; older versions (and other builds) hit
     RecursionError on deep nesting instead of their own depth limit."""
 
-    def boom(frame):
+    def boom(frame, **options):
         raise error("boom")
 
     monkeypatch.setattr(m.cbor2, "loads", boom)

@@ -288,3 +288,25 @@ def test_depth_seeds_sweep():
         f"{r.seed} --depth 4{' --long-call 0.1' if r.seed % 2 else ''}" for r in bad[:10])
     assert sum(r.counters["behind"] for r in reports) > 0
     assert sum(r.withdrawn for r in reports) > 0 and sum(r.given_back for r in reports) > 0
+
+
+# --------------------------------------------------------------------- constraints and stealing
+
+
+def test_stealing_never_moves_a_call_to_an_agent_it_does_not_fit():
+    """Mixed agents (each offers a random subset of 1-3 labels, most none; about half
+    of the tasks need a label): over seeded runs of 4-12 agents, no agent asks back
+    (``Reclaim``) or runs a call whose constraints it does not meet (the simulator
+    checks every Reclaim and RunLocal: ``LedgerSim._check_reclaim``), and every call
+    still runs once. Without the check in ``_steal``, an idle agent without the label
+    took back label-bound calls queued at a peer that has it, only to forward them
+    again (issue 16: 11 forwards for 10 calls)."""
+    stolen = bound = 0
+    for seed in range(40):
+        sim = LedgerSim(seed, agents=4 + seed % 9, tasks=200, labels=1 + seed % 3)
+        bound += sum(n is not None for p in sim.programs for n in p.needs)
+        rep = sim.finish()
+        clean(rep)
+        assert rep.calls == rep.executions and rep.extra_executions == 0, rep.summary()
+        stolen += rep.counters["reclaim_got"]
+    assert bound > 1000 and stolen > 0  # label-bound calls, and stealing did happen

@@ -28,7 +28,8 @@ class AgentActions:
         self._handlers: dict[type, object] = {  # action type -> its method (see _do)
             mb.Send: self._act_send, mb.Reply: self._act_reply, mb.Connect: self._act_connect,
             mb.Disconnect: self._act_disconnect, mb.MemberChanged: self._member_changed,
-            mb.DeclaredDead: self._act_declared_dead, dp.RunLocal: self._act_run_local,
+            mb.DeclaredDead: self._act_declared_dead, mb.Forgotten: self._act_forgotten,
+            dp.RunLocal: self._act_run_local,
             dp.Forward: self._act_forward, dp.Deliver: self._act_deliver,
             dp.SendTo: self._act_send_to, dp.KillLocal: self._act_kill_local,
             SendAdvert: self._act_send_advert, Probe: self._act_probe,
@@ -69,6 +70,9 @@ class AgentActions:
         log.warning("we were declared dead (incarnation %d) and refuted: %d call action(s) "
                     "to re-place or hand back", act.incarnation, len(acts))
         self._do(acts, now)
+
+    def _act_forgotten(self, act: mb.Forgotten, now: float) -> None:
+        self._do(self.dispatcher.peer_forgotten(act.node_id), now)
 
     def _act_run_local(self, act: dp.RunLocal, now: float) -> None:
         failed = self.pool.run(act.call, act.behind, now)

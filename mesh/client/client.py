@@ -216,7 +216,8 @@ class Client:
     def free(self, holder: str, oids: list[str]) -> None:
         """Nobody here reads these objects of ``holder`` again (non-blocking)."""
         if oids and not self._closed.is_set():
-            self._post(m.encode(m.Free(holder, list(oids))))
+            for msg in m.Free.split(holder, list(oids)):  # (at most MAX_LIST ids a frame)
+                self._post(m.encode(msg))
 
     def close(self) -> None:
         """Stop the client's thread and fail calls still pending. Safe to call twice."""
@@ -261,15 +262,17 @@ class Client:
             raise AgentUnreachable(broken)
         requests = self.requests
         call_id = requests.new_call_id()
+        # (encoded first: a call that cannot travel, e.g. too many labels, raises
+        # EncodeError here and leaves no future behind)
+        frame = m.encode(m.new(m.Call, call_id=call_id, function=function, payload=payload,
+                               avoid=list(avoid), inputs=list(inputs), owner=self.session,
+                               needs=needs))
         fut: Future
         if on_done is None:
             fut = CallFuture(self, call_id)
         else:
             fut = Callback(call_id, on_done)  # type: ignore[assignment]
         alone = requests.add_call(call_id, fut)  # nothing else in flight: send it ourselves
-        frame = m.encode(m.new(m.Call, call_id=call_id, function=function, payload=payload,
-                               avoid=list(avoid), inputs=list(inputs), owner=self.session,
-                               needs=needs))
         if not (alone and self._send_now(frame)):
             self._post(frame)
         elif on_done is not None:  # nobody will wait in result(): our thread reads for it

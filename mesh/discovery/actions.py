@@ -52,4 +52,13 @@ class DeclaredDead:
     incarnation: int
 
 
-Action = Connect | Disconnect | Send | Reply | MemberChanged | DeclaredDead
+@dataclass(frozen=True)
+class Forgotten:
+    """A dead or left member was forgotten (``forget_after``, or evicted to make room):
+    it is not in the table any more, and will not come back under this id; what other
+    parts keep about it may go."""
+
+    node_id: str
+
+
+Action = Connect | Disconnect | Send | Reply | MemberChanged | DeclaredDead | Forgotten

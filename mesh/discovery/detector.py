@@ -18,7 +18,9 @@ logarithm of the mesh's size, as in memberlist.
 
 ``GossipBuffer``: the updates to disseminate, piggybacked on every message. Each
 update is sent at most ``retransmit_mult * ceil(log10(n + 1))`` times, least sent
-first; a newer update about the same node replaces the older one.
+first; a newer update about the same node replaces the older one. It holds at most
+``max_updates`` (news arriving faster than it is sent, as under heavy churn): beyond
+that the update sent most times goes first (the oldest of them).
 """
 
 from __future__ import annotations
@@ -68,11 +70,15 @@ class _Update:
 @dataclass
 class GossipBuffer:
     retransmit_mult: int = 3
+    max_updates: int = 2048
     updates: dict[str, _Update] = field(default_factory=dict)
 
     def add(self, digest: Digest) -> None:
         """Queue ``digest`` for dissemination (replacing older news of the same node)."""
         self.updates[digest.id] = _Update(digest)
+        if len(self.updates) > self.max_updates:
+            most = max(self.updates, key=lambda node_id: self.updates[node_id].sent)
+            del self.updates[most]
 
     def take(self, limit: int, n_members: int, first: Digest | None = None) -> list[Digest]:
         """Up to ``limit`` digests to piggyback, least sent first; ``first`` (news the

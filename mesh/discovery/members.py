@@ -1,5 +1,6 @@
 """The records of the membership table (``mesh.discovery.membership``): a ``Member``
-as this node sees it, and a seed address until it answers."""
+as this node sees it, a seed address until it answers, and an address we dial that
+no member answers on (``_Dial``)."""
 
 from __future__ import annotations
 
@@ -44,3 +45,14 @@ class Member:
 class _Seed:
     address: str
     node_id: str | None = None  # learnt from its first answer
+
+
+@dataclass
+class _Dial:
+    """An address we are connected to that no member answers on yet (a seed, an mDNS
+    announcement, gossip, a ``PingReq``): pinged with exponential back-off
+    (``mesh.discovery.joining``)."""
+
+    since: float  # when we connected to it
+    next: float  # when to ping it again
+    pings: int = 1  # pings sent to it so far (the first goes with the connection)

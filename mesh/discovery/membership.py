@@ -23,7 +23,11 @@ Member states and the allowed transitions (``TRANSITIONS``):
 
 Dead members keep their connection (ZeroMQ reconnects by itself) and get a slow
 ping every ``seed_retry`` seconds; dead and left members are forgotten after
-``forget_after``; the table holds at most ``max_members``.
+``forget_after`` (``Forgotten``: the shell's other parts drop what they keep about
+them); the table holds at most ``max_members``. Addresses no member answers
+on are pinged with back-off and forgotten after ``dial_attempts`` pings, seeds aside;
+the table of connections holds at most ``max_members`` (silent addresses, then dead
+members make room for new ones: ``mesh.discovery.joining``).
 """
 
 from __future__ import annotations
@@ -36,13 +40,14 @@ from mesh.discovery.actions import (
     Connect,  # noqa: F401 (re-exported: the agent, the simulator and tests take it from here)
     DeclaredDead,  # noqa: F401 (re-exported)
     Disconnect,  # noqa: F401 (re-exported)
+    Forgotten,  # noqa: F401 (re-exported)
     MemberChanged,
     Reply,
     Send,
 )
 from mesh.discovery.detector import GossipBuffer, LocalHealth
 from mesh.discovery.joining import Joining
-from mesh.discovery.members import Member, _Seed
+from mesh.discovery.members import Member, _Dial, _Seed
 from mesh.discovery.probing import Probing, _Probe, _Relay
 from mesh.discovery.timing import Timing
 from mesh.errors import LocalProtocolError
@@ -87,8 +92,9 @@ class Membership(Joining, Probing):
     gossip: GossipBuffer = field(default_factory=GossipBuffer)
     counters: dict[str, int] = field(default_factory=lambda: {
         "probes": 0, "probe_failures": 0, "indirect": 0, "suspicions": 0, "refuted": 0,
-        "deaths": 0, "forged_leaves": 0})
+        "deaths": 0, "forged_leaves": 0, "silent_forgotten": 0})
     _conns: dict[str, str | None] = field(default_factory=dict)  # address -> node id
+    _dials: dict[str, _Dial] = field(default_factory=dict)  # silent addresses (in _conns)
     _sent: dict[int, tuple[str, float]] = field(default_factory=dict)  # seq -> (address, t)
     _relays: dict[int, _Relay] = field(default_factory=dict)  # our seq -> relay
     _probe: _Probe | None = None
@@ -103,6 +109,7 @@ class Membership(Joining, Probing):
 
     def __post_init__(self) -> None:
         self.gossip.retransmit_mult = self.timing.retransmit_mult
+        self.gossip.max_updates = 2 * self.max_members
 
     # ------------------------------------------------------------------ inputs
 
@@ -111,11 +118,12 @@ class Membership(Joining, Probing):
         self._load = load
 
     def add_seed(self, address: str, now: float) -> list[Action]:
-        """Contact ``address`` (host:port) until it answers; keep it as a seed for good."""
+        """Contact ``address`` (host:port) until it answers, with back-off; keep it as a
+        seed for good."""
         if address == self.me.address or address in self.seeds:
             return []
         self.seeds[address] = _Seed(address)
-        return self._connect(address, None) + [self._ping(address, now)]
+        return self._connect(address, None, now) + [self._ping(address, now)]
 
     def discovered(self, node_id: str, address: str, now: float) -> list[Action]:
         """An mDNS announcement: a node may exist at ``address``."""
@@ -124,9 +132,12 @@ class Membership(Joining, Probing):
         member = self.members.get(node_id)
         if member is not None and member.conn is not None:
             return []
-        if address in self._conns or len(self._conns) >= self.max_members:
+        if address in self._conns:
             return []
-        return self._connect(address, node_id) + [self._ping(address, now)]
+        room = self._room(now)
+        if room is None:  # our table is full of live members
+            return []
+        return room + self._connect(address, node_id, now) + [self._ping(address, now)]
 
     def receive(
         self, msg: Message, now: float, *, via: str | None = None, identity: bytes | None = None

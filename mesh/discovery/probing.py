@@ -27,9 +27,10 @@ when we have signs that we are the slow one.
 Each probe is one ``_Probe`` (there is at most one, for the current period); each
 probe we make for another member's ``PingReq`` is one ``_Relay``, answered with
 ``IndirectAck`` when the target answers us, or ``Nack`` at its deadline (at once
-if our table is full). A failed
+if our table is full of live members). A failed
 probe suspects its target only if it is still alive or suspect; a suspect that
-times out becomes dead; dead and left members are forgotten after ``forget_after``.
+times out becomes dead; dead and left members are forgotten after ``forget_after``
+(``Forgotten``).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from mesh.discovery.actions import Action, Reply, Send
+from mesh.discovery.actions import Action, Forgotten, Reply, Send
 from mesh.discovery.detector import GossipBuffer, LocalHealth, suspicion_bounds, suspicion_timeout
 from mesh.discovery.members import Member
 from mesh.discovery.timing import Timing
@@ -75,8 +76,8 @@ class Probing:
     ``Membership.tick`` calls ``_probe_timers``, ``_end_period``, ``_start_probe`` and
     ``_expire``, ``next_timer`` calls ``_suspicion_timeout``, ``receive`` calls ``_acked``
     and ``_ping_req``. It uses the state below, ``Membership._set_state`` and, from
-    ``mesh.discovery.joining``, ``_ping``, ``_connect``, ``_drop_conn``, ``_apply`` and
-    ``_gossip_for``."""
+    ``mesh.discovery.joining``, ``_ping``, ``_room``, ``_connect``, ``_drop_conn``,
+    ``_apply`` and ``_gossip_for``."""
 
     me: NodeInfo
     timing: Timing
@@ -156,9 +157,10 @@ class Probing:
         target = self.members.get(req.target)
         address = target.conn if target is not None and target.conn else req.address
         if address not in self._conns:
-            if len(self._conns) >= self.max_members:
+            room = self._room(now)
+            if room is None:  # our table is full of live members
                 return acts + [Reply(identity, Nack(req.seq, req.target))]
-            acts += self._connect(address, req.target)
+            acts += room + self._connect(address, req.target, now)
         ping = self._ping(address, now)
         self._relays[ping.message.seq] = _Relay(identity, req.seq, req.target,
                                                 now + self.timing.ack_timeout)
@@ -217,4 +219,5 @@ class Probing:
             elif member.state in ("dead", "left") and now - member.changed_at > self.timing.forget_after:
                 acts += self._drop_conn(member)
                 del self.members[member.info.id]
+                acts.append(Forgotten(member.info.id))
         return acts

@@ -17,7 +17,9 @@ class Timing:
     expected_confirmations: int = 3
     retransmit_mult: int = 4  # memberlist's LAN default
     gossip_fanout: int = 8  # digests per message
-    seed_retry: float = 1.0
+    seed_retry: float = 1.0  # slow pings: dead members, and the first wait on a silent address
+    dial_backoff_max: float = 30.0  # longest wait between two pings of a silent address
+    dial_attempts: int = 6  # pings of an address no member answered on before it is forgotten
     forget_after: float = 120.0
     starved_after: float = 1.0  # a tick later than this means our loop was starved
 

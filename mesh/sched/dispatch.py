@@ -29,6 +29,12 @@ and the entry removed; a result may come from any member (the far end of a chain
 answering the origin directly). A later result for the same call (a lost peer that
 was only slow, a frozen one that woke) finds no entry and is dropped and counted.
 Whoever else still holds the call is told to stop (``Cancel``).
+
+Bounds: nothing is kept about a call once it has ended here: ``pending`` holds at most
+``max_pending`` entries (more are refused, ``Overloaded``), and the ``backlog`` holds their
+ids, plus ids of calls that ended while they waited (skipped when reached; when they
+outnumber the pending calls, the backlog is compacted). What is kept about a peer goes
+when it is lost, or forgotten by membership (``mesh.sched.peer_failures``).
 """
 
 from __future__ import annotations
@@ -67,10 +73,9 @@ class Dispatcher(PeerFailures, Placement):
     suspected: set[str] = field(default_factory=set)  # members suspected since their last report
     orphans: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # origin -> (call, requester)
     max_orphans: int = 100_000
-    _orphaned: int = 0
     backlog: deque[str] = field(default_factory=deque)
     delegated: dict[str, dict[str, None]] = field(default_factory=dict)  # peer -> call ids, oldest first
-    queues: dict[str, None] = field(default_factory=dict)  # peers that reported a queue (lazily pruned)
+    queues: dict[str, None] = field(default_factory=dict)  # peers that reported a queue
     running: int = 0  # slots taken by calls here (a call waiting at a worker takes one)
     depth: int = 1  # calls a slot may hold: one running, the rest waiting at its worker
     draining: bool = False
@@ -128,16 +133,33 @@ class Dispatcher(PeerFailures, Placement):
         self.counters["accepted"] += 1
         if from_peer is None and not call.origin and self.node_id:
             call = evolve(call, origin=self.node_id)
+        elif len(call.visited) > call.hops:  # each hop adds one to both: a peer's bad count
+            call = evolve(call, hops=len(call.visited))  # (``visited`` stays a short list)
         entry = Pending(call, [requester], "backlog", since=now)
         if from_peer is not None:
             entry.tried.add(from_peer)
         self.pending[call.call_id] = entry
+        if len(self.backlog) > 2 * len(self.pending) + 64:  # mostly ids of calls that ended
+            self._compact_backlog()
         if self.backlog:  # first come, first placed
             self.backlog.append(call.call_id)
             if self._stuck():
                 return []  # (the head was tried at the last change; nothing changed)
             return self._retry_backlog()
         return self._place_or_queue(entry)
+
+    def _compact_backlog(self) -> None:
+        """Drop from the backlog the ids of calls no longer waiting here (they ended, or
+        were placed elsewhere, while they waited: ``_stop`` leaves them to be skipped),
+        each waiting call once, in order."""
+        seen: set[str] = set()
+        kept: deque[str] = deque()
+        for call_id in self.backlog:
+            entry = self.pending.get(call_id)
+            if entry is not None and entry.where == "backlog" and call_id not in seen:
+                seen.add(call_id)
+                kept.append(call_id)
+        self.backlog = kept
 
     def _stuck(self) -> bool:
         """No call waiting here can be placed now: no slot is free, no worker takes one

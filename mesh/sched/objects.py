@@ -32,6 +32,11 @@ The store is bounded (``max_bytes``); a worker is told how many bytes it may put
 keeps an output inline when the store is full, so nothing is ever evicted. Copies
 fetched from other agents are kept in a small LRU cache, so several readers on one agent
 cost one transfer.
+
+Bounds: the store holds at most ``max_bytes`` and the cache ``cache_bytes`` (each object
+more than ``inline_max`` bytes); an object goes when its program frees it, its client
+session ends (``owner_closed``) or its origin agent is lost (``origin_lost``); a fetch
+ends within ``fetch_timeout``; ended sessions are remembered, the newest ``max_closed``.
 """
 
 from __future__ import annotations

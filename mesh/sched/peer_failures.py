@@ -26,8 +26,18 @@ by the hop that sees them, from membership's verdicts:
 * a peer we cancelled calls for, as a lost origin, is alive after all (``peer_alive``):
   those calls (``orphans``, bounded) are handed back to the peers that sent them,
   those not lost;
+* membership forgot a dead or left member (``peer_forgotten``, ``forget_after`` after
+  its death): it cannot come back under that id, so what we kept about it goes;
 * the transport could not send a delegated call (``forward_failed``): it is placed
   elsewhere, without counting an attempt.
+
+What is kept per peer, and until when: ``peers`` (its load) while it reports, dropped
+when it is suspected or lost; ``suspected`` from its suspicion until it reports again
+or is lost; ``lost`` from its loss until it is alive again or forgotten; ``orphans``
+(calls cancelled for it as a lost origin) until it is alive again or forgotten, at most
+``max_orphans`` in all; ``delegated`` (calls we gave it) until they end or it is lost;
+``queues`` while it reports a queue, dropped when it is suspected or lost. So every
+table keyed by node id holds live members, or members membership still remembers.
 """
 
 from __future__ import annotations
@@ -51,9 +61,9 @@ class PeerFailures:
     peers: dict[str, PeerSlots]
     lost: set[str]
     suspected: set[str]
+    queues: dict[str, None]
     orphans: dict[str, list[tuple[str, str]]]
     max_orphans: int
-    _orphaned: int
     delegated: dict[str, dict[str, None]]
     counters: dict[str, int]
 
@@ -61,7 +71,16 @@ class PeerFailures:
         """A peer stopped answering for a while: send it nothing new until it reports
         again (its calls stay with it until it is declared dead)."""
         self.peers.pop(peer_id, None)
+        self.queues.pop(peer_id, None)
         self.suspected.add(peer_id)
+        return []
+
+    def peer_forgotten(self, peer_id: str) -> list[Action]:
+        """Membership forgot a dead or left member: it will not come back under this
+        id (a node that returns after that is new to everyone), so nothing of it is kept."""
+        self.lost.discard(peer_id)
+        self.suspected.discard(peer_id)
+        self.orphans.pop(peer_id, None)
         return []
 
     def peer_alive(self, peer_id: str) -> list[Action]:
@@ -81,6 +100,8 @@ class PeerFailures:
         """A peer died or left: calls it held are placed again; calls it asked for
         are answered to their origin directly, or cancelled if it was the origin."""
         self.peers.pop(peer_id, None)
+        self.queues.pop(peer_id, None)
+        self.suspected.discard(peer_id)  # (what it held is placed again below, not resent)
         self.lost.add(peer_id)
         self.delegated.pop(peer_id, None)
         acts: list[Action] = []
@@ -163,13 +184,20 @@ class PeerFailures:
 
     def _orphan(self, entry: Pending) -> None:
         """Remember a call cancelled for its lost origin, in case the origin comes back
-        (bounded: the oldest are forgotten)."""
-        if not entry.call.origin:
-            return
-        asked = self.orphans.setdefault(entry.call.origin, [])
+        (bounded: beyond ``max_orphans`` records in all, the oldest are forgotten, oldest
+        origin first). The total is counted here, never kept: a count kept beside the
+        table drifted when records left it elsewhere (``peer_alive``), until every new
+        record was forgotten at once and its Handback never sent."""
         new = [(entry.call.call_id, r.peer) for r in entry.requesters if r.peer is not None]
-        asked += new
-        self._orphaned += len(new)
-        while self._orphaned > self.max_orphans and self.orphans:
+        if not entry.call.origin or not new:
+            return
+        self.orphans.setdefault(entry.call.origin, []).extend(new)
+        excess = sum(map(len, self.orphans.values())) - self.max_orphans
+        while excess > 0:
             oldest = next(iter(self.orphans))
-            self._orphaned -= len(self.orphans.pop(oldest))
+            records = self.orphans[oldest]
+            drop = min(excess, len(records))
+            del records[:drop]
+            excess -= drop
+            if not records:
+                del self.orphans[oldest]

@@ -56,7 +56,10 @@ given work. So an agent with a free slot and an empty backlog sends a ``Reclaim`
   It lists the newest of our calls there (a holder runs its backlog in order, so those
   start last; no more than it has waiting), slowest peer first, one per free slot
   (calls asked and not back yet count), each call asked once per holder
-  (``Pending.asked``), and none whose inputs that peer holds (``Call.inputs``);
+  (``Pending.asked``), and only calls this agent can run now: none whose constraints
+  it does not meet (``Call.needs``: slots, memory, labels; it would only forward the
+  call again), none needing more slots than it has free, none that failed here
+  (``Call.avoid``), none whose inputs that peer holds (``Call.inputs``);
 * a peer that reported a queue, to give it our load news at once (``free`` minus what
   we ask back elsewhere), so it can pass us queued calls now rather than at the next
   heartbeat; only when we have more free slots than it last heard of
@@ -296,7 +299,8 @@ class Placement:
                 seen += 1
                 if entry.asked == peer_id:
                     coming += 1
-                elif self.name not in entry.call.avoid and not self._inputs_at(entry.call, peer_id):
+                elif (self.name not in entry.call.avoid and entry.slots <= free
+                      and self._fits_here(entry.call) and not self._inputs_at(entry.call, peer_id)):
                     ids.append(call_id)
                 if seen >= waiting:
                     break  # older ones run there already

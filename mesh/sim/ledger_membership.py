@@ -135,4 +135,4 @@ class MembershipModel:
             if o is not p and o.alive and not o.frozen and self.visible[k] \
                     and k not in self.dead_view:
                 self._do(o, o.d.peer_load(p.id, p.name, p.d.cpus, free, self.rtt[k], queued,
-                                          p.d.speed))
+                                          p.d.speed, p.d.memory, p.d.labels))

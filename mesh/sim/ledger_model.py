@@ -11,7 +11,8 @@ Plain data, and the client programs:
 * ``Report``: what one seeded run found: figures, and ``violations`` of the checks.
 
 Programs: a few origins each run a client with a share of the task graph (roots,
-chains, fan-in, a final reduction); a task is submitted when its dependencies'
+chains, fan-in, a final reduction; with the simulator's ``labels``, about half of the
+tasks need one of them, ``Call.needs``); a task is submitted when its dependencies'
 results have arrived, with a call id unique per (task, submission); a failure result
 is resubmitted (up to ``MAX_SUBMISSIONS``). A program takes randomness (``sim.rng``),
 the clock (``sim.now``) and the way to its agent (``sim.client_send``) from its
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from mesh.sched.dispatch import Dispatcher
-from mesh.wire.messages import Call, Result
+from mesh.wire.messages import Call, Needs, Result
 
 if TYPE_CHECKING:
     from mesh.sim.ledger_sim import LedgerSim
@@ -104,6 +105,9 @@ class Program:
         self.sim, self.node, self.deps = sim, node, deps
         self.identity = b"client-" + node.name.encode()
         self.durations = [sim.rng.uniform(*sim.durations) for _ in deps]
+        names = sim.label_names  # (with labels, about half of the tasks need one)
+        self.needs = [Needs(labels=[sim.rng.choice(names)]) if names and sim.rng.random() < 0.5
+                      else None for _ in deps]
         self.children: list[list[int]] = [[] for _ in deps]
         for t, ds in enumerate(deps):
             for p in ds:
@@ -125,7 +129,8 @@ class Program:
         cid = f"{self.node.name}.t{t}.s{self.subs[t]}"
         self.subs[t] += 1
         self.calls[cid] = t
-        self.sim.client_send(self.node, Call(cid, "sim:task", repr(self.durations[t]).encode()))
+        self.sim.client_send(self.node, Call(cid, "sim:task", repr(self.durations[t]).encode(),
+                                             needs=self.needs[t]))
 
     def receive(self, result: Result) -> None:
         if not self.node.alive:

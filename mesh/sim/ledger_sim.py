@@ -30,7 +30,10 @@ out as ``Agent._do`` does (``mesh/agent/agent.py``):
 Dispatchers run as agents do: ``prefetch`` 1 (a busy peer may queue one call per slot
 from us), so work stealing is on (``--no-steal`` turns it off, ``--prefetch 0`` both).
 With ``--hetero`` slots have random speeds (1, 0.5 or 0.25 of a core, reported with
-the load; a call runs for its duration divided by the speed).
+the load; a call runs for its duration divided by the speed). With ``--labels N``
+agents offer random subsets of N labels (each offered by at least one agent with
+slots; reported with the load) and about half of the tasks need one of them
+(``Call.needs``).
 
 Links: per direction and per connection (our DEALER -> their ROUTER for Forward and
 SendTo; our ROUTER reply -> their DEALER for Deliver) FIFO as TCP, delay ``DELAY``.
@@ -49,7 +52,8 @@ Programs: a few origins each run a client with a share of the task graph (see
 after 1-8 s), aimed at random agents, origins, or the agent holding the most calls.
 
 Checks (``Report.violations``): a live origin gets exactly one result for each call
-it submitted, never two; every live program finishes within ``TIME_LIMIT``; after
+it submitted, never two; no agent runs, or asks back (work stealing), a call whose
+constraints it does not meet; every live program finishes within ``TIME_LIMIT``; after
 quiescing no live agent holds entries (leaks, by kind) and its busy slots match its
 calls held by its workers. Figures: extra executions (runs beyond one per call; a run
 is counted when a worker starts the call), runs of a killed origin's calls started
@@ -96,7 +100,7 @@ class LedgerSim(MembershipModel, WorkerPoolModel):
                  durations: tuple[float, float] = DURATION, record: bool = False,
                  hold: bool = False, prefetch: int = 1, steal: bool | None = None,
                  hetero: bool = False, tree: bool = False, depth: int = 1,
-                 long_call: float | None = None) -> None:
+                 long_call: float | None = None, labels: int = 0) -> None:
         self.rng = rng = random.Random(seed)
         self.seed, self.now, self.durations, self.hold = seed, 0.0, durations, hold
         self.depth, self.long_call = max(depth, 1), long_call
@@ -116,9 +120,11 @@ class LedgerSim(MembershipModel, WorkerPoolModel):
             cpus = [0 if rng.random() < 0.15 else rng.randint(1, 4) for _ in range(agents)]
         n = len(cpus)
         speeds = [rng.choice((1.0, 0.5, 0.25)) if hetero else 1.0 for _ in cpus]
+        self.label_names = [f"l{k}" for k in range(labels)]
+        offers = self._offers(rng, cpus) if labels else [frozenset()] * n
         self.nodes = [Node(i, f"a{i:02d}", f"{rng.getrandbits(128):032x}",
                            Dispatcher(f"a{i:02d}", c, "", prefetch=prefetch, steal=steal,
-                                      speed=speeds[i], depth=self.depth),
+                                      speed=speeds[i], depth=self.depth, labels=offers[i]),
                            workers=[Worker() for _ in range(c)])
                       for i, c in enumerate(cpus)]
         for node in self.nodes:
@@ -151,6 +157,17 @@ class LedgerSim(MembershipModel, WorkerPoolModel):
             self.at(rng.uniform(0, HEARTBEAT), self._heartbeat, node)
         for prog in self.programs:
             self.at(0.001, prog.start)
+
+    def _offers(self, rng: random.Random, cpus: list[int]) -> list[frozenset]:
+        """With ``labels``: each agent offers a random subset of the labels (most none);
+        every label is offered by at least one agent with slots, so every call can run."""
+        offers = [frozenset(lb for lb in self.label_names if rng.random() < 0.3) for _ in cpus]
+        able = [i for i, c in enumerate(cpus) if c > 0] or [0]
+        for lb in self.label_names:
+            if not any(lb in offers[i] for i in able):
+                i = rng.choice(able)
+                offers[i] = offers[i] | {lb}
+        return offers
 
     # ------------------------------------------------------------------ clock
 
@@ -279,6 +296,9 @@ class LedgerSim(MembershipModel, WorkerPoolModel):
         for act in actions:
             if isinstance(act, RunLocal):
                 self._record(node, "run" + " behind" * act.behind, act.call.call_id)
+                if act.call.needs is not None and not node.d._fits_here(act.call):
+                    self.violation(f"{node.name} runs {act.call.call_id}, whose constraints "
+                                   f"it does not meet")
                 self._run(node, act.call, act.behind)
             elif isinstance(act, Forward):
                 self._record(node, "forward", f"{act.call.call_id} {self.by_id[act.peer_id].name}")
@@ -302,12 +322,25 @@ class LedgerSim(MembershipModel, WorkerPoolModel):
                     raise TypeError(f"unexpected message {msg!r}")
                 self._record(node, kind, f"{getattr(msg, 'call_id', '')} "
                              f"{self.by_id[act.peer_id].name}")
+                if kind == "reclaim":
+                    self._check_reclaim(node, msg)
                 self._send(node, self.by_id[act.peer_id], "dealer", kind, msg)
             elif isinstance(act, KillLocal):
                 self._record(node, "kill", act.call_id)
                 self._kill_local(node, act.call_id)
             else:
                 raise TypeError(f"unknown action {act!r}")
+
+    def _check_reclaim(self, node: Node, msg: Reclaim) -> None:
+        """Work stealing takes back only calls the stealer can run: one whose constraints
+        it does not meet would only be forwarded again."""
+        for cid in msg.call_ids:
+            entry = node.d.pending.get(cid)
+            if entry is not None and entry.call.needs is not None \
+                    and not node.d._fits_here(entry.call):
+                self.violation(f"{node.name} asks back {cid}, whose constraints it does not "
+                               f"meet (labels {sorted(node.d.labels)}, the call needs "
+                               f"{entry.call.needs.labels})")
 
     # ------------------------------------------------------------------ end
 
@@ -399,8 +432,8 @@ def random_faults(sim: LedgerSim, rng: random.Random, horizon: float) -> None:
 def run_seed(seed: int, *, agents: int = 50, tasks: int = 500, faults: bool = True,
              record: bool = False, hold: bool = False, **options) -> Report:
     """One seeded run: random agents, programs and faults. Same seed, same report.
-    ``options``: ``prefetch``, ``steal``, ``hetero``, ``tree``, ``depth``, ``long_call``
-    (``LedgerSim``)."""
+    ``options``: ``prefetch``, ``steal``, ``hetero``, ``tree``, ``depth``, ``long_call``,
+    ``labels`` (``LedgerSim``)."""
     start = time.perf_counter()
     sim = LedgerSim(seed, agents=agents, tasks=tasks, record=record, hold=hold, **options)
     if faults:
@@ -432,12 +465,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="delegate along a latency tree only (as agents of a big mesh)")
     ap.add_argument("--depth", type=int, default=1,
                     help="calls a slot may hold (Dispatcher.depth): >1, calls wait at busy workers")
+    ap.add_argument("--labels", type=int, default=0, metavar="N",
+                    help="agents offer random subsets of N labels; half the tasks need one")
     ap.add_argument("--long-call", type=float, default=None, metavar="S",
                     help="a call running longer than S virtual seconds makes its worker give "
                          "back the calls waiting behind it (default: never)")
     args = ap.parse_args(argv)
     options = {"prefetch": args.prefetch, "hetero": args.hetero, "tree": args.tree,
-               "depth": args.depth, "long_call": args.long_call}
+               "depth": args.depth, "long_call": args.long_call, "labels": args.labels}
     if args.no_steal:
         options["steal"] = False
     if args.seed is not None:
@@ -464,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     flags += f" --prefetch {args.prefetch}" if args.prefetch != 1 else ""
     flags += f" --depth {args.depth}" if args.depth != 1 else ""
     flags += f" --long-call {args.long_call}" if args.long_call is not None else ""
+    flags += f" --labels {args.labels}" if args.labels else ""
     for r in bad:
         print(r.summary(), *r.violations[:5], f"  replay: python -m mesh.sim.ledger_sim "
               f"--seed {r.seed} --agents {r.agents} --tasks {r.tasks}{flags}", sep="\n  ")

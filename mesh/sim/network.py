@@ -40,6 +40,7 @@ from mesh.discovery.membership import (
     Connect,
     DeclaredDead,
     Disconnect,
+    Forgotten,
     MemberChanged,
     Membership,
     Reply,
@@ -63,6 +64,7 @@ class SimNode:
     paths: dict[str, str] = field(default_factory=dict)  # peer id -> address it reached us on
     changes: list[tuple[float, MemberChanged]] = field(default_factory=list)
     declared_dead: list[float] = field(default_factory=list)  # when it learnt it was
+    forgotten: list[tuple[float, str]] = field(default_factory=list)  # (when, node id)
 
     @property
     def id(self) -> str:
@@ -187,6 +189,8 @@ class SimNetwork:
                 node.changes.append((self.now, act))
             elif isinstance(act, DeclaredDead):
                 node.declared_dead.append(self.now)
+            elif isinstance(act, Forgotten):
+                node.forgotten.append((self.now, act.node_id))
             else:
                 raise TypeError(f"unknown action {act!r}")
 

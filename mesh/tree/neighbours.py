@@ -8,7 +8,9 @@ candidates. A candidate's merit is its root key, then its path latency (advertis
 rank + our smoothed RTT to it). When a new neighbour would overflow the set, the
 worst candidate is evicted, except the ``diverse`` best ones whose route avoids our
 parent: when the parent dies, those are the ones still fed by the root. An evicted
-or refused neighbour goes back to the offers, to be explored again later.
+or refused neighbour goes back to the offers, to be explored again later. Children are
+not counted: each is a live node naming us; a neighbour reported lost goes at once, one
+silent for ``forget_after`` periods (the parent aside: it times out sooner) is dropped.
 
 Offers come from the shell (members it knows, with a round trip if measured), at
 most ``max_offers``. While the set is not full (or we have no route) we probe

@@ -12,21 +12,37 @@ go one way only (messages -> codec) and there is no cycle.
 with the ``reason`` in brackets:
 
 * the frame's size, before parsing: at most ``max_size`` bytes (``MAX_FRAME``) [oversized];
-* that cbor2 parses it (any exception it raises, ``RecursionError`` included) [cbor],
-  into a map [cbor];
+* that cbor2 parses it, with maps and lists nested at most ``MAX_DEPTH`` deep (any
+  exception it raises, ``RecursionError`` included) [cbor], into a map [cbor];
 * ``v``: exactly the int ``protocol`` (``True`` and ``1.0`` are not) [version];
 * ``t``: a registered tag [type];
 * every field, in the class's field order: present, or it has a default (taken, a fresh
   one from a default factory); of its type: ``bool`` is not an ``int``, an ``int`` is a
   ``float`` (converted), text at most ``MAX_STR`` characters, lists at most ``MAX_LIST``
-  items (items checked, text in them unbounded), records CBOR maps checked the same way,
-  ``Any`` anything [field]. The first bad field in field order is the one reported.
+  items (items checked the same way: text in them at most ``MAX_STR``), records CBOR
+  maps checked the same way, ``Any`` anything [field]. The first bad field in field
+  order is the one reported.
 
 Unknown extra keys are ignored at every level, so a newer peer of the same protocol
-version may add optional fields. ``Codec.encode`` never validates: the dataclasses are
-built by our own code. It cuts text fields longer than ``MAX_STR`` (head and tail), so
-every frame we encode is one that ``decode`` accepts; text in lists and ``Any`` values
-are sent as they are, and so are nested fields that are ``None`` or ``[]``.
+version may add optional fields.
+
+``Codec.encode`` keeps the contract that every frame it returns is one that ``decode``
+accepts (with the default ``max_size``: a frame's size is the sender's to check, where
+it knows what the bytes are), using the same limits (``mesh.wire.fields``):
+
+* text longer than ``MAX_STR``, in a text field or in a list of text, is cut (head and
+  tail: error messages, tracebacks; a name in ``Call.avoid`` is cut as the same name is
+  in the ``NodeInfo`` and ``Result`` that carried it); text that is not valid UTF-8 (lone
+  surrogates) has those characters escaped (``scrub``);
+* a list longer than ``MAX_LIST`` raises ``EncodeError``: dropping items would change
+  what the message says (a sender of many ids splits them: ``messages.Free.split``);
+* maps and lists nested deeper than ``MAX_DEPTH`` (only an ``Any`` value, or a record
+  that nests itself, can be) raise ``EncodeError``; so does a value cbor2 cannot encode.
+
+It does not otherwise validate (the dataclasses are built by our own code): a value of
+the wrong type is sent as it is and refused by ``decode``. ``Any`` values are sent as
+they are (dataclasses in them and in their lists become maps), and so are nested
+fields that are ``None`` or ``[]``.
 
 Speed
 -----
@@ -41,7 +57,8 @@ for valid data does it build the object itself (nested records, lists and option
 fields go through their checkers, in field order); otherwise it hands the whole map to
 ``Codec.record``. So its result, or its error, is the generic path's by construction
 (``tests/test_codec.py`` checks it differentially). The encoder builds the map in one
-expression, in the same key order as the generic path: frames are byte-identical.
+expression, in the same key order as the generic path, with the same converters per
+field (``wirer``): frames are byte-identical.
 """
 
 from __future__ import annotations
@@ -55,24 +72,30 @@ from typing import Any, Union
 
 import cbor2
 
-from mesh.errors import DecodeError
+from mesh.errors import DecodeError, EncodeError
 from mesh.wire.fields import (  # noqa: F401 (the limits and cut: re-exported)
     _EXACT,
     _MISSING,
     _NONE,
     _SCALARS,
     BATCH_BYTES,
+    MAX_DEPTH,
     MAX_FRAME,
     MAX_LIST,
     MAX_STR,
     MAX_VALUE,
     Checker,
+    Wire,
+    _check_depth,
     _compile,
     _cut_text,
     _Layout,
     _list_checker,
     _optional,
+    _wire_list,
+    _wire_texts,
     cut,
+    scrub,
 )
 
 
@@ -98,6 +121,7 @@ class Codec:
         self._bodies: dict[type, Callable[[Any], Any]] = {}  # record class -> its CBOR map
         self._makers: dict[type, Callable[[dict], Any]] = {}
         self._compiling: set[type] = set()
+        self._deeps: dict[type, bool] = {}
 
     # ----------------------------------------------------------------- the generic path
 
@@ -106,7 +130,7 @@ class Codec:
         field type the codec does not support (our bug, not the peer's)."""
         layout = self._layouts.get(cls)
         if layout is None:
-            layout = self._layouts[cls] = _Layout(cls, self.checker)
+            layout = self._layouts[cls] = _Layout(cls, self.checker, self.wirer)
         return layout
 
     def checker(self, hint: Any, generated: bool = False) -> Checker:
@@ -130,6 +154,54 @@ class Codec:
                 return self._decoder(hint)
             return lambda value, where: self.record(hint, value, where)
         raise TypeError(f"unsupported field type {hint!r}")  # our bug, not the peer's
+
+    def wirer(self, hint: Any, where: str) -> Wire | None:
+        """The encode side of ``checker``: the function that turns a value of type
+        ``hint`` into what CBOR carries, within the limits ``decode`` checks (``where``
+        names the field in an ``EncodeError``); None for a value sent as it is."""
+        if hint in (bool, int, float, bytes):
+            return None
+        if hint is str:
+            return _cut_text
+        origin = typing.get_origin(hint)
+        if origin in (Union, types.UnionType):
+            args = typing.get_args(hint)
+            inner = self.wirer([o for o in args if o is not _NONE][0], where)
+            if inner is None or _NONE not in args:
+                return inner
+            return lambda value: None if value is None else inner(value)
+        if origin is list:
+            (item,) = typing.get_args(hint)
+            if item is str:
+                return _wire_texts(where)
+            return _wire_list(self.wirer(item, f"{where}[]"), where)
+        if hint is Any or hint in self.records:
+            return self._wire if self.generate else self.to_wire
+        raise TypeError(f"unsupported field type {hint!r}")  # our bug, not the peer's
+
+    def deep(self, cls: type, _within: tuple = ()) -> bool:
+        """Whether a frame of ``cls`` may nest deeper than ``MAX_DEPTH``: it has an
+        ``Any`` field, or a record that nests itself, anywhere below it (then ``encode``
+        checks the depth of each frame; a frame of any other class is as deep as its
+        schema, a few levels)."""
+        if cls in _within:
+            return True
+        known = self._deeps.get(cls)
+        if known is not None:
+            return known
+        hints = list(self.layout(cls).hints)
+        found = False
+        while hints and not found:
+            hint = hints.pop()
+            if hint is Any:
+                found = True
+            elif hint in self.records:
+                found = self.deep(hint, (*_within, cls))
+            else:
+                hints += [h for h in typing.get_args(hint) if h is not _NONE]
+        if not _within:
+            self._deeps[cls] = found
+        return found
 
     def record(self, cls: type, body: Any, where: str) -> Any:
         """An instance of ``cls`` from the CBOR map ``body``, every field checked; a missing
@@ -170,14 +242,24 @@ class Codec:
             text = body[name]
             if isinstance(text, str) and len(text) > MAX_STR:
                 body[name] = cut(text)
-        for name in layout.nested:
+        for name, wire in layout.wires.items():
             v = body[name]
             if v is not None and (type(v) is not list or v):  # (None and [] stay as they are)
-                body[name] = self.to_wire(v)
+                body[name] = wire(v)
         return body
 
     def _encode_generic(self, msg: Any) -> bytes:
         body = self.to_wire(msg)
+        body["v"] = self.protocol
+        body["t"] = msg.TAG
+        if self.deep(type(msg)):
+            _check_depth(body, type(msg).__name__)
+        return cbor2.dumps(body)
+
+    def _encode_scrubbed(self, msg: Any) -> bytes:
+        """``encode`` of a message with text that is not valid UTF-8 (the rare case:
+        cbor2 refused it): the reference map with that text escaped (``scrub``)."""
+        body = scrub(self.to_wire(msg))
         body["v"] = self.protocol
         body["t"] = msg.TAG
         return cbor2.dumps(body)
@@ -199,13 +281,27 @@ class Codec:
     # ----------------------------------------------------------------- the public functions
 
     def encode(self, msg: Any) -> bytes:
-        """Encode a message to one CBOR frame. Text fields longer than ``MAX_STR`` (error
-        messages and tracebacks of user code) are cut, so that every frame we encode is
-        one that ``decode`` accepts."""
+        """Encode a message to one CBOR frame that ``decode`` accepts (module docstring):
+        text longer than ``MAX_STR`` (error messages and tracebacks of user code) is cut,
+        text that is not UTF-8 escaped. Raises ``EncodeError`` (nothing is sent) for a
+        list longer than ``MAX_LIST``, nesting deeper than ``MAX_DEPTH``, or a value CBOR
+        cannot carry."""
         enc = self._encoders.get(type(msg))
         if enc is None:
             enc = self._encoder(type(msg))
-        return enc(msg)
+        try:
+            return enc(msg)
+        except UnicodeEncodeError:
+            enc = self._encode_scrubbed
+        except RecursionError:  # (an Any value deeper than Python recurses, < MAX_DEPTH)
+            raise EncodeError(f"{type(msg).__name__}: containers nested more than "
+                              f"{MAX_DEPTH} deep, which decode refuses") from None
+        except cbor2.CBOREncodeError as exc:
+            raise EncodeError(f"{type(msg).__name__}: {exc}") from None
+        try:
+            return enc(msg)
+        except (UnicodeEncodeError, cbor2.CBOREncodeError) as exc:
+            raise EncodeError(f"{type(msg).__name__}: {exc}") from None
 
     def decode(self, frame: bytes, max_size: int = MAX_FRAME) -> Any:
         """Decode one frame.
@@ -216,7 +312,7 @@ class Codec:
         if len(frame) > max_size:
             raise DecodeError("oversized", f"{len(frame)} bytes > {max_size}")
         try:
-            body = cbor2.loads(frame)
+            body = cbor2.loads(frame, max_depth=MAX_DEPTH)
         except Exception as exc:  # cbor2 raises many types on garbage (and RecursionError)
             raise DecodeError("cbor", type(exc).__name__) from None
         if not isinstance(body, dict):
@@ -384,7 +480,8 @@ class Codec:
         return enc
 
     def _wire(self, value: Any) -> Any:
-        """``to_wire(value)``, with the generated map builders for records."""
+        """``to_wire(value)``, with the generated map builders for records (a record
+        field's, or an ``Any`` field's, converter: ``wirer``)."""
         make = self._bodies.get(type(value))
         if make is not None:
             return make(value)
@@ -403,10 +500,11 @@ class Codec:
 
     def _compile_wire(self, cls: type, layout: _Layout, *, frame: bool) -> Callable:
         """The generated ``to_wire`` of one direct class (``frame``: its whole encoded
-        frame, with ``v`` and ``t``). Same steps as ``to_wire``: read every field, cut
-        text, convert nested values; the map's keys in the same order."""
+        frame, with ``v`` and ``t``, its depth checked if it may be deep). Same steps as
+        ``to_wire``: read every field, cut text, convert the others by the same
+        converters; the map's keys in the same order."""
         ns: dict[str, Any] = {"cbor2": cbor2, "MAX_STR": MAX_STR, "cut_text": _cut_text,
-                              "wire": self._wire}
+                              "check_depth": _check_depth}
         name = f"{'encode' if frame else 'wire'}_{cls.__name__}"
         lines = ["    d = value.__dict__"]
         lines += [f"    f{i} = d[{n!r}]" for i, n in enumerate(layout.names)]
@@ -415,11 +513,18 @@ class Codec:
                 lines.append(f"    if type(f{i}) is not str or len(f{i}) > MAX_STR:\n"
                              f"        f{i} = cut_text(f{i})")
         for i, n in enumerate(layout.names):
-            if n in layout.nested:
+            wire = layout.wires.get(n)
+            if wire is not None:
+                ns[f"wire{i}"] = wire
                 lines.append(f"    if f{i} is not None and (type(f{i}) is not list or f{i}):\n"
-                             f"        f{i} = wire(f{i})")
+                             f"        f{i} = wire{i}(f{i})")
         items = ", ".join(f"{n!r}: f{i}" for i, n in enumerate(layout.names))
-        if frame:
+        if frame and self.deep(cls):
+            items += f", 'v': {self.protocol!r}, 't': {cls.TAG!r}"
+            lines += [f"    body = {{{items}}}",
+                      f"    check_depth(body, {cls.__name__!r})",
+                      "    return cbor2.dumps(body)"]
+        elif frame:
             items += f", 'v': {self.protocol!r}, 't': {cls.TAG!r}"
             lines.append(f"    return cbor2.dumps({{{items}}})")
         else:

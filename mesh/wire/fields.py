@@ -1,8 +1,14 @@
 """The fields of wire messages, for ``mesh.wire.codec``: the limits, one checker per field
-type (each raises ``DecodeError`` with reason ``field`` and the field's path), and a
-class's layout (its fields in order, their checkers, defaults and factories, which
-fields are text to cut and which need converting). ``_EXACT`` gives, per plain type,
-the generated decoder's test for a value that the checker would return unchanged.
+type (each raises ``DecodeError`` with reason ``field`` and the field's path), the
+encode side of the same limits (text cut, list lengths and nesting depth checked:
+``EncodeError``), and a class's layout (its fields in order, their checkers, defaults
+and factories, which fields are text to cut and how the others are converted for the
+wire). ``_EXACT`` gives, per plain type, the generated decoder's test for a value that
+the checker would return unchanged.
+
+Each limit is defined once, here, and both sides use it: ``decode`` refuses what
+exceeds it, ``encode`` never produces it (it cuts text, where cutting is harmless,
+and raises ``EncodeError`` for a list or a nesting that would not be accepted).
 """
 
 from __future__ import annotations
@@ -13,20 +19,22 @@ import typing
 from collections.abc import Callable
 from typing import Any, Union
 
-from mesh.errors import DecodeError
+from mesh.errors import DecodeError, EncodeError
 
 MAX_FRAME = 64 * 1024 * 1024  # bytes; larger frames are dropped unread
 MAX_VALUE = MAX_FRAME - (1 << 20)  # the most pickled bytes one message carries (a call's
 # payload, a result's value), leaving room for the rest of its frame: bigger ones are
 # refused where they are made (``mesh.errors.ValueTooLarge``), never sent
-MAX_STR = 4096  # longest accepted text field (names, addresses, error messages are cut)
-MAX_LIST = 4096  # longest accepted list field
+MAX_STR = 4096  # longest accepted text field or text in a list field (encode cuts longer)
+MAX_LIST = 4096  # longest accepted list field (encode raises EncodeError beyond)
+MAX_DEPTH = 400  # deepest nesting of maps and lists in a frame, its own map included
 BATCH_BYTES = 1 << 20  # frames bigger than this travel alone; a batch stops growing there
 
 _NONE = type(None)
 _MISSING = dataclasses.MISSING
 
 Checker = Callable[[Any, str], Any]  # (value, where) -> value, or DecodeError
+Wire = Callable[[Any], Any]  # a field's value -> what CBOR carries, or EncodeError
 
 
 def cut(text: str) -> str:
@@ -42,6 +50,79 @@ def cut(text: str) -> str:
 def _cut_text(value: Any) -> Any:
     """``value`` cut if it is text (of any str type) longer than MAX_STR, else as it is."""
     return cut(value) if isinstance(value, str) else value
+
+
+# --------------------------------------------------------------------------- encode side
+
+
+def _wire_texts(where: str) -> Wire:
+    """A ``list[str]`` field for the wire: at most MAX_LIST items, each text cut as a text
+    field is (the same ``cut``, so a name in a list stays the name the peers know)."""
+    def wire_texts(value: Any) -> Any:
+        if type(value) is not list:
+            return value  # (not ours to check: sent as it is, decode refuses it)
+        if len(value) > MAX_LIST:
+            raise _too_many(where, len(value))
+        for v in value:
+            if type(v) is not str or len(v) > MAX_STR:
+                return [_cut_text(v) for v in value]
+        return value
+    return wire_texts
+
+
+def _wire_list(item: Wire | None, where: str) -> Wire:
+    """A list field for the wire: at most MAX_LIST items, each converted by ``item``
+    (None: sent as they are)."""
+    def wire_list(value: Any) -> Any:
+        if type(value) is not list:
+            return value  # (not ours to check: sent as it is, decode refuses it)
+        if len(value) > MAX_LIST:
+            raise _too_many(where, len(value))
+        if item is None or not value:
+            return value
+        return [item(v) for v in value]
+    return wire_list
+
+
+def _too_many(where: str, n: int) -> EncodeError:
+    return EncodeError(f"{where}: {n} items, more than the {MAX_LIST} that decode accepts "
+                       f"(send them in several messages)")
+
+
+_CONTAINERS = (dict, list, tuple, set, frozenset)
+
+
+def _check_depth(body: dict, name: str) -> None:
+    """Raise ``EncodeError`` if maps and lists nest deeper than MAX_DEPTH in ``body``
+    (a frame's CBOR-ready map: depth 1). Iterative: the value may be deeper than
+    Python's recursion limit."""
+    stack = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise EncodeError(f"{name}: containers nested more than {MAX_DEPTH} deep, which "
+                              f"decode refuses")
+        items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+        stack.extend((v, depth + 1) for v in items if isinstance(v, _CONTAINERS))
+
+
+def scrub(value: Any) -> Any:
+    """``value`` (CBOR-ready data) with every text that is not valid UTF-8 (lone
+    surrogates, e.g. a file name decoded with ``surrogateescape`` in an error message)
+    made valid by escaping those characters (``\\udcff``), and cut again if that made
+    a text that fit MAX_STR longer. Maps and lists are rebuilt, the rest kept."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            fixed = value.encode("utf-8", "backslashreplace").decode("utf-8")
+            return cut(fixed) if len(value) <= MAX_STR else fixed
+        return value
+    if isinstance(value, dict):
+        return {scrub(k): scrub(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [scrub(v) for v in value]
+    return value
 
 
 # --------------------------------------------------------------------------- checkers
@@ -117,28 +198,15 @@ def _optional(hint: Any) -> Any:
     return None
 
 
-def _plain(hint: Any) -> bool:
-    """Whether ``encode`` sends a value of this type as it is (no text to cut, no record
-    to turn into a map). Text in lists is not cut: ``decode`` does not bound it."""
-    if hint in (bool, int, float, bytes):
-        return True
-    origin = typing.get_origin(hint)
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        return item is str or _plain(item)
-    if origin in (Union, types.UnionType):
-        return all(o is _NONE or _plain(o) for o in typing.get_args(hint))
-    return False
-
-
 class _Layout:
     """What the generic ``encode`` and ``decode`` need to know about one dataclass,
     worked out once: its field names and type hints in order; per field its checker,
-    default and default factory; which fields are text (cut by ``encode``) and which
-    need converting (records, lists of them, ``Any``); and the error paths of its fields
-    under a given parent path."""
+    default and default factory; which fields are text (cut by ``encode``) and how the
+    others are converted for the wire (``wires``: lists, records, ``Any``; plain values
+    go as they are); and the error paths of its fields under a given parent path."""
 
-    def __init__(self, cls: type, checker: Callable[[Any], Checker]) -> None:
+    def __init__(self, cls: type, checker: Callable[[Any], Checker],
+                 wirer: Callable[[Any, str], Wire | None]) -> None:
         hints = typing.get_type_hints(cls)
         fields = dataclasses.fields(cls)
         self.cls = cls
@@ -147,8 +215,9 @@ class _Layout:
         self.fields = tuple((f.name, checker(hints[f.name]), f.default, f.default_factory)
                             for f in fields)
         self.text = tuple(f.name for f in fields if hints[f.name] is str)
-        self.nested = tuple(f.name for f in fields
-                            if hints[f.name] is not str and not _plain(hints[f.name]))
+        wires = ((f.name, wirer(hints[f.name], f"{cls.__name__}.{f.name}")) for f in fields
+                 if hints[f.name] is not str)
+        self.wires = {name: wire for name, wire in wires if wire is not None}
         # the generated __init__ of a frozen dataclass sets each field through
         # object.__setattr__; one whose fields all live in its __dict__ and that has no
         # __post_init__ is built by filling that dict instead (same object, ~5x cheaper)

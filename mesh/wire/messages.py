@@ -14,10 +14,13 @@ The codec (``mesh.wire.codec``) works from these definitions: ``decode`` checks 
 before parsing, then the version, the tag and every field's type against the type hints
 here; it raises exactly one error type, ``DecodeError``, whose ``reason`` is used for
 counting. Unknown extra keys are ignored, so a newer peer of the same protocol version
-may add optional fields. ``encode`` never validates again: the dataclasses are built by
-our own code. ``encode``, ``decode``, ``new``, ``evolve``, ``batches``, ``unbatch`` and
-the bounds (``MAX_FRAME``, ``MAX_VALUE``, ``MAX_STR``, ``MAX_LIST``, ``BATCH_BYTES``) are
-the codec's, made available here so that one import gives the whole wire format.
+may add optional fields. ``encode`` produces only frames that ``decode`` accepts: it cuts
+text beyond ``MAX_STR`` and raises ``EncodeError`` for a list beyond ``MAX_LIST`` or nesting
+beyond ``MAX_DEPTH`` (a sender of many ids splits them: ``Free.split``); it does not
+otherwise validate, the dataclasses are built by our own code. ``encode``, ``decode``,
+``new``, ``evolve``, ``batches``, ``unbatch`` and the bounds (``MAX_FRAME``, ``MAX_VALUE``, ``MAX_STR``,
+``MAX_LIST``, ``MAX_DEPTH``, ``BATCH_BYTES``) are the codec's, made available here so that
+one import gives the whole wire format.
 """
 
 from __future__ import annotations
@@ -28,7 +31,15 @@ from typing import Any, ClassVar
 import cbor2  # noqa: F401 (the codec's parser: tests reach it as messages.cbor2)
 
 from mesh.tree.advert import Advert
-from mesh.wire.codec import BATCH_BYTES, MAX_FRAME, MAX_LIST, MAX_STR, MAX_VALUE, Codec  # noqa: F401
+from mesh.wire.codec import (  # noqa: F401
+    BATCH_BYTES,
+    MAX_DEPTH,
+    MAX_FRAME,
+    MAX_LIST,
+    MAX_STR,
+    MAX_VALUE,
+    Codec,
+)
 from mesh.wire.codec import cut as _cut  # noqa: F401
 
 PROTOCOL = 2  # the "v" of every frame. 2: members send each other Batch frames too (an
@@ -272,6 +283,13 @@ class Free(Message):
     holder: str
     oids: list[str] = field(default_factory=list)
     owner: str = ""
+
+    @classmethod
+    def split(cls, holder: str, oids: list[str]) -> list[Free]:
+        """``Free`` messages for ``oids`` of ``holder``, at most ``MAX_LIST`` ids each (the
+        most one frame may carry: ``encode`` refuses a longer list). What every sender of
+        many ids uses."""
+        return [cls(holder, oids[i:i + MAX_LIST]) for i in range(0, len(oids), MAX_LIST)]
 
 
 @dataclass(frozen=True)
