@@ -473,8 +473,7 @@ class Fuzz:
                 self._errors(rig.log.scan(), window, "http", sent)
                 self._sample("http", sent)
         elapsed = time.monotonic() - t0
-        refused1 = ((rig.query("status") if self.rig is rig and rig.alive() else None) or {}) \
-            .get("rest", {}).get("refused", {})
+        refused1 = self._refused_settled(rig) if self.rig is rig else {}
         closed = 0  # (closing the half-sent ones makes the server refuse them: after `refused1`)
         for s in holders:
             s.setblocking(False)
@@ -504,6 +503,18 @@ class Fuzz:
             "rest_half_sent_connections": {"held": HOLD, "held_s": round(time.monotonic() - held_from, 1),
                                            "closed_by_agent": closed},
         }
+
+    @staticmethod
+    def _refused_settled(rig: Rig) -> dict:
+        """The REST refusal counters once they stop moving (a request whose connection we
+        closed is handled when the server sees the end of it), at most 3 s."""
+        last, deadline = None, time.monotonic() + 3
+        while True:
+            now = ((rig.query("status") if rig.alive() else None) or {}).get("rest", {}).get("refused", {})
+            if now == last or time.monotonic() > deadline:
+                return now
+            last = now
+            time.sleep(0.1)
 
     def _http_death(self, window: list[Item], sent: int) -> None:
         rig = self.rig
