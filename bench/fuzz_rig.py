@@ -189,6 +189,7 @@ _ERROR_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (ERROR|CRITICAL) 
 _FILE_LINE = re.compile(r'^\s+File "([^"]+)", line (\d+), in (.*)$')
 _INTERLEAVED = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ |-{20,}$|Exception occurred during "
                           r"processing of request|Traceback \(most recent call last\):$)")
+_REST_MARKS = ("socketserver.py", "http/server.py", "/mesh/faces/rest.py")  # a REST request's thread
 _CHAINED = ("During handling of the above exception", "The above exception was the direct cause")
 _EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*)(?::|$)")
 
@@ -316,7 +317,7 @@ class LogScanner:
         name = exc.group(1).rsplit(".", 1)[-1] if exc else "?"
         self._recent = [last]
         kind = self._context
-        if kind == "traceback" and any("socketserver.py" in line for line in block + [self._cause]):
+        if kind == "traceback" and any(mark in line for line in block + [self._cause] for mark in _REST_MARKS):
             kind = "rest_thread"  # (its "Exception occurred..." line went elsewhere: interleaved)
         text, self._cause = (self._cause + "\n".join(block))[-8000:], ""
         return LogError(kind, f"{name}@{where}", text)
@@ -539,6 +540,16 @@ class Rig:
             self.agent.child.popen.wait(timeout)
         except subprocess.TimeoutExpired:
             return False
+        return True
+
+    def wait_threads(self, at_most: int, timeout: float = 1.0) -> bool:
+        """Wait until the agent runs at most `at_most` threads (its REST server's request
+        threads ended: what they print is in the log), for up to `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while (self.threads() or 0) > at_most:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
         return True
 
     def rss_mb(self) -> float | None:

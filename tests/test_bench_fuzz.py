@@ -126,7 +126,7 @@ def test_the_log_scanner_finds_each_error_once_with_its_place(tmp_path):
     assert [(e.kind, e.signature) for e in errors] == [
         ("rest_thread", "RecursionError@mesh/faces/rest.py:226"),
         ("logging_error", "ValueError@mesh/agent/actions.py:169"),
-        ("traceback", "BrokenPipeError@mesh/faces/rest.py:250"),  # (its cause is in its text)
+        ("rest_thread", "BrokenPipeError@mesh/faces/rest.py:250"),  # (its cause is in its text)
         ("error_line", "ERROR mesh.agent: something N went wrong at H"),
     ]
     assert "CompssRequestError" in errors[2].text

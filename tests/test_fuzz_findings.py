@@ -18,6 +18,13 @@ and then the mark goes).
    /v1/status and /v1/peers fail (mesh/faces/rest.py:239, json.dumps).
 4. A member's incarnation of more than 4,300 digits makes the agent's member-change log line
    fail (mesh/agent/actions.py:169, "%d"): a logging error with a traceback, the line lost.
+5. A member that answers on the agent's own connection to it with a Pong naming the agent
+   and gossip of a newcomer at its own address makes the agent close that connection and
+   open another within one read, then read the closed socket (mesh/agent/input.py:147 checks
+   the address, not the socket): ZMQError, the agent dies.
+6. The local socket's client waits with select() (mesh/wire/localconn.py:271), which
+   refuses descriptors past 1023: in a process with many open files (an agent with many
+   members serving /v1/tree) dialing raises ValueError.
 """
 
 from __future__ import annotations
@@ -241,3 +248,92 @@ def test_a_member_with_a_huge_incarnation_leaves_a_log_line(agents, mesh_key):
     log = agent.log()
     assert "--- Logging error ---" not in log
     assert "peer big" in log and "-> left" in log
+
+
+# ---------------------------------------------------------------------------- the agent's own connections
+
+
+@pytest.mark.agents
+@pytest.mark.timeout(60)
+@pytest.mark.xfail(strict=True, reason="a Pong on the agent's connection to a member, naming the agent itself "
+                   "(so the connection is closed) and gossiping a new member at the same address (so a new "
+                   "one is opened): _read_dealer goes on reading the closed socket (mesh/agent/input.py:147 "
+                   "checks the address, not the socket; the recv at :135 raises ZMQError ENOTSOCK) and the "
+                   "agent dies")
+def test_a_member_that_makes_the_agent_reconnect_to_it_mid_read(agents, mesh_key):
+    from mesh.agent.transport import Transport
+
+    agent = agents.start("reconnect")
+    member = "ed" * 16
+    puppet = Transport(bytes.fromhex(member), "127.0.0.1", 0, mesh_key)
+    sock = dealer(agent.comm, mesh_key, identity=bytes.fromhex(member))
+    try:
+        sock.send(m.encode(m.Ping(1, m.NodeInfo(member, "p", puppet.address, 1, 1), m.Load(1, 0, 0, 0))))
+        poller = zmq.Poller()
+        poller.register(puppet.router, zmq.POLLIN)
+        poller.register(puppet.zap, zmq.POLLIN)
+        deadline, identity = time.monotonic() + 10, None
+        while identity is None and time.monotonic() < deadline:  # the agent probes its new member
+            for s, _ in poller.poll(50):
+                if s is puppet.zap:
+                    puppet.handle_zap()
+                else:
+                    identity, _ = puppet.router.recv_multipart()
+        assert identity == bytes.fromhex(agent.id), "the agent never connected to its member"
+        me_again = m.NodeInfo(agent.id, "me", puppet.address, 1, 0)
+        newcomer = m.Digest("ec" * 16, "newcomer", puppet.address, "alive", 1, 1)
+        puppet.router.send_multipart([identity, m.encode(m.Pong(99, me_again, m.Load(1, 0, 0, 0), [newcomer]))])
+        # a sound agent closes that connection, opens a new one and pings the newcomer on it
+        pinged, deadline = False, time.monotonic() + 10
+        while not pinged and agent.alive() and time.monotonic() < deadline:
+            for s, _ in poller.poll(50):
+                if s is puppet.zap:
+                    puppet.handle_zap()
+                else:
+                    pinged = isinstance(m.decode(puppet.router.recv_multipart()[1]), (m.Ping, m.Batch))
+        status = ask(sock, "status", agent)
+    finally:
+        sock.close()
+        puppet.close()
+    assert agent.alive() and status.body["name"] == "reconnect"
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.xfail(strict=True, raises=ValueError, reason="localconn.dial waits with select.select "
+                   "(mesh/wire/localconn.py:271): 'filedescriptor out of range' once the process has 1,024 "
+                   "descriptors open (the fuzzed agent's /v1/tree did)")
+def test_dialing_the_local_socket_from_a_process_with_many_descriptors():
+    import os
+    import struct
+    import threading
+
+    from mesh.wire import localconn, localsock
+
+    address = "127.0.0.1:1"  # (no agent there: its local socket is played here)
+    path = localsock.bind_path(address)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    listener.settimeout(10)
+
+    def agent_side() -> None:  # answers the status query that dial sends
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(10)
+            size = struct.unpack(">I", conn.recv(4, socket.MSG_WAITALL))[0]
+            conn.recv(size, socket.MSG_WAITALL)
+            answer = m.encode(m.Answer(0, "status", {"key": None}))
+            conn.sendall(struct.pack(">I", len(answer)) + answer)
+
+    thread = threading.Thread(target=agent_side, daemon=True)
+    thread.start()
+    spare = [open(os.devnull) for _ in range(1100)]  # the next descriptor is past 1023
+    try:
+        dialed = localconn.dial(address, None, 5.0, m.MAX_FRAME)
+    finally:
+        for f in spare:
+            f.close()
+        listener.close()
+        os.unlink(path)
+    assert dialed is not None and dialed[1] == path
+    dialed[0].close()
