@@ -11,9 +11,13 @@
   program), `tagged` (an identity starting with the local socket's tag, which the agent
   refuses); and `local`, a connection to the agent's local socket.
 
-`sync` sends a status Query on each of member, client and local and waits for the
-answers: every frame sent before on those was handled (each connection is read in order).
-`LogScanner` reads the agent's log as it grows and returns the errors in it.
+`sync` sends a Query on each of member, client and local and waits for the answers (every
+frame sent before on those was handled: each connection is read in order), then asks for
+the agent's status. The `reply` channel is not ordered with them: the puppet's frames are
+waited for into the agent's socket (`Puppet.wait_idle`), which it reads in the same turns,
+but a frame still unread then is counted at the next sync. `LogScanner` reads the agent's
+log as it grows and returns the errors in it (tracebacks, also those of REST threads
+interleaved with other output, logging errors with their call stack, ERROR lines).
 """
 
 from __future__ import annotations

@@ -25,6 +25,8 @@ and then the mark goes).
 6. The local socket's client waits with select() (mesh/wire/localconn.py:271), which
    refuses descriptors past 1023: in a process with many open files (an agent with many
    members serving /v1/tree) dialing raises ValueError.
+7. A member's heartbeat load is taken as it comes: a huge negative `queued` makes placing a
+   call that has to queue raise OverflowError (mesh/sched/placement.py:260): the agent dies.
 """
 
 from __future__ import annotations
@@ -337,3 +339,14 @@ def test_dialing_the_local_socket_from_a_process_with_many_descriptors():
         os.unlink(path)
     assert dialed is not None and dialed[1] == path
     dialed[0].close()
+
+
+@pytest.mark.xfail(strict=True, raises=OverflowError, reason="a member's load is taken as it comes: with "
+                   "Load.queued = -10**400 in its heartbeat, placing a call that has to queue divides it "
+                   "(mesh/sched/placement.py:260, int / int too large for a float) and the agent dies")
+def test_queueing_a_call_with_a_member_that_reports_an_absurd_backlog():
+    d = Dispatcher("me", 1, "cd" * 16, prefetch=1)
+    d.peer_load("ab" * 16, "absurd", 1, 0, 0.001, -(10**400))
+    d.submit(m.Call("c1", "operator:add", b""), b"client")  # (takes our one slot)
+    d.submit(m.Call("c2", "operator:add", b""), b"client")  # (must queue: here or at the member)
+    check(d)

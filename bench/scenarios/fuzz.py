@@ -197,7 +197,7 @@ class Fuzz:
         self.known_crashes: set[str] = set()
         self.survived_predictions: set[str] = set()
         self.lives: list[Life] = []
-        self.rss: list[tuple[str, int, float]] = []  # (phase, sent, MB)
+        self.rss: list[tuple[int, str, int, float]] = []  # (life, phase, sent, MB)
         self.threads_max = 0
         self.checks = self.check_failures = 0
         self.frames_sent = 0
@@ -291,7 +291,7 @@ class Fuzz:
     def _sample(self, phase: str, at: int) -> None:
         rss = self.rig.rss_mb()
         if rss is not None:
-            self.rss.append((phase, at, rss))
+            self.rss.append((len(self.lives), phase, at, rss))
         self.threads_max = max(self.threads_max, self.rig.threads() or 0)
 
     def _checkpoint(self, phase: str = "frames") -> bool:
@@ -381,7 +381,7 @@ class Fuzz:
                 next_check = self.frames_sent + self.check_every
                 if self.checks % 50 == 0:
                     rate = self.frames_sent / max(time.monotonic() - t0, 1e-9)
-                    log(f"frames: {self.frames_sent} sent ({rate:.0f}/s), RSS {self.rss[-1][2]} MB")
+                    log(f"frames: {self.frames_sent} sent ({rate:.0f}/s), RSS {self.rss[-1][3]} MB")
         self._checkpoint()
         self.res["frames_s"] = round(time.monotonic() - t0, 2)
 
@@ -700,18 +700,24 @@ class Fuzz:
             "status_checks": self.checks, "status_failures": self.check_failures,
             "agent_deaths": sum(1 for life in self.lives if life.died and life.died != "aborted"),
         })
-        fuzz_rss = [mb for phase, _, mb in self.rss if phase in ("start", "frames", "http")]
-        if fuzz_rss:
-            tail = fuzz_rss[len(fuzz_rss) // 10:] or fuzz_rss
+        lives = []  # RSS per life (each life is another process), over the fuzzing phases
+        for life in self.lives:
+            mbs = [mb for n, phase, _, mb in self.rss if n == life.number and phase in ("start", "frames", "http")]
+            if not mbs:
+                continue
+            tail = mbs[len(mbs) // 10:] or mbs  # (after the warm-up)
             third = max(1, len(tail) // 3)
             early, late = sorted(tail[:third])[third // 2], sorted(tail[-third:])[third // 2]
-            growth = late - early
-            res["rss_mb"] = {"first": fuzz_rss[0], "max": max(fuzz_rss), "last": fuzz_rss[-1],
-                             "early_median": early, "late_median": late, "samples": len(fuzz_rss),
-                             "growth_flag": growth > RSS_GROWTH_MB and growth > 0.1 * early}
-        res["rss_max_mb"] = max((mb for _, _, mb in self.rss), default=None)
+            lives.append({"life": life.number, "first": mbs[0], "max": max(mbs), "last": mbs[-1],
+                          "early_median": early, "late_median": late, "samples": len(mbs),
+                          "growth_flag": len(mbs) >= 6 and late - early > RSS_GROWTH_MB and late > 1.1 * early})
+        longest = max(lives, key=lambda x: x["samples"], default=None)
+        res["rss_mb"] = longest  # (the longest life's)
+        res["rss_by_life"] = lives
+        res["rss_growth_flag"] = any(x["growth_flag"] for x in lives)
+        res["rss_max_mb"] = max((mb for *_, mb in self.rss), default=None)
         step = max(1, len(self.rss) // 40)
-        res["rss_samples"] = [[phase, at, mb] for phase, at, mb in self.rss[::step]]
+        res["rss_samples"] = [list(x) for x in self.rss[::step]]
         res["agent_threads_max"] = self.threads_max
 
     # ------------------------------------------------------------------ findings
@@ -884,7 +890,7 @@ class Fuzz:
                  f"({r.get('frames_per_s')}/s), {r.get('http_sent', 0)} HTTP requests ({r.get('http_per_s')}/s)",
                  f"  agent alive at the end: {r.get('agent_alive')}; deaths {r.get('agent_deaths')}; "
                  f"status checks {r.get('status_checks')} (failed {r.get('status_failures')})",
-                 f"  RSS: {r.get('rss_mb')}",
+                 f"  RSS (MB, the longest life): {r.get('rss_mb')}; growth flagged: {r.get('rss_growth_flag')}",
                  f"  dropped (delta): {r.get('dropped_delta')}",
                  f"  unexplained: {r.get('unexplained')}; REST refused (delta): {r.get('rest_refused_delta')}",
                  f"  distinct errors: {r.get('distinct_errors')}"]
