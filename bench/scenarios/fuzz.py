@@ -16,10 +16,11 @@ connections sit half-sent. Last, one frame of `MAX_FRAME + 1` bytes, one over Ze
 
 Every frame sent is decoded here with the agent's codec and routed as the agent routes it
 (`bench/fuzz_oracle.py`): the expected `dropped` counts by reason and the messages taken.
-Every `--check-every` frames (2,000; 500 with --quick) and 400 requests: a status Query on
-member, local and client (all three answered: the agent is answering, and everything sent
-before on them was handled), the agent's RSS and threads, and its log scanned for
-tracebacks, logging errors and ERROR lines. The figures: the deltas of the agent's
+Every `--check-every` frames (2,000; 500 with --quick), and whenever 8 MB went since the
+last one, and every 400 requests: a Query on member, local and client (all three answered:
+the agent is answering, and everything sent before on them was handled), then its status,
+the agent's RSS and threads, and its log scanned for tracebacks (REST threads' too, grouped
+by exception type: they interleave), logging errors and ERROR lines. The figures: the deltas of the agent's
 `dropped` and `rest.refused` counters by reason, what the oracle expected, and the
 difference (`unexplained`); HTTP answers by status, and answers that differ from what the
 server's own parsing and `RestGuard` predict.
@@ -28,9 +29,13 @@ Errors: a frame whose local decode raises (not DecodeError) is sent alone betwee
 syncs, so if the agent dies the culprit is that frame; later frames with the same
 signature are withheld (`known_crash`), and the agent is restarted. An error found in the
 log at a checkpoint, or a death there, has its window (what was sent since the last
-checkpoint) saved and, within `--triage-s`, reduced by bisection on fresh agents. Each
+checkpoint) saved and, within `--triage-s` (60 s; 10 with --quick), replayed one item at a
+time on a fresh agent (the puppet keeps its id; HTTP requests are sent to the new port) to
+find the item after which it shows, then reduced (that item alone, else ddmin). Each
 distinct error (signature `Type@mesh/file.py:line`) is saved under `RUN_DIR/findings/`
-(the frames as CBOR, the traceback, a replay command: `bench/run.py fuzz --replay DIR`).
+(the items as CBOR, the traceback, a replay command: `bench/run.py fuzz --replay DIR`).
+RSS is reported per life of the agent (a restart is another process). The finale's flood
+(`--flood`, 256 frames of 1 MB, sent without syncing) is reported on its own.
 
 The run is bounded: frames stop at 50 % of `--budget-s` (600; 60 with --quick) and HTTP at
 88 %, whatever was sent is reported with its rate. Frames an authenticated peer may
@@ -240,7 +245,8 @@ class Fuzz:
         life_res = self.res.setdefault("lives", [])
         life_res.append({"life": life.number, "died": life.died, "lost_frames": life.lost,
                          "stop": stopped["how"], "exit": stopped["returncode"],
-                         "unexplained": _unexplained(life.expect, _dropped(life))})
+                         "unexplained": _unexplained(life.expect, _dropped(life)),
+                         "calls_at_last_check": {k: life.status_last.get(k) for k in ("queued", "running")}})
         self.rig = None
 
     def _death(self, phase: str, at: int) -> None:
