@@ -1,21 +1,35 @@
 """What reaches an agent from the network and from programs on its device: frames from its
-ROUTER (clients over TCP, members), from its local socket's connections (``mesh.wire.localconn``)
-and from its DEALERs to members, decoded and handed to the cores (membership, the tree, the
-dispatcher) as events.
+ROUTER (clients over TCP, members), from its local socket's connections
+(``mesh.wire.localconn``) and from its DEALERs to members, decoded (``Batch``es opened)
+and handed, message by message, to the handler registered for the message's type.
 
-``AgentInput`` is a mixin of ``mesh.agent.agent.Agent`` (it uses the agent's transport, cores and
-counters; the agent's loop calls ``_read_router``, ``_read_local`` and ``_read_dealer``
-when the poll says so).
+``Input`` owns that table. Each part registers the messages it handles in its own
+constructor (the peers: membership and tree messages; the object service: ``Fetch``,
+``Free``, ``Object``; the queries: ``Query``, ``Resources``), saying where they may come
+from: on our ROUTER (requests from clients and members, answered by the connection's
+identity) and/or over our own connections to members (answers to what we sent). What
+comes from elsewhere, or is of no registered type, is dropped and counted as
+"unexpected". Input itself hands calls to the dispatcher (``Call``, ``Cancel``,
+``Reclaim``, ``Result``, ``Handback``). A handler is called as ``handler(msg, identity,
+peer_id, address, now)``: ``identity`` is the ROUTER connection (None over our own
+connections), ``peer_id`` the member that sent it if known, ``address`` our connection's
+(None on the ROUTER). The agent's loop calls ``read_router``, ``read_local`` and
+``read_dealer`` when the poll says so.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from collections.abc import Callable
 
 import zmq
 
+from mesh.agent.actions import Actions
+from mesh.agent.transport import Transport
 from mesh.discovery import membership as mb
 from mesh.errors import DecodeError
+from mesh.sched import dispatch as dp
 from mesh.wire import messages as m
 from mesh.wire.localconn import FrameStream, StreamClosed
 from mesh.wire.localsock import LOCAL_TAG
@@ -25,11 +39,42 @@ MAX_BATCH = 256  # frames read from one socket before looking at the others
 _EVENTS, _POLLIN = zmq.EVENTS, int(zmq.POLLIN)
 
 
-class AgentInput:
-    """Reading and dispatching input (a mixin of ``Agent``)."""
+class Input:
+    def __init__(self, max_frame: int, members: mb.Membership, dispatcher: dp.Dispatcher,
+                 transport: Transport, actions: Actions, dropped: Counter) -> None:
+        self.max_frame = max_frame
+        self.members = members
+        self.dispatcher = dispatcher
+        self.transport = transport
+        self.actions = actions
+        self.dropped = dropped  # the agent's drop reasons (this part counts most of them)
+        self._router: dict[type, Callable] = {}  # message type -> handler, on our ROUTER
+        self._dealer: dict[type, Callable] = {}  # ... over our own connections
+        self.bytes_in = 0
+        self.batches_in = 0  # Batch frames received (from clients), and the frames in them
+        self.batched_in = 0
+        self.handle(m.Call, self._call)
+        self.handle(m.Cancel, self._cancel)
+        self.handle(m.Reclaim, self._reclaim)
+        self.handle(m.Result, self._result_router)
+        self.handle(m.Handback, self._handback_router)
+        self.handle(m.Result, self._result_dealer, router=False, dealer=True)
+        self.handle(m.Handback, self._handback_dealer, router=False, dealer=True)
+
+    def handle(self, kind: type, handler: Callable, router: bool = True,
+               dealer: bool = False) -> None:
+        """Hand messages of type ``kind`` to ``handler``, when they come on our ROUTER
+        (``router``) and/or over our own connections (``dealer``)."""
+        for table, wanted in ((self._router, router), (self._dealer, dealer)):
+            if wanted:
+                if kind in table:
+                    raise ValueError(f"{kind.__name__} already has a handler")
+                table[kind] = handler
+
+    # ------------------------------------------------------------------ reading
 
     def _unbatch(self, batch: m.Batch) -> list[m.Message]:
-        msgs, errors = m.unbatch(batch, self.config.max_frame)
+        msgs, errors = m.unbatch(batch, self.max_frame)
         self.batches_in += 1
         self.batched_in += len(batch.frames)
         for exc in errors:
@@ -39,13 +84,13 @@ class AgentInput:
 
     def _decode(self, frame: bytes) -> m.Message | None:
         try:
-            return m.decode(frame, self.config.max_frame)
+            return m.decode(frame, self.max_frame)
         except DecodeError as exc:
             self.dropped[exc.reason] = self.dropped.get(exc.reason, 0) + 1
             log.debug("dropped a frame: %s", exc)
             return None
 
-    def _read_router(self, now: float, router: zmq.Socket) -> None:
+    def read_router(self, router: zmq.Socket, now: float) -> None:
         """Read what the poll said is waiting, up to MAX_BATCH messages. Whether one more
         is there is asked of the socket (EVENTS) after each: cheaper than the exception
         (zmq.Again) that reading an empty socket raises. A client's identity may not
@@ -66,7 +111,7 @@ class AgentInput:
             if not router.get(_EVENTS) & _POLLIN:
                 return
 
-    def _read_local(self, stream: FrameStream, now: float) -> None:
+    def read_local(self, stream: FrameStream, now: float) -> None:
         """A local connection (``mesh.wire.localconn``) is readable, or writable again."""
         if stream.out and not self.transport.flush_local(stream):
             return
@@ -83,7 +128,7 @@ class AgentInput:
             self._on_frame(identity, frame, now)
 
     def _on_frame(self, identity: bytes, frame: bytes, now: float) -> None:
-        """A frame from a client or a member: a message, or a batch of them."""
+        """A frame from a client or a member on our ROUTER: a message, or a batch of them."""
         self.bytes_in += len(frame)
         msg = self._decode(frame)
         if type(msg) is m.Batch:
@@ -97,39 +142,15 @@ class AgentInput:
         if peer_id is not None and peer_id not in self.members.members:
             peer_id = None
         if peer_id is not None:
-            self._do(self.members.heard_from(peer_id, now), now)
-        if isinstance(msg, mb.ROUTER_MESSAGES):
-            self._do(self.members.receive(msg, now, identity=identity), now)
-            if isinstance(msg, m.Ping):
-                self._peer_load(msg.sender, msg.load, now)
-        elif isinstance(msg, m.TreeAdvert):
-            member = self.members.members.get(msg.sender)
-            if peer_id != msg.sender or member is None or member.state not in ("alive", "suspect"):
-                self.dropped["tree_advert"] = self.dropped.get("tree_advert", 0) + 1
-            else:
-                self._do(self.tree.heard(peer_id, msg.advert, member.rtt, now), now)
-        elif isinstance(msg, m.Call):
-            self._do(self.dispatcher.submit(msg, identity, peer_id, now), now)
-        elif isinstance(msg, m.Cancel):
-            self._do(self.dispatcher.cancel(msg.call_id, identity), now)
-        elif isinstance(msg, m.Fetch):
-            self._on_fetch(identity, peer_id, msg, now)
-        elif isinstance(msg, m.Free):
-            self._on_free(msg, peer_id, now)
-        elif isinstance(msg, m.Result) and peer_id is not None:  # a far holder answering us
-            self._do(self.dispatcher.remote_result(msg, peer_id), now)
-        elif isinstance(msg, m.Handback) and peer_id is not None:
-            self._do(self.dispatcher.handed_back(msg.call_id, peer_id), now)
-        elif isinstance(msg, m.Reclaim) and peer_id is not None:  # an idle peer (work stealing)
-            self._do(self.dispatcher.reclaim(msg.call_ids, peer_id, msg.free, msg.queued), now)
-        elif isinstance(msg, m.Query):
-            self.transport.reply(identity, m.encode(self._answer(msg)))
-        elif isinstance(msg, m.Resources):
-            self.transport.reply(identity, m.encode(self.change_resources(msg, now)))
-        else:
+            self.actions.do(self.members.heard_from(peer_id, now), now)
+        handler = self._router.get(type(msg))
+        if handler is None:
             self.dropped["unexpected"] = self.dropped.get("unexpected", 0) + 1
+        else:
+            handler(msg, identity, peer_id, None, now)
 
-    def _read_dealer(self, sock: zmq.Socket, address: str, now: float) -> None:
+    def read_dealer(self, sock: zmq.Socket, address: str, now: float) -> None:
+        """Our connection to the member at ``address`` is readable."""
         for _ in range(MAX_BATCH):
             try:
                 frame = sock.recv(zmq.NOBLOCK)
@@ -140,31 +161,59 @@ class AgentInput:
             if msg is None:
                 continue
             member = self.members.member_at(address)
-            if member is not None:
-                self._do(self.members.heard_from(member.info.id, now), now)
+            peer_id = None if member is None else member.info.id
+            if peer_id is not None:
+                self.actions.do(self.members.heard_from(peer_id, now), now)
             for one in (self._unbatch(msg) if type(msg) is m.Batch else (msg,)):
-                self._on_dealer(one, member, address, now)
+                handler = self._dealer.get(type(one))
+                if handler is None:
+                    self.dropped["unexpected"] = self.dropped.get("unexpected", 0) + 1
+                else:
+                    handler(one, None, peer_id, address, now)
                 if address not in self.transport.dealers:
                     return  # the message made us close this connection
 
-    def _on_dealer(self, msg: m.Message, member, address: str, now: float) -> None:
-        if isinstance(msg, mb.DEALER_MESSAGES):
-            self._do(self.members.receive(msg, now, via=address), now)
-            if isinstance(msg, m.Pong):
-                self._peer_load(msg.sender, msg.load, now)
-        elif isinstance(msg, m.Result) and member is not None:
-            self._do(self.dispatcher.remote_result(msg, member.info.id), now)
-        elif isinstance(msg, m.Object):
-            self._do(self.objects.fetched(msg.oid, msg.data if msg.ok else None, msg.error), now)
-        elif isinstance(msg, m.Handback) and member is not None:
-            self._do(self.dispatcher.handed_back(msg.call_id, member.info.id), now)
-        else:
-            self.dropped["unexpected"] = self.dropped.get("unexpected", 0) + 1
+    # ------------------------------------------------------------------ the dispatcher's
 
-    def _peer_load(self, sender: m.NodeInfo, load: m.Load, now: float) -> None:
-        member = self.members.members.get(sender.id)
-        if member is None or member.state != "alive":
+    def _call(self, msg: m.Call, identity: bytes, peer_id: str | None, address: None,
+              now: float) -> None:
+        self.actions.do(self.dispatcher.submit(msg, identity, peer_id, now), now)
+
+    def _cancel(self, msg: m.Cancel, identity: bytes, peer_id: str | None, address: None,
+                now: float) -> None:
+        self.actions.do(self.dispatcher.cancel(msg.call_id, identity), now)
+
+    def _reclaim(self, msg: m.Reclaim, identity: bytes, peer_id: str | None, address: None,
+                 now: float) -> None:
+        if peer_id is None:  # (an idle peer asks for calls back: work stealing)
+            self.dropped["unexpected"] = self.dropped.get("unexpected", 0) + 1
             return
-        acts = self.dispatcher.peer_load(sender.id, sender.name, load.cpus, load.free, member.rtt,
-                                         load.queued, load.speed, load.memory, load.labels)
-        self._do(acts, now)
+        self.actions.do(self.dispatcher.reclaim(msg.call_ids, peer_id, msg.free, msg.queued), now)
+
+    def _result_router(self, msg: m.Result, identity: bytes, peer_id: str | None,
+                       address: None, now: float) -> None:
+        if peer_id is None:  # (a far holder answering us)
+            self.dropped["unexpected"] = self.dropped.get("unexpected", 0) + 1
+            return
+        self.actions.do(self.dispatcher.remote_result(msg, peer_id), now)
+
+    def _handback_router(self, msg: m.Handback, identity: bytes, peer_id: str | None,
+                         address: None, now: float) -> None:
+        if peer_id is None:
+            self.dropped["unexpected"] = self.dropped.get("unexpected", 0) + 1
+            return
+        self.actions.do(self.dispatcher.handed_back(msg.call_id, peer_id), now)
+
+    def _result_dealer(self, msg: m.Result, identity: None, peer_id: str | None, address: str,
+                       now: float) -> None:
+        if peer_id is None:
+            self.dropped["unexpected"] = self.dropped.get("unexpected", 0) + 1
+            return
+        self.actions.do(self.dispatcher.remote_result(msg, peer_id), now)
+
+    def _handback_dealer(self, msg: m.Handback, identity: None, peer_id: str | None,
+                         address: str, now: float) -> None:
+        if peer_id is None:
+            self.dropped["unexpected"] = self.dropped.get("unexpected", 0) + 1
+            return
+        self.actions.do(self.dispatcher.handed_back(msg.call_id, peer_id), now)

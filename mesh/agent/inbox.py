@@ -1,0 +1,105 @@
+"""What other threads hand an agent's loop: mDNS announcements and the requests of the
+faces it serves (REST).
+
+No state is shared with those threads: they put an item on ``Inbox``'s queue and wake the
+loop (``mesh.agent.waker``); the loop takes the items (``drain``) and, for a request,
+sets the outcome on the ``Future`` the other thread waits on (``ask``, bounded by a
+time-out). mDNS announcements are checked here, in the mDNS thread (protocol version,
+and with a mesh key the announcement's authenticator), and counted when dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+from collections import Counter
+from concurrent.futures import Future
+
+from mesh.agent.actions import Actions
+from mesh.agent.callbook import CallBook
+from mesh.agent.peers import Peers
+from mesh.agent.queries import Queries
+from mesh.agent.waker import Waker
+from mesh.discovery import membership as mb
+from mesh.keys import MeshKey, announcement_fields, verify
+from mesh.sched import dispatch as dp
+from mesh.wire import messages as m
+
+log = logging.getLogger("mesh.agent")
+
+REQUESTS = ("rest-call", "call-state", "resources")  # what ``ask`` takes besides query names
+
+
+class Inbox:
+    def __init__(self, waker: Waker, key: MeshKey | None, members: mb.Membership,
+                 dispatcher: dp.Dispatcher, book: CallBook, queries: Queries, peers: Peers,
+                 actions: Actions, dropped: Counter) -> None:
+        self.waker = waker
+        self.key = key
+        self.members = members
+        self.dispatcher = dispatcher
+        self.book = book  # calls submitted over REST, until read
+        self.queries = queries
+        self.peers = peers
+        self.actions = actions
+        self.dropped = dropped  # the agent's drop reasons (this part counts mDNS's)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+
+    # ------------------------------------------------------------------ other threads
+
+    def ask(self, what: str, timeout: float = 5.0, arg=None):
+        """``what`` is a query name (answered with an Answer), or "rest-call" (``arg``: a
+        Call; returns its id), "call-state" (``arg``: a call id; returns the call's
+        document or None) or "resources" (``arg``: a Resources; returns an Answer).
+        Raises TimeoutError."""
+        fut: Future = Future()
+        if what in REQUESTS:
+            self._queue.put((what, arg, fut))
+        else:
+            self._queue.put(("ask", what, fut))
+        self.waker.wake()
+        return fut.result(timeout)
+
+    def on_announcement(self, ann) -> None:
+        """mDNS thread: check the announcement's authenticator, queue it for the loop."""
+        if ann.protocol != m.PROTOCOL:
+            self._queue.put(("dropped", "mdns_version", None))
+        elif self.key is not None and not verify(
+            self.key.announcement_auth(announcement_fields(
+                ann.node_id, ann.name, ann.protocol, ann.host, ann.port, ann.cpus)), ann.auth):
+            self._queue.put(("dropped", "mdns_auth", None))
+            log.warning("ignored an mDNS announcement with a wrong authenticator: %s at %s",
+                        ann.name, ann.address)
+        else:
+            self._queue.put(("found", ann.node_id, ann.address))
+        self.waker.wake()
+
+    # ------------------------------------------------------------------ the loop
+
+    def drain(self, now: float) -> None:
+        """Take what other threads queued (the loop, when the waker woke it)."""
+        while True:
+            try:
+                kind, a, b = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "found":
+                self.actions.do(self.members.discovered(a, b, now), now)
+            elif kind == "dropped":
+                self.dropped[a] = self.dropped.get(a, 0) + 1
+            elif kind == "ask":
+                try:
+                    b.set_result(self.queries.answer(m.Query(0, a)))
+                except Exception as exc:  # report to the asking thread, keep the loop
+                    b.set_exception(exc)
+            elif kind == "rest-call":  # a: a Call built by the REST thread
+                self.book.add(a.call_id, a.function, now)
+                self.actions.do(self.dispatcher.submit(a, CallBook.identity(a.call_id), None, now), now)
+                b.set_result(a.call_id)
+            elif kind == "resources":  # a: a Resources request (COMPSs endpoints)
+                b.set_result(self.queries.change_resources(a, now))
+            elif kind == "call-state":  # a: a call id
+                entry = self.dispatcher.pending.get(a)
+                where = None if entry is None else (
+                    entry.where if entry.where in ("local", "backlog") else self.peers.name_of(entry.where))
+                b.set_result(self.book.view(a, where))
