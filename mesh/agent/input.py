@@ -3,14 +3,15 @@ ROUTER (clients over TCP, members), from its local socket's connections
 (``mesh.wire.localconn``) and from its DEALERs to members, decoded (``Batch``es opened)
 and handed, message by message, to the handler registered for the message's type.
 
-``Input`` owns that table. Each part registers the messages it handles in its own
-constructor (the peers: membership and tree messages; the object service: ``Fetch``,
-``Free``, ``Object``; the queries: ``Query``, ``Resources``), saying where they may come
-from: on our ROUTER (requests from clients and members, answered by the connection's
-identity) and/or over our own connections to members (answers to what we sent). What
-comes from elsewhere, or is of no registered type, is dropped and counted as
-"unexpected". Input itself hands calls to the dispatcher (``Call``, ``Cancel``,
-``Reclaim``, ``Result``, ``Handback``). A handler is called as ``handler(msg, identity,
+``Input`` owns that table: one handler per message type, whatever socket the message
+came on. Each part registers the messages it handles in its own constructor (the peers:
+membership and tree messages; the object service: ``Fetch``, ``Free``, ``Object``; the
+queries: ``Query``, ``Resources``), saying where they may come from: on our ROUTER
+(requests from clients and members, answered by the connection's identity) and/or over
+our own connections to members (answers to what we sent). What comes from elsewhere, or
+is of no registered type, is dropped and counted as "unexpected". Input itself hands
+calls to the dispatcher (``Call``, ``Cancel``, ``Reclaim``; ``Result`` and ``Handback``
+from a member, on either socket). A handler is called as ``handler(msg, identity,
 peer_id, address, now)``: ``identity`` is the ROUTER connection (None over our own
 connections), ``peer_id`` the member that sent it if known, ``address`` our connection's
 (None on the ROUTER). The agent's loop calls ``read_router``, ``read_local`` and
@@ -56,20 +57,19 @@ class Input:
         self.handle(m.Call, self._call)
         self.handle(m.Cancel, self._cancel)
         self.handle(m.Reclaim, self._reclaim)
-        self.handle(m.Result, self._result_router)
-        self.handle(m.Handback, self._handback_router)
-        self.handle(m.Result, self._result_dealer, router=False, dealer=True)
-        self.handle(m.Handback, self._handback_dealer, router=False, dealer=True)
+        self.handle(m.Result, self._result, dealer=True)  # (a delegate's, or a far holder's)
+        self.handle(m.Handback, self._handback, dealer=True)
 
     def handle(self, kind: type, handler: Callable, router: bool = True,
                dealer: bool = False) -> None:
         """Hand messages of type ``kind`` to ``handler``, when they come on our ROUTER
-        (``router``) and/or over our own connections (``dealer``)."""
-        for table, wanted in ((self._router, router), (self._dealer, dealer)):
-            if wanted:
-                if kind in table:
-                    raise ValueError(f"{kind.__name__} already has a handler")
-                table[kind] = handler
+        (``router``) and/or over our own connections (``dealer``). One handler per type."""
+        if kind in self._router or kind in self._dealer:
+            raise ValueError(f"{kind.__name__} already has a handler")
+        if router:
+            self._router[kind] = handler
+        if dealer:
+            self._dealer[kind] = handler
 
     # ------------------------------------------------------------------ reading
 
@@ -190,30 +190,16 @@ class Input:
             return
         self.actions.do(self.dispatcher.reclaim(msg.call_ids, peer_id, msg.free, msg.queued), now)
 
-    def _result_router(self, msg: m.Result, identity: bytes, peer_id: str | None,
-                       address: None, now: float) -> None:
-        if peer_id is None:  # (a far holder answering us)
+    def _result(self, msg: m.Result, identity: bytes | None, peer_id: str | None,
+                address: str | None, now: float) -> None:
+        if peer_id is None:  # (from a member only)
             self.dropped["unexpected"] = self.dropped.get("unexpected", 0) + 1
             return
         self.actions.do(self.dispatcher.remote_result(msg, peer_id), now)
 
-    def _handback_router(self, msg: m.Handback, identity: bytes, peer_id: str | None,
-                         address: None, now: float) -> None:
-        if peer_id is None:
-            self.dropped["unexpected"] = self.dropped.get("unexpected", 0) + 1
-            return
-        self.actions.do(self.dispatcher.handed_back(msg.call_id, peer_id), now)
-
-    def _result_dealer(self, msg: m.Result, identity: None, peer_id: str | None, address: str,
-                       now: float) -> None:
-        if peer_id is None:
-            self.dropped["unexpected"] = self.dropped.get("unexpected", 0) + 1
-            return
-        self.actions.do(self.dispatcher.remote_result(msg, peer_id), now)
-
-    def _handback_dealer(self, msg: m.Handback, identity: None, peer_id: str | None,
-                         address: str, now: float) -> None:
-        if peer_id is None:
+    def _handback(self, msg: m.Handback, identity: bytes | None, peer_id: str | None,
+                  address: str | None, now: float) -> None:
+        if peer_id is None:  # (from a member only)
             self.dropped["unexpected"] = self.dropped.get("unexpected", 0) + 1
             return
         self.actions.do(self.dispatcher.handed_back(msg.call_id, peer_id), now)
