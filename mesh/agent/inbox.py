@@ -86,7 +86,7 @@ class Inbox:
             if kind == "found":
                 self.actions.do(self.members.discovered(a, b, now), now)
             elif kind == "dropped":
-                self.dropped[a] = self.dropped.get(a, 0) + 1
+                self.dropped[a] += 1
             elif kind == "ask":
                 try:
                     b.set_result(self.queries.answer(m.Query(0, a)))

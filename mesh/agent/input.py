@@ -78,7 +78,7 @@ class Input:
         self.batches_in += 1
         self.batched_in += len(batch.frames)
         for exc in errors:
-            self.dropped[exc.reason] = self.dropped.get(exc.reason, 0) + 1
+            self.dropped[exc.reason] += 1
             log.debug("dropped a frame in a batch: %s", exc)
         return msgs
 
@@ -86,7 +86,7 @@ class Input:
         try:
             return m.decode(frame, self.max_frame)
         except DecodeError as exc:
-            self.dropped[exc.reason] = self.dropped.get(exc.reason, 0) + 1
+            self.dropped[exc.reason] += 1
             log.debug("dropped a frame: %s", exc)
             return None
 
@@ -103,11 +103,11 @@ class Input:
             if len(parts) == 2:
                 identity, frame = parts
                 if identity[:1] == LOCAL_TAG and len(identity) != 16:
-                    self.dropped["identity"] = self.dropped.get("identity", 0) + 1
+                    self.dropped["identity"] += 1
                     continue
                 self._on_frame(identity, frame, now)
             else:
-                self.dropped["frames"] = self.dropped.get("frames", 0) + 1
+                self.dropped["frames"] += 1
             if not router.get(_EVENTS) & _POLLIN:
                 return
 
@@ -119,7 +119,7 @@ class Input:
             frames = stream.frames()
         except StreamClosed as exc:  # (closed, or a frame over the limit)
             if exc.oversized:
-                self.dropped["oversized"] = self.dropped.get("oversized", 0) + 1
+                self.dropped["oversized"] += 1
             log.debug("local connection closed: %s", exc)
             self.transport.drop_local(stream)
             return
@@ -145,7 +145,7 @@ class Input:
             self.actions.do(self.members.heard_from(peer_id, now), now)
         handler = self._router.get(type(msg))
         if handler is None:
-            self.dropped["unexpected"] = self.dropped.get("unexpected", 0) + 1
+            self.dropped["unexpected"] += 1
         else:
             handler(msg, identity, peer_id, None, now)
 
@@ -167,7 +167,7 @@ class Input:
             for one in (self._unbatch(msg) if type(msg) is m.Batch else (msg,)):
                 handler = self._dealer.get(type(one))
                 if handler is None:
-                    self.dropped["unexpected"] = self.dropped.get("unexpected", 0) + 1
+                    self.dropped["unexpected"] += 1
                 else:
                     handler(one, None, peer_id, address, now)
                 if address not in self.transport.dealers:
@@ -186,20 +186,20 @@ class Input:
     def _reclaim(self, msg: m.Reclaim, identity: bytes, peer_id: str | None, address: None,
                  now: float) -> None:
         if peer_id is None:  # (an idle peer asks for calls back: work stealing)
-            self.dropped["unexpected"] = self.dropped.get("unexpected", 0) + 1
+            self.dropped["unexpected"] += 1
             return
         self.actions.do(self.dispatcher.reclaim(msg.call_ids, peer_id, msg.free, msg.queued), now)
 
     def _result(self, msg: m.Result, identity: bytes | None, peer_id: str | None,
                 address: str | None, now: float) -> None:
         if peer_id is None:  # (from a member only)
-            self.dropped["unexpected"] = self.dropped.get("unexpected", 0) + 1
+            self.dropped["unexpected"] += 1
             return
         self.actions.do(self.dispatcher.remote_result(msg, peer_id), now)
 
     def _handback(self, msg: m.Handback, identity: bytes | None, peer_id: str | None,
                   address: str | None, now: float) -> None:
         if peer_id is None:  # (from a member only)
-            self.dropped["unexpected"] = self.dropped.get("unexpected", 0) + 1
+            self.dropped["unexpected"] += 1
             return
         self.actions.do(self.dispatcher.handed_back(msg.call_id, peer_id), now)

@@ -84,7 +84,7 @@ class Outbox:
         member = self.members.members.get(act.peer_id)
         if member is None or member.conn is None or not self.send(
                 member.conn, m.encode(act.message), now):
-            self.dropped["unsent"] = self.dropped.get("unsent", 0) + 1
+            self.dropped["unsent"] += 1
 
     def _send_advert(self, act: SendAdvert, now: float) -> None:
         member = self.members.members.get(act.peer)

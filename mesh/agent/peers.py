@@ -98,7 +98,7 @@ class Peers:
                    now: float) -> None:
         member = self.members.members.get(msg.sender)
         if peer_id != msg.sender or member is None or member.state not in ("alive", "suspect"):
-            self.dropped["tree_advert"] = self.dropped.get("tree_advert", 0) + 1
+            self.dropped["tree_advert"] += 1
         else:
             self.actions.do(self.tree.heard(peer_id, msg.advert, member.rtt, now), now)
 
