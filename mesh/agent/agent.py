@@ -117,6 +117,10 @@ class Agent:
         self.book = CallBook()  # calls submitted over REST, until read
         self.waker = Waker()  # (other threads wake the loop)
         self.transport.poller.register(self.waker.fileno(), zmq.POLLIN)
+        if os.environ.get("MESH_EMULATE_DELAY"):  # a test knob: emulated one-way delays
+            from mesh.agent import delay
+
+            self.transport = delay.install(self.transport, self.members, self.waker)
         self.dropped: Counter = Counter()  # frames and messages dropped, by reason
         self.faces: dict = {}  # name -> a face this agent serves (REST)
         self.leaving_since: float | None = None  # -1: asked to leave; then when it began
@@ -130,7 +134,7 @@ class Agent:
         self.outbox = Outbox(self.node_id, self.transport, self.members, self.dispatcher,
                              self.book, self.actions, self.dropped)
         self.objects = ObjectService(self.node_id, config.max_frame, self.members, self.dispatcher,
-                                     self.pool, self.outbox, self.input, self.actions)
+                                     self.pool, self.transport, self.input, self.actions)
         self.slots = Slots(self.pool, self.transport.poller, self.dispatcher, self.objects,
                            self.actions)
         self.peers = Peers(self.members, self.dispatcher, self.tree, self.objects, self.input,
@@ -228,16 +232,11 @@ class Agent:
                                     now + MAX_SLEEP)
                     if self._leave_done(now):
                         break
-                if outbox.delays and outbox.delay_line:  # (only used with emulated delays)
-                    outbox.flush_delayed(time.monotonic())
-                    due = outbox.delay_line.next_due()
-                    if due is not None:
-                        next_tick = min(next_tick, due)
                 timeout = max(next_tick - time.monotonic(), 0) * 1000
                 if self.pool.waiting:  # calls wait at workers: none may wait behind a long one
                     slots.withdraw_slow(time.monotonic())
                     timeout = min(timeout, SLOW_CHECK_MS)
-                outbox.flush()  # (what the timers and delayed frames queued: before waiting)
+                outbox.flush()  # (what the timers queued: before waiting)
                 only_workers = True  # a worker's results move no membership or tree timer
                 for sock, _ in poller.poll(timeout):
                     now = time.monotonic()

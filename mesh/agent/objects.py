@@ -14,8 +14,8 @@ import os
 
 from mesh.agent.actions import Actions
 from mesh.agent.input import Input
-from mesh.agent.outbox import Outbox
 from mesh.agent.pool import Worker, WorkerPool
+from mesh.agent.transport import Transport
 from mesh.discovery import membership as mb
 from mesh.sched import dispatch as dp
 from mesh.sched.objects import INLINE_MAX, FetchFrom, Give, Objects
@@ -42,7 +42,7 @@ def store_settings() -> tuple[int, int]:
 
 class ObjectService:
     def __init__(self, node_id: str, max_frame: int, members: mb.Membership,
-                 dispatcher: dp.Dispatcher, pool: WorkerPool, outbox: Outbox, input: Input,
+                 dispatcher: dp.Dispatcher, pool: WorkerPool, transport: Transport, input: Input,
                  actions: Actions) -> None:
         inline_max, store_bytes = store_settings()
         self.node_id = node_id
@@ -50,7 +50,7 @@ class ObjectService:
         self.members = members
         self.dispatcher = dispatcher  # (whose call made an output: its origin and owner)
         self.pool = pool
-        self.outbox = outbox
+        self.transport = transport
         self.actions = actions
         pool.inline_max = max(inline_max, 0)
         pool.room = self.core.room
@@ -100,7 +100,7 @@ class ObjectService:
         """A ``Fetch``: of an object we hold, or, from one of our clients, of one held elsewhere."""
         if peer_id is not None or not msg.holder or msg.holder == self.node_id:
             data, error = self.core.serve(msg.oid)  # a peer (or a client) asks us, the holder
-            self.outbox.reply(identity, m.encode(m.Object(msg.oid, data is not None, data or b"", error)), now)
+            self.transport.reply(identity, m.encode(m.Object(msg.oid, data is not None, data or b"", error)))
         else:  # one of our clients (a program's wait_on): we get it from its holder
             self.actions.do(self.core.get(msg.oid, msg.holder, identity, now), now)
 
@@ -117,14 +117,14 @@ class ObjectService:
                 frame = m.encode(m.Free("", [], msg.owner))
                 for member in self.members.alive():
                     if member.conn is not None:
-                        self.outbox.send(member.conn, frame, now)
+                        self.transport.send(member.conn, frame)
             return
         if not msg.holder or msg.holder == self.node_id:
             self.core.free(msg.oids)
             return
         member = self.members.members.get(msg.holder)
         if member is not None and member.conn is not None:
-            self.outbox.send(member.conn, m.encode(msg), now)
+            self.transport.send(member.conn, m.encode(msg))
         self.core.free(msg.oids)  # our cached copies too
 
     # ------------------------------------------------------------------ actions
@@ -133,12 +133,12 @@ class ObjectService:
         if isinstance(act.waiter, Worker):
             self.pool.give(act.waiter, act.oid, act.data, act.error)
         else:  # a client's identity on our ROUTER
-            self.outbox.reply(act.waiter, m.encode(m.Object(act.oid, act.data is not None,
-                                                            act.data or b"", act.error)), now)
+            self.transport.reply(act.waiter, m.encode(m.Object(act.oid, act.data is not None,
+                                                               act.data or b"", act.error)))
 
     def _fetch_from(self, act: FetchFrom, now: float) -> None:
         member = self.members.members.get(act.holder)
         if (member is None or member.state not in ("alive", "suspect") or member.conn is None
-                or not self.outbox.send(member.conn, m.encode(m.Fetch(act.oid)), now)):
+                or not self.transport.send(member.conn, m.encode(m.Fetch(act.oid)))):
             self.actions.do(self.core.fetched(act.oid, None, "ObjectLost: its holder is not a live "
                                                             "member of this mesh"), now)

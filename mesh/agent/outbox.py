@@ -9,9 +9,6 @@ delegated is placed again (``forward_failed``), and a result for a member whose
 connection to our ROUTER is gone goes over our own connection to it (``SendTo``); the
 rest is counted by the transport. Outcomes of calls submitted over REST are kept in the
 call book (``mesh.agent.callbook``) instead of being sent.
-
-Sends and replies go through the emulated per-peer delays when those are on
-(``mesh.agent.delay``).
 """
 
 from __future__ import annotations
@@ -19,7 +16,6 @@ from __future__ import annotations
 import time
 from collections import Counter
 
-from mesh.agent import delay
 from mesh.agent.actions import Actions
 from mesh.agent.callbook import CallBook
 from mesh.agent.transport import Transport
@@ -40,8 +36,6 @@ class Outbox:
         self.book = book  # calls submitted over REST: their outcomes stay here
         self.actions = actions
         self.dropped = dropped  # the agent's drop reasons (this part counts "unsent")
-        self.delays = delay.from_env()  # test knob: emulated one-way delays per peer name
-        self.delay_line = delay.DelayLine()
         actions.handle(mb.Send, self._send_act)
         actions.handle(mb.Reply, self._reply_act)
         actions.handle(mb.Connect, self._connect)
@@ -54,10 +48,10 @@ class Outbox:
     # ------------------------------------------------------------------ actions
 
     def _send_act(self, act: mb.Send, now: float) -> None:
-        self.send(act.address, m.encode(act.message), now)
+        self.transport.send(act.address, m.encode(act.message))
 
     def _reply_act(self, act: mb.Reply, now: float) -> None:
-        self.reply(act.identity, m.encode(act.message), now)
+        self.transport.reply(act.identity, m.encode(act.message))
 
     def _connect(self, act: mb.Connect, now: float) -> None:
         self.transport.connect(act.address)
@@ -67,8 +61,8 @@ class Outbox:
 
     def _forward(self, act: dp.Forward, now: float) -> None:
         member = self.members.members.get(act.peer_id)
-        sent = member is not None and member.conn is not None and self.send(
-            member.conn, m.encode(act.call), now)
+        sent = member is not None and member.conn is not None and self.transport.send(
+            member.conn, m.encode(act.call))
         if not sent:
             self.actions.do(self.dispatcher.forward_failed(act.call.call_id, act.peer_id), now)
 
@@ -78,47 +72,18 @@ class Outbox:
             return
         # (a member whose connection to our ROUTER is gone gets it over our connection
         # to it: flush)
-        self.reply(act.identity, m.encode(act.result), now)
+        self.transport.reply(act.identity, m.encode(act.result))
 
     def _send_to(self, act: dp.SendTo, now: float) -> None:
         member = self.members.members.get(act.peer_id)
-        if member is None or member.conn is None or not self.send(
-                member.conn, m.encode(act.message), now):
+        if member is None or member.conn is None or not self.transport.send(
+                member.conn, m.encode(act.message)):
             self.dropped["unsent"] += 1
 
     def _send_advert(self, act: SendAdvert, now: float) -> None:
         member = self.members.members.get(act.peer)
         if member is not None and member.conn is not None:
-            self.send(member.conn, m.encode(m.TreeAdvert(self.node_id, act.advert)), now)
-
-    # ------------------------------------------------------------------ frames
-
-    def send(self, address: str, frame: bytes, now: float) -> bool:
-        """To the member at ``address``, over our connection to it (False: none)."""
-        if self.delays:
-            member = self.members.member_at(address)
-            lag = self.delays.get(member.info.name, 0.0) if member is not None else 0.0
-            if lag:
-                self.delay_line.push(now + lag, ("send", address, frame))
-                return True
-        return self.transport.send(address, frame)
-
-    def reply(self, identity: bytes, frame: bytes, now: float) -> bool:
-        """To the connection ``identity`` of our ROUTER or local socket."""
-        if self.delays:
-            member = self.members.members.get(identity.hex()) if len(identity) == 16 else None
-            lag = self.delays.get(member.info.name, 0.0) if member is not None else 0.0
-            if lag:
-                self.delay_line.push(now + lag, ("reply", identity, frame))
-                return True
-        return self.transport.reply(identity, frame)
-
-    def flush_delayed(self, now: float) -> None:
-        for kind, target, frame in self.delay_line.due(now):
-            if kind == "send":
-                self.transport.send(target, frame)
-            else:
-                self.transport.reply(target, frame)
+            self.transport.send(member.conn, m.encode(m.TreeAdvert(self.node_id, act.advert)))
 
     def flush(self) -> None:
         """Send what waits for clients and members. Frames for members that could not
