@@ -1,10 +1,12 @@
 """The agent's parts in-process, with stand-ins for the cores: how input reaches the handler
-of its message type, whatever socket it came on."""
+of its message type, whatever socket it came on; what the agent may import."""
 
 from __future__ import annotations
 
+import ast
 import os
 from collections import Counter
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -13,6 +15,7 @@ import zmq
 from mesh.agent.actions import Actions
 from mesh.agent.input import Input
 from mesh.wire import messages as m
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -71,3 +74,16 @@ def test_a_message_type_has_one_handler_and_an_action_type_one_part():
         actions.handle(m.Call, lambda act, now: None)
     with pytest.raises(TypeError):
         actions.do([object()], 0.0)
+
+
+def test_the_agent_never_imports_a_face():
+    """The shell depends on no user interface: faces (REST) are given the agent's handle by
+    whoever composes them (``mesh join``)."""
+    imported = set()
+    for path in sorted(Path(ROOT, "mesh", "agent").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.update(f"{node.module}.{a.name}" for a in node.names)
+            elif isinstance(node, ast.Import):
+                imported.update(a.name for a in node.names)
+    assert not [name for name in imported if name.startswith(("mesh.faces", "mesh.cli"))]

@@ -19,6 +19,10 @@ state and given what it needs:
 - ``Queries`` (``mesh.agent.queries``): status and the other answers, resource changes;
 - ``Inbox`` (``mesh.agent.inbox``): what other threads (mDNS, REST) hand the loop.
 
+Faces (REST) are not the agent's: whoever composes them (``mesh join``) gives a face the
+agent's ``handle()`` and ``attach``es it, so that the agent reports its status, names its
+address in the state file and closes it when it stops.
+
 The loop itself (``run``) polls, hands what is readable to the part it belongs to, ticks
 the cores' timers and, at the end of each turn, sends what the turn produced.
 
@@ -43,7 +47,7 @@ import zmq
 from mesh.agent.actions import Actions
 from mesh.agent.callbook import CallBook
 from mesh.agent.cpuquota import quota_cores, slot_speed
-from mesh.agent.inbox import Inbox
+from mesh.agent.inbox import AgentHandle, Inbox
 from mesh.agent.input import Input
 from mesh.agent.objects import ObjectService
 from mesh.agent.outbox import Outbox
@@ -73,7 +77,6 @@ class AgentConfig:
     name: str
     interface: str = "127.0.0.1"
     comm_port: int = 46102
-    rest_port: int = -1
     peers: list[str] = field(default_factory=list)
     mdns: bool = True
     cpus: int = 1
@@ -84,7 +87,6 @@ class AgentConfig:
     key: MeshKey | None = None  # None: plaintext (--insecure, or loopback without a key)
     memory: int = 0  # bytes offered to tasks (@constraint(memory=...)); 0: not said
     labels: list[str] = field(default_factory=list)  # capabilities (@constraint(labels=...))
-    rest_open: bool = False  # --rest-open: /COMPSs/* without a token (mesh.faces.rest_auth)
 
 
 class Agent:
@@ -122,7 +124,7 @@ class Agent:
 
             self.transport = delay.install(self.transport, self.members, self.waker)
         self.dropped: Counter = Counter()  # frames and messages dropped, by reason
-        self.faces: dict = {}  # name -> a face this agent serves (REST)
+        self.faces: dict = {}  # name -> a face attached to this agent (REST): see attach
         self.leaving_since: float | None = None  # -1: asked to leave; then when it began
         self.stopped = False
         self.mdns = None
@@ -149,7 +151,7 @@ class Agent:
     # ------------------------------------------------------------------ start / stop
 
     def start(self) -> None:
-        """Seeds, mDNS, REST, state file. Returns quickly; ``run()`` does the rest."""
+        """Seeds, mDNS, state file. Returns quickly; ``run()`` does the rest."""
         now = time.monotonic()
         for address in self.config.peers:
             self.actions.do(self.members.add_seed(address, now), now)
@@ -169,29 +171,25 @@ class Agent:
             self.mdns.start()
         else:
             log.info("mDNS off: seeds %s and gossip only", ", ".join(self.config.peers) or "(none)")
-        rest_address = None
-        if self.config.rest_port >= 0:
-            from mesh.faces.rest import RestServer
-            from mesh.faces.rest_auth import new_token
-
-            key = self.config.key  # with a key: on the interface, the key's token; else loopback
-            rest = RestServer(self, self.config.interface if key is not None else "127.0.0.1",
-                              self.config.rest_port,
-                              key.rest_token() if key is not None else new_token(),
-                              rest_open=self.config.rest_open)
-            self.faces["rest"] = rest
-            rest_address = rest.address
         if self.config.state_file:
+            rest = self.faces.get("rest")
             state = {"id": self.node_id, "name": self.config.name, "comm": self.address,
-                     "rest": rest_address, "pid": os.getpid()}
+                     "rest": None if rest is None else rest.address, "pid": os.getpid()}
             tmp = f"{self.config.state_file}.tmp{os.getpid()}"
             with open(tmp, "w") as f:
                 json.dump(state, f)
             os.replace(tmp, self.config.state_file)
 
-    def ask(self, what: str, timeout: float = 5.0, arg=None):
-        """From another thread (REST): see ``Inbox.ask``."""
-        return self.inbox.ask(what, timeout, arg)
+    def handle(self) -> AgentHandle:
+        """What a face (REST) may use of this agent, from its own threads."""
+        return AgentHandle(self.config.name, self.config.interface, self.address,
+                           self.config.key, self.inbox.ask, self.request_leave)
+
+    def attach(self, name: str, face) -> None:
+        """A face serving this agent (before ``start``): ``face.address`` goes to the state
+        file (under ``name``: "rest"), ``face.status()`` to the status, and ``face.close()``
+        is called when the agent stops."""
+        self.faces[name] = face
 
     def request_leave(self) -> None:
         """Begin a graceful leave (callable from a signal handler)."""

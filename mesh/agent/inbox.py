@@ -1,11 +1,16 @@
 """What other threads hand an agent's loop: mDNS announcements and the requests of the
-faces it serves (REST).
+faces it serves (REST), and ``AgentHandle``, all that such a face may use of its agent.
 
 No state is shared with those threads: they put an item on ``Inbox``'s queue and wake the
 loop (``mesh.agent.waker``); the loop takes the items (``drain``) and, for a request,
 sets the outcome on the ``Future`` the other thread waits on (``ask``, bounded by a
 time-out). mDNS announcements are checked here, in the mDNS thread (protocol version,
 and with a mesh key the announcement's authenticator), and counted when dropped.
+
+A face never holds the agent: whoever composes them (``mesh join``) gives it the agent's
+``handle()``, whose ``ask`` and ``query`` go through the inbox and whose
+``request_leave`` starts a graceful leave. The agent knows a face only as something
+attached to it (``Agent.attach``) that has an address, a status and a ``close``.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ from __future__ import annotations
 import logging
 import queue
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 
 from mesh.agent.actions import Actions
 from mesh.agent.callbook import CallBook
@@ -28,6 +35,25 @@ from mesh.wire import messages as m
 log = logging.getLogger("mesh.agent")
 
 REQUESTS = ("rest-call", "call-state", "resources")  # what ``ask`` takes besides query names
+
+
+@dataclass(frozen=True)
+class AgentHandle:
+    """What a face running in its own threads may use of an agent (thread-safe)."""
+
+    name: str
+    interface: str
+    address: str  # the agent's comm address, HOST:PORT
+    key: MeshKey | None  # the mesh key (None: plaintext)
+    ask: Callable  # Inbox.ask: (what, timeout=5.0, arg=None) -> the loop's answer
+    request_leave: Callable[[], None]  # begin a graceful leave
+
+    def query(self, what: str, timeout: float = 5.0):
+        """A query's answer (as ``Client.query``): its body; ValueError if refused."""
+        answer = self.ask(what, timeout)
+        if answer.error:
+            raise ValueError(answer.error)
+        return answer.body
 
 
 class Inbox:

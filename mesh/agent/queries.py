@@ -1,6 +1,6 @@
 """What an agent tells clients, and what operators may change at run time.
 
-``Queries`` answers ``Query`` (status, peers, progress, tree-node, metrics) and carries
+``Queries`` answers ``Query`` (status, peers, progress, tree-node) and carries
 out ``Resources`` (COMPSs add/reduce/lost), in the agent's loop like everything else. The
 status document reads every part of the agent; it is the one place that knows them all,
 and only reads them (a resource change goes through the part that owns what changes).
@@ -155,11 +155,7 @@ class Queries:
             return m.Answer(q.qid, q.what, self.members.views())
         if q.what == "progress":  # of a task graph run by a call here (mesh run)
             return m.Answer(q.qid, q.what, self.slots.pool.progress.get(q.arg))
-        if q.what == "metrics":
-            from mesh.faces.metrics import render
-
-            return m.Answer(q.qid, q.what, render(self.status(), self.members.views()))
         if q.what == "tree-node":  # this agent's place in the tree (mesh tree gathers them)
             return m.Answer(q.qid, q.what, dict(self.tree.record(self.config.name),
                                                 address=self.transport.address, view=self.tree.view()))
-        return m.Answer(q.qid, q.what, None, f"unknown query {q.what!r} (status, peers, tree-node, metrics)")
+        return m.Answer(q.qid, q.what, None, f"unknown query {q.what!r} (status, peers, progress, tree-node)")

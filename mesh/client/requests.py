@@ -69,7 +69,7 @@ class ClientRequests:
         return self._send_call(function, pickle.dumps((tuple(args), dict(kwargs or {}))))
 
     def query(self, what: str, timeout: float = 5.0, arg: str = "") -> Any:
-        """Ask the agent ``status``, ``peers``, ``tree-node``, ``metrics`` or ``progress``
+        """Ask the agent ``status``, ``peers``, ``tree-node`` or ``progress``
         (``arg``: a call id). Raises AgentUnreachable on time-out, ValueError when the
         agent refuses."""
         return self._ask(lambda qid: m.Query(qid, what, arg), timeout)
