@@ -63,7 +63,7 @@ from mesh.sched import dispatch as dp
 from mesh.tree import LatencyTree, TreeConfig
 from mesh.wire import localsock
 from mesh.wire import messages as m
-from mesh.wire.localconn import FrameStream
+from mesh.wire.framing import FrameStream
 
 log = logging.getLogger("mesh.agent")
 

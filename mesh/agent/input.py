@@ -1,6 +1,6 @@
 """What reaches an agent from the network and from programs on its device: frames from its
 ROUTER (clients over TCP, members), from its local socket's connections
-(``mesh.wire.localconn``) and from its DEALERs to members, decoded (``Batch``es opened)
+(``mesh.agent.localserver``) and from its DEALERs to members, decoded (``Batch``es opened)
 and handed, message by message, to the handler registered for the message's type.
 
 ``Input`` owns that table: one handler per message type, whatever socket the message
@@ -32,7 +32,7 @@ from mesh.discovery import membership as mb
 from mesh.errors import DecodeError
 from mesh.sched import dispatch as dp
 from mesh.wire import messages as m
-from mesh.wire.localconn import FrameStream, StreamClosed
+from mesh.wire.framing import FrameStream, StreamClosed
 from mesh.wire.localsock import LOCAL_TAG
 
 log = logging.getLogger("mesh.agent")
@@ -112,7 +112,7 @@ class Input:
                 return
 
     def read_local(self, stream: FrameStream, now: float) -> None:
-        """A local connection (``mesh.wire.localconn``) is readable, or writable again."""
+        """A local connection (``mesh.agent.localserver``) is readable, or writable again."""
         if stream.out and not self.transport.flush_local(stream):
             return
         try:
