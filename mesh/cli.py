@@ -170,6 +170,8 @@ def join(name, interfaces, comm_port, rest_port, rest_open, peers, no_mdns, cpus
                f"{cpus} slot(s), mDNS {'on ' + interface if config.mdns else 'off'}, {security}", err=True)
     agent.start()
     agent.run()
+    if agent.faults.storm is not None:  # it left because the same fault repeated in a loop
+        raise click.ClickException(f"the agent left the mesh: {agent.faults.storm}")
 
 
 def _is_loopback(address: str) -> bool:

@@ -13,6 +13,7 @@ import pytest
 import zmq
 
 from mesh.agent.actions import Actions
+from mesh.agent.faults import STORM, Faults
 from mesh.agent.input import Input
 from mesh.wire import messages as m
 from tests.conftest import ROOT
@@ -43,7 +44,8 @@ def _input() -> tuple[Input, list]:
     dispatcher = SimpleNamespace(remote_result=lambda msg, peer: got.append(("result", msg, peer)) or [],
                                  handed_back=lambda cid, peer: got.append(("handback", cid, peer)) or [])
     transport = SimpleNamespace(dealers={"10.0.0.2:1": None, "10.0.0.3:1": None})
-    return Input(m.MAX_FRAME, members, dispatcher, transport, Actions(), Counter()), got
+    faults = Faults(lambda: got.append("storm"))
+    return Input(m.MAX_FRAME, members, dispatcher, transport, Actions(faults), Counter(), faults), got
 
 
 def test_results_and_handbacks_from_a_member_are_one_handler_on_either_socket():
@@ -68,12 +70,10 @@ def test_a_message_type_has_one_handler_and_an_action_type_one_part():
     inp, _ = _input()
     with pytest.raises(ValueError):
         inp.handle(m.Result, lambda *args: None)
-    actions = Actions()
+    actions = Actions(Faults(lambda: None))
     actions.handle(m.Call, lambda act, now: None)
     with pytest.raises(ValueError):
         actions.handle(m.Call, lambda act, now: None)
-    with pytest.raises(TypeError):
-        actions.do([object()], 0.0)
 
 
 def test_the_agent_never_imports_a_face():
@@ -87,3 +87,57 @@ def test_the_agent_never_imports_a_face():
             elif isinstance(node, ast.Import):
                 imported.update(a.name for a in node.names)
     assert not [name for name in imported if name.startswith(("mesh.faces", "mesh.cli"))]
+
+
+def test_a_failing_handler_costs_its_message_and_a_call_nobody_took_fails_at_once():
+    """An exception in a handler (a core's bug) is counted by where, the next message is
+    handled, and the client whose Call could not be taken gets an AgentFault."""
+    replies: list = []
+    inp, got = _input()
+    inp.transport.reply = lambda identity, frame: replies.append((identity, m.decode(frame)))
+    inp.members.me = SimpleNamespace(name="a0")
+    inp.dispatcher.pending = {}
+
+    def submit(msg, identity, peer_id, now):
+        if msg.function == "bad:one":
+            raise IndexError("an invariant broke")
+        got.append(("submitted", msg.call_id))
+        return []
+
+    inp.dispatcher.submit = submit
+    client = b"\x00abcd"
+    batch = m.Batch([m.encode(m.Call("c1", "bad:one", b"")), m.encode(m.Call("c2", "good:one", b""))])
+    inp._on_frame(client, m.encode(batch), 0.0)
+    assert got == [("submitted", "c2")]
+    assert inp.faults.counts == {"input:Call": 1}
+    [(to, result)] = replies
+    assert to == client and result.call_id == "c1" and not result.ok
+    assert result.error_type == "AgentFault" and "IndexError: an invariant broke" in result.error
+
+
+def test_an_action_that_raises_costs_that_action_only():
+    done: list = []
+    faults = Faults(lambda: done.append("storm"))
+    actions = Actions(faults)
+    actions.handle(m.Cancel, lambda act, now: done.append(act.call_id) if act.call_id != "x" else 1 / 0)
+    actions.do([m.Cancel("a"), m.Cancel("x"), object(), m.Cancel("b")], 0.0)
+    assert done == ["a", "b"]
+    assert faults.counts == {"action:Cancel": 1, "action:object": 1}
+
+
+def test_the_same_fault_in_a_tight_loop_makes_the_agent_leave_once():
+    left: list = []
+    faults = Faults(lambda: left.append(True))
+    for i in range(STORM - 1):
+        faults.caught("tick:tree", "the tree's timers", KeyError("k"), i * 0.01)
+    faults.caught("tick:tree", "the tree's timers", KeyError("other"), 1.0)  # not the same error
+    assert left == [] and faults.storm is None
+    faults.caught("tick:tree", "the tree's timers", KeyError("k"), 1.0)
+    assert left == [True] and "KeyError" in faults.storm
+    for _ in range(STORM):
+        faults.caught("tick:tree", "the tree's timers", KeyError("k"), 2.0)
+    assert left == [True]  # (once)
+    slow = Faults(lambda: left.append("slow"))
+    for i in range(3 * STORM):  # the same error, but once a second: counted, no storm
+        slow.caught("tick:tree", "the tree's timers", KeyError("k"), float(i))
+    assert slow.storm is None and slow.counts["tick:tree"] == 3 * STORM

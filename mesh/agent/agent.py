@@ -17,7 +17,9 @@ state and given what it needs:
 - ``Slots`` (``mesh.agent.slots``): the worker pool (``mesh.agent.pool``) seen from the loop;
 - ``Peers`` (``mesh.agent.peers``): what membership and the tree mean for the other cores;
 - ``Queries`` (``mesh.agent.queries``): status and the other answers, resource changes;
-- ``Inbox`` (``mesh.agent.inbox``): what other threads (mDNS, REST) hand the loop.
+- ``Inbox`` (``mesh.agent.inbox``): what other threads (mDNS, REST) hand the loop;
+- ``Faults`` (``mesh.agent.faults``): what escaped a core or a handler, counted and logged
+  with its event; the loop goes on (or leaves, when the same fault repeats in a loop).
 
 Faces (REST) are not the agent's: whoever composes them (``mesh join``) gives a face the
 agent's ``handle()`` and ``attach``es it, so that the agent reports its status, names its
@@ -47,6 +49,7 @@ import zmq
 from mesh.agent.actions import Actions
 from mesh.agent.callbook import CallBook
 from mesh.agent.cpuquota import quota_cores, slot_speed
+from mesh.agent.faults import Faults
 from mesh.agent.inbox import AgentHandle, Inbox
 from mesh.agent.input import Input
 from mesh.agent.objects import ObjectService
@@ -70,6 +73,7 @@ log = logging.getLogger("mesh.agent")
 SLOW_CHECK_MS = 10  # how often calls waiting at workers are checked for a long call ahead
 TREE_PERIOD = {"default": 1.0, "fast": 0.25}  # seconds; the tree's own protocol period
 MAX_SLEEP = 1.0  # longest poll; timers come from the cores, other threads use the waker
+FAULT_PAUSE = 0.05  # after a turn of the loop failed, the timers wait this long (no spinning)
 
 
 @dataclass
@@ -130,23 +134,24 @@ class Agent:
         self.mdns = None
         self._unfit_check = 0.0  # when the backlog is next checked for calls nobody can run
         # the parts (each registers the actions and messages it handles)
-        self.actions = Actions()
+        self.faults = Faults(self._on_storm)  # what escaped a core or a handler, by where
+        self.actions = Actions(self.faults)
         self.input = Input(config.max_frame, self.members, self.dispatcher, self.transport,
-                           self.actions, self.dropped)
+                           self.actions, self.dropped, self.faults)
         self.outbox = Outbox(self.node_id, self.transport, self.members, self.dispatcher,
                              self.book, self.actions, self.dropped)
         self.objects = ObjectService(self.node_id, config.max_frame, self.members, self.dispatcher,
                                      self.pool, self.transport, self.input, self.actions)
         self.slots = Slots(self.pool, self.transport.poller, self.dispatcher, self.objects,
-                           self.actions)
+                           self.actions, self.faults)
         self.peers = Peers(self.members, self.dispatcher, self.tree, self.objects, self.input,
                            self.actions, self.dropped)
         self.queries = Queries(config, self.started, cpu_quota, self.members, self.dispatcher,
                                self.tree, self.transport, self.slots, self.objects, self.input,
-                               self.actions, self.dropped, self.faces,
+                               self.actions, self.dropped, self.faults, self.faces,
                                lambda: self.leaving_since is not None)
         self.inbox = Inbox(self.waker, config.key, self.members, self.dispatcher, self.book,
-                           self.queries, self.peers, self.actions, self.dropped)
+                           self.queries, self.peers, self.actions, self.dropped, self.faults)
 
     # ------------------------------------------------------------------ start / stop
 
@@ -217,96 +222,147 @@ class Agent:
     # ------------------------------------------------------------------ loop
 
     def run(self) -> None:
+        """The loop, until the agent has left. Nothing that goes wrong in a turn ends it
+        (``mesh.agent.faults``): an exception costs the event that caused it."""
         transport, slots, outbox, inp = self.transport, self.slots, self.outbox, self.input
         router, poller, waker_fd = transport.router, transport.poller, self.waker.fileno()
         next_tick = time.monotonic()
         try:
             while True:
-                now = time.monotonic()
-                if now >= next_tick:
-                    self._tick(now)
-                    # wake at the membership's next timer, and at least every MAX_SLEEP
-                    next_tick = min(self.members.next_timer(now), self.tree.next_timer(now),
-                                    now + MAX_SLEEP)
-                    if self._leave_done(now):
-                        break
-                timeout = max(next_tick - time.monotonic(), 0) * 1000
-                if self.pool.waiting:  # calls wait at workers: none may wait behind a long one
-                    slots.withdraw_slow(time.monotonic())
-                    timeout = min(timeout, SLOW_CHECK_MS)
-                outbox.flush()  # (what the timers queued: before waiting)
-                only_workers = True  # a worker's results move no membership or tree timer
-                for sock, _ in poller.poll(timeout):
+                try:
                     now = time.monotonic()
-                    if sock.__class__ is FrameStream:  # a program on this device
-                        inp.read_local(sock, now)
-                        continue
-                    worker = slots.fds.get(sock)
-                    if worker is not None:
-                        slots.read(worker, now)
-                        continue
-                    only_workers = False
-                    if sock is router:
-                        inp.read_router(sock, now)
-                    elif sock is transport.local:
-                        transport.accept_local(now)
-                    elif sock is transport.zap:
-                        transport.handle_zap()
-                    elif sock is transport.monitor:
-                        transport.handle_monitor()
-                    elif sock in transport.monitors:
-                        address = transport.read_dealer_monitor(sock)
-                        if address is not None:  # a reset: a hint to probe that member now
-                            self.actions.do(self.members.connection_lost(address, now), now)
-                    elif sock == waker_fd:
-                        self.waker.drain()
-                        self.inbox.drain(now)
-                    elif not isinstance(sock, int):
-                        address = transport.by_socket.get(sock)
-                        if address is not None:
-                            inp.read_dealer(sock, address, now)
-                if not only_workers:  # input may have set an earlier timer (a reset: probe
-                    t = time.monotonic()  # that member now)
-                    next_tick = min(next_tick, self.members.next_timer(t), self.tree.next_timer(t))
-                if self.leaving_since == -1.0:
-                    next_tick = 0.0  # a leave was requested: start it now
-                outbox.flush()  # what this turn has for each client and member, batched
+                    if now >= next_tick:
+                        next_tick = now + MAX_SLEEP  # (whatever fails below: no spinning)
+                        self._tick(now)
+                        # wake at the membership's next timer, and at least every MAX_SLEEP
+                        next_tick = min(self.members.next_timer(now), self.tree.next_timer(now),
+                                        now + MAX_SLEEP)
+                        if self._leave_done(now):
+                            break
+                    timeout = max(next_tick - time.monotonic(), 0) * 1000
+                    if self.pool.waiting:  # calls wait at workers: none may wait behind a long one
+                        slots.withdraw_slow(time.monotonic())
+                        timeout = min(timeout, SLOW_CHECK_MS)
+                    outbox.flush()  # (what the timers queued: before waiting)
+                    only_workers = True  # a worker's results move no membership or tree timer
+                    for sock, _ in poller.poll(timeout):
+                        now = time.monotonic()
+                        try:
+                            if sock.__class__ is FrameStream:  # a program on this device
+                                inp.read_local(sock, now)
+                                continue
+                            worker = slots.fds.get(sock)
+                            if worker is not None:
+                                slots.read(worker, now)
+                                continue
+                            only_workers = False
+                            if sock is router:
+                                inp.read_router(sock, now)
+                            elif sock is transport.local:
+                                transport.accept_local(now)
+                            elif sock is transport.zap:
+                                transport.handle_zap()
+                            elif sock is transport.monitor:
+                                transport.handle_monitor()
+                            elif sock in transport.monitors:
+                                address = transport.read_dealer_monitor(sock)
+                                if address is not None:  # a reset: a hint to probe that member now
+                                    self.actions.do(self.members.connection_lost(address, now), now)
+                            elif sock == waker_fd:
+                                self.waker.drain()
+                                self.inbox.drain(now)
+                            elif not isinstance(sock, int):
+                                address = transport.by_socket.get(sock)
+                                if address is not None:
+                                    inp.read_dealer(sock, address, now)
+                        except Exception as exc:  # (that socket's event only)
+                            self._fault_at(sock, exc, now)
+                    if not only_workers:  # input may have set an earlier timer (a reset: probe
+                        t = time.monotonic()  # that member now)
+                        next_tick = min(next_tick, self.members.next_timer(t), self.tree.next_timer(t))
+                    if self.leaving_since == -1.0:
+                        next_tick = 0.0  # a leave was requested: start it now
+                    outbox.flush()  # what this turn has for each client and member, batched
+                except Exception as exc:  # the last resort: this turn only
+                    now = time.monotonic()
+                    self.faults.caught("loop", "a turn of the loop", exc, now)
+                    next_tick = max(next_tick, now + FAULT_PAUSE)
         finally:
             self.close()
 
+    def _fault_at(self, sock, exc: Exception, now: float) -> None:
+        """Handling what the poll said of ``sock`` raised: say which event it was."""
+        worker = self.slots.fds.get(sock)
+        if worker is not None:
+            where, event = "worker", f"a frame from worker {worker.proc.pid}"
+        elif sock.__class__ is FrameStream:
+            where, event = "local", "a frame from a program on the local socket"
+        elif sock is self.transport.router:
+            where, event = "router", "a frame on the ROUTER"
+        elif sock == self.waker.fileno():
+            where, event = "inbox", "what another thread handed the loop"
+        elif sock in self.transport.by_socket:
+            where, event = "dealer", f"a frame from {self.transport.by_socket[sock]}"
+        else:
+            where, event = "transport", "an event of the transport"
+        self.faults.caught(where, event, exc, now)
+
+    def _on_storm(self) -> None:
+        """The same fault repeats in a tight loop: leave, gracefully if we still can."""
+        self.request_leave()
+
     def _tick(self, now: float) -> None:
-        do = self.actions.do
+        """The cores' timers, each on its own: one that fails does not stop the others."""
         if self.leaving_since == -1.0:
             self.leaving_since = now
             log.info("leaving: no new calls; handing the backlog to peers")
-            if self.mdns is not None:
-                self.mdns.close()
-                self.mdns = None
-            acts = self.dispatcher.drain()
-            handed = sum(1 for a in acts if isinstance(a, dp.SendTo) and isinstance(a.message, m.Handback))
-            if handed:
-                log.info("leaving: handed %d queued call(s) back to the agents that sent them", handed)
-            do(acts, now)
-        self.objects.tick(now)
+            self._guarded("tick:leave", "handing the backlog to peers", self._start_leaving, now)
+        self._guarded("tick:objects", "the object store's timers", self.objects.tick, now)
         if self.transport.local is not None:
             self.transport.resume_local(now)
         if self.dispatcher.backlog and now >= self._unfit_check:  # calls whose constraints
             self._unfit_check = now + 1.0  # no known agent meets (looked at once a second:
-            do(self.dispatcher.expire_unfit(now), now)  # it reads the whole backlog)
-        self.members.set_load(self._load())
-        do(self.members.tick(now), now)
-        do(self.tree.tick(now), now)
+            self._guarded("tick:unfit", "expiring calls nobody can run",  # it reads the backlog)
+                          lambda t: self.actions.do(self.dispatcher.expire_unfit(t), t), now)
+        self._guarded("tick:membership", "membership's timers", self._tick_members, now)
+        self._guarded("tick:tree", "the tree's timers",
+                      lambda t: self.actions.do(self.tree.tick(t), t), now)
         self.peers.choose_delegates()
 
+    def _guarded(self, where: str, event: str, step, now: float) -> None:
+        try:
+            step(now)
+        except Exception as exc:
+            self.faults.caught(where, event, exc, now)
+
+    def _start_leaving(self, now: float) -> None:
+        if self.mdns is not None:
+            mdns, self.mdns = self.mdns, None
+            mdns.close()
+        acts = self.dispatcher.drain()
+        handed = sum(1 for a in acts if isinstance(a, dp.SendTo) and isinstance(a.message, m.Handback))
+        if handed:
+            log.info("leaving: handed %d queued call(s) back to the agents that sent them", handed)
+        self.actions.do(acts, now)
+
+    def _tick_members(self, now: float) -> None:
+        self.members.set_load(self._load())
+        self.actions.do(self.members.tick(now), now)
+
     def _leave_done(self, now: float) -> bool:
+        """Whether the agent has left: its calls finished, or the grace is over (then
+        what remains fails for its callers)."""
         if self.leaving_since is None or self.leaving_since < 0:
             return False
-        if not self.dispatcher.idle() and now - self.leaving_since < self.config.leave_grace:
+        if now - self.leaving_since < self.config.leave_grace and not self.dispatcher.idle():
             return False
-        self.actions.do(self.dispatcher.abandon("AgentLeaving", "the agent left before this call finished"), now)
-        self.actions.do(self.members.leave(), now)
+        self._guarded("leave", "leaving the mesh", self._leave, now)
         log.info("left the mesh")
         return True
+
+    def _leave(self, now: float) -> None:
+        self.actions.do(self.dispatcher.abandon("AgentLeaving", "the agent left before this call finished"), now)
+        self.actions.do(self.members.leave(), now)
 
     def _load(self) -> m.Load:
         d = self.dispatcher

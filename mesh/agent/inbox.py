@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from mesh.agent.actions import Actions
 from mesh.agent.callbook import CallBook
+from mesh.agent.faults import Faults
 from mesh.agent.peers import Peers
 from mesh.agent.queries import Queries
 from mesh.agent.waker import Waker
@@ -59,7 +60,7 @@ class AgentHandle:
 class Inbox:
     def __init__(self, waker: Waker, key: MeshKey | None, members: mb.Membership,
                  dispatcher: dp.Dispatcher, book: CallBook, queries: Queries, peers: Peers,
-                 actions: Actions, dropped: Counter) -> None:
+                 actions: Actions, dropped: Counter, faults: Faults) -> None:
         self.waker = waker
         self.key = key
         self.members = members
@@ -69,6 +70,7 @@ class Inbox:
         self.peers = peers
         self.actions = actions
         self.dropped = dropped  # the agent's drop reasons (this part counts mDNS's)
+        self.faults = faults
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
 
     # ------------------------------------------------------------------ other threads
@@ -103,29 +105,35 @@ class Inbox:
     # ------------------------------------------------------------------ the loop
 
     def drain(self, now: float) -> None:
-        """Take what other threads queued (the loop, when the waker woke it)."""
+        """Take what other threads queued (the loop, when the waker woke it). An item
+        whose handling raises is counted and logged, and its asker gets the exception."""
         while True:
             try:
                 kind, a, b = self._queue.get_nowait()
             except queue.Empty:
                 return
-            if kind == "found":
-                self.actions.do(self.members.discovered(a, b, now), now)
-            elif kind == "dropped":
-                self.dropped[a] += 1
-            elif kind == "ask":
-                try:
-                    b.set_result(self.queries.answer(m.Query(0, a)))
-                except Exception as exc:  # report to the asking thread, keep the loop
+            try:
+                self._take(kind, a, b, now)
+            except Exception as exc:  # (that item only)
+                self.faults.caught(f"inbox:{kind}", f"a {kind} request from another thread", exc, now)
+                if isinstance(b, Future) and not b.done():
                     b.set_exception(exc)
-            elif kind == "rest-call":  # a: a Call built by the REST thread
-                self.book.add(a.call_id, a.function, now)
-                self.actions.do(self.dispatcher.submit(a, CallBook.identity(a.call_id), None, now), now)
-                b.set_result(a.call_id)
-            elif kind == "resources":  # a: a Resources request (COMPSs endpoints)
-                b.set_result(self.queries.change_resources(a, now))
-            elif kind == "call-state":  # a: a call id
-                entry = self.dispatcher.pending.get(a)
-                where = None if entry is None else (
-                    entry.where if entry.where in ("local", "backlog") else self.peers.name_of(entry.where))
-                b.set_result(self.book.view(a, where))
+
+    def _take(self, kind: str, a, b, now: float) -> None:
+        if kind == "found":
+            self.actions.do(self.members.discovered(a, b, now), now)
+        elif kind == "dropped":
+            self.dropped[a] += 1
+        elif kind == "ask":
+            b.set_result(self.queries.answer(m.Query(0, a)))
+        elif kind == "rest-call":  # a: a Call built by the REST thread
+            self.book.add(a.call_id, a.function, now)
+            self.actions.do(self.dispatcher.submit(a, CallBook.identity(a.call_id), None, now), now)
+            b.set_result(a.call_id)
+        elif kind == "resources":  # a: a Resources request (COMPSs endpoints)
+            b.set_result(self.queries.change_resources(a, now))
+        elif kind == "call-state":  # a: a call id
+            entry = self.dispatcher.pending.get(a)
+            where = None if entry is None else (
+                entry.where if entry.where in ("local", "backlog") else self.peers.name_of(entry.where))
+            b.set_result(self.book.view(a, where))

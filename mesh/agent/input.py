@@ -16,6 +16,11 @@ peer_id, address, now)``: ``identity`` is the ROUTER connection (None over our o
 connections), ``peer_id`` the member that sent it if known, ``address`` our connection's
 (None on the ROUTER). The agent's loop calls ``read_router``, ``read_local`` and
 ``read_dealer`` when the poll says so.
+
+A handler that raises costs that message only (``mesh.agent.faults``): the exception is
+counted and logged with the message's type and sender, and the next message is read. A
+``Call`` whose handling failed before the dispatcher took it fails for its caller at
+once (``AgentFault``), so that nobody waits for it.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from collections.abc import Callable
 import zmq
 
 from mesh.agent.actions import Actions
+from mesh.agent.faults import Faults
 from mesh.agent.transport import Transport
 from mesh.discovery import membership as mb
 from mesh.errors import DecodeError
@@ -42,13 +48,14 @@ _EVENTS, _POLLIN = zmq.EVENTS, int(zmq.POLLIN)
 
 class Input:
     def __init__(self, max_frame: int, members: mb.Membership, dispatcher: dp.Dispatcher,
-                 transport: Transport, actions: Actions, dropped: Counter) -> None:
+                 transport: Transport, actions: Actions, dropped: Counter, faults: Faults) -> None:
         self.max_frame = max_frame
         self.members = members
         self.dispatcher = dispatcher
         self.transport = transport
         self.actions = actions
         self.dropped = dropped  # the agent's drop reasons (this part counts most of them)
+        self.faults = faults
         self._router: dict[type, Callable] = {}  # message type -> handler, on our ROUTER
         self._dealer: dict[type, Callable] = {}  # ... over our own connections
         self.bytes_in = 0
@@ -146,8 +153,11 @@ class Input:
         handler = self._router.get(type(msg))
         if handler is None:
             self.dropped["unexpected"] += 1
-        else:
+            return
+        try:
             handler(msg, identity, peer_id, None, now)
+        except Exception as exc:  # (a bug, or a resource refused: this message only)
+            self._failed(msg, identity, peer_id, None, exc, now)
 
     def read_dealer(self, sock: zmq.Socket, address: str, now: float) -> None:
         """Our connection to the member at ``address`` is readable."""
@@ -169,9 +179,29 @@ class Input:
                 if handler is None:
                     self.dropped["unexpected"] += 1
                 else:
-                    handler(one, None, peer_id, address, now)
+                    try:
+                        handler(one, None, peer_id, address, now)
+                    except Exception as exc:  # (this message only)
+                        self._failed(one, None, peer_id, address, exc, now)
                 if address not in self.transport.dealers:
                     return  # the message made us close this connection
+
+    def _failed(self, msg: m.Message, identity: bytes | None, peer_id: str | None,
+                address: str | None, exc: Exception, now: float) -> None:
+        """Handling ``msg`` raised: counted and logged; a call nobody took fails at once."""
+        kind = type(msg).__name__
+        if peer_id is not None:
+            member = self.members.members.get(peer_id)
+            sender = f"member {member.info.name if member is not None else peer_id[:8]}"
+        elif address is not None:
+            sender = address
+        else:
+            sender = f"client {identity.hex()[:16]}"
+        self.faults.caught(f"input:{kind}", f"a {kind} from {sender}", exc, now)
+        if type(msg) is m.Call and identity is not None and msg.call_id not in self.dispatcher.pending:
+            self.transport.reply(identity, m.encode(m.Result(
+                msg.call_id, False, b"", self.members.me.name, "AgentFault",
+                f"the agent failed to take this call: {type(exc).__name__}: {str(exc)[:200]}")))
 
     # ------------------------------------------------------------------ the dispatcher's
 

@@ -34,11 +34,20 @@ blocks on other tasks (it lends its slot, ``mesh.program.slot``): they are place
 nothing waits long behind a long call and nested graphs cannot deadlock. A call is
 started by the worker or given back by it, never both: its thread decides, under one
 lock.
+
+What the system refuses and what workers garble costs calls, never the agent. A worker
+that cannot be started (``fork`` or ``socketpair`` fails: out of processes, descriptors
+or memory) fails the call that needed it with ``WorkerUnavailable`` naming the cause
+(at start or after a crash, the pool just stays smaller and tries again when a call
+needs a worker). A frame from a worker that is not one of those above, with the types
+above, means its channel is broken: the worker is killed and replaced as if it had
+died, and its call fails (``WorkerDied``, saying what it sent).
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import os
 import signal
@@ -73,6 +82,24 @@ MAX_DEPTH = int(os.environ.get("MESH_WORKER_DEPTH", "16"))  # calls per slot at 
 SLOW_MIN = 0.02  # s: a call running longer than this and SLOW_FACTOR x the mean is long
 SLOW_FACTOR = 4.0
 MIN_SAMPLES = 8  # run times seen before calls may wait at workers
+LOG_EVERY = 60.0  # seconds between two log lines about workers the system would not start
+
+
+def cannot_start(exc: OSError) -> str:
+    """What a failure to start a worker process means, for logs and errors."""
+    cause = {errno.EAGAIN: "out of processes?", errno.EMFILE: "out of file descriptors",
+             errno.ENFILE: "the system is out of file descriptors",
+             errno.ENOMEM: "out of memory"}.get(exc.errno or 0, "")
+    return f"cannot start a worker process: {exc.strerror or exc}" + (f" ({cause})" if cause else "")
+
+
+def _loads(data: bytes):
+    """A worker's frame, decoded; ValueError for anything that is not CBOR (whatever
+    cbor2 raises on it)."""
+    try:
+        return cbor2.loads(data)
+    except Exception as exc:
+        raise ValueError(f"not CBOR ({type(exc).__name__}: {exc})") from None
 
 
 @dataclass
@@ -116,6 +143,8 @@ class WorkerPool:
         self.run_time: float | None = None  # mean seconds a call ran here lately (EWMA)
         self.samples = 0
         self.withdrawals = 0  # times a worker was asked to give back its waiting calls
+        self.spawn_failures = 0  # workers the system would not start (processes, descriptors)
+        self._spawn_logged = -LOG_EVERY  # when a failure to start a worker was last logged
         self.target = size
         self._closed = False
         self.resize(size)
@@ -124,25 +153,55 @@ class WorkerPool:
 
     def _spawn(self) -> Worker:
         parent, child = socket.socketpair()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mesh.agent.worker", str(child.fileno()), self.agent_name],
-            pass_fds=(child.fileno(),),
-            stdin=subprocess.DEVNULL,
-            env=None if self.env is None else {**os.environ, **self.env},
-            start_new_session=False,
-            preexec_fn=_die_with_agent if _prctl is not None else None,
-        )
-        child.close()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "mesh.agent.worker", str(child.fileno()), self.agent_name],
+                pass_fds=(child.fileno(),),
+                stdin=subprocess.DEVNULL,
+                env=None if self.env is None else {**os.environ, **self.env},
+                start_new_session=False,
+                preexec_fn=_die_with_agent if _prctl is not None else None,
+            )
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
         conn = FrameSocket(parent)
         return Worker(proc, conn)
 
+    def _start_worker(self) -> Worker:
+        """A new worker, in the pool. Raises OSError when the system will not start one
+        (counted in ``spawn_failures``, logged at most once a minute)."""
+        try:
+            w = self._spawn()
+        except OSError as exc:
+            self.spawn_failures += 1
+            now = time.monotonic()
+            if now - self._spawn_logged >= LOG_EVERY:
+                self._spawn_logged = now
+                log.warning("%s (%d time(s) so far); the calls that need a new worker fail",
+                            cannot_start(exc), self.spawn_failures)
+            raise
+        self.workers.append(w)
+        self.generation += 1
+        return w
+
+    def unavailable(self, call_id: str, why: str) -> Result:
+        """The failure of a call no worker could take."""
+        return Result(call_id, False, b"", self.agent_name, "WorkerUnavailable",
+                      f"no worker process could take this call on {self.agent_name}: {why}", "")
+
     def resize(self, size: int) -> None:
-        """Grow at once; shrink by retiring idle workers now and busy ones when their
-        call finishes (COMPSs' lazy reduce)."""
+        """Grow at once (as far as the system lets us: the rest when calls need them);
+        shrink by retiring idle workers now and busy ones when their call finishes
+        (COMPSs' lazy reduce)."""
         self.target = max(size, 0)
         while len(self.workers) < self.target:
-            self.workers.append(self._spawn())
-            self.generation += 1
+            try:
+                self._start_worker()
+            except OSError:
+                break
         self._retire_idle()
 
     def _retire_idle(self) -> None:
@@ -204,9 +263,10 @@ class WorkerPool:
         else:
             w = next((w for w in self.workers if not w.queue), None)
         if w is None:
-            w = self._spawn()
-            self.workers.append(w)
-            self.generation += 1
+            try:
+                w = self._start_worker()
+            except OSError as exc:
+                return self.unavailable(call.call_id, cannot_start(exc))
         w.queue.append(call.call_id)
         if len(w.queue) == 1:
             w.started = time.monotonic() if now is None else now
@@ -310,11 +370,17 @@ class WorkerPool:
             ready = True  # (the poll said so: no system call to ask again)
             while ready or conn.readable():
                 ready = False
-                frame = cbor2.loads(conn.recv())
+                frame = _loads(conn.recv())
+                if type(frame) is not list:
+                    raise ValueError(f"a frame that is not a list: {frame!r:.80}")
                 if len(frame) != 8:  # not a result: one of the worker's notices
                     self._notice(w, frame)
                     continue
                 call_id, ok, value, error_type, error, tb, text, seconds = frame
+                if not (type(call_id) is str and type(ok) is bool and type(value) is bytes
+                        and type(error_type) is str and type(error) is str and type(tb) is str
+                        and type(text) is str):
+                    raise ValueError(f"a malformed result: {frame!r:.120}")
                 if w.queue and w.queue[0] == call_id:
                     w.queue.popleft()
                     w.lent = w.withdrawn = False
@@ -334,30 +400,38 @@ class WorkerPool:
                     self._retire_idle()  # a reduce was waiting for this call
                     if w not in self.workers:
                         break
-        except (EOFError, OSError, ValueError, TypeError, cbor2.CBORDecodeError):
-            failed = self._crashed(w)
+        except (EOFError, OSError) as exc:  # (it died, or closed its end)
+            failed = self._crashed(w, None if isinstance(exc, EOFError) else str(exc))
+            if failed is not None:
+                results.append(failed)
+        except (ValueError, TypeError) as exc:  # (it sent what a worker never sends)
+            failed = self._crashed(w, f"sent a malformed frame ({exc})")
             if failed is not None:
                 results.append(failed)
         return results
 
     def _notice(self, w: Worker, frame: list) -> None:
-        """A frame from the worker that is not a result; anything else than these
-        is a broken channel (ValueError, as a result of the wrong length would be)."""
+        """A frame from the worker that is not a result; anything else than these, or
+        one of these with other fields, is a broken channel (ValueError)."""
         kind = frame[0] if frame else None
-        if kind == "ready":
+        n = len(frame)
+        if kind == "ready" and n == 2:
             w.ready = True
-        elif kind == "progress":  # [_, call_id, total, done, failed]
+        elif kind == "progress" and n == 5 and type(frame[1]) is str \
+                and all(type(x) is int for x in frame[2:]):  # [_, call_id, total, done, failed]
             self.progress[frame[1]] = {"total": frame[2], "done": frame[3], "failed": frame[4]}
-        elif kind == "lend":  # the task blocks on other tasks, or resumes
+        elif kind == "lend" and n == 3 and type(frame[1]) is str:  # the task blocks, or resumes
             self.lends.append((frame[1], bool(frame[2])))
             w.lent = bool(frame[2])
-        elif kind == "put" and len(frame) == 4 and isinstance(frame[3], bytes):
+        elif kind == "put" and n == 4 and type(frame[1]) is str and type(frame[2]) is str \
+                and type(frame[3]) is bytes:
             self.puts.append((frame[1], frame[2], frame[3]))
-        elif kind == "get" and len(frame) == 4:
-            self.gets.append((w, str(frame[2]), str(frame[3])))
-        elif kind == "hit":  # the worker had the object's bytes already
+        elif kind == "get" and n == 4 and type(frame[2]) is str and type(frame[3]) is str:
+            self.gets.append((w, frame[2], frame[3]))
+        elif kind == "hit" and n == 3:  # the worker had the object's bytes already
             self.worker_hits += 1
-        elif kind == "back" and len(frame) == 2 and isinstance(frame[1], list):
+        elif kind == "back" and n == 2 and type(frame[1]) is list \
+                and all(type(c) is str for c in frame[1]):
             for call_id in frame[1]:  # calls it gave back unstarted (a worker slow to
                 if call_id in w.queue:  # start may give back even the first we gave it)
                     if w.queue[0] == call_id:
@@ -370,20 +444,27 @@ class WorkerPool:
             if len(w.queue) <= 1:
                 w.withdrawn = False
         else:
-            raise ValueError(f"unexpected frame from a worker: {kind!r}")
+            raise ValueError(f"an unexpected frame: {frame!r:.80}")
 
-    def _crashed(self, w: Worker) -> Result | None:
+    def _crashed(self, w: Worker, why: str | None = None) -> Result | None:
+        """``w`` died (``why``: None) or broke its channel (``why`` says how): it is
+        replaced, its call fails, the calls that waited behind it come back."""
         self.crashes += 1
         code = self._replace(w)
         call_id = w.queue.popleft() if w.queue else None
-        log.warning("worker %d exited (code %s) while running %s; starting a new one",
-                    w.proc.pid, code, call_id or "nothing")
+        if why is None:
+            log.warning("worker %d exited (code %s) while running %s; starting a new one",
+                        w.proc.pid, code, call_id or "nothing")
+        else:
+            log.warning("worker %d %s while running %s: stopped; starting a new one",
+                        w.proc.pid, why, call_id or "nothing")
         self._give_back_waiting(w)
         if call_id is None or call_id in self.cancelled:
             self.cancelled.discard(call_id)
             return None
-        return Result(call_id, False, b"", self.agent_name, "WorkerDied",
-                      f"the worker process running this call exited with code {code}", "")
+        text = (f"the worker process running this call exited with code {code}" if why is None
+                else f"the worker process running this call {why}; it was stopped")
+        return Result(call_id, False, b"", self.agent_name, "WorkerDied", text, "")
 
     def _replace(self, w: Worker) -> int | None:
         """Kill ``w`` (if it still runs), drop it, and start a new worker if the pool is
@@ -402,8 +483,10 @@ class WorkerPool:
         except OSError:
             pass
         if not self._closed and len(self.workers) < self.target:
-            self.workers.append(self._spawn())
-            self.generation += 1
+            try:
+                self._start_worker()
+            except OSError:
+                pass  # (a smaller pool for now: a call that needs a worker starts one)
         return code
 
     @property

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from mesh.agent.actions import Actions
 from mesh.agent.cpuquota import slot_speed
+from mesh.agent.faults import Faults
 from mesh.agent.input import Input
 from mesh.agent.objects import ObjectService
 from mesh.agent.slots import Slots
@@ -32,7 +33,8 @@ class Queries:
     def __init__(self, config, started: float, cpu_quota: float | None, members: mb.Membership,
                  dispatcher: dp.Dispatcher, tree: LatencyTree, transport: Transport,
                  slots: Slots, objects: ObjectService, input: Input, actions: Actions,
-                 dropped: Counter, faces: dict, leaving: Callable[[], bool]) -> None:
+                 dropped: Counter, faults: Faults, faces: dict,
+                 leaving: Callable[[], bool]) -> None:
         self.config = config  # (AgentConfig: a resource change updates its cpus)
         self.cpu_quota = cpu_quota  # cores the cgroup lets us use (None: no cap)
         self.started = started  # (the agent's start, for its uptime)
@@ -45,6 +47,7 @@ class Queries:
         self.input = input
         self.actions = actions
         self.dropped = dropped
+        self.faults = faults
         self.faces = faces  # name -> a face the agent serves (REST): its status
         self.leaving = leaving
         input.handle(m.Query, self._on_query)
@@ -86,8 +89,10 @@ class Queries:
             "dropped": dict(self.dropped, sends=transport.dropped_sends,
                             duplicate_results=d.counters["duplicate_results"]),
             "objects": dict(self.objects.core.status(), worker_hits=pool.worker_hits),
+            "errors": dict(self.faults.counts),  # faults caught by where (mesh.agent.faults)
             "worker_crashes": pool.crashes,
             "workers": len(pool.workers),
+            "worker_pool": {"spawn_failures": pool.spawn_failures},  # (mesh.agent.pool)
             "pipeline": {  # calls waiting at busy workers (mesh.agent.pool)
                 "depth": d.depth, "waiting": pool.waiting,
                 "run_time_ms": None if pool.run_time is None else round(pool.run_time * 1e3, 3),

@@ -15,6 +15,7 @@ import logging
 import zmq
 
 from mesh.agent.actions import Actions
+from mesh.agent.faults import Faults
 from mesh.agent.objects import ObjectService
 from mesh.agent.pool import Worker, WorkerPool
 from mesh.sched import dispatch as dp
@@ -25,12 +26,13 @@ log = logging.getLogger("mesh.agent")
 
 class Slots:
     def __init__(self, pool: WorkerPool, poller: Poller, dispatcher: dp.Dispatcher,
-                 objects: ObjectService, actions: Actions) -> None:
+                 objects: ObjectService, actions: Actions, faults: Faults) -> None:
         self.pool = pool
         self.poller = poller
         self.dispatcher = dispatcher
         self.objects = objects
         self.actions = actions
+        self.faults = faults
         self.fds: dict[int, Worker] = {}  # the descriptors polled for workers
         self._seen = -1  # pool.generation as of the last sync
         self.sync()
@@ -92,7 +94,11 @@ class Slots:
     # ------------------------------------------------------------------ actions
 
     def _run_local(self, act: dp.RunLocal, now: float) -> None:
-        failed = self.pool.run(act.call, act.behind, now)
+        try:
+            failed = self.pool.run(act.call, act.behind, now)
+        except Exception as exc:  # (a bug: the call must still end)
+            self.faults.caught("action:RunLocal", f"handing call {act.call.call_id} to a worker", exc, now)
+            failed = self.pool.unavailable(act.call.call_id, f"{type(exc).__name__}: {exc}")
         self.sync()
         if failed is not None:
             self.actions.do(self.dispatcher.local_done(failed), now)
