@@ -243,6 +243,8 @@ class Agent:
                     if self.pool.waiting:  # calls wait at workers: none may wait behind a long one
                         slots.withdraw_slow(time.monotonic())
                         timeout = min(timeout, SLOW_CHECK_MS)
+                    elif self.pool.held:  # calls wait for a worker: pump (below) looks again
+                        timeout = min(timeout, SLOW_CHECK_MS)
                     outbox.flush()  # (what the timers queued: before waiting)
                     only_workers = True  # a worker's results move no membership or tree timer
                     for sock, _ in poller.poll(timeout):
@@ -282,6 +284,8 @@ class Agent:
                         next_tick = min(next_tick, self.members.next_timer(t), self.tree.next_timer(t))
                     if self.leaving_since == -1.0:
                         next_tick = 0.0  # a leave was requested: start it now
+                    if self.pool.held:  # calls wait for a worker: start those that can
+                        slots.pump(time.monotonic())
                     outbox.flush()  # what this turn has for each client and member, batched
                 except Exception as exc:  # the last resort: this turn only
                     now = time.monotonic()

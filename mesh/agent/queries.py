@@ -92,7 +92,9 @@ class Queries:
             "errors": dict(self.faults.counts),  # faults caught by where (mesh.agent.faults)
             "worker_crashes": pool.crashes,
             "workers": len(pool.workers),
-            "worker_pool": {"spawn_failures": pool.spawn_failures},  # (mesh.agent.pool)
+            "worker_pool": {  # (mesh.agent.pool) the cap on workers, stand-ins included
+                "cap": pool.cap, "peak": pool.peak, "waiting": len(pool.held),
+                "over_cap": pool.over_cap, "spawn_failures": pool.spawn_failures},
             "pipeline": {  # calls waiting at busy workers (mesh.agent.pool)
                 "depth": d.depth, "waiting": pool.waiting,
                 "run_time_ms": None if pool.run_time is None else round(pool.run_time * 1e3, 3),
