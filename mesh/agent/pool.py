@@ -49,7 +49,9 @@ older work and the blocked calls are mostly ancestors of the running ones. fib(1
 with nested tasks on one slot starts ~18 workers this way, where the order in which
 calls arrived (breadth first) took ~180 (and fib(10) 12 instead of ~70). Not exactly
 the depth of the recursion: nested calls and resumptions reach the agent a moment after
-the events that cause them, and the pool goes on meanwhile.
+the events that cause them, and the pool goes on meanwhile. (A call waiting here is
+running here for the dispatcher: it is no longer offered to peers, as a call started in
+a stand-in was not; a lend hands the pool what the backlog holds then, not one call.)
 
 Why waiting cannot deadlock: a call waits only while a worker runs a call that is not
 blocked (that call ends or blocks, and either makes the pool look again), or while
