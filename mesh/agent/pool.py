@@ -122,15 +122,6 @@ def cannot_start(exc: OSError) -> str:
     return f"cannot start a worker process: {exc.strerror or exc}" + (f" ({cause})" if cause else "")
 
 
-def _loads(data: bytes):
-    """A worker's frame, decoded; ValueError for anything that is not CBOR (whatever
-    cbor2 raises on it)."""
-    try:
-        return cbor2.loads(data)
-    except Exception as exc:
-        raise ValueError(f"not CBOR ({type(exc).__name__}: {exc})") from None
-
-
 @dataclass
 class Worker:
     proc: subprocess.Popen
@@ -469,7 +460,11 @@ class WorkerPool:
             ready = True  # (the poll said so: no system call to ask again)
             while ready or conn.readable():
                 ready = False
-                frame = _loads(conn.recv())
+                raw = conn.recv()
+                try:
+                    frame = cbor2.loads(raw)
+                except Exception as exc:  # (whatever cbor2 raises on garbage)
+                    raise ValueError(f"not CBOR ({type(exc).__name__}: {exc})") from None
                 if type(frame) is not list:
                     raise ValueError(f"a frame that is not a list: {frame!r:.80}")
                 if len(frame) != 8:  # not a result: one of the worker's notices

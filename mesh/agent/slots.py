@@ -90,7 +90,8 @@ class Slots:
                     break
         finally:
             self._settling = False
-        self.sync()
+        if pool.generation != self._seen:  # (a worker started or stopped)
+            self.sync()
 
     def withdraw_slow(self, now: float) -> None:
         """Calls wait at workers: none may wait behind a long one (called every few ms then)."""

@@ -118,18 +118,20 @@ class FrameSocket:
 
     def recv(self) -> bytes:
         buf = self._in
+        data = buf.data
         while True:
-            try:
-                frame = buf.pop()
-            except FrameTooLarge as exc:
-                raise EOFError(f"corrupted stream: {exc}") from None
-            if frame is not None:
-                return frame
+            if len(data) >= 4:  # (else no frame can be whole: no need to ask)
+                try:
+                    frame = buf.pop()
+                except FrameTooLarge as exc:
+                    raise EOFError(f"corrupted stream: {exc}") from None
+                if frame is not None:
+                    return frame
             want = min(max(CHUNK, buf.missing()), 1 << 24)
             chunk = self.sock.recv(want)
             if not chunk:
                 raise EOFError("the other end closed the channel")
-            buf.data += chunk
+            data += chunk
             self._emptied = len(chunk) < want
 
     def buffered(self) -> bool:
@@ -138,7 +140,8 @@ class FrameSocket:
 
     def readable(self) -> bool:
         """A frame (or EOF) is waiting, buffered or on the socket; never blocks."""
-        if self._in.whole():
+        data = self._in.data  # (FrameBuffer.whole, inline: this is asked once per result)
+        if len(data) >= 4 and len(data) >= 4 + _HEADER.unpack_from(data)[0]:
             return True
         if self._emptied:
             self._emptied = False
@@ -232,7 +235,8 @@ class FrameStream:
             if len(chunk) < CHUNK:
                 break
         out = []
-        while True:
+        data = buf.data
+        while len(data) >= 4:
             try:
                 frame = buf.pop()
             except FrameTooLarge as exc:
@@ -240,8 +244,9 @@ class FrameStream:
                     return out
                 raise StreamClosed(str(exc), oversized=True) from None
             if frame is None:
-                return out
+                break
             out.append(frame)
+        return out
 
     def close(self, linger: float = 0.0) -> None:
         """Close, after trying for up to ``linger`` seconds to write what waits."""
