@@ -73,7 +73,7 @@ log = logging.getLogger("mesh.agent")
 SLOW_CHECK_MS = 10  # how often calls waiting at workers are checked for a long call ahead
 TREE_PERIOD = {"default": 1.0, "fast": 0.25}  # seconds; the tree's own protocol period
 MAX_SLEEP = 1.0  # longest poll; timers come from the cores, other threads use the waker
-FAULT_PAUSE = 0.05  # after a turn of the loop failed, the timers wait this long (no spinning)
+FAULT_PAUSE = 0.05  # after a turn of the loop failed, the loop waits this long (no spinning)
 
 
 @dataclass
@@ -290,7 +290,10 @@ class Agent:
                 except Exception as exc:  # the last resort: this turn only
                     now = time.monotonic()
                     self.faults.caught("loop", "a turn of the loop", exc, now)
-                    next_tick = max(next_tick, now + FAULT_PAUSE)
+                    # the turn failed before it could wait: wait here, or a fault that comes
+                    # back at once would spin, and the timers (a leave among them) never run
+                    time.sleep(FAULT_PAUSE)
+                    next_tick = 0.0 if self.leaving_since == -1.0 else next_tick
         finally:
             self.close()
 
