@@ -183,8 +183,8 @@ class Input:
                         handler(one, None, peer_id, address, now)
                     except Exception as exc:  # (this message only)
                         self._failed(one, None, peer_id, address, exc, now)
-                if address not in self.transport.dealers:
-                    return  # the message made us close this connection
+                if self.transport.dealers.get(address) is not sock:
+                    return  # the message made us close this connection (or open a new one)
 
     def _failed(self, msg: m.Message, identity: bytes | None, peer_id: str | None,
                 address: str | None, exc: Exception, now: float) -> None:
