@@ -35,6 +35,12 @@ class _Dealer:
         return self.frames.pop(0)
 
 
+def _read(inp: Input, frames: list[bytes], address: str) -> None:
+    """``frames`` waiting on our connection to ``address``, read as the loop reads them."""
+    inp.transport.dealers[address] = sock = _Dealer(frames)
+    inp.read_dealer(sock, address, 0.0)
+
+
 def _input() -> tuple[Input, list]:
     got: list = []
     member = SimpleNamespace(info=SimpleNamespace(id=MEMBER.hex()))
@@ -53,7 +59,7 @@ def test_results_and_handbacks_from_a_member_are_one_handler_on_either_socket():
     result, handback = m.Result("c1", True, b"v", "a"), m.Handback("c2")
     inp._on_frame(MEMBER, m.encode(result), 0.0)  # on our ROUTER
     inp._on_frame(MEMBER, m.encode(handback), 0.0)
-    inp.read_dealer(_Dealer([m.encode(result), m.encode(handback)]), "10.0.0.2:1", 0.0)  # our own
+    _read(inp, [m.encode(result), m.encode(handback)], "10.0.0.2:1")  # our own
     assert got == [("result", result, MEMBER.hex()), ("handback", "c2", MEMBER.hex())] * 2
     assert inp.dropped == {}
 
@@ -61,8 +67,8 @@ def test_results_and_handbacks_from_a_member_are_one_handler_on_either_socket():
 def test_results_from_strangers_and_unregistered_types_are_dropped_and_counted():
     inp, got = _input()
     inp._on_frame(os.urandom(16), m.encode(m.Result("c1", True, b"v", "a")), 0.0)  # not a member
-    inp.read_dealer(_Dealer([m.encode(m.Handback("c2"))]), "10.0.0.3:1", 0.0)  # nobody we know
-    inp.read_dealer(_Dealer([m.encode(m.Call("c3", "f:g", b""))]), "10.0.0.2:1", 0.0)  # a request
+    _read(inp, [m.encode(m.Handback("c2"))], "10.0.0.3:1")  # nobody we know
+    _read(inp, [m.encode(m.Call("c3", "f:g", b""))], "10.0.0.2:1")  # a request
     assert got == [] and inp.dropped == {"unexpected": 3}
 
 
