@@ -1,7 +1,7 @@
 """Command line interface: ``mesh join``, ``keygen``, ``token``, ``call``, ``run``, ``status``,
 ``peers``, ``tree``, ``resources``, ``demo``.
 
-Exit codes of client commands (CONTRACT.md): 0 ok, 1 the function raised (remote
+Exit codes of client commands (docs/cli.md): 0 ok, 1 the function raised (remote
 traceback on stderr), 2 usage error, 3 no agent reachable.
 """
 
