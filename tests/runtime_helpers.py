@@ -46,7 +46,7 @@ class FakeClient:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _submit_to(self, callback, avoid, _execute, fn, args, kwargs, outs, files, returns, refs,
-                   inputs=(), needs=None) -> str:
+                   flags=None, inputs=(), needs=None) -> str:
         with self.lock:
             call_id = f"call-{len(self.sent)}"
             self.sent.append(Sent(call_id, callback, fn, args, kwargs, outs, files, returns, inputs))

@@ -10,6 +10,9 @@ again when it resumes. Outside a worker this does nothing.
 When a call's function has returned or raised, the worker asks ``call_done`` before it
 sends the result: a call that made tasks here ends when they have
 (``mesh.program.runtime.finish_call``).
+
+``task_depth`` and ``inline_nested`` say whether a task's function runs now in this
+process and how the tasks it calls run (``mesh.program.taskexec._execute`` sets them).
 """
 
 from __future__ import annotations
@@ -36,6 +39,11 @@ _lock = threading.Lock()
 _depth = 0
 # set by mesh.program.runtime once a call here made tasks: what ends a call (``call_done``)
 after_call = None
+# while a task's function runs here (``mesh.program.taskexec._execute``): how many are
+# running (nested inline calls included), and whether the tasks it calls run inline
+# (PyCOMPSs' classic mode: mesh.compat.pycompss) rather than as tasks of the mesh
+task_depth = 0
+inline_nested = False
 
 
 def call_done() -> BaseException | None:
