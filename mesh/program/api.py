@@ -48,8 +48,10 @@ runtime (``mesh.program.runtime``) runs the task on the mesh when its inputs exi
 * ``COMPSsException`` raised by a task is not retried: the other unfinished tasks of
   the innermost ``TaskGroup`` it was called in are cancelled and the exception is
   raised where the program leaves that group, or at ``barrier_group(name)``;
-* ``time_out`` seconds per attempt: the attempt is stopped where it runs (its worker is
-  killed and replaced) and a late result is ignored;
+* ``time_out`` seconds per attempt, from when it starts running (waiting for a slot
+  does not count): the attempt is stopped where it runs (``TaskTimedOut`` is raised in
+  it, a task that ignores that is abandoned and its worker replaced) and fails with
+  ``TaskTimedOut`` under its ``on_failure`` policy;
 * ``@constraint(cpus=..., memory=..., labels=[...])``: the task runs only on an agent
   with that many slots (it takes them all while it runs), offering at least that much
   memory (``join --memory``) and every label (``join --label``); it waits while such

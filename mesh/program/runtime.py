@@ -64,9 +64,13 @@ read from disk again by the next task that reads them (a ``host_write``).
 
 Values are sent when a task is ready, not copied when it is called: an object passed
 as a plain argument (not INOUT) must not be changed by the program before its task
-ran. A timed-out attempt (``Kill``) is cancelled (``Client.cancel``): the agents stop
-it wherever it runs, and a result that still arrives is ignored. A failed attempt's
-agent is remembered, and a RETRY asks the mesh to run it elsewhere (``Call.avoid``).
+ran. A task's ``time_out`` travels with each attempt and is enforced by the worker
+that runs it, from when it starts (``mesh.program.timeout``): time spent waiting for a
+slot does not count, and the attempt fails with ``TaskTimedOut`` like any failure. An
+attempt the graph kills (``Kill``: its group was cancelled, the graph failed) is
+cancelled (``Client.cancel``): the agents stop it wherever it runs, and a result that
+still arrives is ignored. A failed attempt's agent is remembered, and a RETRY asks the
+mesh to run it elsewhere (``Call.avoid``).
 
 A big task output stays at the agent that made it (``mesh.sched.objects``): the version's
 value is then a ``Ref``, sent as such to the tasks that read it (the call names where
@@ -530,7 +534,7 @@ class Runtime:
         _, task_id, attempt, payload = ev
         ready = self._running.get(task_id)
         if ready is None or ready.attempt != attempt:
-            self.stale_results += 1  # a killed (timed-out) or cancelled attempt
+            self.stale_results += 1  # a killed or cancelled attempt
             return
         del self._running[task_id]
         self._call_id.pop(task_id, None)
@@ -642,7 +646,9 @@ class Runtime:
         except OSError as exc:  # a file input that could not be read when it was called
             self._post(("failed", task_id, attempt, exc))
             return
-        flags = {"inline": True} if call.inline else None
+        flags = None  # (the time-out is enforced where it runs, from when it starts)
+        if ready.spec.time_out is not None or call.inline:
+            flags = {"time_out": ready.spec.time_out, "inline": call.inline}
         self._sent[task_id] = (call.fn, args, kwargs, outs, files, call.returns, refs, flags)
         try:
             self._call_id[task_id] = self.client._submit_to(
@@ -652,8 +658,6 @@ class Runtime:
         except BaseException as exc:  # client closed, or the arguments do not pickle
             self._post(("failed", task_id, attempt, exc))
             return
-        if ready.spec.time_out is not None:
-            self._apply(self.graph.started(task_id, attempt, time.monotonic()))
 
     def _resubmit(self, task_id: str) -> None:
         """Under the lock: a reader's lost input was made again: send it again."""

@@ -192,10 +192,13 @@ def _execute(fn, args: tuple, kwargs: dict, outs: list, files: list, returns: in
     once the task returned (it may have replaced them).
     With ``refs``, some arguments are ``mesh.sched.objects.Ref``: fetched first (one object
     per id, so identity is kept). Outputs that pickle big stay at this agent and go
-    back as a ``Ref`` (``_keep``). ``flags``: ``inline`` (the tasks this one calls run
-    inline, PyCOMPSs' classic mode). A task that raises sends back, on the exception
+    back as a ``Ref`` (``_keep``). ``flags``: ``time_out`` (seconds, enforced here from
+    now: ``mesh.program.timeout``) and ``inline`` (the tasks this one calls run inline,
+    PyCOMPSs' classic mode). A task that raises sends back, on the exception
     (``__mesh_files__``), the bytes its written files held then (None: no file), so the
     program keeps what a failed task wrote, as COMPSs does."""
+    from mesh.program import timeout
+
     flags = flags or {}
     if refs:
         args, kwargs, outs = _resolve(args, kwargs, outs)
@@ -211,11 +214,20 @@ def _execute(fn, args: tuple, kwargs: dict, outs: list, files: list, returns: in
         if files:
             args = tuple(a.path if isinstance(a, _FileArg) else a for a in args)
             kwargs = {k: v.path if isinstance(v, _FileArg) else v for k, v in kwargs.items()}
+        seconds = flags.get("time_out")
+        name = getattr(fn, "__name__", "the task")
+
+        def timed_out() -> TaskTimedOut:
+            return TaskTimedOut(f"{name} ran longer than its time_out of {seconds} s")
+
         saved = slot.inline_nested
         slot.task_depth += 1
         slot.inline_nested = bool(flags.get("inline"))
         try:
-            value = fn(*args, **kwargs)
+            with timeout.guard(seconds, timed_out) as guard:
+                value = fn(*args, **kwargs)
+            if guard is not None and guard.expired:  # (it caught the TaskTimedOut)
+                raise timed_out()
         except BaseException as exc:
             if files:
                 _keep_files(exc, files)
