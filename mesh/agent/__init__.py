@@ -4,4 +4,5 @@ pure cores (``mesh.discovery``, ``mesh.tree``, ``mesh.sched``) and carries out t
 actions they return. ``worker`` is the process that runs calls.
 
 May import: ``mesh.wire``, the pure cores, ``mesh.keys``, ``mesh.errors`` (and, in the
-worker process only, ``mesh.program``, whose task bodies it runs). Never the faces."""
+worker process only, ``mesh.program``, whose task bodies it runs, and
+``mesh.compat.importer``, which lets it import PyCOMPSs applications). Never the faces."""

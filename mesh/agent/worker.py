@@ -341,6 +341,9 @@ def main() -> None:
     for path in reversed(os.environ.get("APP_PATH", "").split(os.pathsep)):
         if path:
             sys.path.insert(0, path)  # where the application's modules live (containers)
+    from mesh.compat import importer
+
+    importer.install()  # PyCOMPSs applications import pycompss.* (unless PyCOMPSs is installed)
     inbox = Inbox(conn)
     slot.channel = conn  # tasks that block on other tasks lend their slot (mesh.program.slot)
     slot.inbox = inbox

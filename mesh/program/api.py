@@ -28,7 +28,7 @@ runtime (``mesh.program.runtime``) runs the task on the mesh when its inputs exi
   calls of read-only methods of one object run in parallel);
 * collections (``COLLECTION_IN``, ``COLLECTION_INOUT``, ``COLLECTION_OUT``, or
   ``Collection(direction, depth)``): a list whose elements, sub-lists walked ``depth``
-  levels, are data of their own. A task writing a collection may replace its elements
+  levels (1 by default, as PyCOMPSs), are data of their own. A task writing a collection may replace its elements
   (``out[i] = ...``; placeholders such as ``object()`` for OUT), not add or remove
   any; afterwards each element is read on its own by the tasks it is passed to, and
   ``wait_on(the list)`` gives the values;

@@ -63,11 +63,12 @@ class _Slot:
 @dataclass(frozen=True)
 class Collection:
     """A collection parameter (PyCOMPSs' ``COLLECTION_IN``/``_INOUT``/``_OUT``): a list
-    whose elements are data of their own, sub-lists walked ``depth`` levels (None: all
-    of them, ``mesh.program.containers.MAX_DEPTH``). ``direction`` is IN, INOUT or OUT."""
+    whose elements are data of their own, sub-lists walked ``depth`` levels (1, as in
+    PyCOMPSs: the items of the list are the elements, a sub-list is one element; None:
+    every level, ``mesh.program.containers.MAX_DEPTH``). ``direction`` is IN, INOUT or OUT."""
 
     direction: Direction
-    depth: int | None = None
+    depth: int | None = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "direction", Direction(self.direction))

@@ -319,6 +319,20 @@ class Runtime:
         self.wait_group(group)
         return group
 
+    def cancel_group(self, name: str) -> bool:
+        """Cancel the unfinished tasks of the task group ``name`` (PyCOMPSs'
+        ``compss_cancel_group``): they and the tasks that read their outputs end
+        cancelled. False: no such group waiting to be synchronised."""
+        with self.lock:
+            group = self._named.get(name)
+            if group is None:
+                return False
+            if group.tasks:
+                self._apply(self.graph.cancel(sorted(group.tasks), f"task group {name!r} was cancelled",
+                                              time.monotonic()))
+                self._notify()
+        return True
+
     def delete_object(self, obj: Any) -> bool:
         """The program gives up an object tasks write (PyCOMPSs' ``compss_delete_object``):
         the runtime stops tracking it and frees its versions once no task reads them.
@@ -882,6 +896,15 @@ def finish_call() -> TaskFailed | None:
         _drop(rt)
         return exc
     return None
+
+
+def drop_failed() -> None:
+    """The program run by this worker's call reported its failed graph itself (``mesh
+    run --pycompss``: its exit code and traceback): the graph is dropped now, so the call
+    ends with the program's own outcome and the worker's next call starts anew."""
+    rt = _current
+    if rt is not None and (rt.failure is not None or rt.broken is not None):
+        _drop(rt)
 
 
 def _drop(rt: Runtime) -> None:
