@@ -177,6 +177,7 @@ class Runtime:
         self._dirty: set[str] = set()  # files the program changed itself (compss_open)
         self._deleted: set[str] = set()  # files deleted by the program: never written back
         self._no_more: tuple | None = None  # ("call", call id) after barrier(no_more_tasks)
+        self._files_sweep = FATE_SWEEP  # the size of _deleted and _dirty at the next sweep
         self.failure: tuple[str, str] | None = None
         self.failure_exc: BaseException | None = None
         self._failed_exc: BaseException | None = None
@@ -357,6 +358,7 @@ class Runtime:
                 self.calls.last_writer.pop(data_id, None)
                 self._apply(self.graph.forget(data_id))
                 self._notify()
+                self._sweep_files()
             self._dirty.discard(data_id)
         try:
             os.remove(path)
@@ -371,6 +373,28 @@ class Runtime:
         with self.lock:
             if self._known(data_id):
                 self._dirty.add(data_id)
+                self._sweep_files()
+
+    def _sweep_files(self) -> None:
+        """Under the lock: ``_deleted`` and ``_dirty`` keep only files the graph still
+        holds (no task's output can come for another), swept each time one of them
+        doubles: at most twice the files held, or ``FATE_SWEEP``."""
+        if len(self._deleted) + len(self._dirty) > self._files_sweep:
+            self._deleted = {d for d in self._deleted if self._known(d)}
+            self._dirty = {d for d in self._dirty if self._known(d)}
+            self._files_sweep = max(FATE_SWEEP, 2 * (len(self._deleted) + len(self._dirty)))
+
+    def _writes_back(self, version) -> bool:
+        """Under the lock: a task's file output goes to the program's path when it is the
+        file's newest version and the program has not deleted the file. A file the graph
+        no longer holds (deleted, its newest version dropped while an older writer still
+        ran) has no newest version: nothing is written."""
+        if version.data_id in self._deleted:
+            return False
+        try:
+            return self.graph.data_state(version.data_id).version == version
+        except LocalProtocolError:
+            return False
 
     def retire(self) -> None:
         """This runtime takes no more tasks (``finish_call`` dropped it): its thread ends."""
@@ -626,8 +650,7 @@ class Runtime:
                 if data is None:
                     continue
                 kept[access.write] = data
-                if (access.write.data_id not in self._deleted
-                        and self.graph.data_state(access.write.data_id).version == access.write):
+                if self._writes_back(access.write):
                     _write_file(info.value, data)
             elif default is not PASS:
                 kept[access.write] = default
@@ -707,8 +730,7 @@ class Runtime:
             if access.write is None:
                 continue
             self._values[access.write] = data
-            if (access.write.data_id not in self._deleted
-                    and self.graph.data_state(access.write.data_id).version == access.write):
+            if self._writes_back(access.write):
                 _write_file(info.value, data)
         return outputs
 
