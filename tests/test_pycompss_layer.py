@@ -160,3 +160,30 @@ def test_without_a_mesh_a_pycompss_program_runs_sequentially():
     assert lst == [0]
     with pytest.raises(COMPSsException), TaskGroup("g"):
         stop()
+
+
+def test_every_api_function_and_decorator_of_the_layer_is_in_the_table():
+    """docs/pycompss.md has a row for each compss_* function of pycompss.api.api and each
+    decorator module of pycompss.api, so a new one cannot go without saying what it does."""
+    import pkgutil
+
+    from mesh.compat.pycompss import api as layer_api
+    from mesh.compat.pycompss.api import api as sync_api
+
+    with open(f"{ROOT}/docs/pycompss.md") as fh:
+        table = fh.read()
+    names = [f"`{n}" for n in vars(sync_api) if n.startswith("compss_")] + ["`TaskGroup"]
+    plain = {"api", "parameter", "exceptions"}
+    names += [f"`@{m.name}`" for m in pkgutil.iter_modules(layer_api.__path__) if m.name not in plain]
+    missing = [n for n in names if n not in table]
+    assert not missing, f"not in docs/pycompss.md: {missing}"
+
+
+def test_a_star_import_of_parameter_gives_the_types_and_keys_only():
+    """``from pycompss.api.parameter import *`` (every PyCOMPSs program) brings PyCOMPSs'
+    names, none of the layer's helpers over the program's own."""
+    names: dict = {}
+    exec("from mesh.compat.pycompss.api.parameter import *", names)
+    names.pop("__builtins__")
+    assert {"IN", "FILE_INOUT", "COLLECTION_OUT", "Type", "Depth", "Direction"} <= set(names)
+    assert all(isinstance(v, str) for v in names.values()), sorted(names)

@@ -92,6 +92,9 @@ Weight = "weight"
 Keep_rename = "keep_rename"
 Cache = "cache"
 
+# what ``from pycompss.api.parameter import *`` gives a program: the types and the keys
+__all__ = [n for n, v in list(globals().items()) if isinstance(v, str) and n[:1].isupper()]
+
 _DIRECTIONS = {  # PyCOMPSs' name -> the mesh's direction
     "IN": _mesh.IN, "IN_DELETE": _mesh.IN, "OUT": _mesh.OUT, "INOUT": _mesh.INOUT,
     "CONCURRENT": _mesh.INOUT, "COMMUTATIVE": _mesh.INOUT,
