@@ -11,9 +11,11 @@ from mesh.errors import AgentUnreachable, MeshError, RemoteError
 
 __version__ = "0.1.0"
 __all__ = ["connect", "Client", "MeshError", "AgentUnreachable", "RemoteError", "__version__",
-           "task", "constraint", "wait_on", "wait_on_file", "barrier", "TaskGroup", "TaskFuture",
-           "TaskFailed", "TaskCancelled", "TaskTimedOut",
-           "IN", "OUT", "INOUT", "FILE_IN", "FILE_OUT", "FILE_INOUT"]
+           "task", "constraint", "implement", "wait_on", "wait_on_file", "barrier", "barrier_group",
+           "delete_object", "delete_file", "open_file", "TaskGroup", "TaskFuture", "TaskFailed",
+           "TaskCancelled", "TaskTimedOut", "COMPSsException", "Collection",
+           "IN", "OUT", "INOUT", "FILE_IN", "FILE_OUT", "FILE_INOUT", "COLLECTION_IN",
+           "COLLECTION_INOUT", "COLLECTION_OUT"]
 _API = frozenset(__all__[6:])
 
 

@@ -428,21 +428,37 @@ def call(agent, timeout, key_file, as_json, function, args):
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--graph", "graph_file", type=click.Path(dir_okay=False), default=None,
               help="Write the run's task graph as Graphviz DOT here (nodes coloured by agent).")
+@click.option("--pycompss", is_flag=True,
+              help="SCRIPT is a PyCOMPSs program: run it unchanged, as runcompss would (as __main__, "
+                   "ARGS as strings in sys.argv, pycompss.* from mesh's compatibility layer; its "
+                   "output printed here).")
+@click.option("--nesting", is_flag=True,
+              help="With --pycompss: tasks called inside tasks are tasks of the mesh (futures), as "
+                   "with PyCOMPSs' nesting or COMPSs agents; without it they run inline, as "
+                   "PyCOMPSs' classic runtime.")
 @click.argument("script", type=click.Path(exists=True, dir_okay=False))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def run(agent, timeout, key_file, as_json, graph_file, script, args):
+def run(agent, timeout, key_file, as_json, graph_file, pycompss, nesting, script, args):
     """Run SCRIPT's main(*ARGS) on the mesh as the main program of a task graph.
 
-    ARGS are Python literals when they parse, else strings. Progress (calls done on
-    the mesh) goes to stderr; at the end, a summary per agent."""
+    ARGS are Python literals when they parse, else strings (with --pycompss: strings,
+    in sys.argv). Progress (calls done on the mesh) goes to stderr; at the end, a
+    summary per agent."""
     from mesh.program.runner import run_script
 
+    if nesting and not pycompss:
+        raise click.UsageError("--nesting is for PyCOMPSs programs (--pycompss)")
     with open(script, encoding="utf-8") as f:
         source = f.read()
-    values = tuple(parse_arg(a) for a in args)
     with _client(agent, timeout, key_file) as client:
         before = _done_per_agent(client, timeout)
-        fut = client.submit(run_script, source, script, values, graph_file is not None)
+        if pycompss:
+            from mesh.compat.runner import run as run_pycompss
+
+            fut = client.submit(run_pycompss, source, script, tuple(args), nesting, graph_file is not None)
+        else:
+            values = tuple(parse_arg(a) for a in args)
+            fut = client.submit(run_script, source, script, values, graph_file is not None)
         tty = sys.stderr.isatty()
         last = ""
         while True:
@@ -462,6 +478,8 @@ def run(agent, timeout, key_file, as_json, graph_file, script, args):
         if tty and last:
             click.echo("", err=True)
         after = _done_per_agent(client, timeout)
+    if pycompss:
+        _pycompss_end(value, graph_file, before, after)
     if graph_file is not None:
         value, dot = value
         with open(graph_file, "w", encoding="utf-8") as f:
@@ -474,6 +492,24 @@ def run(agent, timeout, key_file, as_json, graph_file, script, args):
         click.echo(json.dumps(value, default=repr))
     else:
         click.echo(value if isinstance(value, str) else repr(value))
+
+
+def _pycompss_end(outcome: dict, graph_file, before: dict, after: dict) -> None:
+    """A PyCOMPSs program's end (``mesh.compat.runner``): what it printed, its graph, the
+    calls per agent, and its exit code as ours."""
+    sys.stdout.write(outcome["stdout"])
+    sys.stdout.flush()
+    sys.stderr.write(outcome["stderr"])
+    if outcome["error"]:
+        sys.stderr.write(outcome["error"])
+    if graph_file is not None and outcome["graph"] is not None:
+        with open(graph_file, "w", encoding="utf-8") as f:
+            f.write(outcome["graph"])
+        click.echo(f"task graph written to {graph_file}", err=True)
+    ran = {name: after.get(name, 0) - before.get(name, 0) for name in after}
+    summary = ", ".join(f"{name} {n}" for name, n in sorted(ran.items()) if n > 0)
+    click.echo(f"calls run per agent: {summary or 'none'}", err=True)
+    sys.exit(outcome["exit"])
 
 
 def _done_per_agent(client, timeout: float) -> dict[str, int]:

@@ -26,10 +26,13 @@ class Sent:
     inputs: tuple = ()
     answered: bool = False
 
-    def ok(self, value: Any, outs: list | None = None, agent: str = "a") -> None:
-        """The call returned ``value`` (as ``_execute`` would send it back)."""
+    def ok(self, value: Any, outs: list | None = None, agent: str = "a",
+           files: list | None = None) -> None:
+        """The call returned ``value`` (as ``_execute`` would send it back), and ``files``
+        the bytes of each of its file parameters, in order."""
         self.answered = True
-        self.callback(True, (value, outs if outs is not None else list(self.outs), [], agent))
+        self.callback(True, (value, outs if outs is not None else list(self.outs),
+                             files if files is not None else [], agent))
 
     def fail(self, exc: BaseException) -> None:
         self.answered = True
@@ -46,7 +49,7 @@ class FakeClient:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _submit_to(self, callback, avoid, _execute, fn, args, kwargs, outs, files, returns, refs,
-                   inputs=(), needs=None) -> str:
+                   flags=None, inputs=(), needs=None) -> str:
         with self.lock:
             call_id = f"call-{len(self.sent)}"
             self.sent.append(Sent(call_id, callback, fn, args, kwargs, outs, files, returns, inputs))

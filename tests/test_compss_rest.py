@@ -18,6 +18,10 @@ from tests.compss_helpers import (
     CALL_PYTHON_UNICODE,
     LOST_NODE,
     REDUCE_RESOURCES,
+    b64,
+    element,
+    param,
+    start,
 )
 from tests.conftest import run_cli, wait_for
 
@@ -174,3 +178,63 @@ def test_compss_scripts_drive_a_mesh_agent(agents, mesh_key):
     assert http(rest, token, "DELETE", "/COMPSs")[0] == 200
     assert a.proc.wait(20) == 0
     assert "left the mesh" in a.log()
+
+
+def stop_body(module: str, method: str, args: list[str], forward_to: list[str]) -> bytes:
+    """What ``compss_agent_call_operation --stop --forward_to=a;b`` sends (layout as
+    tests/compss_helpers.py's CALL_PYTHON_CEI_STOP_FORWARD)."""
+    agents = "".join(f"<agent>http://{a}</agent>" for a in forward_to)
+    action = f"<action><actionName>stop</actionName><forwardTo>{agents}</forwardTo></action>"
+    params = "".join(param("STRING_64_T", element(b64(a), i), i) for i, a in enumerate(args))
+    return start(params, class_name=module, method=method, extra=action)
+
+
+def test_start_application_answers_a_number_and_stop_is_forwarded(agents, mesh_key):
+    """startApplication answers the application's id as a number (COMPSs answers a
+    long), readable at /v1/calls/{id}; --stop stops the agent once the application has
+    ended, and --forward_to stops those agents too (before: parsed, not acted on)."""
+    token = mesh_key.rest_token()
+    a = agents.start("s0", "--rest-port", "0", cpus=1)
+    b = agents.start("s1", "--rest-port", "0", "--peer", a.comm, cpus=1)
+    c = agents.start("s2", "--rest-port", "0", "--rest-open", "--peer", a.comm, cpus=1)
+    rest = a.state["rest"]
+    code, body = http(rest, token, "PUT", "/COMPSs/startApplication",
+                      stop_body("tests.compss_apps", "slow_echo", ["hello", "1.5"],
+                                [b.state["rest"], c.state["rest"]]))
+    assert code == 200 and body.decode().isdigit() and int(body) < 2**63
+    code, data = http(rest, token, "GET", f"/v1/calls/{body.decode()}")
+    assert code == 200 and json.loads(data)["state"] in ("queued", "running", "delegated", "done")
+    assert a.alive() and b.alive() and c.alive()  # (the application runs 1.5 s)
+    for agent in (a, b, c):
+        assert agent.proc.wait(30) == 0, agent.name
+    assert "asked this agent to stop" in a.log()
+    assert "left the mesh" in b.log() and "left the mesh" in c.log()
+
+
+def test_add_resources_own_address_with_another_port_links_that_agent(agents, mesh_key):
+    """Two agents on one device: naming our address with the other's Port links it
+    (COMPSs: a name that is not the agent's own is another resource); before, the
+    agent grew its own slots."""
+    token = mesh_key.rest_token()
+    a = agents.start("d0", "--rest-port", "0", cpus=1)
+    b = agents.start("d1", cpus=1)
+    port = b.comm.rpartition(":")[2]
+    xml = ADD_RESOURCES_PEER.replace(b"127.0.0.2", b"127.0.0.1").replace(b"46202", port.encode())
+    assert http(a.state["rest"], token, "PUT", "/COMPSs/addResources", xml)[0] == 200
+    wait_for(lambda: status(a)["peers_alive"] == 1, 10, "d0 to link d1")
+    assert status(a)["cpus"]["total"] == 1
+
+
+def test_add_resources_os_and_architecture_become_labels(agents, mesh_key):
+    token = mesh_key.rest_token()
+    a = agents.start("l0", "--rest-port", "0", "--label", "mine", cpus=1)
+    xml = (ADD_RESOURCES_SELF.replace(b"<operatingSystemType>[unassigned]", b"<operatingSystemType>Linux")
+           .replace(b"<architecture>[unassigned]", b"<architecture>arm64"))
+    assert http(a.state["rest"], token, "PUT", "/COMPSs/addResources", xml)[0] == 200
+    labels = status(a)["labels"]
+    assert labels == ["mine", "operating_system_type=Linux", "processor_architecture=arm64"]
+    assert status(a)["cpus"]["total"] == 5
+    reduce = REDUCE_RESOURCES.replace(b"<architecture>[unassigned]", b"<architecture>arm64")
+    assert http(a.state["rest"], token, "PUT", "/COMPSs/removeResources", reduce)[0] == 200
+    assert status(a)["labels"] == ["mine", "operating_system_type=Linux"]
+    assert status(a)["cpus"]["total"] == 3

@@ -21,6 +21,7 @@ from mesh.sched.graph import (
     GraphFailed,
     Kill,
     OnFailure,
+    Outcome,
     Param,
     Ready,
     Resolved,
@@ -266,3 +267,38 @@ def test_transition_log_is_bounded_and_says_why():
     last = g.log[-1]
     assert (last.task_id, last.new, last.cause, last.now) == (
         "t9", TaskState.READY, "inputs available", 9.0)
+
+
+# --------------------------------------------------------------------- signalled failures
+
+
+def test_an_outcome_may_name_the_policy_instead_of_the_tasks_own():
+    """A failure the program signals on purpose (PyCOMPSs' COMPSsException) is not
+    retried: the outcome's policy replaces the task's RETRY."""
+    r = Runner()
+    r.submit(spec("t", returns=1))  # RETRY
+    r.submit(spec("succ", ret("t")))
+    r.submit(spec("other", returns=1))
+    acts = r.done("t", Outcome.failed("stop", OnFailure.CANCEL_SUCCESSORS))
+    assert of(acts, Finished) == [Finished("t", 1, TaskState.FAILED, "stop")]
+    assert [a.task_id for a in of(acts, Cancelled)] == ["succ"]
+    assert of(acts, GraphFailed) == [] and r.g.counters["retried"] == 0
+    assert ready_ids(r.done("other")) == []
+
+
+def test_cancel_stops_the_named_tasks_and_their_successors_only():
+    r = Runner()
+    r.submit(spec("a", returns=1))
+    r.submit(spec("b", ret("a"), returns=1))  # ready once a is done: killed
+    r.submit(spec("c", returns=1))  # ready: killed
+    r.submit(spec("d", ret("c"), returns=1))  # reads c: cancelled too
+    r.submit(spec("e", returns=1))  # not named: goes on
+    r.submit(spec("p", ret("e"), returns=1))  # pending: cancelled when named
+    r.done("a")
+    acts = r.take(r.g.cancel(["b", "c", "p", "zzz", "a"], "group stopped", 1.0))  # a: done, zzz: unknown
+    assert sorted(a.task_id for a in of(acts, Cancelled)) == ["b", "c", "d", "p"]
+    assert sorted(of(acts, Kill), key=lambda k: k.task_id) == [Kill("b", 1, "group stopped"),
+                                                             Kill("c", 1, "group stopped")]
+    assert r.g.task_state("e") is TaskState.READY and r.g.task_state("a") is TaskState.DONE
+    assert r.g.failure is None
+    assert r.take(r.g.cancel(["b"], "again", 2.0)) == []  # finished tasks are left alone

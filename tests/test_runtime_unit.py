@@ -8,8 +8,9 @@ import threading
 
 import pytest
 
-from mesh.program.runtime import Runtime, TaskFailed
+from mesh.program.runtime import FATE_SWEEP, Runtime, TaskFailed
 from mesh.sched.objects import ObjectLost, Ref
+from mesh.sched.taskspec import Direction
 from tests.conftest import wait_for
 from tests.runtime_helpers import FakeClient, call
 
@@ -86,3 +87,54 @@ def test_a_made_again_output_reaches_the_wait_on_that_found_it_lost(fake):
     sent(client, produce, 2)[1].ok(new)
     waiter.join(5)
     assert got == [b"made again"]
+
+
+def write_file(path):
+    pass
+
+
+def append_file(path):
+    pass
+
+
+def test_the_files_the_program_deleted_or_changed_are_not_kept_for_ever(fake, tmp_path):
+    """compss_open and compss_delete_file on 300 files, each written by a task first:
+    the runtime remembers a deleted or changed file only while the graph holds it
+    (_deleted kept one id per file ever deleted). Deleted files get nothing written."""
+    client, rt = fake
+    out = {"path": Direction.FILE_OUT}
+    for i in range(300):
+        path = str(tmp_path / f"f{i}")
+        call(rt, write_file, path, returns=0, directions=out)
+        sent(client, write_file, i + 1)[i].ok(None, files=[b"made"])
+        assert open(path, "rb").read() == b"made"
+        rt.file_changed(path)  # compss_open(path, "w")
+        assert rt.delete_file(path) is True
+        assert len(rt._deleted) + len(rt._dirty) <= FATE_SWEEP
+    assert not any(tmp_path.iterdir())
+
+
+def test_an_older_writer_ending_after_its_file_was_deleted_writes_nothing(fake, tmp_path):
+    """A FILE_INOUT task still running when a later FILE_OUT of the same file has ended
+    and the program deleted the file: once the runtime no longer remembers the deletion
+    (swept: the graph holds no newest version), the old writer's result is still taken
+    and writes nothing."""
+    client, rt = fake
+    path = str(tmp_path / "f")
+    with open(path, "wb") as fh:
+        fh.write(b"0")
+    call(rt, append_file, path, returns=0, directions={"path": Direction.FILE_INOUT})
+    call(rt, write_file, path, returns=0, directions={"path": Direction.FILE_OUT})
+    old = sent(client, append_file, 1)[0]
+    sent(client, write_file, 1)[0].ok(None, files=[b"new"])
+    assert rt.delete_file(path) is True
+    for i in range(FATE_SWEEP + 1):  # enough deletions of other files for a sweep
+        other = str(tmp_path / f"g{i}")
+        call(rt, write_file, other, returns=0, directions={"path": Direction.FILE_OUT})
+        sent(client, write_file, i + 2)[i + 1].ok(None, files=[b"g"])
+        rt.delete_file(other)
+    old.ok(None, files=[b"0+"])
+    wait_for(lambda: rt.graph.active_count == 0, 5, "the old writer to end")
+    assert len(client.of(append_file)) == 1  # taken, not failed and sent again
+    assert rt.failure is None and rt.broken is None
+    assert not any(tmp_path.iterdir())

@@ -5,4 +5,5 @@ actions they return; ``agent`` says which part does what. ``worker`` is the proc
 runs calls.
 
 May import: ``mesh.wire``, the pure cores, ``mesh.keys``, ``mesh.errors`` (and, in the
-worker process only, ``mesh.program``, whose task bodies it runs). Never the faces."""
+worker process only, ``mesh.program``, whose task bodies it runs, and
+``mesh.compat.importer``, which lets it import PyCOMPSs applications). Never the faces."""

@@ -124,6 +124,20 @@ class Queries:
         def fail(text: str) -> m.Answer:
             return m.Answer(req.qid, "resources", None, text)
 
+        if req.action in ("add", "reduce") and req.labels and not req.peer:  # (with or without cpus)
+            labels = list(self.config.labels)
+            for label in req.labels:
+                if req.action == "add" and label not in labels:
+                    labels.append(label)
+                elif req.action == "reduce" and label in labels:
+                    labels.remove(label)
+            if len(labels) > m.MAX_LIST:
+                return fail(f"at most {m.MAX_LIST} labels")
+            if not req.cpus:
+                self._set_labels(labels, now)
+                return m.Answer(req.qid, "resources", self.status())
+        else:
+            labels = None
         if req.action in ("add", "reduce") and req.cpus:
             if req.cpus < 0 or req.cpus > 1024:
                 return fail("cpus must be between 1 and 1024")
@@ -138,6 +152,8 @@ class Queries:
             self.tree.set_score(float(cpus))
             log.info("resources: %s %d slot(s), now %d", req.action, req.cpus, cpus)
             self.dispatcher.speed = slot_speed(cpus, self.cpu_quota)
+            if labels is not None:
+                self._set_labels(labels, now)
             self.actions.do(self.dispatcher.set_cpus(cpus), now)
         elif req.action == "add" and req.peer:
             host, sep, port = req.peer.rpartition(":")
@@ -154,6 +170,14 @@ class Queries:
         else:
             return fail("expected add/reduce with cpus, add with a peer HOST:PORT, or lost with a member")
         return m.Answer(req.qid, "resources", self.status())
+
+    def _set_labels(self, labels: list[str], now: float) -> None:
+        """This agent's capabilities change (COMPSs addResources' OS and architecture):
+        placement here at once, the peers with the next load news."""
+        self.config.labels = labels
+        self.dispatcher.labels = frozenset(labels)
+        log.info("resources: labels now %s", ", ".join(labels) or "none")
+        self.actions.do(self.dispatcher.set_cpus(self.dispatcher.cpus), now)  # (calls that now fit)
 
     def answer(self, q: m.Query) -> m.Answer:
         if q.what == "ping":  # a client's heartbeat (mesh.client.heartbeat): any answer will do

@@ -313,6 +313,18 @@ class Inbox:
                 self.reader_cv.notify()
 
 
+def _abort(conn: FrameSocket, inbox: Inbox, exc: BaseException) -> None:
+    """``slot.abort``: the running task is past its time_out and never gave the
+    interpreter back (``mesh.program.timeout``): the calls waiting behind it go back, its
+    call fails with ``exc``, and the worker exits (the agent starts another)."""
+    with inbox.cond:
+        inbox._take(None)
+    if slot.call_id is not None:
+        with slot._lock:
+            conn.send(cbor2.dumps([slot.call_id, *_failure(exc), -1.0]))
+    os._exit(70)
+
+
 def _watch_parent(parent: int) -> None:
     while True:
         if os.getppid() != parent:
@@ -329,9 +341,13 @@ def main() -> None:
     for path in reversed(os.environ.get("APP_PATH", "").split(os.pathsep)):
         if path:
             sys.path.insert(0, path)  # where the application's modules live (containers)
+    from mesh.compat import importer
+
+    importer.install()  # PyCOMPSs applications import pycompss.* (unless PyCOMPSs is installed)
     inbox = Inbox(conn)
     slot.channel = conn  # tasks that block on other tasks lend their slot (mesh.program.slot)
     slot.inbox = inbox
+    slot.abort = lambda exc: _abort(conn, inbox, exc)  # (a task past its time_out)
     conn.send(cbor2.dumps(["ready", os.getpid()]))
     threading.Thread(target=inbox.run, name="inbox", daemon=True).start()
     clock = time.perf_counter

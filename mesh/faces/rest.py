@@ -10,9 +10,12 @@ COMPSs-compatible (``mesh/faces/compss/xmlbodies.py`` parses the XML that COMPSs
 
     GET    /COMPSs/test, /COMPSs/resources
     PUT    /COMPSs/startApplication   (lang PYTHON: className = module, methodName = function)
-                                       -> the call's id as text/plain (see /v1/calls/{id})
-    PUT    /COMPSs/addResources       own name: grow slots; another name with a Port: link it
-    PUT    /COMPSs/removeResources    own name: reduce slots lazily
+                                       -> the call's id, a number, as text/plain (see
+                                       /v1/calls/{id}); --stop: leave when it ended, after
+                                       forwarding the stop to the --forward_to agents
+    PUT    /COMPSs/addResources       own name: grow slots, OS/architecture become labels;
+                                       another name (or our address, another Port): link it
+    PUT    /COMPSs/removeResources    own name: reduce slots lazily, drop those labels
     PUT    /COMPSs/lostNode           drop that member at once, re-place its calls
     DELETE /COMPSs                    graceful leave
 
@@ -43,6 +46,7 @@ import os
 import pickle
 import threading
 import time
+import urllib.request
 from concurrent.futures import TimeoutError as FutureTimeout
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -64,6 +68,7 @@ RESOURCES = sorted([*QUERIES, "/v1/tree", "/v1/calls", "/v1/calls/{id}", "/metri
 class _Handler(BaseHTTPRequestHandler):
     server_version = "mesh"
     agent = None  # the agent's handle (mesh.agent.inbox.AgentHandle), set per server class
+    token = ""  # set per server class: its bearer token (forwarded COMPSs stops carry it)
     guard: rest_auth.RestGuard  # set per server class
 
     # ------------------------------------------------------------------ methods
@@ -159,21 +164,38 @@ class _Handler(BaseHTTPRequestHandler):
     # ------------------------------------------------------------------ COMPSs
 
     def _compss_start(self, body: bytes) -> None:
+        """The application's id is a number (COMPSs answers a long): the call's id, in
+        decimal, also for ``GET /v1/calls/{id}``. With ``--stop`` the agent leaves once the
+        application has ended, after telling the ``--forward_to`` agents to stop too."""
         req = compss.parse_start_application(body)
         payload = pickle.dumps((tuple(req.args), {}))
-        call = m.Call(os.urandom(12).hex(), f"{req.module}:{req.function}", payload, want_json=True)
+        app_id = str(int.from_bytes(os.urandom(8), "big") >> 1)  # a positive Java long
+        call = m.Call(app_id, f"{req.module}:{req.function}", payload, want_json=True)
         call_id = self.agent.ask("rest-call", arg=call)
+        if req.stop_after:
+            threading.Thread(target=_stop_after, args=(self.agent, call_id, req.forward_to,
+                                                       self.token), daemon=True,
+                             name="mesh-compss-stop").start()
         self._send(200, call_id.encode(), "text/plain")
 
     def _compss_resources_change(self, body: bytes) -> None:
+        """COMPSs' rule: a resource named as this agent changes its own capabilities
+        (slots, and its OS and processor architecture as labels: ``compss.labels_of``);
+        any other name, with a ``Port``, is another agent to link. A name that is this
+        agent's address with a ``Port`` other than its own is another agent on the same
+        device (COMPSs agents there would have names of their own)."""
         req = compss.parse_resources(body)
-        own = req.name in (self.agent.name, self.agent.interface, self.agent.address)
-        if own and req.cpus > 0:
-            answer = self.agent.ask("resources", arg=m.Resources(0, req.kind, req.cpus, ""))
+        agent, port = self.agent, req.port
+        own = req.name == agent.name or (
+            req.name in (agent.interface, agent.address, "localhost", "127.0.0.1")
+            and (port is None or port == int(agent.address.rpartition(":")[2])))
+        labels = compss.labels_of(req)
+        if own and (req.cpus > 0 or labels):
+            answer = agent.ask("resources", arg=m.Resources(0, req.kind, req.cpus, "", labels))
         elif not own and req.kind == "add" and req.address:
             answer = self.agent.ask("resources", arg=m.Resources(0, "add", 0, req.address))
         elif own:
-            raise compss.CompssRequestError(400, "no computing units to add or remove")
+            raise compss.CompssRequestError(400, "no computing units, OS or architecture to add or remove")
         else:
             raise compss.CompssRequestError(
                 400, f"{req.name} is not this agent: adding another agent needs its Port; "
@@ -254,6 +276,36 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s " + fmt, self.address_string(), *args)
 
 
+STOP_POLL = 0.2  # s between looks at whether an application asked to stop has ended
+
+
+def _stop_after(agent, call_id: str, forward_to: tuple, token: str) -> None:
+    """``compss_agent_call_operation --stop [--forward_to=...]``: once the application
+    has ended (done or failed), tell each ``forward_to`` agent to stop (``DELETE
+    /COMPSs``, with this agent's token: a mesh agent of the same key, or one started
+    with ``--rest-open``, accepts it), then leave gracefully. An agent that cannot be
+    told is logged and skipped."""
+    while True:
+        try:
+            doc = agent.ask("call-state", arg=call_id)
+        except (TimeoutError, FutureTimeout):
+            doc = {"state": "pending"}
+        if doc is None or doc.get("state") in ("done", "failed"):
+            break
+        time.sleep(STOP_POLL)
+    for target in forward_to:
+        url = (target if "://" in target else f"http://{target}").rstrip("/") + "/COMPSs"
+        request = urllib.request.Request(url, method="DELETE",
+                                         headers={"Authorization": f"Bearer {token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                log.info("COMPSs stop forwarded to %s: %s", target, resp.status)
+        except (OSError, ValueError) as exc:
+            log.warning("COMPSs stop could not be forwarded to %s: %s", target, exc)
+    log.info("the COMPSs application %s ended and asked this agent to stop", call_id)
+    agent.request_leave()
+
+
 def _call_from_json(body) -> tuple[m.Call | None, str | None]:
     """A Call from ``{"function", "args", "kwargs"}``, or an error message."""
     if not isinstance(body, dict):
@@ -279,7 +331,7 @@ class RestServer:
     handle (``Agent.handle()``)."""
 
     def __init__(self, agent, host: str, port: int, token: str, rest_open: bool = False) -> None:
-        handler = type("Handler", (_Handler,), {"agent": agent})
+        handler = type("Handler", (_Handler,), {"agent": agent, "token": token})
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
         host, port = self.httpd.server_address[:2]

@@ -100,3 +100,37 @@ def _too_deep() -> None:
     raise ValueError(f"a value nests lists, tuples and dicts more than {MAX_DEPTH} deep: "
                      f"task values (futures, objects tasks write) are looked for that deep "
                      f"only, so it cannot be passed to a task or waited on")
+
+
+def leaves(coll: list, depth: int | None) -> list:
+    """The elements of a collection parameter (``COLLECTION_*``), in order: the items of
+    ``coll``, an item that is itself a list being a sub-collection walked in turn while
+    ``depth`` (None: ``MAX_DEPTH``) allows; every other item is an element. The same
+    walk on both sides: the program makes one datum of each element, the worker sends
+    back the elements the task left."""
+    out: list = []
+    _leaves(coll, MAX_DEPTH if depth is None else depth, out.append, 0)
+    return out
+
+
+def map_leaves(coll: list, depth: int | None, fn) -> list:
+    """A copy of the collection ``coll`` (new lists, same shape) with each element
+    (``leaves``' walk, in its order) replaced by ``fn(element)``."""
+    return _map(coll, MAX_DEPTH if depth is None else depth, fn, 0)
+
+
+def _leaves(coll: list, depth: int, add, level: int) -> None:
+    if level >= MAX_DEPTH:
+        _too_deep()
+    for item in coll:
+        if type(item) is list and depth > 1:
+            _leaves(item, depth - 1, add, level + 1)
+        else:
+            add(item)
+
+
+def _map(coll: list, depth: int, fn, level: int) -> list:
+    if level >= MAX_DEPTH:
+        _too_deep()
+    return [_map(item, depth - 1, fn, level + 1) if type(item) is list and depth > 1 else fn(item)
+            for item in coll]

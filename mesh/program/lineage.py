@@ -35,7 +35,7 @@ from mesh.wire.messages import Holding
 class _Entry:
     ready: Any  # the graph's Ready of the task (its parameters and output versions)
     call: Any  # the runtime's _Call (function, slots)
-    sent: tuple  # the arguments of _execute as sent: (fn, args, kwargs, outs, files, returns, refs)
+    sent: tuple  # _execute's arguments as sent: (fn, args, kwargs, outs, files, returns, refs[, flags])
     outputs: list  # [(version, value)] as last produced
     reruns: int = 0
     waiting: list | None = None  # what to do when the running rerun finishes
@@ -104,7 +104,7 @@ class Lineage:
 
     def payload(self, task_id: str) -> tuple:
         """The producer's call as sent, each lost input replaced by its newest value."""
-        fn, args, kwargs, outs, files, returns, refs = self.entries[task_id].sent
+        fn, args, kwargs, outs, files, returns, refs, *flags = self.entries[task_id].sent
         if self.renamed:  # (where the runtime put them: mesh.program.containers' walk)
             def newest(node: Any) -> Any:
                 if type(node) is Ref and node.oid in self.renamed:
@@ -114,7 +114,7 @@ class Lineage:
             args = tuple([replace(a, newest) for a in args])
             kwargs = {k: replace(v, newest) for k, v in kwargs.items()}
             outs = [replace(o, newest) for o in outs]
-        return fn, args, kwargs, outs, files, returns, refs
+        return (fn, args, kwargs, outs, files, returns, refs, *flags)
 
     def rerun_done(self, task_id: str, outputs: list) -> tuple[list, list]:
         """The rerun produced ``outputs`` (same versions, in the same order). Returns

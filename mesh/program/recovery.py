@@ -150,11 +150,11 @@ class Recovery:
                     target.set_exception(err)
 
     def _send_rerun(self, task_id: str) -> None:
-        fn, args, kwargs, outs, files, returns, refs = self.lineage.payload(task_id)
+        fn, args, kwargs, outs, files, returns, refs, *flags = self.lineage.payload(task_id)
         log.info("mesh: running task %s again: an output of it kept at an agent was lost", task_id)
         try:
             self.client._submit_to(functools.partial(self.deliver, task_id, -1, kind="rerun"), (),
-                                   _execute, fn, args, kwargs, outs, files, returns, refs,
+                                   _execute, fn, args, kwargs, outs, files, returns, refs, *flags,
                                    inputs=holdings(refs), needs=self.lineage.entries[task_id].call.needs)
         except BaseException as exc:  # (handed over as an event: we hold the lock)
             self.deliver(task_id, -1, False, exc, kind="rerun")

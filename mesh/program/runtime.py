@@ -51,11 +51,26 @@ leaves the graph half-updated (the actions after it are lost), so the graph is
 *broken* (``_break``): one ``GraphBroken`` error reaches every waiter, ``barrier`` and
 task group at once, later calls raise it, and the calls in flight are cancelled.
 
+A failed attempt (``_failed``) goes to the graph with the task's policy, except a
+``COMPSsException``: never retried; in a task group the group's other unfinished tasks
+are cancelled (``TaskGraph.cancel``) and the group keeps the exception for the program
+(``TaskGroup``, ``barrier_group``: groups are found by name while not waited for). On a
+task's last attempt what its outputs are is kept first (``_keep_failed``): a file holds
+what the failed task left in it (also written to the program's path), and
+``on_failure`` defaults replace that; the tasks that still run (IGNORE) and ``wait_on``
+read these (``_kept``, dropped with the task's fate). Files the program deleted
+(``delete_file``) are never written back; files it wrote itself (``open_file``) are
+read from disk again by the next task that reads them (a ``host_write``).
+
 Values are sent when a task is ready, not copied when it is called: an object passed
 as a plain argument (not INOUT) must not be changed by the program before its task
-ran. A timed-out attempt (``Kill``) is cancelled (``Client.cancel``): the agents stop
-it wherever it runs, and a result that still arrives is ignored. A failed attempt's
-agent is remembered, and a RETRY asks the mesh to run it elsewhere (``Call.avoid``).
+ran. A task's ``time_out`` travels with each attempt and is enforced by the worker
+that runs it, from when it starts (``mesh.program.timeout``): time spent waiting for a
+slot does not count, and the attempt fails with ``TaskTimedOut`` like any failure. An
+attempt the graph kills (``Kill``: its group was cancelled, the graph failed) is
+cancelled (``Client.cancel``): the agents stop it wherever it runs, and a result that
+still arrives is ignored. A failed attempt's agent is remembered, and a RETRY asks the
+mesh to run it elsewhere (``Call.avoid``).
 
 A big task output stays at the agent that made it (``mesh.sched.objects``): the version's
 value is then a ``Ref``, sent as such to the tasks that read it (the call names where
@@ -92,10 +107,12 @@ from typing import Any
 
 from mesh.errors import LocalProtocolError
 from mesh.program import slot
-from mesh.program.calls import Calls, _Group, bind, needs_of
+from mesh.program.calls import CallOptions, Calls, _Group, bind, needs_of
+from mesh.program.containers import PASS
 from mesh.program.lineage import holdings, outputs_of
 from mesh.program.recovery import Recovery
 from mesh.program.taskexec import (
+    COMPSsException,
     GraphBroken,
     TaskCancelled,
     TaskFailed,
@@ -150,7 +167,17 @@ class Runtime:
         self._last_exc: dict[str, BaseException] = {}
         self._fate: dict[str, BaseException] = {}  # failed/cancelled task -> what wait_on raises
         self._fate_sweep = FATE_SWEEP  # its size at which it is swept next (_set_fate)
-        self._groups: dict[str, list[_Group]] = {}
+        self._groups: dict[str, list[_Group]] = {}  # task id -> the groups it was called in
+        self._named: dict[str, _Group] = {}  # open or unsynchronised task groups by name
+        # values of versions a failed task did not make: what it left in a file, or an
+        # on_failure default; read by the tasks that read them (IGNORE) and by wait_on.
+        # Kept with the task's fate (swept with it, ``_drop_fate``)
+        self._kept: dict[DataVersion, Any] = {}
+        self._kept_of: dict[str, list[DataVersion]] = {}  # task id -> its versions in _kept
+        self._dirty: set[str] = set()  # files the program changed itself (compss_open)
+        self._deleted: set[str] = set()  # files deleted by the program: never written back
+        self._no_more: tuple | None = None  # ("call", call id) after barrier(no_more_tasks)
+        self._files_sweep = FATE_SWEEP  # the size of _deleted and _dirty at the next sweep
         self.failure: tuple[str, str] | None = None
         self.failure_exc: BaseException | None = None
         self._failed_exc: BaseException | None = None
@@ -173,21 +200,30 @@ class Runtime:
 
     def call(self, fn, signature: inspect.Signature, directions: dict, args: tuple, kwargs: dict,
              returns: int, name: str, priority: bool, on_failure: OnFailure,
-             time_out: float | None, groups: list) -> list[str]:
+             time_out: float | None, groups: list, options: CallOptions | None = None) -> list[str]:
         """Submit one task call (``mesh.program.calls``); returns its task id and the data
         ids of its returns."""
         arguments, positional = bind(signature, args, kwargs)
         with self.lock:
             if self.broken is not None:
                 raise self.broken
+            if self._no_more is not None and self._no_more == ("call", slot.call_id):
+                raise RuntimeError(f"{name}: no task may be called after barrier(no_more_tasks=True)")
             if slot.call_id != self._progress_base[0]:  # a worker's next call: a new run
                 c = self.graph.counters
                 self._progress_base = (slot.call_id,
                                        (c["submitted"], c["done"], c["failed"] + c["cancelled"]))
             spec = self.calls.make(fn, signature, directions, arguments, positional, returns, name,
-                                   priority, on_failure, time_out, groups)
+                                   priority, on_failure, time_out, groups, options)
             task_id = spec.task_id
+            files = [p for p in spec.params if p.data_id is not None and p.direction.is_file]
             try:
+                for p in files:  # a file the program changed since: its new contents first
+                    if p.data_id in self._dirty:
+                        self._dirty.discard(p.data_id)
+                        if p.direction.reads:
+                            self._apply(self.graph.host_write(p.data_id, file=True))
+                    self._deleted.discard(p.data_id)
                 acts = self.graph.submit(spec, time.monotonic())
             except BaseException:
                 self.calls.end(task_id)
@@ -195,6 +231,7 @@ class Runtime:
             self.trace.task(task_id, name, self.calls.wrote(spec))
             for g in groups:
                 g.pending += 1
+                g.tasks.add(task_id)
             if groups:
                 self._groups[task_id] = groups
             self._apply(acts)
@@ -249,11 +286,115 @@ class Runtime:
             raise TaskFailed(f"the task graph failed: task {task_id} failed: {error}") \
                 from self.failure_exc
 
+    def barrier_no_more(self) -> None:
+        """``barrier``; then this program (this worker's call, or the process) may call no
+        more tasks (PyCOMPSs' ``compss_barrier(no_more_tasks=True)``)."""
+        self.barrier()
+        with self.lock:
+            self._no_more = ("call", slot.call_id)
+
     def wait_group(self, group: _Group) -> None:
         with slot.lent(), self.cond:
             self.cond.wait_for(lambda: group.pending == 0 or self.broken is not None)
         if self.broken is not None:
             raise self.broken
+
+    def open_group(self, group: _Group) -> None:
+        """A task group is entered: ``barrier_group(name)`` finds it until it is waited for."""
+        with self.lock:
+            self._named[group.name] = group
+
+    def close_group(self, group: _Group) -> None:
+        with self.lock:
+            if self._named.get(group.name) is group:
+                del self._named[group.name]
+
+    def barrier_group(self, name: str) -> _Group:
+        """Wait for the tasks of the group named ``name`` (one not waited for yet); returns
+        it (its ``exception`` and ``failed`` say how it went). ValueError: no such group."""
+        with self.lock:
+            group = self._named.pop(name, None)
+        if group is None:
+            raise ValueError(f"no task group named {name!r} is waiting to be synchronised "
+                             f"(never opened, or already waited for)")
+        self.wait_group(group)
+        return group
+
+    def cancel_group(self, name: str) -> bool:
+        """Cancel the unfinished tasks of the task group ``name`` (PyCOMPSs'
+        ``compss_cancel_group``): they and the tasks that read their outputs end
+        cancelled. False: no such group waiting to be synchronised."""
+        with self.lock:
+            group = self._named.get(name)
+            if group is None:
+                return False
+            if group.tasks:
+                self._apply(self.graph.cancel(sorted(group.tasks), f"task group {name!r} was cancelled",
+                                              time.monotonic()))
+                self._notify()
+        return True
+
+    def delete_object(self, obj: Any) -> bool:
+        """The program gives up an object tasks write (PyCOMPSs' ``compss_delete_object``):
+        the runtime stops tracking it and frees its versions once no task reads them.
+        False: no task writes it."""
+        with self.lock:
+            data_id = self.calls.forget_object(obj)
+            if data_id is None:
+                return False
+            self.calls.last_writer.pop(data_id, None)
+            self._apply(self.graph.forget(data_id))
+            self._notify()
+        return True
+
+    def delete_file(self, path: str) -> bool:
+        """The program deletes a file (PyCOMPSs' ``compss_delete_file``): its versions are
+        freed once no task reads them, no task's output is written to it any more (until
+        a task is called with it again), and the file is removed now. False: no such file."""
+        data_id = "file:" + os.path.abspath(path)
+        with self.lock:
+            if self._known(data_id):
+                self._deleted.add(data_id)
+                self.calls.last_writer.pop(data_id, None)
+                self._apply(self.graph.forget(data_id))
+                self._notify()
+                self._sweep_files()
+            self._dirty.discard(data_id)
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def file_changed(self, path: str) -> None:
+        """The program writes a file itself (``compss_open`` for writing): the next task
+        that reads it reads it from disk again, not the version a task made."""
+        data_id = "file:" + os.path.abspath(path)
+        with self.lock:
+            if self._known(data_id):
+                self._dirty.add(data_id)
+                self._sweep_files()
+
+    def _sweep_files(self) -> None:
+        """Under the lock: ``_deleted`` and ``_dirty`` keep only files the graph still
+        holds (no task's output can come for another), swept each time one of them
+        doubles: at most twice the files held, or ``FATE_SWEEP``."""
+        if len(self._deleted) + len(self._dirty) > self._files_sweep:
+            self._deleted = {d for d in self._deleted if self._known(d)}
+            self._dirty = {d for d in self._dirty if self._known(d)}
+            self._files_sweep = max(FATE_SWEEP, 2 * (len(self._deleted) + len(self._dirty)))
+
+    def _writes_back(self, version) -> bool:
+        """Under the lock: a task's file output goes to the program's path when it is the
+        file's newest version and the program has not deleted the file. A file the graph
+        no longer holds (deleted, its newest version dropped while an older writer still
+        ran) has no newest version: nothing is written."""
+        if version.data_id in self._deleted:
+            return False
+        try:
+            return self.graph.data_state(version.data_id).version == version
+        except LocalProtocolError:
+            return False
 
     def retire(self) -> None:
         """This runtime takes no more tasks (``finish_call`` dropped it): its thread ends."""
@@ -423,7 +564,7 @@ class Runtime:
             self.calls.last_writer.pop(data_id, None)
             task_id = data_id.rpartition("#r")[0]
             if task_id and self.graph.task_state(task_id) is None:
-                self._fate.pop(task_id, None)
+                self._drop_fate(task_id)
             return
         if kind.startswith("rerun"):
             self.recovery.rerun_finished(ev[1], kind == "rerunresult", ev[3])
@@ -431,7 +572,7 @@ class Runtime:
         _, task_id, attempt, payload = ev
         ready = self._running.get(task_id)
         if ready is None or ready.attempt != attempt:
-            self.stale_results += 1  # a killed (timed-out) or cancelled attempt
+            self.stale_results += 1  # a killed or cancelled attempt
             return
         del self._running[task_id]
         self._call_id.pop(task_id, None)
@@ -453,12 +594,79 @@ class Runtime:
         if exc is None:
             self._apply(self.graph.done(task_id, attempt, Outcome.OK, now))
         else:
-            self._last_exc[task_id] = exc
-            agent = getattr(exc, "mesh_agent", None)
-            if agent:
-                self._failed_on.setdefault(task_id, []).append(agent)
-            self._apply(self.graph.done(task_id, attempt,
-                                        Outcome.failed(f"{type(exc).__name__}: {exc}"), now))
+            self._failed(task_id, ready, exc, now)
+
+    def _failed(self, task_id: str, ready: Ready, exc: BaseException, now: float) -> None:
+        """Under the lock: an attempt failed with ``exc``. A ``COMPSsException`` is not
+        retried: inside a task group the group's other tasks are cancelled and the
+        exception waits for the program at the group; outside one the task's own policy
+        applies (RETRY acting as FAIL). On the task's last attempt, what it leaves is kept
+        first (``_keep_failed``), so the tasks its failure lets run read it."""
+        self._last_exc[task_id] = exc
+        agent = getattr(exc, "mesh_agent", None)
+        if agent:
+            self._failed_on.setdefault(task_id, []).append(agent)
+        spec, policy, group = ready.spec, None, None
+        if _is_compss_exception(exc):
+            groups = self._groups.get(task_id)
+            group = groups[-1] if groups else None
+            policy = (OnFailure.CANCEL_SUCCESSORS if group is not None
+                      else OnFailure.FAIL if spec.on_failure is OnFailure.RETRY else spec.on_failure)
+        if policy is not None or spec.on_failure is not OnFailure.RETRY or ready.attempt >= spec.max_attempts:
+            self._keep_failed(task_id, ready, exc)
+        self._apply(self.graph.done(task_id, ready.attempt,
+                                    Outcome.failed(f"{type(exc).__name__}: {exc}", policy), now))
+        if group is not None:
+            if group.exception is None:
+                group.exception = exc
+            others = sorted(group.tasks - {task_id})
+            if others:
+                self._apply(self.graph.cancel(
+                    others, f"task {task_id} of task group {group.name!r} raised "
+                            f"COMPSsException: {exc}", now))
+
+    def _keep_failed(self, task_id: str, ready: Ready, exc: BaseException) -> None:
+        """Under the lock, before the graph hears of a task's final failure: what its
+        outputs are then. A file holds what the task left in it (``_execute`` sends it on
+        the exception), written to the program's path while its version is the newest,
+        as COMPSs keeps a failed task's files; an ``on_failure`` default (a value, or for a
+        file the path of a file to copy) replaces that. These are what the tasks that
+        still run read (IGNORE) and what ``wait_on`` gives instead of raising."""
+        call = self.calls.by_task.get(task_id)
+        if call is None:
+            return
+        defaults = call.failure_values or {}
+        files = list(getattr(exc, "__mesh_files__", None) or ())
+        kept: dict[DataVersion, Any] = {}
+        for access, info in zip(ready.params, call.slots, strict=True):
+            data = files.pop(0) if info.kind == "file" and files else None
+            if access.write is None:
+                continue
+            default = defaults.get(info.name, PASS) if info.name else PASS
+            if info.kind == "file":
+                if default is not PASS:
+                    with open(os.fspath(default), "rb") as fh:
+                        data = fh.read()
+                if data is None:
+                    continue
+                kept[access.write] = data
+                if self._writes_back(access.write):
+                    _write_file(info.value, data)
+            elif default is not PASS:
+                kept[access.write] = default
+        default = defaults.get("returns", PASS)
+        if default is not PASS:
+            many = len(ready.returns) > 1 and isinstance(default, (tuple, list)) \
+                and len(default) == len(ready.returns)
+            for i, version in enumerate(ready.returns):
+                kept[version] = default[i] if many else default
+        if kept:
+            self._kept.update(kept)
+            self._kept_of.setdefault(task_id, []).extend(kept)
+
+    def _kept_value(self, version: DataVersion) -> Any:
+        """What was kept of a version a failed task did not make (``PASS``: nothing)."""
+        return self._kept.get(version, PASS)
 
     def _submit(self, ready: Ready) -> None:
         """Under the lock: send an attempt of a ``Ready`` task (``client._submit_to``:
@@ -471,21 +679,22 @@ class Runtime:
         task_id, attempt = ready.task_id, ready.attempt
         self._running[task_id] = ready
         try:
-            args, kwargs, outs, files, refs = call.arguments(ready, self._values)
+            args, kwargs, outs, files, refs = call.arguments(ready, self._values, self._kept_value)
         except OSError as exc:  # a file input that could not be read when it was called
             self._post(("failed", task_id, attempt, exc))
             return
-        self._sent[task_id] = (call.fn, args, kwargs, outs, files, call.returns, refs)
+        flags = None  # (the time-out is enforced where it runs, from when it starts)
+        if ready.spec.time_out is not None or call.inline:
+            flags = {"time_out": ready.spec.time_out, "inline": call.inline}
+        self._sent[task_id] = (call.fn, args, kwargs, outs, files, call.returns, refs, flags)
         try:
             self._call_id[task_id] = self.client._submit_to(
                 functools.partial(self._result, task_id, attempt), self._failed_on.get(task_id, ()),
-                _execute, call.fn, args, kwargs, outs, files, call.returns, refs is not None,
+                _execute, call.fn, args, kwargs, outs, files, call.returns, refs is not None, flags,
                 inputs=holdings(refs), needs=call.needs)
         except BaseException as exc:  # client closed, or the arguments do not pickle
             self._post(("failed", task_id, attempt, exc))
             return
-        if ready.spec.time_out is not None:
-            self._apply(self.graph.started(task_id, attempt, time.monotonic()))
 
     def _resubmit(self, task_id: str) -> None:
         """Under the lock: a reader's lost input was made again: send it again."""
@@ -521,11 +730,8 @@ class Runtime:
             if access.write is None:
                 continue
             self._values[access.write] = data
-            if self.graph.data_state(access.write.data_id).version == access.write:
-                tmp = f"{info.value}.mesh-tmp"
-                with open(tmp, "wb") as fh:
-                    fh.write(data)
-                os.replace(tmp, info.value)
+            if self._writes_back(access.write):
+                _write_file(info.value, data)
         return outputs
 
     def _apply(self, acts: list) -> None:
@@ -564,6 +770,8 @@ class Runtime:
             fut, writer = entry
             if act.ok:
                 fut.set_result(self._values.get(act.version))
+            elif act.version in self._kept:  # a failed task's file, or an on_failure default
+                fut.set_result(self._kept[act.version])
             else:
                 fut.set_exception(self._fate.get(writer) or TaskFailed(act.error))
         elif isinstance(act, Snapshot):
@@ -623,22 +831,45 @@ class Runtime:
         if len(self._fate) > self._fate_sweep:
             task_state = self.graph.task_state
             for gone in [t for t in self._fate if task_state(t) is None]:
-                del self._fate[gone]
+                self._drop_fate(gone)
             self._fate_sweep = max(FATE_SWEEP, 2 * len(self._fate))
+
+    def _drop_fate(self, task_id: str) -> None:
+        """The graph let a failed or cancelled task go: its fate and what was kept of its
+        outputs go too."""
+        self._fate.pop(task_id, None)
+        for version in self._kept_of.pop(task_id, ()):
+            self._kept.pop(version, None)
 
     def _terminal(self, task_id: str, failed: bool) -> None:
         """A task is over (done, failed or cancelled): what was kept for its attempts goes."""
         self.calls.end(task_id)
         self._failed_on.pop(task_id, None)
         self._last_exc.pop(task_id, None)
+        fate = self._fate.get(task_id) if failed else None
+        signalled = _is_compss_exception(fate)  # (its group has it: no failure of any group)
         for g in self._groups.pop(task_id, ()):
             g.pending -= 1
+            g.tasks.discard(task_id)
             if g.pending == 0:
                 self._group_ended = True
-            if failed:
-                g.failed.append((task_id, self._fate.get(task_id)))
+            if failed and not signalled:
+                g.failed.append((task_id, fate))
         if self.graph.task_state(task_id) is None:  # no output left: nobody can wait on it
-            self._fate.pop(task_id, None)
+            self._drop_fate(task_id)
+
+
+def _is_compss_exception(exc: Any) -> bool:
+    """A task's ``COMPSsException`` (also one that could not be rebuilt here)."""
+    return isinstance(exc, COMPSsException) or getattr(exc, "type_name", None) == "COMPSsException"
+
+
+def _write_file(path: str, data: bytes) -> None:
+    """A task's output file to the program's path, whole or not at all."""
+    tmp = f"{path}.mesh-tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
 
 
 _current: Runtime | None = None
@@ -687,6 +918,15 @@ def finish_call() -> TaskFailed | None:
         _drop(rt)
         return exc
     return None
+
+
+def drop_failed() -> None:
+    """The program run by this worker's call reported its failed graph itself (``mesh
+    run --pycompss``: its exit code and traceback): the graph is dropped now, so the call
+    ends with the program's own outcome and the worker's next call starts anew."""
+    rt = _current
+    if rt is not None and (rt.failure is not None or rt.broken is not None):
+        _drop(rt)
 
 
 def _drop(rt: Runtime) -> None:

@@ -10,6 +10,11 @@ again when it resumes. Outside a worker this does nothing.
 When a call's function has returned or raised, the worker asks ``call_done`` before it
 sends the result: a call that made tasks here ends when they have
 (``mesh.program.runtime.finish_call``).
+
+``task_depth`` and ``inline_nested`` say whether a task's function runs now in this
+process and how the tasks it calls run (``mesh.program.taskexec._execute`` sets them);
+``abort`` is how a task past its ``time_out`` that never gives the interpreter back is
+abandoned (``mesh.program.timeout``).
 """
 
 from __future__ import annotations
@@ -36,6 +41,14 @@ _lock = threading.Lock()
 _depth = 0
 # set by mesh.program.runtime once a call here made tasks: what ends a call (``call_done``)
 after_call = None
+# set by mesh.agent.worker: answer the running call with this exception and end the
+# worker (a task past its time_out that does not give the interpreter back)
+abort = None
+# while a task's function runs here (``mesh.program.taskexec._execute``): how many are
+# running (nested inline calls included), and whether the tasks it calls run inline
+# (PyCOMPSs' classic mode: mesh.compat.pycompss) rather than as tasks of the mesh
+task_depth = 0
+inline_nested = False
 
 
 def call_done() -> BaseException | None:

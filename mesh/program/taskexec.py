@@ -5,7 +5,10 @@ the worker.
 ``client.submit``: it calls the user's function with the argument values bound on the
 program side, puts FILE_* parameters in a temporary directory (their bytes travel with
 the call) and sends back the return value, the INOUT/OUT objects as the function left
-them and the bytes of the files it wrote.
+them (the elements of written collections as the task left them) and the bytes of the
+files it wrote; a task that raises sends its files' bytes on the exception. While the
+function runs, ``slot.task_depth`` and ``slot.inline_nested`` say so (PyCOMPSs' classic
+mode runs the tasks it calls inline: ``mesh.compat.pycompss``).
 
 ``dumps`` is how calls (``Client.submit``) and results (``mesh.agent.worker``) are pickled:
 cloudpickle's bytes, made by the standard pickler when that gives the very same bytes
@@ -97,6 +100,15 @@ class TaskTimedOut(TaskFailed):
     """The task ran longer than its ``time_out`` (on its last attempt)."""
 
 
+class COMPSsException(Exception):
+    """Raised by a task on purpose to stop its task group (PyCOMPSs' exception of the
+    same name): the task is not retried, the other unfinished tasks of the innermost
+    ``TaskGroup`` it was called in are cancelled (and the tasks that read their outputs),
+    and this exception reaches the program when it leaves the group or at
+    ``barrier_group``. Outside a group it fails the task under its ``on_failure``
+    policy, never retried."""
+
+
 class TaskFuture:
     """The future value of a task's return, given at once by a task call when a mesh is
     connected. Pass it to other tasks (a dependency, also inside lists, tuples and
@@ -150,6 +162,18 @@ def entry_point(fn: Any) -> Any:
 
 
 @dataclass
+class _CollOut:
+    """In ``_execute``'s ``outs``: the elements of the collection parameter found at
+    ``where`` (an index into ``args``, or a name in ``kwargs``) as the task left them,
+    ``count`` of them (``mesh.program.containers.leaves`` to ``depth``)."""
+
+    where: int | str
+    depth: int | None
+    count: int
+    name: str = ""
+
+
+@dataclass
 class _FileArg:
     """A FILE_* parameter on its way to the worker: the file's bytes (None for FILE_OUT)."""
 
@@ -160,13 +184,22 @@ class _FileArg:
 
 
 def _execute(fn, args: tuple, kwargs: dict, outs: list, files: list, returns: int,
-             refs: bool = False):
+             refs: bool = False, flags: dict | None = None):
     """Runs on the worker: call ``fn`` and send back (value, mutated INOUT/OUT objects,
     bytes of written files, the agent's name). The objects in ``outs`` and ``files`` are the very ones in
-    ``args``/``kwargs`` (one pickle keeps identity), so in-place changes are seen.
+    ``args``/``kwargs`` (one pickle keeps identity), so in-place changes are seen; a
+    ``_CollOut`` in ``outs`` stands for the elements of a collection parameter, read
+    once the task returned (it may have replaced them).
     With ``refs``, some arguments are ``mesh.sched.objects.Ref``: fetched first (one object
     per id, so identity is kept). Outputs that pickle big stay at this agent and go
-    back as a ``Ref`` (``_keep``)."""
+    back as a ``Ref`` (``_keep``). ``flags``: ``time_out`` (seconds, enforced here from
+    now: ``mesh.program.timeout``) and ``inline`` (the tasks this one calls run inline,
+    PyCOMPSs' classic mode). A task that raises sends back, on the exception
+    (``__mesh_files__``), the bytes its written files held then (None: no file), so the
+    program keeps what a failed task wrote, as COMPSs does."""
+    from mesh.program import timeout
+
+    flags = flags or {}
     if refs:
         args, kwargs, outs = _resolve(args, kwargs, outs)
     tmp = tempfile.mkdtemp(prefix="mesh-task-") if files else None
@@ -181,7 +214,27 @@ def _execute(fn, args: tuple, kwargs: dict, outs: list, files: list, returns: in
         if files:
             args = tuple(a.path if isinstance(a, _FileArg) else a for a in args)
             kwargs = {k: v.path if isinstance(v, _FileArg) else v for k, v in kwargs.items()}
-        value = fn(*args, **kwargs)
+        seconds = flags.get("time_out")
+        name = getattr(fn, "__name__", "the task")
+
+        def timed_out() -> TaskTimedOut:
+            return TaskTimedOut(f"{name} ran longer than its time_out of {seconds} s")
+
+        saved = slot.inline_nested
+        slot.task_depth += 1
+        slot.inline_nested = bool(flags.get("inline"))
+        try:
+            with timeout.guard(seconds, timed_out) as guard:
+                value = fn(*args, **kwargs)
+            if guard is not None and guard.expired:  # (it caught the TaskTimedOut)
+                raise timed_out()
+        except BaseException as exc:
+            if files:
+                _keep_files(exc, files)
+            raise
+        finally:
+            slot.task_depth -= 1
+            slot.inline_nested = saved
         if returns == 0:
             value = None
         elif returns > 1:
@@ -189,6 +242,8 @@ def _execute(fn, args: tuple, kwargs: dict, outs: list, files: list, returns: in
             if len(value) != returns:
                 raise ValueError(f"{getattr(fn, '__name__', fn)} returned {len(value)} values, "
                                  f"its @task declares returns={returns}")
+        if any(type(o) is _CollOut for o in outs):
+            outs = _expand(outs, args, kwargs)
         written = []
         for f in files:
             if not f.writes:
@@ -208,6 +263,47 @@ def _execute(fn, args: tuple, kwargs: dict, outs: list, files: list, returns: in
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _keep_files(exc: BaseException, files: list) -> None:
+    """A task raised: what its written files hold now travels on the exception."""
+    kept = []
+    for f in files:
+        data = None
+        if f.writes and f.path and os.path.isfile(f.path):
+            try:
+                with open(f.path, "rb") as fh:
+                    data = fh.read()
+            except OSError:
+                data = None
+        kept.append(data)
+    try:
+        exc.__mesh_files__ = kept
+    except (AttributeError, TypeError):  # (an exception type that takes no attribute)
+        pass
+
+
+def _expand(outs: list, args: tuple, kwargs: dict) -> list:
+    """``outs`` with each ``_CollOut`` replaced by the collection's elements as the task
+    left them; a task that changed how many there are fails (as in PyCOMPSs, a
+    collection keeps its length)."""
+    from mesh.program.containers import leaves
+
+    flat: list = []
+    for o in outs:
+        if type(o) is not _CollOut:
+            flat.append(o)
+            continue
+        coll = args[o.where] if type(o.where) is int else kwargs[o.where]
+        if type(coll) is not list:
+            raise TypeError(f"collection parameter {o.name!r} is no longer a list after the task")
+        items = leaves(coll, o.depth)
+        if len(items) != o.count:
+            raise ValueError(f"collection parameter {o.name!r} had {o.count} element(s) and the task "
+                             f"left {len(items)}: a task may replace the elements of a collection, "
+                             f"not add or remove any")
+        flat.extend(items)
+    return flat
 
 
 def _resolve(args: tuple, kwargs: dict, outs: list) -> tuple:

@@ -40,13 +40,18 @@ move is checked against the table again (a failure there is a bug in this module
     ready|running -> cancelled         the graph failed (Kill is emitted)
 
 A failure is a ``done`` with a failed outcome, a ``timed_out`` from the shell, or a
-deadline passed at ``tick`` (both emit ``Kill`` first). Then the task's policy:
+deadline passed at ``tick`` (both emit ``Kill`` first). Then the task's policy (or the
+one the outcome names instead, ``Outcome.policy``):
 RETRY runs it again up to ``max_attempts`` and then acts as FAIL; FAIL cancels every
 unfinished task and the graph is failed (``GraphFailed``; later submissions are
 cancelled at once); CANCEL_SUCCESSORS cancels the tasks that read its outputs,
 transitively, and the rest go on; IGNORE marks its outputs as failed values: the
 tasks that read them still run (their ``Access.read_failed`` says so, the shell passes
 None, as COMPSs passes empty values), and ``wait_on`` on them resolves with an error.
+
+``cancel`` cancels unfinished tasks the shell names (a task group a task of which
+signalled it, PyCOMPSs' ``COMPSsException``), as a failed predecessor would: running
+attempts are killed, and the tasks that read their outputs are cancelled in turn.
 
 Exactly once: a result for an older attempt, for a task already terminal, or for a
 task the graph has released is ignored and counted; a result for an attempt never
@@ -267,7 +272,18 @@ class TaskGraph:
             for v in task.writes:
                 self._resolve(v, DataState.AVAILABLE, "")
         else:
-            self._attempt_failed(task, outcome.error or "failed", "failed")
+            self._attempt_failed(task, outcome.error or "failed", "failed", outcome.policy)
+        return self._end()
+
+    def cancel(self, task_ids: Iterable[str], reason: str, now: float) -> list[Action]:
+        """Cancel these tasks if they are not over (pending, ready or running: a running
+        attempt gets ``Kill``); the tasks that read their outputs are cancelled too.
+        Unknown and finished tasks are ignored."""
+        self._begin(now)
+        for task_id in self._ids(task_ids):
+            task = self._tasks.get(task_id)
+            if task is not None and task.state is not None and not task.state.terminal:
+                self._to_cancel.append((task, reason))
         return self._end()
 
     def timed_out(self, task_id: str, attempt: int, now: float) -> list[Action]:
@@ -469,8 +485,9 @@ class TaskGraph:
             self._versions.maybe_drop(v, self._releases)
         self._maybe_drop_task(task)
 
-    def _attempt_failed(self, task: _Task, error: str, cause: str) -> None:
-        policy = task.spec.on_failure
+    def _attempt_failed(self, task: _Task, error: str, cause: str,
+                        policy: OnFailure | None = None) -> None:
+        policy = task.spec.on_failure if policy is None else policy
         if policy is OnFailure.RETRY and task.attempt < task.spec.max_attempts:
             self._disarm(task)
             self._move(task, R, f"retry after: {cause}")

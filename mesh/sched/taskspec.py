@@ -129,14 +129,18 @@ class TaskSpec:
 
 @dataclass(frozen=True)
 class Outcome:
-    """How an attempt ended: ``Outcome.OK`` or ``Outcome.failed("error text")``."""
+    """How an attempt ended: ``Outcome.OK`` or ``Outcome.failed("error text")``.
+    ``policy``, for a failure: the policy to apply to it instead of the task's own (a
+    failure the program signals on purpose, e.g. PyCOMPSs' ``COMPSsException``, is not
+    retried)."""
 
     ok: bool
     error: str = ""
+    policy: OnFailure | None = None
 
     @classmethod
-    def failed(cls, error: str) -> Outcome:
-        return cls(False, error)
+    def failed(cls, error: str, policy: OnFailure | None = None) -> Outcome:
+        return cls(False, error, None if policy is None else OnFailure(policy))
 
 
 Outcome.OK = Outcome(True)  # type: ignore[attr-defined]

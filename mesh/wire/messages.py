@@ -328,15 +328,17 @@ class Query(Message):
 @dataclass(frozen=True)
 class Resources(Message):
     """COMPSs-style live resource change (a client asks an agent): ``add`` slots
-    (``cpus``) or a neighbour (``peer`` = host:port), ``reduce`` slots (lazily: running
-    calls finish), or ``lost`` (``peer`` = a member's name or id: dropped at once and
-    its calls placed again). Answered by ``Answer`` with the agent's status."""
+    (``cpus``) and ``labels`` or a neighbour (``peer`` = host:port), ``reduce`` slots
+    (lazily: running calls finish) and ``labels``, or ``lost`` (``peer`` = a member's name
+    or id: dropped at once and its calls placed again). Answered by ``Answer`` with the
+    agent's status."""
 
     TAG: ClassVar[str] = "resources"
     qid: int
     action: str
     cpus: int = 0
     peer: str = ""
+    labels: list[str] = field(default_factory=list)  # capabilities to add or take away
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,31 @@ class NodeResources:
     adaptor: str | None = None
 
 
+def labels_of(req: ResourcesRequest) -> list[str]:
+    """The labels (``join --label``) a resource description gives an agent, named as
+    PyCOMPSs' ``@constraint`` keys with their value, ``key=value``: what
+    ``mesh.compat.pycompss`` turns those constraints into, so that a task constrained on
+    an OS or an architecture runs on an agent COMPSs' addResources described so.
+    ``operating_system_type``, ``_distribution``, ``_version`` (``--os_type``...), the
+    CPUs' ``processor_architecture``, ``memory_type``, ``storage_type``, and
+    ``processor_type=GPU`` / ``=FPGA`` for such processors."""
+    labels = []
+    for key, value in (("operating_system_type", req.os_type),
+                       ("operating_system_distribution", req.os_distribution),
+                       ("operating_system_version", req.os_version),
+                       ("memory_type", req.memory_type), ("storage_type", req.storage_type)):
+        if value:
+            labels.append(f"{key}={value}")
+    for p in req.processors:
+        if p.architecture and p.architecture != UNASSIGNED and p.type.upper() == "CPU":
+            labels.append(f"processor_architecture={p.architecture}")
+    if req.gpus > 0:
+        labels.append("processor_type=GPU")
+    if req.fpgas > 0:
+        labels.append("processor_type=FPGA")
+    return list(dict.fromkeys(labels))
+
+
 def resources_json(me: NodeResources, peers: Iterable[NodeResources] = (),
                    time_ms: int | None = None) -> dict:
     """The body of ``GET /COMPSs/resources``, as the real agent builds it::
@@ -144,6 +169,6 @@ def _json_number(value: float | None):
 __all__ = [
     "COMM_AGENT_WORKER", "MASTER_ADAPTOR", "MAX_PARAMS", "MAX_XML_BYTES", "SUPPORTED_LANG",
     "UNSUPPORTED_LANG_MSG", "CompssRequestError", "NodeResources", "Orchestrator", "Processor",
-    "ResourcesRequest", "StartApplication", "parse_lost_node", "parse_resources",
+    "ResourcesRequest", "StartApplication", "labels_of", "parse_lost_node", "parse_resources",
     "parse_start_application", "resources_json",
 ]

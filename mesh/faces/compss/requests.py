@@ -65,10 +65,11 @@ class StartApplication:
 
     Every parameter must be an input (``<direction>IN`` or ``<accessMode>READ``, or
     neither); ``<target>``, ``<prolog>`` and ``<epilog>`` are refused (400) rather than
-    silently dropped. Kept but not acted on here: ``cei_class`` (``<ceiClass>``, a Java
-    interface in COMPSs), ``has_result``, ``service_instance_id``, ``action`` and
-    ``forward_to`` (``<action><actionName>stop`` with ``<forwardTo><agent>`` URLs: stop
-    this agent, and those, when the call ends) and ``orchestrator``. Ignored: each
+    silently dropped. Kept for the REST face: ``action`` and ``forward_to``
+    (``<action><actionName>stop`` with ``<forwardTo><agent>`` URLs: it stops this agent,
+    and tells those to stop, when the call ends); not acted on: ``cei_class``
+    (``<ceiClass>``, a Java interface in COMPSs), ``has_result``, ``service_instance_id``
+    and ``orchestrator``. Ignored: each
     parameter's ``paramName``, ``prefix``, ``contentType``, ``stdIOStream``, ``weight``,
     ``keepRename`` and the ``xsi:type`` of values, and unknown elements (JAXB ignores them
     too).
@@ -109,9 +110,10 @@ class ResourcesRequest:
 
     ``name`` is the node the request is about (``<name>`` of ``<externalResource>`` or
     ``<nioResource>``; ``<workerName>`` of ``<reduceNode>``). What to do with it is the
-    agent's business (the semantics the issue asks for, after COMPSs agents: adding under
-    the agent's own name grows its slots, under another name links that agent as a
-    neighbour at :attr:`address`; reducing drains lazily, running tasks finish).
+    agent's business (the REST face, after COMPSs agents: adding under the agent's own
+    name grows its slots and labels, under another name, or its address with another
+    agent's ``Port``, links that agent as a neighbour at :attr:`address`; reducing drains
+    lazily, running tasks finish).
     ``cpus``/``gpus``/``fpgas`` sum the ``computingUnits`` of the
     processors of each type. ``properties`` are the adaptor's ``<resourceConf>``:
     ``(Name, Value)`` of each ``<Property>`` (external adaptors, e.g. the CommAgent's

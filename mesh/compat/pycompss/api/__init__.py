@@ -1,0 +1,1 @@
+"""``pycompss.api``: the PyCOMPSs API (decorators and synchronisation) on the mesh."""
