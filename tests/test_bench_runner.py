@@ -278,9 +278,6 @@ def test_fuzz_quick_agent_never_dies(fuzz_run):
 
 @pytest.mark.agents
 @pytest.mark.timeout(110)
-@pytest.mark.xfail(strict=True, reason="REST threads raise: RecursionError on deeply nested JSON "
-                   "(mesh/faces/rest.py:226), BrokenPipeError when a client hangs up before its answer "
-                   "(mesh/faces/rest.py:250); and the agent's codec ones: tests/test_fuzz_findings.py")
 def test_fuzz_quick_finds_no_error_in_the_agents_log(fuzz_run):
     _, res = fuzz_run
     assert res["distinct_errors"] == 0, res["errors"]

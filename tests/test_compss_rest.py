@@ -120,7 +120,7 @@ def test_compss_scripts_drive_an_agent_started_with_rest_open(agents, tmp_path):
     body = status(a, nokey)
     assert body["done"] == 1 and body["cpus"]["total"] == 3
     assert body["rest"]["open"] is True
-    assert body["rest"]["refused"] == {"host": 1, "origin": 1, "token": 1, "content_type": 1}
+    assert body["rest"]["refused"] == {"host": 1, "origin": 1, "token": 1, "content_type": 1, "busy": 0}
 
     assert curl(rest, "DELETE", "/COMPSs")[0] == 200  # a graceful leave, as the scripts ask it
     assert a.proc.wait(20) == 0

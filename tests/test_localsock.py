@@ -3,9 +3,11 @@ Unix socket in a private directory, no CURVE; everyone else, and any doubt, goes
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import random
+import resource
 import shutil
 import signal
 import socket
@@ -29,6 +31,26 @@ from mesh.wire import messages as m
 from .conftest import run_cli, wait_for
 
 pytestmark = pytest.mark.timeout(60)
+
+
+@contextlib.contextmanager
+def many_descriptors(n: int = 1100):
+    """This process with ``n`` more files open (the soft RLIMIT_NOFILE raised if need be), so
+    that the next descriptor it opens is past 1023, where select() refuses to go."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = n + 1024
+    if hard != resource.RLIM_INFINITY and hard < want:
+        pytest.skip(f"RLIMIT_NOFILE's hard limit is {hard}: fewer than {want} descriptors")
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    spare = []
+    try:
+        spare = [open(os.devnull) for _ in range(n)]
+        yield
+    finally:
+        for f in spare:
+            f.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 # -- paths and directories (no agent) ------------------------------------------------------------
@@ -107,6 +129,25 @@ def test_a_program_on_the_device_uses_the_local_socket_and_gets_its_results(agen
     path = status["local_socket"]
     assert a.stop() == 0
     assert not os.path.exists(path), "a leaving agent removes its local socket"
+
+
+def test_a_program_with_more_than_1024_descriptors_open_uses_the_local_socket(agents, mesh_key):
+    """Its descriptors past 1023: dialing waited with select(), which refuses them (ValueError
+    out of Client()); every wait on the local connection polls now."""
+    a = agents.start("a")
+    with many_descriptors(), Client(a.comm, key=mesh_key) as c:
+        assert c.local_path is not None and c.link.fd > 1023
+        futs = [c.submit(pow, i, 2) for i in range(200)]
+        assert [f.result(30) for f in futs] == [i * i for i in range(200)]
+        assert c.call("operator:add", (1, 2)).result(30) == 3
+        a_side, b_side = socket.socketpair()  # (the waits of the framing itself)
+        with a_side, b_side:
+            assert a_side.fileno() > 1023
+            assert framing.wait(a_side, 0, write=True) and not framing.wait(a_side, 0.01, read=True)
+            b_side.sendall(struct.pack(">I", 2) + b"hi")
+            assert framing.wait(a_side, 5, read=True)
+            channel = framing.FrameSocket(a_side)
+            assert channel.readable() and channel.recv() == b"hi" and not channel.readable()
 
 
 def test_a_wrong_or_missing_key_still_fails_as_over_tcp(agents, mesh_key):

@@ -55,7 +55,11 @@ def test_a_good_request_passes_and_each_fault_alone_is_refused_with_its_status()
     assert check(guard, "POST", "/v1/calls", *without("Content-Type"), ("Content-Type", "text/plain")) == 415
     assert check(guard, "POST", "/v1/calls", *without("Content-Type")) == 415
     assert guard.status() == {"open": False, "refused": {"host": 2, "origin": 1, "token": 3,
-                                                          "content_type": 2}}
+                                                          "content_type": 2, "busy": 0}}
+    busy = guard.busy(64, 0.0)  # (the server's bound: counted and logged as the others)
+    assert (busy.status, busy.reason, busy.headers, busy.log, busy.count) == (503, "busy", (("Retry-After", "1"),),
+                                                                          True, 1)
+    assert guard.status()["refused"]["busy"] == 1
 
 
 def test_host_names_this_agent_only():
@@ -284,7 +288,7 @@ def test_a_web_page_cannot_run_code_on_a_keyless_loopback_agent(agents, tmp_path
     assert not os.path.exists(canary)
     status = json.loads(send(rest, "GET", "/v1/status", pairs=own[:3])[2])
     assert status["done"] == 1 and status["failed"] == 0
-    assert status["rest"]["refused"] == {"host": 3, "origin": 2, "token": 3, "content_type": 1}
+    assert status["rest"]["refused"] == {"host": 3, "origin": 2, "token": 3, "content_type": 1, "busy": 0}
     assert status["rest"]["open"] is False
 
     # the same request, with the token, the agent's Host and JSON, runs

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import socket
 import stat
 import struct
@@ -50,6 +49,7 @@ from mesh.keys import MeshKey
 from mesh.wire import localconn
 from mesh.wire import messages as m
 from mesh.wire.curve import HANDSHAKE_FAILED, curve_client, monitor_event
+from mesh.wire.framing import wait
 from mesh.wire.localconn import FrameStream, StreamClosed
 
 log = logging.getLogger("mesh.client")
@@ -216,7 +216,7 @@ class Link:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-                select.select([], [stream.sock], [], left)
+                wait(stream.sock, left, write=True)
                 stream.flush()
         except StreamClosed as exc:
             self.fail(exc)

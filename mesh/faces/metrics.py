@@ -49,8 +49,14 @@ def render(status: dict, peers: list[dict]) -> str:
            [(dict(agent, kind="rejected"), status["auth"]["rejected"]),
             (dict(agent, kind="handshake"), status["auth"]["handshake_failures"])])
     if status.get("rest"):
+        rest = status["rest"]
         metric("mesh_rest_refused_total", "counter", "REST requests refused, by reason.",
-               [(dict(agent, reason=r), n) for r, n in sorted(status["rest"]["refused"].items())])
+               [(dict(agent, reason=r), n) for r, n in sorted(rest["refused"].items())])
+        metric("mesh_rest_aborted_total", "counter",
+               "REST connections closed before their answer, by why (hangup, timeout, evicted).",
+               [(dict(agent, reason=r), n) for r, n in sorted(rest["aborted"].items())])
+        metric("mesh_rest_connections", "gauge", "REST connections open now.",
+               [(agent, rest["connections"])])
     counters = status["membership"]
     metric("mesh_membership_events_total", "counter", "Failure detector events.",
            [(dict(agent, event=k), v) for k, v in sorted(counters.items())

@@ -34,7 +34,25 @@ its own threads and answered by the agent's loop through the agent's handle
 (``mesh.agent.inbox.AgentHandle``: ``ask``/``query``, no shared state), which whoever
 composes them (``mesh join``) gives the server. Arguments arrive as JSON and are pickled here (pickle.dumps of plain data;
 nothing is ever unpickled in the agent); results come back as JSON made by the
-worker. Bad input gets 400 with a message; unknown paths 404; other methods 405.
+worker. Bad input gets 400 with a message (a body that is not JSON, nests too deeply, or
+holds a number Python would not read or a float beyond 64 bits, NaN and Infinity
+included); unknown paths 404; other methods 405.
+
+Connections (``_Server``): each is served by a thread of its own, at most
+``MAX_CONNECTIONS`` at a time, and each read or write on it may wait ``READ_TIMEOUT``
+seconds, after which it is closed unanswered (counted: ``rest.aborted.timeout``). So a
+client that connects and sends nothing, or stops half way, holds a thread that long at
+most. One that sends a byte now and then (a slowloris) holds it longer, but only until
+the place is needed: a connection that still waits for its request (it has not sent a
+whole head, or it was refused and we read the rest of its body) can be evicted. A new
+connection that finds every place taken closes the one that has waited longest
+(``aborted.evicted``) and takes its place. So a slowloris, however many connections it
+opens, takes places from itself: a client that sends its request at once waits for it
+only a moment, never the longest. Only when every place holds a request that passed the
+guard and is being answered is the new connection refused: 503 with ``Retry-After``,
+counted with the other refusals (``rest.refused.busy``). A client that hangs up before
+its answer is written is counted (``aborted.hangup``) and logged at
+DEBUG, as every other request is.
 """
 
 from __future__ import annotations
@@ -42,8 +60,11 @@ from __future__ import annotations
 import getpass
 import json
 import logging
+import math
 import os
 import pickle
+import re
+import socket
 import threading
 import time
 import urllib.request
@@ -59,6 +80,11 @@ log = logging.getLogger("mesh.rest")
 
 MAX_BODY = 16 * 1024 * 1024
 MAX_DRAIN = 64 * 1024  # a refused request's body is read (so its answer arrives) up to this
+MAX_INT_DIGITS = 4300  # longer integers in a body are refused (Python's own int(str) limit)
+READ_TIMEOUT = 10.0  # seconds a read or write on a connection may wait before we close it
+MAX_CONNECTIONS = 64  # connections served at once (a thread each); see the module docstring
+ABORTS = ("hangup", "timeout", "evicted")  # why connections ended without their answer
+_DIGITS = re.compile(r"[0-9]+")
 QUERIES = {"/v1/status": "status", "/v1/peers": "peers"}
 RESOURCES = sorted([*QUERIES, "/v1/tree", "/v1/calls", "/v1/calls/{id}", "/metrics", "/COMPSs/test",
                     "/COMPSs/resources", "/COMPSs/startApplication", "/COMPSs/addResources",
@@ -70,6 +96,30 @@ class _Handler(BaseHTTPRequestHandler):
     agent = None  # the agent's handle (mesh.agent.inbox.AgentHandle), set per server class
     token = ""  # set per server class: its bearer token (forwarded COMPSs stops carry it)
     guard: rest_auth.RestGuard  # set per server class
+    timeout = READ_TIMEOUT  # (socketserver sets it on the connection: each read and write)
+    server: _Server
+
+    # ------------------------------------------------------------------ connections
+
+    def handle_one_request(self) -> None:
+        try:
+            super().handle_one_request()  # (a read or write that times out ends in log_error)
+        except ConnectionError as exc:  # the client hung up (or we closed it: evicted)
+            self.close_connection = True
+            if self.server.aborted(self.connection, "hangup"):
+                log.debug("REST: %s hung up before its answer (%s)", self.client_address[0],
+                          type(exc).__name__)
+
+    def parse_request(self) -> bool:
+        if self.server.evicted(self.connection):  # (what it sent was cut short: nothing to answer)
+            self.close_connection = True
+            return False
+        return super().parse_request()
+
+    def log_error(self, fmt: str, *args) -> None:  # noqa: D102 - http.server's: a refusal, or a time-out
+        if any(isinstance(a, TimeoutError) for a in args):  # ("Request timed out: %r", exc)
+            self.server.aborted(self.connection, "timeout")
+        self.log_message(fmt, *args)
 
     # ------------------------------------------------------------------ methods
 
@@ -131,11 +181,11 @@ class _Handler(BaseHTTPRequestHandler):
         if handler is None:
             return self._json(405 if path in QUERIES else 404,
                               {"error": f"cannot PUT to {path}", "resources": RESOURCES})
-        length = self.headers.get("Content-Length")
-        if not length or not length.isdigit() or int(length) > compss.MAX_XML_BYTES:
+        length = self._length()
+        if length is None or length > compss.MAX_XML_BYTES:
             return self._send(400, b"an XML body with a Content-Length (at most 4 MiB) is required",
                               "text/plain")
-        body = self.rfile.read(int(length))
+        body = self.rfile.read(length)
         try:
             handler(body)
         except compss.CompssRequestError as exc:
@@ -226,30 +276,37 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0].rstrip("/")
         refusal = self.guard.check(self.command, path, self.headers, time.monotonic())
         if refusal is None:
+            if not self.server.admitted(self.connection):  # (evicted meanwhile: nobody to answer)
+                self.close_connection = True
+                return None
             return path
         if refusal.log:
             log.warning("REST refused %s %s from %s: %s (%d refused for %s so far; logged at most "
                         "once a minute per reason)", self.command, path[:80] or "/",
                         self.client_address[0], refusal.message, refusal.count, refusal.reason)
-        length = self.headers.get("Content-Length", "")
-        if length.isdigit() and int(length) <= MAX_DRAIN:  # (else the connection just closes)
-            self.rfile.read(int(length))
+        length = self._length()
+        if length is not None and length <= MAX_DRAIN:  # (else the connection just closes)
+            self.rfile.read(length)
         self.close_connection = True
         self._send(refusal.status, json.dumps({"error": refusal.message, "refused": refusal.reason}).encode(),
                    "application/json", refusal.headers)
         return None
 
+    def _length(self) -> int | None:
+        """The request's Content-Length, if it is a number (ASCII digits); one of more than
+        18 digits is taken as 10**18, more than any body here may have."""
+        text = (self.headers.get("Content-Length") or "").strip()
+        if not _DIGITS.fullmatch(text):
+            return None
+        return int(text) if len(text) <= 18 else 10**18
+
     def _read_json(self):
-        length = self.headers.get("Content-Length")
-        if not length or not length.isdigit():
+        length = self._length()
+        if length is None:
             return None, "a JSON body with a Content-Length is required"
-        if int(length) > MAX_BODY:
+        if length > MAX_BODY:
             return None, f"body over {MAX_BODY} bytes"
-        raw = self.rfile.read(int(length))
-        try:
-            return json.loads(raw), None
-        except (ValueError, UnicodeDecodeError) as exc:
-            return None, f"body is not JSON: {exc}"
+        return _parse_json(self.rfile.read(length))
 
     def _tree(self) -> dict:
         from mesh.client.client import Client
@@ -306,6 +363,42 @@ def _stop_after(agent, call_id: str, forward_to: tuple, token: str) -> None:
     agent.request_leave()
 
 
+class _BadNumber(ValueError):
+    """A number in a JSON body that we do not take (its message says why)."""
+
+
+def _json_int(text: str) -> int:
+    digits = len(text) - text.startswith("-")
+    if digits > MAX_INT_DIGITS:
+        raise _BadNumber(f"an integer of {digits} digits (at most {MAX_INT_DIGITS})")
+    return int(text)
+
+
+def _json_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        shown = text if len(text) <= 40 else f"{text[:20]}...{text[-10:]} ({len(text)} characters)"
+        raise _BadNumber(f"{shown} is out of range for a float (64 bits)")
+    return value
+
+
+def _json_constant(name: str):
+    raise _BadNumber(f"{name} is not a JSON number")
+
+
+def _parse_json(raw: bytes) -> tuple[object, str | None]:
+    """A request body's JSON value, or None and an error message for the client."""
+    try:
+        return json.loads(raw, parse_int=_json_int, parse_float=_json_float,
+                          parse_constant=_json_constant), None
+    except _BadNumber as exc:
+        return None, f"body holds a number we do not take: {exc}"
+    except RecursionError:  # (the decoder's depth is Python's recursion limit)
+        return None, "body is JSON nested too deeply (arrays and objects within each other)"
+    except (ValueError, UnicodeDecodeError) as exc:
+        return None, f"body is not JSON: {exc}"
+
+
 def _call_from_json(body) -> tuple[m.Call | None, str | None]:
     """A Call from ``{"function", "args", "kwargs"}``, or an error message."""
     if not isinstance(body, dict):
@@ -320,23 +413,118 @@ def _call_from_json(body) -> tuple[m.Call | None, str | None]:
         return None, '"kwargs" must be an object'
     unknown = set(body) - {"function", "args", "kwargs"}
     if unknown:
-        return None, f"unknown fields {sorted(unknown)}"
-    payload = pickle.dumps((tuple(args), kwargs))
+        return None, f"unknown fields {sorted(unknown)[:10]}{' ...' if len(unknown) > 10 else ''}"
+    try:
+        payload = pickle.dumps((tuple(args), kwargs))
+    except RecursionError:  # (nested less deeply than the JSON decoder allows, more than pickle does)
+        return None, '"args" and "kwargs" are nested too deeply'
     return m.Call(os.urandom(12).hex(), function, payload, want_json=True), None
+
+
+class _Server(ThreadingHTTPServer):
+    """``http.server``'s threaded server, with a bound on the connections it serves at once
+    and the places they hold (see the module docstring). Its own methods run in the thread
+    that accepts (``process_request``) or in the connections' threads."""
+
+    daemon_threads = True
+    request_queue_size = 64  # (connections the kernel holds until we accept them)
+
+    def __init__(self, address: tuple[str, int], handler, max_connections: int) -> None:
+        self.max_connections = max_connections
+        self.guard: rest_auth.RestGuard | None = None  # (set once bound: it needs the port)
+        self._lock = threading.Lock()
+        self._open: dict[socket.socket, float | None] = {}  # -> since when it waits (None: admitted)
+        self._evicted: set[socket.socket] = set()  # (until their threads end)
+        self._aborted = dict.fromkeys(ABORTS, 0)
+        super().__init__(address, handler)
+
+    def status(self) -> dict:
+        with self._lock:
+            return {"connections": len(self._open), "max_connections": self.max_connections,
+                    "waiting": sum(since is not None for since in self._open.values()),
+                    "aborted": dict(self._aborted)}
+
+    def process_request(self, request: socket.socket, client_address) -> None:
+        with self._lock:
+            if len(self._open) >= self.max_connections:
+                waiting = [(since, i, sock) for i, (sock, since) in enumerate(self._open.items())
+                           if since is not None]
+                if not waiting:
+                    self._refuse(request)
+                    return
+                victim = min(waiting)[2]
+                del self._open[victim]
+                self._evicted.add(victim)
+                self._aborted["evicted"] += 1
+                try:
+                    victim.shutdown(socket.SHUT_RDWR)  # (its thread's read returns: it ends)
+                except OSError:
+                    pass
+            self._open[request] = time.monotonic()
+        super().process_request(request, client_address)
+
+    def _refuse(self, request: socket.socket) -> None:
+        """Every place holds a request being answered: 503, written without waiting (a new
+        connection's buffer takes it), and closed; its request is not read."""
+        refusal = self.guard.busy(self.max_connections, time.monotonic())
+        if refusal.log:
+            log.warning("REST refused a connection: %s (%d refused for %s so far; logged at most "
+                        "once a minute per reason)", refusal.message, refusal.count, refusal.reason)
+        body = json.dumps({"error": refusal.message, "refused": refusal.reason}).encode()
+        head = "".join(f"{name}: {value}\r\n" for name, value in refusal.headers)
+        try:
+            request.setblocking(False)
+            request.send(f"HTTP/1.0 503 Service Unavailable\r\nServer: {_Handler.server_version}\r\n"
+                         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{head}"
+                         f"Connection: close\r\n\r\n".encode() + body)
+            while request.recv(1 << 16):  # (what came already: unread, it would make close reset)
+                pass
+        except OSError:
+            pass
+        super().shutdown_request(request)
+
+    def shutdown_request(self, request: socket.socket) -> None:
+        with self._lock:
+            self._open.pop(request, None)
+            self._evicted.discard(request)
+        super().shutdown_request(request)
+
+    def admitted(self, sock: socket.socket) -> bool:
+        """``sock``'s request passed the guard: it is answered, no longer waits (never
+        evicted). False: it was evicted already."""
+        with self._lock:
+            if sock not in self._open:
+                return False
+            self._open[sock] = None
+            return True
+
+    def evicted(self, sock: socket.socket) -> bool:
+        with self._lock:
+            return sock in self._evicted
+
+    def aborted(self, sock: socket.socket, why: str) -> bool:
+        """``sock`` ended without its answer, for ``why`` (one of ABORTS); counted unless it
+        was evicted (counted then). True if counted."""
+        with self._lock:
+            if sock in self._evicted:
+                return False
+            self._aborted[why] += 1
+            return True
 
 
 class RestServer:
     """REST for an agent on ``host:port``, guarded by ``token`` (``mesh.faces.rest_auth``), which
     it also writes to the agent's token file (removed by ``close``). ``agent``: the agent's
-    handle (``Agent.handle()``)."""
+    handle (``Agent.handle()``). ``timeout``: how long a read or write on a connection may
+    wait; ``max_connections``: how many are served at once (see the module docstring)."""
 
-    def __init__(self, agent, host: str, port: int, token: str, rest_open: bool = False) -> None:
-        handler = type("Handler", (_Handler,), {"agent": agent, "token": token})
-        self.httpd = ThreadingHTTPServer((host, port), handler)
-        self.httpd.daemon_threads = True
+    def __init__(self, agent, host: str, port: int, token: str, rest_open: bool = False,
+                 timeout: float = READ_TIMEOUT, max_connections: int = MAX_CONNECTIONS) -> None:
+        handler = type("Handler", (_Handler,), {"agent": agent, "token": token, "timeout": timeout})
+        self.httpd = _Server((host, port), handler, max_connections)
         host, port = self.httpd.server_address[:2]
         self.address = f"{host}:{port}"
-        self.guard = handler.guard = rest_auth.RestGuard(
+        self.guard = self.httpd.guard = handler.guard = rest_auth.RestGuard(
             token, host, port, rest_open, token_hint=f"mesh token --agent {agent.address}")
         self.token_file = None
         try:
@@ -360,8 +548,11 @@ class RestServer:
         self._closed = False
 
     def status(self) -> dict:
-        """For the agent's status: address, --rest-open, the token file, refusals by reason."""
-        return dict(self.guard.status(), address=self.address, token_file=self.token_file)
+        """For the agent's status: address, --rest-open, the token file, refusals by reason,
+        connections open now (``waiting``: for their request) and their bound, connections
+        that ended unanswered by why."""
+        return dict(self.guard.status(), **self.httpd.status(), address=self.address,
+                    token_file=self.token_file)
 
     def close(self) -> None:
         if self._closed:

@@ -29,6 +29,11 @@ else looks at it; the first check it fails refuses it, with its own status:
    browser never sends the request. A body-less DELETE has no type to check; DELETE is
    never sent cross-origin without a preflight either.
 
+One more refusal is not about who asks but about how many: a connection that comes when
+the server already answers as many requests as it serves at once is refused with **503**
+(``busy``, with ``Retry-After``; ``mesh.faces.rest`` says when). ``RestGuard.busy`` makes
+that refusal, so that it is counted and logged as the others are.
+
 Each refusal is counted by reason (``mesh status``: ``rest.refused``) and logged at
 WARNING the first time for its reason and then at most once a minute per reason.
 
@@ -55,7 +60,7 @@ from dataclasses import dataclass
 from mesh.errors import MeshError
 from mesh.wire import localsock
 
-REASONS = ("host", "origin", "token", "content_type")
+REASONS = ("host", "origin", "token", "content_type", "busy")
 LOG_EVERY = 60.0  # seconds between two log lines about refusals of one reason
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 CHANGES = ("POST", "PUT", "PATCH")  # methods that always carry something to act on
@@ -121,8 +126,15 @@ class RestGuard:
         """None if the request may go on, else why not. ``path``: without query and
         trailing slash; ``headers``: an ``email.message.Message`` (``http.server``'s)."""
         refusal = self._check(method, path, headers)
-        if refusal is None:
-            return None
+        return None if refusal is None else self._count(refusal, now)
+
+    def busy(self, limit: int, now: float) -> Refusal:
+        """A connection refused because ``limit`` requests are being answered already."""
+        return self._count(Refusal(503, "busy", f"the agent is answering {limit} requests already "
+                                                "(its limit): try again in a moment",
+                                   (("Retry-After", "1"),)), now)
+
+    def _count(self, refusal: Refusal, now: float) -> Refusal:
         with self._lock:
             self.refused[refusal.reason] += 1
             count = self.refused[refusal.reason]

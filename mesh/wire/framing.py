@@ -30,6 +30,11 @@ socket takes and keeps the rest in ``out`` (its owner polls for writability and 
 ``flush``), up to a bound past which frames are refused and counted (ZeroMQ's high-water
 mark did that); a length over the limit the reader accepts closes the connection
 (ZeroMQ's ``MAXMSGSIZE``), as does the end of the stream (``StreamClosed``).
+
+Waiting on one descriptor (``wait``, ``FrameSocket.readable``) uses ``poll``, never
+``select``: ``select`` refuses descriptors past 1023 (``FD_SETSIZE``), and a process with
+many files open (an agent with many members, a program with many connections) gets such
+numbers for the sockets it opens last.
 """
 
 from __future__ import annotations
@@ -46,6 +51,15 @@ READS_PER_CALL = 16  # reads per ``FrameStream.frames`` call: a flood cannot hol
 OUT_LIMIT = 1 << 28  # bytes waiting to be written past which ``FrameStream.send`` refuses
 _SMALL = 1 << 16  # frames up to this size are copied behind their header: one sendall
 _HEADER = struct.Struct(">I")
+_POLLIN, _POLLOUT = select.POLLIN, select.POLLOUT
+
+
+def wait(sock: socket.socket, timeout: float, read: bool = False, write: bool = False) -> bool:
+    """Wait up to ``timeout`` seconds until ``sock`` has input (``read``) or room to write
+    (``write``), or an error or hang-up to report; True if it has. Any descriptor number."""
+    poller = select.poll()
+    poller.register(sock, (_POLLIN if read else 0) | (_POLLOUT if write else 0))
+    return bool(poller.poll(max(timeout, 0.0) * 1000))  # (milliseconds, rounded up)
 
 
 class FrameTooLarge(ValueError):
@@ -103,6 +117,8 @@ class FrameSocket:
         self._in = FrameBuffer(MAX_FRAME)
         self._emptied = False  # the last read left the socket empty (see the docstring)
         self._send_lock = threading.Lock()
+        self._poll = select.poll()  # (``readable``: kept, a poll set of one costs no descriptor)
+        self._poll.register(sock, _POLLIN)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -146,7 +162,7 @@ class FrameSocket:
         if self._emptied:
             self._emptied = False
             return False
-        return bool(select.select([self.sock], [], [], 0)[0])
+        return bool(self._poll.poll(0))
 
     def close(self) -> None:
         self.sock.close()
@@ -257,7 +273,7 @@ class FrameStream:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
-                    select.select([], [self.sock], [], left)
+                    wait(self.sock, left, write=True)
             except StreamClosed:
                 pass
         self.sock.close()

@@ -70,13 +70,16 @@ def dial(address: str, fingerprint: str | None, timeout: float,
         return None
     stream = FrameStream(sock, max_frame + 1024)
     deadline = time.monotonic() + timeout
+    poller = select.poll()  # (not select(): our descriptor may be past 1023)
+    poller.register(sock, select.POLLIN)
     try:
         stream.send(m.encode(m.Query(0, "status")))
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            select.select([sock], [sock] if stream.out else [], [], left)
+            poller.modify(sock, (select.POLLIN | select.POLLOUT) if stream.out else select.POLLIN)
+            poller.poll(left * 1000)
             stream.flush()
             for frame in stream.frames():
                 msg = m.decode(frame)
