@@ -152,7 +152,7 @@ def test_task_groups_with_compss_exception(mesh3, tmp_path):
     log = tmp_path / "log"
     log.write_text("")
     assert run_app(mesh3, "groups.py", str(log)) == {
-        "caught": "2 found!", "fast": True, "later": ["ok", "11 found!"],
+        "caught": "2 found!", "unwaited": True, "later": ["ok", "11 found!"],
         "cancelled": "TaskCancelled", "outside": 42, "after": 100, "starts": 1}
 
 
