@@ -113,9 +113,9 @@ def test_a_busy_lone_dispatcher_forgets_calls_cancelled_while_they_waited():
 
 
 def membership_sizes(core: Membership) -> dict[str, int]:
-    return {"members": len(core.members), "conns": len(core._conns), "dials": len(core._dials),
-            "sent": len(core._sent), "relays": len(core._relays), "order": len(core._order),
-            "urgent": len(core._urgent), "gossip": len(core.gossip), "seeds": len(core.seeds)}
+    return {"members": len(core.members), "conns": len(core.dialer.conns), "dials": len(core.dialer.dials),
+            "sent": core.outbox.pending(), "relays": len(core.prober.relays), "order": len(core.prober.round),
+            "urgent": len(core.prober.urgent), "gossip": len(core.gossip), "seeds": len(core.seeds)}
 
 
 def test_membership_forgets_members_and_addresses_that_are_gone():
@@ -169,7 +169,7 @@ def test_membership_forgets_members_and_addresses_that_are_gone():
             sizes = membership_sizes(core)
             assert all(sizes[k] <= bound[k] for k in bound), (i, sizes)
     assert joined >= 0.9 * CHURN and forgotten >= joined - size, (joined, forgotten)
-    assert "seed:1" in core._conns  # a seed is never forgotten
+    assert "seed:1" in core.dialer.conns  # a seed is never forgotten
 
 
 def test_members_joining_faster_than_they_are_probed_do_not_pile_up():
@@ -180,8 +180,8 @@ def test_members_joining_faster_than_they_are_probed_do_not_pile_up():
         me = bytes.fromhex(node_id(i))
         core.receive(Ping(i, NodeInfo(node_id(i), f"n{i}", f"n{i}:1", 1), LOAD), 0.0, identity=me)
         core.receive(Leave(node_id(i), 0), 0.0, identity=me)
-        assert len(core._order) <= 2 * 8 + 1 and len(core.members) <= 8, i
-    assert core.tick(0.0) is not None and core._urgent == []
+        assert len(core.prober.round) <= 2 * 8 + 1 and len(core.members) <= 8, i
+    assert core.tick(0.0) is not None and core.prober.urgent == []
 
 
 # ----------------------------------------------------------------------------- tree

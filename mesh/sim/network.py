@@ -59,6 +59,8 @@ class SimNode:
     name: str
     membership: Membership
     tick_every: float
+    id: str = field(init=False)  # (its node id and address never change)
+    address: str = field(init=False)
     alive: bool = True
     conns: set[str] = field(default_factory=set)  # addresses we have a connection to
     paths: dict[str, str] = field(default_factory=dict)  # peer id -> address it reached us on
@@ -66,13 +68,9 @@ class SimNode:
     declared_dead: list[float] = field(default_factory=list)  # when it learnt it was
     forgotten: list[tuple[float, str]] = field(default_factory=list)  # (when, node id)
 
-    @property
-    def id(self) -> str:
-        return self.membership.me.id
-
-    @property
-    def address(self) -> str:
-        return self.membership.me.address
+    def __post_init__(self) -> None:
+        self.id = self.membership.me.id
+        self.address = self.membership.me.address
 
 
 class SimNetwork:
