@@ -352,8 +352,7 @@ class Membership:
             member = Member(info, "alive", None, now, now, load)
             table.add(member)
             acts.append(MemberChanged(info.id, info.name, "new", "alive", info.incarnation))
-            self.outbox.gossip.add(member.digest())  # spread the join
-            self.prober.add(info.id)
+            self.outbox.gossip.add(member.digest())  # spread the join (probed from the next round)
         else:
             if info.incarnation > member.info.incarnation:
                 member.info = info

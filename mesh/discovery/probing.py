@@ -5,8 +5,15 @@ Theory of operation
 -------------------
 Probing (SWIM). Every protocol period a node probes one member: members to see to
 first (``soon``: a suspect, a member whose connection was reset, one whose round trip
-someone needs), then the others in a shuffled round robin (``_Round``); a member that
-joins is probed next.
+someone needs), then the others in a round robin (``_Round``): each round is the
+members of the table when it starts, shuffled, walked one member a period. A member
+that joins meanwhile gets its place, at random, in the next round. So a round lasts
+at most as many periods as the table had members at its start, and every member is
+probed at least once in any two rounds, however fast others join. (Newcomers used to
+be probed next: joins faster than one a period then kept a node from ever coming back
+to the others, and a silent one from being suspected. SWIM's insertion at a random
+place in the current round has the same flaw in a milder form: each newcomer placed
+ahead lengthens the round.)
 
 A probe sends ``Ping``; with no answer within ``ack_timeout`` it asks ``indirect``
 other members to probe the target (``PingReq``), and they answer ``IndirectAck`` or
@@ -72,28 +79,26 @@ class _Relay:
 
 
 class _Round:
-    """The round robin of probe targets, taken from the end; a newcomer goes to the end
-    (probed next: it measures its round trip). Ids of members gone since stay until they
-    are reached (skipped then), or until they are most of the list."""
+    """One round of the round robin: probeable members, shuffled, walked from ``next``
+    (module docstring). Ids of members gone since are skipped when they are reached."""
 
     def __init__(self, rng: random.Random) -> None:
         self.ids: list[str] = []
+        self.next = 0
         self._rng = rng
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def add(self, node_id: str, members: MemberTable) -> None:
-        if len(self.ids) > 2 * len(members):  # (joins faster than probes)
-            self.ids = [i for i in self.ids if i in members]
-        self.ids.append(node_id)
-
     def pop(self) -> str | None:
-        return self.ids.pop() if self.ids else None
+        if self.next >= len(self.ids):
+            return None
+        self.next += 1
+        return self.ids[self.next - 1]
 
     def restart(self, ids: list[str]) -> None:
         self._rng.shuffle(ids)
-        self.ids = ids
+        self.ids, self.next = ids, 0
 
 
 class Prober:
@@ -117,10 +122,6 @@ class Prober:
         self._rng = rng
 
     # ------------------------------------------------------------------ targets
-
-    def add(self, node_id: str) -> None:
-        """A new member: a random place in the round robin."""
-        self.round.add(node_id, self._table)
 
     def soon(self, node_id: str, first: bool = False) -> None:
         """Probe this member before the round robin (``first``: before the others too)."""
