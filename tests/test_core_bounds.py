@@ -214,8 +214,8 @@ def test_the_tree_forgets_neighbours_that_are_gone():
         if i % 10 == 0:
             tree.tick(now)
         if i % 997 == 0:
-            sizes = {"peers": len(tree.peers), "children": len(tree._children),
-                     "offers": len(tree._offers), "dead": len(tree._dead),
+            sizes = {"peers": len(tree.peers), "children": len(tree.nbrs.children),
+                     "offers": len(tree.nbrs.offers), "dead": len(tree._dead),
                      "history": len(tree.history)}
             # the live ones, plus those silent for less than forget_after periods
             silent = int(cfg.forget_after * cfg.period / 0.05 * 1.3)

@@ -26,8 +26,8 @@ from mesh.tree import (
     RootChanged,
     SendAdvert,
     TreeConfig,
-    tree_json,
 )
+from mesh.tree.advert import key
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -135,7 +135,7 @@ def test_at_start_up_the_best_score_wins():
 def test_root_key_orders_term_then_settled_then_score_then_id():
     t = node("X", score=5.0)
     t.tick(CFG.join_wait * P)
-    mine = t.advert().key()
+    mine = key(t.advert())
     assert (1, 0, 0.0, "A") > mine  # a later term beats everything
     assert t.election_key(0, (CFG.settle_after + 1) * P) > t.election_key(0, 0.0)  # settled
     assert (0, 0, 6.0, "A") > mine > (0, 0, 5.0, "W")  # score, then id
@@ -366,10 +366,12 @@ def test_ask_is_answered():
     assert [a.peer for a in of(SendAdvert, acts)] == ["Q"] and not acts[0].advert.ask
 
 
-def test_view_and_tree_json():
+def test_view_and_record():
     r = node("R", score=10.0)
     r.tick(CFG.join_wait * P)
     x = attached("X", via="R", rank=0.0, rtt=4 * MS)
+    from mesh.faces.treeview import tree_json  # (the face that assembles the records)
+
     doc = tree_json([x.record("x-host"), r.record("r-host")])
     assert doc["root"] == "R"
     assert [n["id"] for n in doc["nodes"]] == ["R", "X"]

@@ -1,14 +1,30 @@
-"""``mesh tree``: gather every agent's place in the latency tree and draw it.
+"""``mesh tree``: gather every agent's place in the latency tree, assemble the document,
+and draw it.
 
-Each agent knows only its own place (parent, round trip to it, depth); the
-client asks one agent for the members, asks every live one for its record, and
-assembles the document (``mesh.tree.tree_json``). Rendering is text (indented),
-Graphviz DOT, or JSON.
+Each agent knows only its own place (``LatencyTree.record``: parent, round trip to it,
+depth); the client asks one agent for the members, asks every live one for its record,
+and assembles the document (``tree_json``, the shape ``mesh tree --format json``
+prints). Rendering is text (indented), Graphviz DOT, or JSON.
 """
 
 from __future__ import annotations
 
-from mesh.tree import tree_json
+from collections.abc import Iterable
+
+
+def tree_json(records: Iterable[dict], root: str | None = None) -> dict:
+    """``{"root": id, "nodes": [{"id", "name", "parent", "rtt_ms", "depth", ...}]}``.
+
+    ``records`` are ``LatencyTree.record(name)`` dicts (``rtt_ms``: round trip to the
+    parent; ``rank_ms``: path latency to the root). ``root`` defaults to the one
+    record without a parent and with depth 0. Nodes are sorted by depth, then name;
+    nodes without a route (depth None) come last."""
+    nodes = sorted(records, key=lambda r: (r.get("depth") is None, r.get("depth") or 0,
+                                           r.get("name", ""), r["id"]))
+    if root is None:
+        roots = [r["id"] for r in nodes if r.get("parent") is None and r.get("depth") == 0]
+        root = roots[0] if len(roots) == 1 else None
+    return {"root": root, "nodes": nodes}
 
 
 def gather(client_factory, first) -> dict:

@@ -233,7 +233,7 @@ class TreeSim:
         was_root = self.cores[i].state == "root"
         for j in sorted(self.alive):
             c = self.cores[j]
-            knows = was_root or nid in c.peers or nid in c._offers or c.root == nid
+            knows = was_root or nid in c.peers or nid in c.nbrs.offers or c.root == nid
             if knows:
                 self._schedule(self.now + self.rng.uniform(*delay), LOST, j, nid)
             if c.parent == nid and not was_root:
