@@ -63,17 +63,22 @@ class Topology:
     score: list[float] = field(default_factory=list)
     links: list[set[int]] = field(default_factory=list)
     members: dict[int, list[int]] = field(default_factory=dict)  # hub -> its devices
+    # one-way delays computed so far, by (a, b) (a node's place never changes)
+    _delays: dict[tuple[int, int], float] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.kind)
 
     def one_way(self, a: int, b: int) -> float:
         """One-way delay between two nodes, seconds."""
-        d = self.access[a] + self.access[b]
-        if self.hub[a] == self.hub[b]:
-            return d
-        (xa, ya), (xb, yb) = self.pos[a], self.pos[b]
-        return d + math.hypot(xa - xb, ya - yb) / 1000.0
+        d = self._delays.get((a, b))
+        if d is None:
+            d = self.access[a] + self.access[b]
+            if self.hub[a] != self.hub[b]:
+                (xa, ya), (xb, yb) = self.pos[a], self.pos[b]
+                d += math.hypot(xa - xb, ya - yb) / 1000.0
+            self._delays[(a, b)] = self._delays[(b, a)] = d
+        return d
 
     def rtt(self, a: int, b: int) -> float:
         return 2.0 * self.one_way(a, b)
@@ -173,6 +178,7 @@ class TreeSim:
         self.detect, self.leave_detect = detect, leave_detect
         self.now = 0.0
         self.cores: dict[int, LatencyTree] = {}
+        self.ids: list[str] = [node_id(i) for i in range(len(topo))]  # node_id(i), made once
         self.alive: set[int] = set()
         self.index: dict[str, int] = {}
         self.stats: Counter[str] = Counter()
@@ -192,7 +198,9 @@ class TreeSim:
         self._schedule(when, CALL, lambda: self._boot(i))
 
     def _boot(self, i: int) -> None:
-        nid = node_id(i)
+        while len(self.ids) <= i:  # (a device that joined since)
+            self.ids.append(node_id(len(self.ids)))
+        nid = self.ids[i]
         core = LatencyTree(nid, self.topo.score[i], random.Random(f"{nid}/{self.rng.random()}"),
                            self.config, self.now)
         self.cores[i] = core
@@ -248,17 +256,18 @@ class TreeSim:
         self._schedule(when, CALL, fn)
 
     def run_until(self, until: float) -> None:
-        heap, cores, alive = self._heap, self.cores, self.alive
+        heap, cores, alive, ids = self._heap, self.cores, self.alive, self.ids
+        stats, random_, jitter, rtt_of = self.stats, self.rng.random, self.jitter, self.topo.rtt
         while heap and heap[0][0] <= until:
             when, _, kind, a, b, c = heapq.heappop(heap)
             self.now = when
             if kind == MSG:
                 if a in alive:
-                    self.stats["delivered"] += 1
-                    rtt = self.topo.rtt(a, b) * (1.0 + self.jitter * self.rng.random())
-                    self._do(a, cores[a].heard(node_id(b), c, rtt, when))
+                    stats["delivered"] += 1
+                    rtt = rtt_of(a, b) * (1.0 + jitter * random_())
+                    self._do(a, cores[a].heard(ids[b], c, rtt, when))
                 else:
-                    self.stats["dropped"] += 1
+                    stats["dropped"] += 1
             elif kind == TICK:
                 if a in alive:
                     core = cores[a]
@@ -287,14 +296,14 @@ class TreeSim:
                 copies = 2 if self.duplicate and self.rng.random() < self.duplicate else 1
                 for _ in range(copies):
                     delay = self.topo.one_way(i, j) * (1.0 + self.jitter * self.rng.random())
-                    self._schedule(self.now + delay, MSG, j, i, act.advert)
+                    heapq.heappush(self._heap, (self.now + delay, next(self._seq), MSG, j, i, act.advert))
             elif type(act) is ParentChanged:
                 self.stats["parent_changes"] += 1
                 if act.new is not None:
                     self.check_from(i)
             elif type(act) is RootChanged:
                 self.stats["root_changes"] += 1
-                if act.new == node_id(i):
+                if act.new == self.ids[i]:
                     self.root_changes.append((self.now, i, act.old))
             elif type(act) is Probe:
                 self.stats["probes"] += 1

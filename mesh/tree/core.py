@@ -268,7 +268,8 @@ class LatencyTree:
         if peer == self.me or not valid(advert, self.config.max_depth):
             self._counters["bad_adverts"] += 1
             return []
-        self._max_term = max(self._max_term, advert.term)
+        if advert.term > self._max_term:
+            self._max_term = advert.term
         acts: list[Action] = []
         if advert.ask:
             acts.append(self._send(peer))

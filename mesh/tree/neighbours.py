@@ -119,11 +119,11 @@ class Neighbours:
             children = self.children
             cands = [q for q in self.peers.values() if q.id != parent and q.id not in children]
             if len(cands) >= self._config.max_candidates:
-                merit = self.merit(p)
-                if merit <= min(map(self.merit, cands)):
+                merit, merits = self.merit(p), {q.id: self.merit(q) for q in cands}
+                if merit <= min(merits.values()):
                     return None  # no room now: it stays offered, explored again later
-                worst = self._worst(cands, parent)
-                if worst is None or merit <= self.merit(worst):
+                worst = self._worst(cands, parent, merits)
+                if worst is None or merit <= merits[worst.id]:
                     return None  # no room now: it stays offered, explored again later
                 self.drop(worst.id)
                 self.counters["evictions"] += 1
@@ -133,10 +133,12 @@ class Neighbours:
         self.offers.pop(peer, None)
         return p
 
-    def _worst(self, cands: list[Peer], parent: str | None) -> Peer | None:
-        """The candidate to evict: the lowest merit, sparing the ``diverse`` best whose
-        route avoids our parent."""
-        ranked = sorted(cands, key=self.merit, reverse=True)
+    def _worst(self, cands: list[Peer], parent: str | None,
+               merits: dict[str, tuple] | None = None) -> Peer | None:
+        """The candidate to evict: the lowest merit (``merits`` by id, if computed
+        already), sparing the ``diverse`` best whose route avoids our parent."""
+        ranked = sorted(cands, key=self.merit if merits is None else lambda q: merits[q.id],
+                        reverse=True)
         spared = [p.id for p in ranked
                   if parent is None or parent not in p.advert.path][:self._config.diverse]
         for p in reversed(ranked):
