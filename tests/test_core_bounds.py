@@ -215,12 +215,11 @@ def test_the_tree_forgets_neighbours_that_are_gone():
             tree.tick(now)
         if i % 997 == 0:
             sizes = {"peers": len(tree.peers), "children": len(tree.nbrs.children),
-                     "offers": len(tree.nbrs.offers), "dead": len(tree._dead),
-                     "history": len(tree.history)}
+                     "offers": len(tree.nbrs.offers), "dead": len(tree._dead)}
             # the live ones, plus those silent for less than forget_after periods
             silent = int(cfg.forget_after * cfg.period / 0.05 * 1.3)
             assert sizes["peers"] <= 41 + silent and sizes["offers"] <= cfg.max_offers, (i, sizes)
-            assert sizes["dead"] <= cfg.dead_roots and sizes["history"] <= 64, (i, sizes)
+            assert sizes["dead"] <= cfg.dead_roots, (i, sizes)
 
 
 # ----------------------------------------------------------------------------- objects, lineage

@@ -125,7 +125,6 @@ class LatencyTree:
         self.config = config or TreeConfig()
         self.state = "joining"
         self.nbrs = Neighbours(me, self.config, rng, now)
-        self.history: deque[tuple[float, str, str]] = deque(maxlen=64)
         self._counters: dict[str, int] = dict.fromkeys((
             "parent_changes", "root_changes", "elections", "adverts_sent", "bad_adverts",
             "stale_adverts", "infeasible", "timeouts", "loop_guard"), 0)
@@ -411,7 +410,6 @@ class LatencyTree:
         self._set_state("attached")
         self._set_route(a, self.nbrs.via(p))
         self._counters["parent_changes"] += 1
-        self.history.append((now, "parent", f"{old_parent} -> {p.id} ({reason})"))
         acts: list[Action] = [ParentChanged(old_parent, p.id, reason)]
         if (old_root, old_term) != (a.root, a.term):
             self._counters["root_changes"] += 1
@@ -442,7 +440,6 @@ class LatencyTree:
         if key(a) != old_key:  # another root or term (or the root became settled)
             if old_key is None or (old_key[3], old_key[0]) != (a.root, a.term):
                 self._counters["root_changes"] += 1
-                self.history.append((now, "root", f"{old_key} -> {key(a)} (from parent)"))
                 acts.append(RootChanged(None if old_key is None else old_key[3], a.root, a.term))
             return acts + self._send_all(now)
         assert self._rank is not None
@@ -469,7 +466,6 @@ class LatencyTree:
         self._parent = None
         self._set_state("detached")
         self._counters["parent_changes"] += 1
-        self.history.append((now, "parent", f"{old} -> None (detached: {reason})"))
         return [ParentChanged(old, None, f"detached: {reason}")] + self._flood(now) \
             + self._ask_all(now, force=True)
 
@@ -496,7 +492,6 @@ class LatencyTree:
         self._key, self._succeeds, self._seq, self._rank, self._path = mine, succeeds, 0, 0.0, []
         self._fd = fd
         self._adv = None
-        self.history.append((now, "root", f"{old_root} -> me, term {term} ({reason})"))
         acts: list[Action] = []
         if old_parent is not None:
             self._counters["parent_changes"] += 1
