@@ -76,7 +76,8 @@ class Outbox:
         return self._sent.pop(seq, None)
 
     def expire(self, now: float) -> None:
-        """Forget pings unanswered for ``forget_after / 4``."""
+        """Forget pings unanswered for ``forget_after / 4`` (the oldest are first: ``now``
+        only goes forward, so this costs only what it forgets)."""
         sent, cutoff = self._sent, now - self._timing.forget_after / 4
         while sent:
             seq = next(iter(sent))
