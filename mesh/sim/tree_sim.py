@@ -2,8 +2,8 @@
 
 Theory of operation
 -------------------
-No socket, thread or real clock: events wait in a heap ordered by (virtual time,
-sequence number), and all randomness comes from one seeded ``random.Random``, so
+No socket, thread or real clock: events wait on a virtual ``Clock``
+(``mesh.sim.clock``), and all randomness comes from one seeded ``random.Random``, so
 one seed gives one run.
 
 Latency model (``clustered``): a server, hubs around it, devices around each hub,
@@ -40,16 +40,14 @@ every event with ``paranoid``, for small meshes).
 from __future__ import annotations
 
 import heapq
-import itertools
 import math
 import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from mesh.sim.clock import Clock
 from mesh.tree import LatencyTree, ParentChanged, Probe, RootChanged, SendAdvert, TreeConfig
-
-TICK, MSG, LOST, CALL = 0, 1, 2, 3
 
 
 @dataclass
@@ -176,7 +174,7 @@ class TreeSim:
         self.loss, self.duplicate, self.jitter = loss, duplicate, jitter
         self.paranoid = paranoid  # check_all after every event (slow: small meshes)
         self.detect, self.leave_detect = detect, leave_detect
-        self.now = 0.0
+        self.clock = Clock()
         self.cores: dict[int, LatencyTree] = {}
         self.ids: list[str] = [node_id(i) for i in range(len(topo))]  # node_id(i), made once
         self.alive: set[int] = set()
@@ -187,15 +185,13 @@ class TreeSim:
         self.repairs: list[tuple[str, float]] = []
         self._pending: dict[int, tuple[str, float]] = {}  # orphan -> (how, when)
         self._polling = False
-        self._heap: list[tuple] = []
-        self._seq = itertools.count()
 
     # ------------------------------------------------------------------ setup
 
     def start(self, i: int, at: float | None = None) -> None:
         """Start node ``i`` at virtual time ``at`` (now by default)."""
         when = self.now if at is None else at
-        self._schedule(when, CALL, lambda: self._boot(i))
+        self.clock.at(when, self._boot, i)
 
     def _boot(self, i: int) -> None:
         while len(self.ids) <= i:  # (a device that joined since)
@@ -210,7 +206,7 @@ class TreeSim:
             if j in self.alive and j != i:
                 self._do(i, core.offer(node_id(j), self.topo.rtt(i, j), self.now))
                 self._do(j, self.cores[j].offer(nid, self.topo.rtt(i, j), self.now))
-        self._schedule(self.now + self.rng.uniform(0, self.config.period / 10), TICK, i)
+        self.clock.at(self.now + self.rng.uniform(0, self.config.period / 10), self._tick, i)
 
     def join(self, hub: int | None = None) -> int:
         """A new device joins now, near ``hub`` (a random live hub by default)."""
@@ -243,47 +239,53 @@ class TreeSim:
             c = self.cores[j]
             knows = was_root or nid in c.peers or nid in c.nbrs.offers or c.root == nid
             if knows:
-                self._schedule(self.now + self.rng.uniform(*delay), LOST, j, nid)
+                self.clock.at(self.now + self.rng.uniform(*delay), self._lost, j, nid)
             if c.parent == nid and not was_root:
                 self._pending.setdefault(j, (how, self.now))
         if self._pending and not self._polling:
             self._polling = True
-            self._schedule(self.now, CALL, self._poll)
+            self.clock.at(self.now, self._poll)
         self.check_all()
+
+    # ------------------------------------------------------------------ clock
+
+    @property
+    def now(self) -> float:
+        return self.clock.now
 
     def at(self, when: float, fn: Callable[[], None]) -> None:
         """Call ``fn`` at virtual time ``when``."""
-        self._schedule(when, CALL, fn)
+        self.clock.at(when, fn)
 
     def run_until(self, until: float) -> None:
-        heap, cores, alive, ids = self._heap, self.cores, self.alive, self.ids
-        stats, random_, jitter, rtt_of = self.stats, self.rng.random, self.jitter, self.topo.rtt
-        while heap and heap[0][0] <= until:
-            when, _, kind, a, b, c = heapq.heappop(heap)
-            self.now = when
-            if kind == MSG:
-                if a in alive:
-                    stats["delivered"] += 1
-                    rtt = rtt_of(a, b) * (1.0 + jitter * random_())
-                    self._do(a, cores[a].heard(ids[b], c, rtt, when))
-                else:
-                    stats["dropped"] += 1
-            elif kind == TICK:
-                if a in alive:
-                    core = cores[a]
-                    self._do(a, core.tick(when))
-                    self._schedule(max(core.next_timer(when), when + 1e-3), TICK, a)
-            elif kind == LOST:
-                if a in alive:
-                    self._do(a, cores[a].lost(b, when))
-            else:
-                a()
-            if self.paranoid:
-                self.check_all()
-        self.now = max(self.now, until)
+        self.clock.run_until(until, self._check_all_after_each if self.paranoid else None)
 
     def run_for(self, seconds: float) -> None:
         self.run_until(self.now + seconds)
+
+    def _check_all_after_each(self) -> bool:
+        self.check_all()
+        return False  # (never stops the run)
+
+    # ------------------------------------------------------------------ events
+
+    def _deliver(self, i: int, sender: int, advert) -> None:
+        if i in self.alive:
+            self.stats["delivered"] += 1
+            rtt = self.topo.rtt(i, sender) * (1.0 + self.jitter * self.rng.random())
+            self._do(i, self.cores[i].heard(self.ids[sender], advert, rtt, self.clock.now))
+        else:
+            self.stats["dropped"] += 1
+
+    def _tick(self, i: int) -> None:
+        if i in self.alive:
+            now, core = self.clock.now, self.cores[i]
+            self._do(i, core.tick(now))
+            self.clock.at(max(core.next_timer(now), now + 1e-3), self._tick, i)
+
+    def _lost(self, i: int, peer: str) -> None:
+        if i in self.alive:
+            self._do(i, self.cores[i].lost(peer, self.clock.now))
 
     def _do(self, i: int, actions: list) -> None:
         for act in actions:
@@ -296,7 +298,7 @@ class TreeSim:
                 copies = 2 if self.duplicate and self.rng.random() < self.duplicate else 1
                 for _ in range(copies):
                     delay = self.topo.one_way(i, j) * (1.0 + self.jitter * self.rng.random())
-                    heapq.heappush(self._heap, (self.now + delay, next(self._seq), MSG, j, i, act.advert))
+                    self.clock.at(self.now + delay, self._deliver, j, i, act.advert)
             elif type(act) is ParentChanged:
                 self.stats["parent_changes"] += 1
                 if act.new is not None:
@@ -309,9 +311,6 @@ class TreeSim:
                 self.stats["probes"] += 1
             else:
                 raise TypeError(f"unknown action {act!r}")
-
-    def _schedule(self, when: float, kind: int, a: object, b: object = None, c: object = None) -> None:
-        heapq.heappush(self._heap, (when, next(self._seq), kind, a, b, c))
 
     # ------------------------------------------------------------------ global views
 
@@ -426,7 +425,7 @@ class TreeSim:
                 how, since = self._pending.pop(i)
                 self.repairs.append((how, self.now - since))
         if self._pending:
-            self._schedule(self.now + 0.05, CALL, self._poll)
+            self.clock.at(self.now + 0.05, self._poll)
         else:
             self._polling = False
 
