@@ -28,7 +28,10 @@ seeds' (a seed is connected whatever the table holds). When a new address needs 
 the oldest dead or left member (``forget``: its connection goes with it, then
 ``Forgotten``); the connections of live members and seeds are never given up. So a
 new live member can always join: only a table full of live members (or seeds) turns
-it away.
+it away. The silent addresses are looked for among ``dials`` (every new connection,
+and every connection no member answered on at the last slow tick), not among all
+connections: news of nodes we have no room for, which every message may carry in a
+mesh larger than our table, costs no pass over the table.
 """
 
 from __future__ import annotations
@@ -130,10 +133,10 @@ class Dialer:
         if there was room), or None if every connection is a live member's or a seed's."""
         acts: list[Action] = []
         while len(self.conns) >= self._table.capacity:
-            ghosts = [a for a in self.conns if a not in self.seeds and self.ghost(a)]
+            ghosts = [a for a in self.dials if a not in self.seeds and self.ghost(a)]
             if ghosts:
-                dials, never = self.dials, _Dial(now, now, 0)
-                worst = max(ghosts, key=lambda a: (dials.get(a, never).pings, -dials.get(a, never).since))
+                dials = self.dials
+                worst = max(ghosts, key=lambda a: (dials[a].pings, -dials[a].since))
                 self.counters["silent_forgotten"] += 1
                 acts += self.forget_address(worst)
                 continue
