@@ -98,25 +98,31 @@ class GossipBuffer:
         """Up to ``limit`` digests to piggyback, least sent first (among as many sends,
         the longest waiting); ``first`` (news the receiver must hear, e.g. its own
         suspicion) goes in front, and its update here is not counted as sent."""
-        cap = self.retransmit_mult * max(1, math.ceil(math.log10(n_members + 1)))
         out: list[Digest] = [first] if first is not None else []
+        if not self.updates or len(out) >= limit:
+            return out
         skip = None if first is None else first.id
         taken: list[_Update] = []
+        room = limit - len(out)
         for queue in self._queues:
-            if len(out) >= limit:
-                break
+            if not queue:
+                continue
             for node_id, upd in queue.items():
-                if len(out) >= limit:
-                    break
                 if node_id != skip:
-                    out.append(upd.digest)
                     taken.append(upd)
+                    if len(taken) == room:
+                        break
+            if len(taken) == room:
+                break
+        cap = self.retransmit_mult * max(1, math.ceil(math.log10(n_members + 1)))
+        queues, updates = self._queues, self.updates
         for upd in taken:  # (moved after the walk: none is taken twice)
             node_id = upd.digest.id
-            del self._queues[upd.sent][node_id]
+            out.append(upd.digest)
+            del queues[upd.sent][node_id]
             upd.sent += 1
             if upd.sent >= cap:
-                del self.updates[node_id]
+                del updates[node_id]
             else:
                 self._queue(upd.sent)[node_id] = upd
         return out
