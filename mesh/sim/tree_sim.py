@@ -33,8 +33,12 @@ graceful leave, from ``leave_detect``.
 Checks: after every event that changes a parent pointer the simulator follows the
 pointers from that node over the global state (live nodes only): a new cycle would
 have to go through it, so this checks the whole forest after every event.
-``check_all`` walks every node, and runs after every kill, leave and join (after
-every event with ``paranoid``, for small meshes).
+``check_all`` walks every node, and runs after every kill, leave and join. With
+``paranoid`` the cores' actions are not trusted: after every event the simulator reads
+the parent pointer of the core the event was for, and walks the whole forest when it
+moved, and after every event that was not one core's (a boot, a kill, a leave, a join);
+the forest changes at no other step (an event calls one core; ``_do`` calls none), so
+this is a whole-forest check after every event.
 """
 
 from __future__ import annotations
@@ -172,7 +176,7 @@ class TreeSim:
         self.rng = random.Random(seed)
         self.config = config or TreeConfig()
         self.loss, self.duplicate, self.jitter = loss, duplicate, jitter
-        self.paranoid = paranoid  # check_all after every event (slow: small meshes)
+        self.paranoid = paranoid  # check_all whenever the forest may have changed (docstring)
         self.detect, self.leave_detect = detect, leave_detect
         self.clock = Clock()
         self.cores: dict[int, LatencyTree] = {}
@@ -185,6 +189,8 @@ class TreeSim:
         self.repairs: list[tuple[str, float]] = []
         self._pending: dict[int, tuple[str, float]] = {}  # orphan -> (how, when)
         self._polling = False
+        self._event_core: int | None = None  # the core the running event is for (paranoid)
+        self._parents: dict[int, str | None] = {}  # (paranoid) parents at the last check
 
     # ------------------------------------------------------------------ setup
 
@@ -258,18 +264,30 @@ class TreeSim:
         self.clock.at(when, fn)
 
     def run_until(self, until: float) -> None:
-        self.clock.run_until(until, self._check_all_after_each if self.paranoid else None)
+        self.clock.run_until(until, self._check_after_each if self.paranoid else None)
 
     def run_for(self, seconds: float) -> None:
         self.run_until(self.now + seconds)
 
-    def _check_all_after_each(self) -> bool:
+    def _check_after_each(self) -> bool:
+        """``paranoid``: the whole forest is walked after every event that moved a parent
+        pointer (read from the core) or was not one core's (module docstring)."""
+        self.stats["events_checked"] += 1
+        i, self._event_core = self._event_core, None
+        if i is None:
+            self._parents = {j: self.cores[j].parent for j in self.alive}
+        else:
+            parent = self.cores[i].parent
+            if parent == self._parents.get(i):
+                return False
+            self._parents[i] = parent
         self.check_all()
         return False  # (never stops the run)
 
     # ------------------------------------------------------------------ events
 
     def _deliver(self, i: int, sender: int, advert) -> None:
+        self._event_core = i
         if i in self.alive:
             self.stats["delivered"] += 1
             rtt = self.topo.rtt(i, sender) * (1.0 + self.jitter * self.rng.random())
@@ -278,12 +296,14 @@ class TreeSim:
             self.stats["dropped"] += 1
 
     def _tick(self, i: int) -> None:
+        self._event_core = i
         if i in self.alive:
             now, core = self.clock.now, self.cores[i]
             self._do(i, core.tick(now))
             self.clock.at(max(core.next_timer(now), now + 1e-3), self._tick, i)
 
     def _lost(self, i: int, peer: str) -> None:
+        self._event_core = i
         if i in self.alive:
             self._do(i, self.cores[i].lost(peer, self.clock.now))
 
@@ -298,7 +318,7 @@ class TreeSim:
                 copies = 2 if self.duplicate and self.rng.random() < self.duplicate else 1
                 for _ in range(copies):
                     delay = self.topo.one_way(i, j) * (1.0 + self.jitter * self.rng.random())
-                    self.clock.at(self.now + delay, self._deliver, j, i, act.advert)
+                    self.clock.at(self.clock.now + delay, self._deliver, j, i, act.advert)
             elif type(act) is ParentChanged:
                 self.stats["parent_changes"] += 1
                 if act.new is not None:
