@@ -88,6 +88,12 @@ class Dialer:
     def next_timer(self) -> float:
         return self._next_slow
 
+    def just_dialled(self, address: str, now: float) -> bool:
+        """Whether we connected to ``address`` less than ``ack_timeout`` ago: every
+        connection starts with a ping, whose answer is then still on its way."""
+        dial = self.dials.get(address)
+        return dial is not None and now - dial.since < self._timing.ack_timeout
+
     # ------------------------------------------------------------------ dialling
 
     def ping(self, address: str, now: float) -> Send:

@@ -23,7 +23,11 @@ Bootstrap. Nodes are learnt from seed addresses (``--peer``/MESH_PEERS), mDNS
 announcements and gossip. mDNS and seeds only bootstrap; liveness comes only from
 probes, because mDNS keeps dead services for a long time. A member enters the table
 on its first direct contact (``_heard``: its Ping to us, or its Pong); news of an
-unknown member only makes us connect to it and ping it. When the table is full, the
+unknown member only makes us connect to it and ping it. A member whose Ping came
+first gets our connection back and a ping, unless we dialled it ourselves moments
+ago (``Dialer.just_dialled``: the ping that went with our connection is on its way;
+when gossip reaches two nodes at once they dial each other, and a second ping each
+way would double the pings of a joining mesh). When the table is full, the
 oldest dead or left member is forgotten to make room (then ``Forgotten``), never an
 alive or suspect one.
 
@@ -368,12 +372,14 @@ class Membership:
             elif member.conn != via and via in dialer.conns:
                 acts += dialer.forget_address(via)  # a second path to a known member: keep one
         elif member.conn is None and member.state != "left":
+            on_its_way = dialer.just_dialled(info.address, now)  # we dialled it too, at once
             if info.address not in dialer.conns:  # (a member's connection: made even when
                 acts += dialer.room(now) or []  # the table is full of others' and seeds)
                 acts += dialer.connect(info.address, info.id, now)
             member.conn = info.address
             dialer.bind(info.address, info.id)  # the seed connection may be open, id unknown
-            acts.append(dialer.ping(info.address, now))
+            if not on_its_way:
+                acts.append(dialer.ping(info.address, now))
         return acts
 
     def _forget_gone(self, now: float) -> list[Action]:
