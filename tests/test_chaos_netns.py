@@ -39,6 +39,7 @@ from pathlib import Path
 import pytest
 
 from bench.common import HARNESS, netns_unusable
+from bench.netns import netns_lock
 from tests.conftest import ROOT, wait_for
 from tests.test_chaos import expected_tasks, expected_values
 
@@ -224,6 +225,11 @@ def hosts(tmp_path):
     why = netns_unusable()
     if why:
         pytest.skip(why)
+    with netns_lock(wait_s=150):  # (the hosts' names are machine-wide: bench.netns)
+        yield from _hosts_up(tmp_path)
+
+
+def _hosts_up(tmp_path):
     h = Hosts(tmp_path)
     try:
         h.script("netns_down.sh")

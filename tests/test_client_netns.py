@@ -14,7 +14,6 @@ Skipped, with the reason, where the harness cannot run.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import queue
@@ -27,12 +26,12 @@ import time
 import pytest
 
 from bench.common import HARNESS, netns_unusable
+from bench.netns import netns_lock
 from mesh.client.heartbeat import DETECTION_S
 from tests.conftest import ROOT, wait_for
 
 pytestmark = [pytest.mark.chaos, pytest.mark.agents, pytest.mark.timeout(240)]
 
-LOCK = "/tmp/mesh-netns.lock"
 LOCK_WAIT_S = 150.0
 PORT = 46102
 
@@ -169,16 +168,7 @@ def two_hosts(tmp_path):
     why = netns_unusable()
     if why:
         pytest.skip(why)
-    with open(LOCK, "a") as lock:
-        deadline = time.monotonic() + LOCK_WAIT_S
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    pytest.skip(f"{LOCK} held by someone else for {LOCK_WAIT_S:.0f} s")
-                time.sleep(0.5)
+    with netns_lock(wait_s=LOCK_WAIT_S):  # (the hosts' names are machine-wide: bench.netns)
         h = TwoHosts(tmp_path)
         try:
             h.script("netns_down.sh")
@@ -192,7 +182,6 @@ def two_hosts(tmp_path):
             finally:
                 h.script("chaos.sh", "heal_all", timeout=30)
                 h.script("netns_down.sh")
-                fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def test_a_program_on_another_host_fails_its_calls_when_its_agent_loses_power(two_hosts):

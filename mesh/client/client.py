@@ -186,7 +186,7 @@ class Client:
         return True
 
     def query(self, what: str, timeout: float = 5.0, arg: str = "") -> Any:
-        """Ask the agent ``status``, ``peers``, ``tree-node``, ``metrics`` or ``progress``
+        """Ask the agent ``status``, ``peers``, ``tree-node`` or ``progress``
         (``arg``: a call id). Raises AgentUnreachable on time-out, ValueError when the
         agent refuses."""
         return self._ask(lambda qid: m.Query(qid, what, arg), timeout)
