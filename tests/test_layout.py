@@ -11,8 +11,10 @@ files say what each part may import):
   is not charged with the other's imports of I/O: that one is checked itself);
 * the wire imports no core (the records the cores send are the wire's), only
   ``mesh.errors`` and ``mesh.keys``;
-* the agent imports no face; the client imports no agent, and only the wire,
-  ``mesh.keys`` and ``mesh.errors``.
+* the agent imports only the wire, the cores (``mesh.discovery.mdns`` included: the
+  shell's adapter), ``mesh.keys`` and ``mesh.errors``: no face, not the CLI, and the
+  program side only in the worker process (``mesh.agent.worker`` runs task bodies);
+* the client imports no agent, and only the wire, ``mesh.keys`` and ``mesh.errors``.
 
 What counts as an import. An edge A -> B is an ``import B`` or ``from B import x`` in A
 (relative ones resolved), or ``from P import B`` where ``P.B`` is a module; importing
@@ -209,16 +211,14 @@ def test_the_wire_imports_no_core(name):
                   if not within(m, "mesh.wire", "mesh.errors", "mesh.keys")) == []
 
 
-AGENT_TODAY = {
-    "mesh.agent.agent": "the agent starts the REST server (mesh.faces.rest, rest_auth): "
-                        "mesh/agent is being restructured",
-    "mesh.agent.queries": "the agent's status reads mesh.faces.metrics: mesh/agent is being restructured",
-}
+AGENT_MAY = ("mesh.agent", "mesh.wire", *CORES, "mesh.keys", "mesh.errors")
 
 
-@pytest.mark.parametrize("name", marked([n for n in sorted(MODULES) if within(n, "mesh.agent")], AGENT_TODAY))
-def test_the_agent_imports_no_face(name):
-    assert sorted(m for m in mesh_imports(name, module_level=False) if within(m, "mesh.faces")) == []
+@pytest.mark.parametrize("name", [n for n in sorted(MODULES) if within(n, "mesh.agent")])
+def test_the_agent_imports_no_face_and_the_program_only_in_the_worker(name):
+    may = AGENT_MAY + (("mesh.program",) if name == "mesh.agent.worker" else ())
+    assert sorted(m for m in mesh_imports(name, module_level=False)
+                  if not within(m, *may) and m != "mesh") == []
 
 
 CLIENT = [n for n in sorted(MODULES) if within(n, "mesh.client")]
