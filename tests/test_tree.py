@@ -366,19 +366,15 @@ def test_ask_is_answered():
     assert [a.peer for a in of(SendAdvert, acts)] == ["Q"] and not acts[0].advert.ask
 
 
-def test_view_and_record():
+def test_view():
     r = node("R", score=10.0)
     r.tick(CFG.join_wait * P)
     x = attached("X", via="R", rank=0.0, rtt=4 * MS)
-    from mesh.faces.treeview import tree_json  # (the face that assembles the records)
-
-    doc = tree_json([x.record("x-host"), r.record("r-host")])
-    assert doc["root"] == "R"
-    assert [n["id"] for n in doc["nodes"]] == ["R", "X"]
-    assert doc["nodes"][1] == {"id": "X", "name": "x-host", "parent": "R", "rtt_ms": 4.0,
-                               "depth": 1, "rank_ms": 4.0}
     v = x.view()
-    assert v["state"] == "attached" and v["parent"] == "R" and v["rank_ms"] == 4.0
+    assert v["id"] == "X" and v["state"] == "attached" and v["root"] == "R"
+    assert (v["parent"], v["rtt_ms"], v["rank_ms"], v["depth"]) == ("R", 4.0, 4.0, 1)
+    assert r.view()["parent"] is None and r.view()["depth"] == 0 and r.view()["rank_ms"] == 0.0
+    # (the mesh tree document made of every agent's view: tests/test_treeview.py)
 
 
 # ----------------------------------------------------------------------------- property

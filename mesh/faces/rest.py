@@ -32,6 +32,8 @@ its own threads and answered by the agent's loop through the agent's handle
 composes them (``mesh join``) gives the server. Arguments arrive as JSON and are pickled here (pickle.dumps of plain data;
 nothing is ever unpickled in the agent); results come back as JSON made by the
 worker. Bad input gets 400 with a message; unknown paths 404; other methods 405.
+``/v1/tree`` asks every live member, so it is served from a document at most a few
+seconds old, gathered by one request at a time (``mesh.faces.treeview.TreeCache``).
 """
 
 from __future__ import annotations
@@ -46,12 +48,13 @@ import time
 from concurrent.futures import TimeoutError as FutureTimeout
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from mesh.faces import rest_auth
+from mesh.faces import rest_auth, treeview
 from mesh.faces.compss import answers as compss
 from mesh.faces.metrics import render as render_metrics
 from mesh.wire import messages as m
 
 log = logging.getLogger("mesh.rest")
+TREE_TIMEOUT = 5.0  # seconds a /v1/tree gather may take (members not answering by then: unreachable)
 
 MAX_BODY = 16 * 1024 * 1024
 MAX_DRAIN = 64 * 1024  # a refused request's body is read (so its answer arrives) up to this
@@ -65,6 +68,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "mesh"
     agent = None  # the agent's handle (mesh.agent.inbox.AgentHandle), set per server class
     guard: rest_auth.RestGuard  # set per server class
+    tree: treeview.TreeCache  # /v1/tree's document, set per server class
 
     # ------------------------------------------------------------------ methods
 
@@ -80,7 +84,7 @@ class _Handler(BaseHTTPRequestHandler):
                 text = render_metrics(self.agent.query("status"), self.agent.query("peers"))
                 return self._send(200, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
             if path == "/v1/tree":
-                return self._json(200, self._tree())
+                return self._json(200, self.tree.get())
             if path == "/COMPSs/test":
                 return self._send(200, b"", "text/plain")
             if path == "/COMPSs/resources":
@@ -229,13 +233,6 @@ class _Handler(BaseHTTPRequestHandler):
         except (ValueError, UnicodeDecodeError) as exc:
             return None, f"body is not JSON: {exc}"
 
-    def _tree(self) -> dict:
-        from mesh.client.client import Client
-        from mesh.faces.treeview import gather
-
-        key = self.agent.key  # (our own agent answers through its handle; the others, as clients)
-        return gather(lambda address: Client(address, timeout=2, key=key), self.agent)
-
     def _json(self, code: int, body) -> None:
         self._send(code, json.dumps(body).encode(), "application/json")
 
@@ -279,7 +276,7 @@ class RestServer:
     handle (``Agent.handle()``)."""
 
     def __init__(self, agent, host: str, port: int, token: str, rest_open: bool = False) -> None:
-        handler = type("Handler", (_Handler,), {"agent": agent})
+        handler = type("Handler", (_Handler,), {"agent": agent, "tree": _tree_cache(agent)})
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
         host, port = self.httpd.server_address[:2]
@@ -319,6 +316,19 @@ class RestServer:
         self.httpd.server_close()
         if self.token_file is not None:
             rest_auth.remove_token(self.token_file)
+
+
+def _tree_cache(agent) -> treeview.TreeCache:
+    """/v1/tree: our agent answers through its handle, the others as clients
+    (``mesh.faces.treeview``: at most one gather every ``treeview.FRESH`` seconds, each
+    within TREE_TIMEOUT)."""
+    def dial(address: str, timeout: float):
+        from mesh.client.client import Client
+
+        return Client(address, timeout=timeout, key=agent.key)
+
+    return treeview.TreeCache(lambda: treeview.gather(agent, dial, TREE_TIMEOUT),
+                              fresh=treeview.FRESH, bound=2 * TREE_TIMEOUT)
 
 
 def _user() -> str:

@@ -34,7 +34,7 @@ Every call returns a list of actions:
 
 Queries: ``parent``, ``children``, ``root``, ``term``, ``rank`` (path latency to the
 root, seconds), ``depth``, ``state``, ``neighbours()``, ``candidates()``, ``view()``
-(plain data), ``record(name)`` (one entry of ``mesh tree``'s document). A malformed advert is
+(plain data: this node's place and neighbours; what ``mesh tree`` draws). A malformed advert is
 counted (``counters["bad_adverts"]``) and dropped; only our own misuse raises
 (``LocalProtocolError``).
 """

@@ -216,8 +216,11 @@ class LatencyTree:
         return self._adv_ask
 
     def view(self) -> dict:
-        """This node's place in the tree and its neighbours, as plain data (for logs and
-        ``status``)."""
+        """This node's place in the tree and its neighbours, as plain data: the agent
+        answers it to the ``tree-node`` query, and ``mesh tree`` draws the whole tree from
+        every agent's (``mesh.faces.treeview``). ``rtt_ms``: the round trip to the parent;
+        ``rank_ms``: the path latency to the root; ``depth``: hops to the root (None
+        without a route)."""
         peers = self.nbrs.peers
         parent = peers.get(self._parent) if self._parent else None
         return {
@@ -229,15 +232,6 @@ class LatencyTree:
                            for c in self.candidates()],
             "counters": self.counters,
         }
-
-    def record(self, name: str) -> dict:
-        """This node's entry of the ``mesh tree`` document (``mesh.faces.treeview``):
-        ``rtt_ms`` is the round trip to its parent, ``rank_ms`` its path latency to the
-        root, ``depth`` its hops to the root (None without a route)."""
-        parent = self.nbrs.peers.get(self._parent) if self._parent else None
-        return {"id": self.me, "name": name, "parent": self._parent,
-                "rtt_ms": _ms(parent.rtt) if parent else None, "depth": self.depth,
-                "rank_ms": _ms(self._rank)}
 
     def next_timer(self, now: float) -> float:
         """The latest time by which ``tick`` should run again."""
