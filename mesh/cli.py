@@ -368,20 +368,13 @@ def peers(agent, timeout, key_file, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 def tree(agent, timeout, key_file, fmt, as_json):
     """The latency tree, gathered from every live agent (text, Graphviz DOT or JSON)."""
-    import json as _json
-
     from mesh.client.client import Client
-    from mesh.faces.treeview import gather, render_dot, render_text
+    from mesh.faces.treeview import gather, render
 
     key = _load_key(key_file)
     with _client(agent, timeout, key_file) as client:
-        doc = gather(lambda address: Client(address, timeout=timeout, key=key), client)
-    if as_json or fmt == "json":
-        click.echo(_json.dumps(doc))
-    elif fmt == "dot":
-        click.echo(render_dot(doc))
-    else:
-        click.echo(render_text(doc))
+        doc = gather(client, lambda address, left: Client(address, timeout=left, key=key), timeout)
+    click.echo(render(doc, "json" if as_json else fmt))
 
 
 @main.command(context_settings={"ignore_unknown_options": True})

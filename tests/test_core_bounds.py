@@ -113,9 +113,9 @@ def test_a_busy_lone_dispatcher_forgets_calls_cancelled_while_they_waited():
 
 
 def membership_sizes(core: Membership) -> dict[str, int]:
-    return {"members": len(core.members), "conns": len(core._conns), "dials": len(core._dials),
-            "sent": len(core._sent), "relays": len(core._relays), "order": len(core._order),
-            "urgent": len(core._urgent), "gossip": len(core.gossip), "seeds": len(core.seeds)}
+    return {"members": len(core.members), "conns": len(core.dialer.conns), "dials": len(core.dialer.dials),
+            "sent": core.outbox.pending(), "relays": len(core.prober.relays), "order": len(core.prober.round),
+            "urgent": len(core.prober.urgent), "gossip": len(core.gossip), "seeds": len(core.seeds)}
 
 
 def test_membership_forgets_members_and_addresses_that_are_gone():
@@ -169,7 +169,7 @@ def test_membership_forgets_members_and_addresses_that_are_gone():
             sizes = membership_sizes(core)
             assert all(sizes[k] <= bound[k] for k in bound), (i, sizes)
     assert joined >= 0.9 * CHURN and forgotten >= joined - size, (joined, forgotten)
-    assert "seed:1" in core._conns  # a seed is never forgotten
+    assert "seed:1" in core.dialer.conns  # a seed is never forgotten
 
 
 def test_members_joining_faster_than_they_are_probed_do_not_pile_up():
@@ -180,8 +180,8 @@ def test_members_joining_faster_than_they_are_probed_do_not_pile_up():
         me = bytes.fromhex(node_id(i))
         core.receive(Ping(i, NodeInfo(node_id(i), f"n{i}", f"n{i}:1", 1), LOAD), 0.0, identity=me)
         core.receive(Leave(node_id(i), 0), 0.0, identity=me)
-        assert len(core._order) <= 2 * 8 + 1 and len(core.members) <= 8, i
-    assert core.tick(0.0) is not None and core._urgent == []
+        assert len(core.prober.round) <= 2 * 8 + 1 and len(core.members) <= 8, i
+    assert core.tick(0.0) is not None and core.prober.urgent == []
 
 
 # ----------------------------------------------------------------------------- tree
@@ -214,13 +214,12 @@ def test_the_tree_forgets_neighbours_that_are_gone():
         if i % 10 == 0:
             tree.tick(now)
         if i % 997 == 0:
-            sizes = {"peers": len(tree.peers), "children": len(tree._children),
-                     "offers": len(tree._offers), "dead": len(tree._dead),
-                     "history": len(tree.history)}
+            sizes = {"peers": len(tree.peers), "children": len(tree.nbrs.children),
+                     "offers": len(tree.nbrs.offers), "dead": len(tree._dead)}
             # the live ones, plus those silent for less than forget_after periods
             silent = int(cfg.forget_after * cfg.period / 0.05 * 1.3)
             assert sizes["peers"] <= 41 + silent and sizes["offers"] <= cfg.max_offers, (i, sizes)
-            assert sizes["dead"] <= cfg.dead_roots and sizes["history"] <= 64, (i, sizes)
+            assert sizes["dead"] <= cfg.dead_roots, (i, sizes)
 
 
 # ----------------------------------------------------------------------------- objects, lineage

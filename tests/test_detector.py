@@ -115,6 +115,21 @@ def test_gossip_buffer_sends_the_least_sent_updates_first():
     assert {u.sent for u in buf.updates.values()} == {2}
 
 
+def test_gossip_buffer_holds_at_most_max_updates_and_drops_the_most_sent_first():
+    buf = GossipBuffer(retransmit_mult=10, max_updates=3)
+    for n in (1, 2, 3):
+        buf.add(digest(n))
+    buf.take(2, 10)  # n1 and n2 sent once
+    buf.take(1, 10)  # n3 sent once
+    buf.take(1, 10)  # n1 sent twice: the most sent
+    buf.add(digest(4))
+    assert sorted(d.name for d in (u.digest for u in buf.updates.values())) == ["n2", "n3", "n4"]
+    buf.add(digest(5))  # n2 and n3 sent once each: n2 has waited longer
+    assert sorted(d.name for d in (u.digest for u in buf.updates.values())) == ["n3", "n4", "n5"]
+    # least sent first; among as many sends, the one waiting longest
+    assert [d.name for d in buf.take(3, 10)] == ["n4", "n5", "n3"]
+
+
 def test_gossip_buffer_replaces_older_news_about_the_same_node():
     buf = GossipBuffer(retransmit_mult=10)
     buf.add(digest(1, "alive", 0))

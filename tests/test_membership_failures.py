@@ -140,7 +140,7 @@ def test_dead_member_is_forgotten_after_forget_after():
     assert a.forgotten == []
     net.run_for(timing.forget_after + 1.0)
     assert b.id not in a.membership.members
-    assert b.address not in a.membership._conns or b.address in a.membership.seeds
+    assert b.address not in a.membership.dialer.conns or b.address in a.membership.seeds
     assert [node for _, node in a.forgotten] == [b.id]  # the other parts drop it too
 
 
@@ -221,7 +221,7 @@ def test_each_independent_confirmation_shrinks_the_suspicion_timeout(confirmatio
     low, high = bounds(timing, 7)
     expected = min(timing.expected_confirmations, 7 - 2)
     timeout = suspicion_timeout(low, high, confirmations, expected)
-    assert core._suspicion_timeout(x) == pytest.approx(timeout)
+    assert core.prober.suspicion_timeout(x) == pytest.approx(timeout)
     assert core.next_timer(t) <= t + timeout
     assert not changes([(0, a) for a in core.tick(t + timeout - 1e-6)])
     assert MemberChanged(x.info.id, "n7", "suspect", "dead") in core.tick(t + timeout + 1e-6)
@@ -238,12 +238,12 @@ def test_our_own_failed_probe_of_a_suspect_confirms_the_suspicion():
         join(core, n, 0.0)
     x = core.members[info(7).id]
     core.receive(Ping(1, info(2), LOAD, [about(7, "suspect")]), 1.0, identity=ident(2))
-    before = core._suspicion_timeout(x)
+    before = core.prober.suspicion_timeout(x)
     # we probe the suspect ourselves, first (it is urgent); it does not answer
     log = run_core(core, 1.0, 1.0 + timing.period, silent={7})
     assert [a.address for _, a in log if isinstance(a, Send) and isinstance(a.message, Ping)][0] == "n7:1"
     assert x.suspecters == {info(2).id, core.me.id}
-    assert core._suspicion_timeout(x) < before
+    assert core.prober.suspicion_timeout(x) < before
 
 
 def test_confirmations_from_the_mesh_shrink_the_suspicion_timeout():

@@ -42,7 +42,7 @@ def test_a_failed_direct_probe_asks_up_to_indirect_helpers(members, helpers):
     for n in range(2, 2 + members):
         join(core, n, 0.0)
     (ping,) = [a for a in core.tick(1.0) if isinstance(a, Send)]
-    probe = core._probe
+    probe = core.prober.probe
     assert isinstance(ping.message, Ping) and probe.seq == ping.message.seq
     target = number(ping.address)
     assert probe.target == info(target).id
@@ -111,11 +111,11 @@ def test_an_indirect_ack_answers_the_probe_and_a_stale_one_does_not():
     req = sends[0].message
     core.receive(IndirectAck(req.seq - 1, req.target), 1.3, via=sends[0].address)  # stale
     core.receive(IndirectAck(req.seq, info(9).id), 1.3, via=sends[0].address)  # another target
-    assert not core._probe.acked
+    assert not core.prober.probe.acked
     core.receive(Nack(req.seq, req.target), 1.3, via=sends[1].address)
-    assert core._probe.nacks == 1
+    assert core.prober.probe.nacks == 1
     core.receive(IndirectAck(req.seq, req.target), 1.35, via=sends[0].address)
-    assert core._probe.acked
+    assert core.prober.probe.acked
     acts = core.tick(1.0 + timing.period)
     assert not [a for a in acts if isinstance(a, MemberChanged)]
     assert core.counters["probe_failures"] == 0 and core.health.score == 0
@@ -152,13 +152,13 @@ def test_late_ticks_raise_local_health_and_stretch_probe_timeouts():
     assert core.health.score == 1
     (ping,) = [a for a in acts if isinstance(a, Send)]
     # probe timeouts and the period are stretched by 1 + score
-    assert core._probe.ack_deadline == pytest.approx(now + 2 * timing.ack_timeout)
-    assert core._probe.end == pytest.approx(now + 2 * timing.period)
+    assert core.prober.probe.ack_deadline == pytest.approx(now + 2 * timing.ack_timeout)
+    assert core.prober.probe.end == pytest.approx(now + 2 * timing.period)
     assert core.next_timer(now) == pytest.approx(now + 2 * timing.ack_timeout)
     assert not [a for a in core.tick(now + 1.5 * timing.ack_timeout) if isinstance(a, Send)]
     assert [a for a in core.tick(now + 2 * timing.ack_timeout) if isinstance(a, Send)]  # helpers
     # on time again, probes answered: health falls by one per successful probe
-    core.receive(IndirectAck(core._probe.seq, core._probe.target), now + 0.45, via="n2:1")
+    core.receive(IndirectAck(core.prober.probe.seq, core.prober.probe.target), now + 0.45, via="n2:1")
     assert core.health.score == 0
 
 
@@ -214,7 +214,7 @@ def test_connection_lost_probes_that_member_at_once():
     assert ping.address == f"n{other}:1" and isinstance(ping.message, Ping)
     # a reset of an unknown address, or of a dead member, is no hint
     assert core.connection_lost("unknown:1", 1.02) == []
-    assert core._probe.target == info(other).id
+    assert core.prober.probe.target == info(other).id
 
 
 def test_a_reset_does_not_fail_the_probe_of_another_member_in_flight():
@@ -236,10 +236,10 @@ def test_a_reset_does_not_fail_the_probe_of_another_member_in_flight():
     assert core.health.score == 0 and core.counters["probe_failures"] == 0
     assert [a.address for a in acts if isinstance(a, Send)] == [f"n{reset}:1"]
     # a reset of the member we are already probing does not restart the probe
-    seq = core._probe.seq
+    seq = core.prober.probe.seq
     core.connection_lost(f"n{reset}:1", start + timing.ack_timeout + 0.03)
     assert not [a for a in core.tick(start + timing.ack_timeout + 0.04) if isinstance(a, Send)]
-    assert core._probe.seq == seq
+    assert core.prober.probe.seq == seq
 
 
 def _detection(seed: int, timing: Timing, reset: bool) -> float:
@@ -300,12 +300,12 @@ def test_next_timer_is_never_in_the_past_and_a_tick_clears_all_that_is_due(ops):
             core.receive(Ping(n, info(n), LOAD), now, identity=ident(n))
         elif op == "pong":
             core.heard_from(info(n).id, now)
-            core.receive(Pong(core._seq, info(n), LOAD), now, via=info(n).address)
+            core.receive(Pong(core.outbox.last_seq, info(n), LOAD), now, via=info(n).address)
         elif op == "ping-req":
             core.receive(PingReq(n, info(m).id, info(m).address, info(n)), now, identity=ident(n))
         elif op in ("ack", "nack"):
-            seq = core._probe.seq if core._probe else 0
-            target = core._probe.target if core._probe else info(m).id
+            seq = core.prober.probe.seq if core.prober.probe else 0
+            target = core.prober.probe.target if core.prober.probe else info(m).id
             msg = IndirectAck(seq, target) if op == "ack" else Nack(seq, target)
             core.receive(msg, now, via=info(n).address)
         elif op == "lost":

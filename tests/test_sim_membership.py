@@ -132,6 +132,42 @@ def test_no_false_deaths_with_loss_and_jitter():
     assert net.run_until(net.now + bounds(timing, 30)[1], stop=lambda: converged(nodes))
 
 
+def test_a_silent_member_is_found_while_members_join_faster_than_one_a_period():
+    """Probe starvation: members join faster than one a protocol period, before and
+    after a member falls silent. Were newcomers probed next, a node would never come
+    back to the others, and the silent one would never be suspected; with SWIM's random
+    insertion every member keeps its turn in the round robin."""
+    timing = Timing()
+    net = SimNetwork(21)
+    rng = random.Random(21)
+    nodes = [net.add("n0", timing=timing)]
+    for i in range(1, 5):
+        nodes.append(net.add(f"n{i}", timing=timing, seeds=[nodes[0].address]))
+    assert net.run_until(10.0, stop=lambda: converged(nodes))
+    victim, survivors = nodes[2], nodes[:2] + nodes[3:]
+    gap = timing.period / 1.5  # three joins every two periods
+    window = 50 * timing.period  # the joins go on all this time
+    start = net.now
+    kill_at = start + 6 * timing.period  # newcomers are already waiting in every round robin
+    newcomers: list[SimNode] = []
+
+    def join() -> None:
+        seed = rng.choice([n for n in nodes + newcomers if n is not victim])
+        newcomers.append(net.add(f"j{len(newcomers)}", timing=timing, seeds=[seed.address]))
+        if net.now + gap < kill_at + window:
+            net.at(net.now + gap, join)
+
+    net.at(start, join)
+    net.at(kill_at, lambda: net.kill(victim))
+    net.run_until(kill_at)
+    found = net.run_until(kill_at + window, stop=lambda: not victim.alive and all(
+        state(s, victim) == "dead" for s in survivors))
+    print(f"\n{len(newcomers)} joins in {net.now - start:.1f} s; the silent member "
+          f"{'dead for all after ' + format(net.now - kill_at, '.1f') + ' s' if found else 'never found'}")
+    assert found, f"not found in {window:.0f} s: {[state(s, victim) for s in survivors]}"
+    assert len(newcomers) > (net.now - start) / timing.period  # faster than one a period all along
+
+
 # ----------------------------------------------------------------------------- (c) partition
 
 

@@ -26,8 +26,8 @@ from mesh.tree import (
     RootChanged,
     SendAdvert,
     TreeConfig,
-    tree_json,
 )
+from mesh.tree.advert import key
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -135,7 +135,7 @@ def test_at_start_up_the_best_score_wins():
 def test_root_key_orders_term_then_settled_then_score_then_id():
     t = node("X", score=5.0)
     t.tick(CFG.join_wait * P)
-    mine = t.advert().key()
+    mine = key(t.advert())
     assert (1, 0, 0.0, "A") > mine  # a later term beats everything
     assert t.election_key(0, (CFG.settle_after + 1) * P) > t.election_key(0, 0.0)  # settled
     assert (0, 0, 6.0, "A") > mine > (0, 0, 5.0, "W")  # score, then id
@@ -366,17 +366,15 @@ def test_ask_is_answered():
     assert [a.peer for a in of(SendAdvert, acts)] == ["Q"] and not acts[0].advert.ask
 
 
-def test_view_and_tree_json():
+def test_view():
     r = node("R", score=10.0)
     r.tick(CFG.join_wait * P)
     x = attached("X", via="R", rank=0.0, rtt=4 * MS)
-    doc = tree_json([x.record("x-host"), r.record("r-host")])
-    assert doc["root"] == "R"
-    assert [n["id"] for n in doc["nodes"]] == ["R", "X"]
-    assert doc["nodes"][1] == {"id": "X", "name": "x-host", "parent": "R", "rtt_ms": 4.0,
-                               "depth": 1, "rank_ms": 4.0}
     v = x.view()
-    assert v["state"] == "attached" and v["parent"] == "R" and v["rank_ms"] == 4.0
+    assert v["id"] == "X" and v["state"] == "attached" and v["root"] == "R"
+    assert (v["parent"], v["rtt_ms"], v["rank_ms"], v["depth"]) == ("R", 4.0, 4.0, 1)
+    assert r.view()["parent"] is None and r.view()["depth"] == 0 and r.view()["rank_ms"] == 0.0
+    # (the mesh tree document made of every agent's view: tests/test_treeview.py)
 
 
 # ----------------------------------------------------------------------------- property

@@ -44,7 +44,7 @@ def tree_doc(agent) -> dict:
     from mesh.faces.treeview import gather
 
     with Client(agent.comm, timeout=5) as client:
-        return gather(lambda address: Client(address, timeout=1), client)
+        return gather(client, lambda address, timeout: Client(address, timeout=timeout), 3.0)
 
 
 def wall_of_day() -> float:

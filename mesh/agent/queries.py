@@ -189,6 +189,5 @@ class Queries:
         if q.what == "progress":  # of a task graph run by a call here (mesh run)
             return m.Answer(q.qid, q.what, self.slots.pool.progress.get(q.arg))
         if q.what == "tree-node":  # this agent's place in the tree (mesh tree gathers them)
-            return m.Answer(q.qid, q.what, dict(self.tree.record(self.config.name),
-                                                address=self.transport.address, view=self.tree.view()))
+            return m.Answer(q.qid, q.what, dict(self.tree.view(), name=self.config.name))
         return m.Answer(q.qid, q.what, None, f"unknown query {q.what!r} (status, peers, progress, tree-node)")

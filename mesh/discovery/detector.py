@@ -18,15 +18,18 @@ logarithm of the mesh's size, as in memberlist.
 
 ``GossipBuffer``: the updates to disseminate, piggybacked on every message. Each
 update is sent at most ``retransmit_mult * ceil(log10(n + 1))`` times, least sent
-first; a newer update about the same node replaces the older one. It holds at most
-``max_updates`` (news arriving faster than it is sent, as under heavy churn): beyond
-that the update sent most times goes first (the oldest of them).
+first (among updates sent as many times, the one that has waited longest); a newer
+update about the same node replaces the older one and counts as never sent. It holds
+at most ``max_updates`` (news arriving faster than it is sent, as under heavy churn):
+beyond that the update sent most times goes first (the oldest of them). A message's
+gossip costs the updates it takes, whatever the buffer holds.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass
 
 from mesh.wire.messages import Digest
 
@@ -61,40 +64,74 @@ def suspicion_timeout(low: float, high: float, confirmations: int, expected: int
     return max(low, high - (high - low) * frac)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Update:
     digest: Digest
     sent: int = 0
 
 
-@dataclass
 class GossipBuffer:
-    retransmit_mult: int = 3
-    max_updates: int = 2048
-    updates: dict[str, _Update] = field(default_factory=dict)
+    """The updates to disseminate (module docstring). They wait in one queue per number
+    of times sent (``_queues[k]``: sent ``k`` times, in the order they got there), so a
+    message's gossip costs what it takes, not a pass over the buffer."""
+
+    def __init__(self, retransmit_mult: int = 3, max_updates: int = 2048) -> None:
+        self.retransmit_mult = retransmit_mult
+        self.max_updates = max_updates
+        self.updates: dict[str, _Update] = {}  # node id -> its update (read only)
+        self._queues: list[OrderedDict[str, _Update]] = []
 
     def add(self, digest: Digest) -> None:
-        """Queue ``digest`` for dissemination (replacing older news of the same node)."""
-        self.updates[digest.id] = _Update(digest)
-        if len(self.updates) > self.max_updates:
-            most = max(self.updates, key=lambda node_id: self.updates[node_id].sent)
-            del self.updates[most]
+        """Queue ``digest`` for dissemination (replacing older news of the same node, and
+        counting as never sent)."""
+        old = self.updates.pop(digest.id, None)
+        if old is not None:
+            del self._queues[old.sent][digest.id]
+        upd = self.updates[digest.id] = _Update(digest)
+        self._queue(0)[digest.id] = upd
+        if len(self.updates) > self.max_updates:  # the update sent most, the oldest of them
+            most = next(q for q in reversed(self._queues) if q)
+            node_id, _ = most.popitem(last=False)
+            del self.updates[node_id]
 
     def take(self, limit: int, n_members: int, first: Digest | None = None) -> list[Digest]:
-        """Up to ``limit`` digests to piggyback, least sent first; ``first`` (news the
-        receiver must hear, e.g. its own suspicion) goes in front."""
-        cap = self.retransmit_mult * max(1, math.ceil(math.log10(n_members + 1)))
+        """Up to ``limit`` digests to piggyback, least sent first (among as many sends,
+        the longest waiting); ``first`` (news the receiver must hear, e.g. its own
+        suspicion) goes in front, and its update here is not counted as sent."""
         out: list[Digest] = [first] if first is not None else []
-        for node_id, upd in sorted(self.updates.items(), key=lambda kv: kv[1].sent):
-            if len(out) >= limit:
-                break
-            if first is not None and node_id == first.id:
+        if not self.updates or len(out) >= limit:
+            return out
+        skip = None if first is None else first.id
+        taken: list[_Update] = []
+        room = limit - len(out)
+        for queue in self._queues:
+            if not queue:
                 continue
+            for node_id, upd in queue.items():
+                if node_id != skip:
+                    taken.append(upd)
+                    if len(taken) == room:
+                        break
+            if len(taken) == room:
+                break
+        cap = self.retransmit_mult * max(1, math.ceil(math.log10(n_members + 1)))
+        queues, updates = self._queues, self.updates
+        for upd in taken:  # (moved after the walk: none is taken twice)
+            node_id = upd.digest.id
             out.append(upd.digest)
+            del queues[upd.sent][node_id]
             upd.sent += 1
             if upd.sent >= cap:
-                del self.updates[node_id]
+                del updates[node_id]
+            else:
+                self._queue(upd.sent)[node_id] = upd
         return out
+
+    def _queue(self, sent: int) -> OrderedDict[str, _Update]:
+        queues = self._queues
+        while len(queues) <= sent:
+            queues.append(OrderedDict())
+        return queues[sent]
 
     def __len__(self) -> int:
         return len(self.updates)

@@ -53,6 +53,9 @@ guard and is being answered is the new connection refused: 503 with ``Retry-Afte
 counted with the other refusals (``rest.refused.busy``). A client that hangs up before
 its answer is written is counted (``aborted.hangup``) and logged at
 DEBUG, as every other request is.
+
+``/v1/tree`` asks every live member, so it is served from a document at most a few
+seconds old, gathered by one request at a time (``mesh.faces.treeview.TreeCache``).
 """
 
 from __future__ import annotations
@@ -71,12 +74,13 @@ import urllib.request
 from concurrent.futures import TimeoutError as FutureTimeout
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from mesh.faces import rest_auth
+from mesh.faces import rest_auth, treeview
 from mesh.faces.compss import answers as compss
 from mesh.faces.metrics import render as render_metrics
 from mesh.wire import messages as m
 
 log = logging.getLogger("mesh.rest")
+TREE_TIMEOUT = 5.0  # seconds a /v1/tree gather may take (members not answering by then: unreachable)
 
 MAX_BODY = 16 * 1024 * 1024
 MAX_DRAIN = 64 * 1024  # a refused request's body is read (so its answer arrives) up to this
@@ -96,6 +100,7 @@ class _Handler(BaseHTTPRequestHandler):
     agent = None  # the agent's handle (mesh.agent.inbox.AgentHandle), set per server class
     token = ""  # set per server class: its bearer token (forwarded COMPSs stops carry it)
     guard: rest_auth.RestGuard  # set per server class
+    tree: treeview.TreeCache  # /v1/tree's document, set per server class
     timeout = READ_TIMEOUT  # (socketserver sets it on the connection: each read and write)
     server: _Server
 
@@ -135,7 +140,7 @@ class _Handler(BaseHTTPRequestHandler):
                 text = render_metrics(self.agent.query("status"), self.agent.query("peers"))
                 return self._send(200, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
             if path == "/v1/tree":
-                return self._json(200, self._tree())
+                return self._json(200, self.tree.get())
             if path == "/COMPSs/test":
                 return self._send(200, b"", "text/plain")
             if path == "/COMPSs/resources":
@@ -307,13 +312,6 @@ class _Handler(BaseHTTPRequestHandler):
         if length > MAX_BODY:
             return None, f"body over {MAX_BODY} bytes"
         return _parse_json(self.rfile.read(length))
-
-    def _tree(self) -> dict:
-        from mesh.client.client import Client
-        from mesh.faces.treeview import gather
-
-        key = self.agent.key  # (our own agent answers through its handle; the others, as clients)
-        return gather(lambda address: Client(address, timeout=2, key=key), self.agent)
 
     def _json(self, code: int, body) -> None:
         self._send(code, json.dumps(body).encode(), "application/json")
@@ -520,7 +518,8 @@ class RestServer:
 
     def __init__(self, agent, host: str, port: int, token: str, rest_open: bool = False,
                  timeout: float = READ_TIMEOUT, max_connections: int = MAX_CONNECTIONS) -> None:
-        handler = type("Handler", (_Handler,), {"agent": agent, "token": token, "timeout": timeout})
+        handler = type("Handler", (_Handler,), {"agent": agent, "token": token, "timeout": timeout,
+                                                "tree": _tree_cache(agent)})
         self.httpd = _Server((host, port), handler, max_connections)
         host, port = self.httpd.server_address[:2]
         self.address = f"{host}:{port}"
@@ -562,6 +561,19 @@ class RestServer:
         self.httpd.server_close()
         if self.token_file is not None:
             rest_auth.remove_token(self.token_file)
+
+
+def _tree_cache(agent) -> treeview.TreeCache:
+    """/v1/tree: our agent answers through its handle, the others as clients
+    (``mesh.faces.treeview``: at most one gather every ``treeview.FRESH`` seconds, each
+    within TREE_TIMEOUT)."""
+    def dial(address: str, timeout: float):
+        from mesh.client.client import Client
+
+        return Client(address, timeout=timeout, key=agent.key)
+
+    return treeview.TreeCache(lambda: treeview.gather(agent, dial, TREE_TIMEOUT),
+                              fresh=treeview.FRESH, bound=2 * TREE_TIMEOUT)
 
 
 def _user() -> str:

@@ -2,8 +2,8 @@
 
 Theory of operation
 -------------------
-No socket, thread or real clock: events wait in a heap ordered by (virtual time,
-sequence number) and all randomness comes from one seeded ``random.Random``, so
+No socket, thread or real clock: events wait on a virtual ``Clock``
+(``mesh.sim.clock``) and all randomness comes from one seeded ``random.Random``, so
 one seed gives one run, action for action.
 
 Routing mirrors the agent (``mesh/agent/agent.py``):
@@ -27,8 +27,6 @@ node that was frozen or cut off).
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -47,6 +45,7 @@ from mesh.discovery.membership import (
     Send,
     Timing,
 )
+from mesh.sim.clock import Clock
 from mesh.wire.messages import Message, NodeInfo
 
 MAX_TICK = 0.1  # the longest wait between two ticks of a node, as the agent's MAX_SLEEP
@@ -59,6 +58,8 @@ class SimNode:
     name: str
     membership: Membership
     tick_every: float
+    id: str = field(init=False)  # (its node id and address never change)
+    address: str = field(init=False)
     alive: bool = True
     conns: set[str] = field(default_factory=set)  # addresses we have a connection to
     paths: dict[str, str] = field(default_factory=dict)  # peer id -> address it reached us on
@@ -66,13 +67,9 @@ class SimNode:
     declared_dead: list[float] = field(default_factory=list)  # when it learnt it was
     forgotten: list[tuple[float, str]] = field(default_factory=list)  # (when, node id)
 
-    @property
-    def id(self) -> str:
-        return self.membership.me.id
-
-    @property
-    def address(self) -> str:
-        return self.membership.me.address
+    def __post_init__(self) -> None:
+        self.id = self.membership.me.id
+        self.address = self.membership.me.address
 
 
 class SimNetwork:
@@ -88,15 +85,13 @@ class SimNetwork:
         record: bool = False,
     ) -> None:
         self.rng = random.Random(seed)
-        self.now = 0.0
+        self.clock = Clock()
         self.delay, self.loss, self.duplicate = delay, loss, duplicate
         self.nodes: dict[str, SimNode] = {}  # by node id
         self.listeners: dict[str, str] = {}  # address -> node id
         self.blocked: set[frozenset[str]] = set()
         self.stats: Counter[str] = Counter()
         self.trace: list[tuple[float, str, str]] | None = [] if record else None
-        self._heap: list[tuple[float, int, Callable[[], None]]] = []
-        self._seq = itertools.count()
         self._fifo: dict[tuple[str, str, str, str], float] = {}
 
     # ------------------------------------------------------------------ setup
@@ -120,7 +115,7 @@ class SimNetwork:
         self.listeners[info.address] = node_id
         for address in seeds:
             self.do(node, core.add_seed(address, self.now))
-        self._schedule(self.now + self.rng.uniform(0, node.tick_every), lambda: self._tick(node))
+        self.clock.at(self.now + self.rng.uniform(0, node.tick_every), self._tick, node)
         return node
 
     def alias(self, address: str, node: SimNode) -> None:
@@ -141,7 +136,7 @@ class SimNetwork:
     def revive(self, node: SimNode) -> None:
         if not node.alive:
             node.alive = True
-            self._schedule(self.now, lambda: self._tick(node))
+            self.clock.at(self.now, self._tick, node)
 
     def partition(self, a: SimNode, b: SimNode) -> None:
         self.blocked.add(frozenset((a.id, b.id)))
@@ -151,24 +146,21 @@ class SimNetwork:
 
     # ------------------------------------------------------------------ clock
 
+    @property
+    def now(self) -> float:
+        return self.clock.now
+
     def at(self, when: float, fn: Callable[[], None]) -> None:
         """Call ``fn`` at virtual time ``when``."""
-        self._schedule(when, fn)
+        self.clock.at(when, fn)
 
     def run_until(self, until: float, stop: Callable[[], bool] | None = None) -> bool:
         """Process events up to virtual time ``until`` (or until ``stop()`` is true,
         checked after every event). Returns whether ``stop`` fired."""
-        while self._heap and self._heap[0][0] <= until:
-            when, _, fn = heapq.heappop(self._heap)
-            self.now = when
-            fn()
-            if stop is not None and stop():
-                return True
-        self.now = max(self.now, until)
-        return False
+        return self.clock.run_until(until, stop)
 
     def run_for(self, seconds: float) -> None:
-        self.run_until(self.now + seconds)
+        self.clock.run_for(seconds)
 
     # ------------------------------------------------------------------ actions
 
@@ -196,16 +188,13 @@ class SimNetwork:
 
     # ------------------------------------------------------------------ internals
 
-    def _schedule(self, when: float, fn: Callable[[], None]) -> None:
-        heapq.heappush(self._heap, (when, next(self._seq), fn))
-
     def _tick(self, node: SimNode) -> None:
         if not node.alive:
             return  # revive() schedules the next tick
         self.do(node, node.membership.tick(self.now))
         # as the agent: wake at the core's next timer, and at least every tick_every
         when = min(node.membership.next_timer(self.now), self.now + node.tick_every)
-        self._schedule(max(when, self.now + 1e-4), lambda: self._tick(node))
+        self.clock.at(max(when, self.now + 1e-4), self._tick, node)
 
     def _send(self, src: SimNode, address: str, msg: Message) -> None:
         if address not in src.conns:
@@ -216,8 +205,7 @@ class SimNetwork:
             self.stats["no_listener"] += 1
             return
         dst = self.nodes[dst_id]
-        self._transmit(src, dst, (src.id, dst.id, address, "out"),
-                       lambda: self._router_in(dst, src.id, address, msg))
+        self._transmit(src, dst, (src.id, dst.id, address, "out"), self._router_in, src.id, address, msg)
 
     def _reply(self, src: SimNode, dst_id: str, msg: Message) -> None:
         dst = self.nodes.get(dst_id)
@@ -225,10 +213,11 @@ class SimNetwork:
         if dst is None or address is None:
             self.stats["no_route"] += 1
             return
-        self._transmit(src, dst, (dst.id, src.id, address, "back"),
-                       lambda: self._dealer_in(dst, address, msg))
+        self._transmit(src, dst, (dst.id, src.id, address, "back"), self._dealer_in, address, msg)
 
-    def _transmit(self, src: SimNode, dst: SimNode, channel: tuple, deliver: Callable[[], None]) -> None:
+    def _transmit(self, src: SimNode, dst: SimNode, channel: tuple,
+                  deliver: Callable[..., None], *args: object) -> None:
+        """``deliver(dst, *args)`` after the link's delay, unless lost (FIFO per channel)."""
         if not src.alive:
             return
         copies = 1
@@ -241,15 +230,14 @@ class SimNetwork:
         for _ in range(copies):
             when = max(self.now + self.rng.uniform(*self.delay), self._fifo.get(channel, 0.0))
             self._fifo[channel] = when
+            self.clock.at(when, self._arrive, src, dst, deliver, args)
 
-            def arrive(deliver=deliver) -> None:
-                if not dst.alive or frozenset((src.id, dst.id)) in self.blocked:
-                    self.stats["dropped"] += 1
-                    return
-                self.stats["delivered"] += 1
-                deliver()
-
-            self._schedule(when, arrive)
+    def _arrive(self, src: SimNode, dst: SimNode, deliver: Callable[..., None], args: tuple) -> None:
+        if not dst.alive or frozenset((src.id, dst.id)) in self.blocked:
+            self.stats["dropped"] += 1
+            return
+        self.stats["delivered"] += 1
+        deliver(dst, *args)
 
     def _router_in(self, dst: SimNode, sender_id: str, address: str, msg: Message) -> None:
         core = dst.membership

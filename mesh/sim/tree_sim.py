@@ -2,8 +2,8 @@
 
 Theory of operation
 -------------------
-No socket, thread or real clock: events wait in a heap ordered by (virtual time,
-sequence number), and all randomness comes from one seeded ``random.Random``, so
+No socket, thread or real clock: events wait on a virtual ``Clock``
+(``mesh.sim.clock``), and all randomness comes from one seeded ``random.Random``, so
 one seed gives one run.
 
 Latency model (``clustered``): a server, hubs around it, devices around each hub,
@@ -33,23 +33,25 @@ graceful leave, from ``leave_detect``.
 Checks: after every event that changes a parent pointer the simulator follows the
 pointers from that node over the global state (live nodes only): a new cycle would
 have to go through it, so this checks the whole forest after every event.
-``check_all`` walks every node, and runs after every kill, leave and join (after
-every event with ``paranoid``, for small meshes).
+``check_all`` walks every node, and runs after every kill, leave and join. With
+``paranoid`` the cores' actions are not trusted: after every event the simulator reads
+the parent pointer of the core the event was for, and walks the whole forest when it
+moved, and after every event that was not one core's (a boot, a kill, a leave, a join);
+the forest changes at no other step (an event calls one core; ``_do`` calls none), so
+this is a whole-forest check after every event.
 """
 
 from __future__ import annotations
 
 import heapq
-import itertools
 import math
 import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from mesh.sim.clock import Clock
 from mesh.tree import LatencyTree, ParentChanged, Probe, RootChanged, SendAdvert, TreeConfig
-
-TICK, MSG, LOST, CALL = 0, 1, 2, 3
 
 
 @dataclass
@@ -63,17 +65,22 @@ class Topology:
     score: list[float] = field(default_factory=list)
     links: list[set[int]] = field(default_factory=list)
     members: dict[int, list[int]] = field(default_factory=dict)  # hub -> its devices
+    # one-way delays computed so far, by (a, b) (a node's place never changes)
+    _delays: dict[tuple[int, int], float] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.kind)
 
     def one_way(self, a: int, b: int) -> float:
         """One-way delay between two nodes, seconds."""
-        d = self.access[a] + self.access[b]
-        if self.hub[a] == self.hub[b]:
-            return d
-        (xa, ya), (xb, yb) = self.pos[a], self.pos[b]
-        return d + math.hypot(xa - xb, ya - yb) / 1000.0
+        d = self._delays.get((a, b))
+        if d is None:
+            d = self.access[a] + self.access[b]
+            if self.hub[a] != self.hub[b]:
+                (xa, ya), (xb, yb) = self.pos[a], self.pos[b]
+                d += math.hypot(xa - xb, ya - yb) / 1000.0
+            self._delays[(a, b)] = self._delays[(b, a)] = d
+        return d
 
     def rtt(self, a: int, b: int) -> float:
         return 2.0 * self.one_way(a, b)
@@ -169,10 +176,11 @@ class TreeSim:
         self.rng = random.Random(seed)
         self.config = config or TreeConfig()
         self.loss, self.duplicate, self.jitter = loss, duplicate, jitter
-        self.paranoid = paranoid  # check_all after every event (slow: small meshes)
+        self.paranoid = paranoid  # check_all whenever the forest may have changed (docstring)
         self.detect, self.leave_detect = detect, leave_detect
-        self.now = 0.0
+        self.clock = Clock()
         self.cores: dict[int, LatencyTree] = {}
+        self.ids: list[str] = [node_id(i) for i in range(len(topo))]  # node_id(i), made once
         self.alive: set[int] = set()
         self.index: dict[str, int] = {}
         self.stats: Counter[str] = Counter()
@@ -181,18 +189,20 @@ class TreeSim:
         self.repairs: list[tuple[str, float]] = []
         self._pending: dict[int, tuple[str, float]] = {}  # orphan -> (how, when)
         self._polling = False
-        self._heap: list[tuple] = []
-        self._seq = itertools.count()
+        self._event_core: int | None = None  # the core the running event is for (paranoid)
+        self._parents: dict[int, str | None] = {}  # (paranoid) parents at the last check
 
     # ------------------------------------------------------------------ setup
 
     def start(self, i: int, at: float | None = None) -> None:
         """Start node ``i`` at virtual time ``at`` (now by default)."""
         when = self.now if at is None else at
-        self._schedule(when, CALL, lambda: self._boot(i))
+        self.clock.at(when, self._boot, i)
 
     def _boot(self, i: int) -> None:
-        nid = node_id(i)
+        while len(self.ids) <= i:  # (a device that joined since)
+            self.ids.append(node_id(len(self.ids)))
+        nid = self.ids[i]
         core = LatencyTree(nid, self.topo.score[i], random.Random(f"{nid}/{self.rng.random()}"),
                            self.config, self.now)
         self.cores[i] = core
@@ -202,7 +212,7 @@ class TreeSim:
             if j in self.alive and j != i:
                 self._do(i, core.offer(node_id(j), self.topo.rtt(i, j), self.now))
                 self._do(j, self.cores[j].offer(nid, self.topo.rtt(i, j), self.now))
-        self._schedule(self.now + self.rng.uniform(0, self.config.period / 10), TICK, i)
+        self.clock.at(self.now + self.rng.uniform(0, self.config.period / 10), self._tick, i)
 
     def join(self, hub: int | None = None) -> int:
         """A new device joins now, near ``hub`` (a random live hub by default)."""
@@ -233,48 +243,69 @@ class TreeSim:
         was_root = self.cores[i].state == "root"
         for j in sorted(self.alive):
             c = self.cores[j]
-            knows = was_root or nid in c.peers or nid in c._offers or c.root == nid
+            knows = was_root or nid in c.peers or nid in c.nbrs.offers or c.root == nid
             if knows:
-                self._schedule(self.now + self.rng.uniform(*delay), LOST, j, nid)
+                self.clock.at(self.now + self.rng.uniform(*delay), self._lost, j, nid)
             if c.parent == nid and not was_root:
                 self._pending.setdefault(j, (how, self.now))
         if self._pending and not self._polling:
             self._polling = True
-            self._schedule(self.now, CALL, self._poll)
+            self.clock.at(self.now, self._poll)
         self.check_all()
+
+    # ------------------------------------------------------------------ clock
+
+    @property
+    def now(self) -> float:
+        return self.clock.now
 
     def at(self, when: float, fn: Callable[[], None]) -> None:
         """Call ``fn`` at virtual time ``when``."""
-        self._schedule(when, CALL, fn)
+        self.clock.at(when, fn)
 
     def run_until(self, until: float) -> None:
-        heap, cores, alive = self._heap, self.cores, self.alive
-        while heap and heap[0][0] <= until:
-            when, _, kind, a, b, c = heapq.heappop(heap)
-            self.now = when
-            if kind == MSG:
-                if a in alive:
-                    self.stats["delivered"] += 1
-                    rtt = self.topo.rtt(a, b) * (1.0 + self.jitter * self.rng.random())
-                    self._do(a, cores[a].heard(node_id(b), c, rtt, when))
-                else:
-                    self.stats["dropped"] += 1
-            elif kind == TICK:
-                if a in alive:
-                    core = cores[a]
-                    self._do(a, core.tick(when))
-                    self._schedule(max(core.next_timer(when), when + 1e-3), TICK, a)
-            elif kind == LOST:
-                if a in alive:
-                    self._do(a, cores[a].lost(b, when))
-            else:
-                a()
-            if self.paranoid:
-                self.check_all()
-        self.now = max(self.now, until)
+        self.clock.run_until(until, self._check_after_each if self.paranoid else None)
 
     def run_for(self, seconds: float) -> None:
         self.run_until(self.now + seconds)
+
+    def _check_after_each(self) -> bool:
+        """``paranoid``: the whole forest is walked after every event that moved a parent
+        pointer (read from the core) or was not one core's (module docstring)."""
+        self.stats["events_checked"] += 1
+        i, self._event_core = self._event_core, None
+        if i is None:
+            self._parents = {j: self.cores[j].parent for j in self.alive}
+        else:
+            parent = self.cores[i].parent
+            if parent == self._parents.get(i):
+                return False
+            self._parents[i] = parent
+        self.check_all()
+        return False  # (never stops the run)
+
+    # ------------------------------------------------------------------ events
+
+    def _deliver(self, i: int, sender: int, advert) -> None:
+        self._event_core = i
+        if i in self.alive:
+            self.stats["delivered"] += 1
+            rtt = self.topo.rtt(i, sender) * (1.0 + self.jitter * self.rng.random())
+            self._do(i, self.cores[i].heard(self.ids[sender], advert, rtt, self.clock.now))
+        else:
+            self.stats["dropped"] += 1
+
+    def _tick(self, i: int) -> None:
+        self._event_core = i
+        if i in self.alive:
+            now, core = self.clock.now, self.cores[i]
+            self._do(i, core.tick(now))
+            self.clock.at(max(core.next_timer(now), now + 1e-3), self._tick, i)
+
+    def _lost(self, i: int, peer: str) -> None:
+        self._event_core = i
+        if i in self.alive:
+            self._do(i, self.cores[i].lost(peer, self.clock.now))
 
     def _do(self, i: int, actions: list) -> None:
         for act in actions:
@@ -287,22 +318,19 @@ class TreeSim:
                 copies = 2 if self.duplicate and self.rng.random() < self.duplicate else 1
                 for _ in range(copies):
                     delay = self.topo.one_way(i, j) * (1.0 + self.jitter * self.rng.random())
-                    self._schedule(self.now + delay, MSG, j, i, act.advert)
+                    self.clock.at(self.clock.now + delay, self._deliver, j, i, act.advert)
             elif type(act) is ParentChanged:
                 self.stats["parent_changes"] += 1
                 if act.new is not None:
                     self.check_from(i)
             elif type(act) is RootChanged:
                 self.stats["root_changes"] += 1
-                if act.new == node_id(i):
+                if act.new == self.ids[i]:
                     self.root_changes.append((self.now, i, act.old))
             elif type(act) is Probe:
                 self.stats["probes"] += 1
             else:
                 raise TypeError(f"unknown action {act!r}")
-
-    def _schedule(self, when: float, kind: int, a: object, b: object = None, c: object = None) -> None:
-        heapq.heappush(self._heap, (when, next(self._seq), kind, a, b, c))
 
     # ------------------------------------------------------------------ global views
 
@@ -417,7 +445,7 @@ class TreeSim:
                 how, since = self._pending.pop(i)
                 self.repairs.append((how, self.now - since))
         if self._pending:
-            self._schedule(self.now + 0.05, CALL, self._poll)
+            self.clock.at(self.now + 0.05, self._poll)
         else:
             self._polling = False
 

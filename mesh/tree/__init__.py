@@ -1,9 +1,14 @@
 """The latency tree core: see ``core.py`` for its theory of operation.
 
-Modules: ``advert.py`` (the wire record and its ordering), ``config.py`` (settings
-and actions), ``core.py`` (``LatencyTree``: election, parent choice, loop freedom,
-repair), ``neighbours.py`` (the bounded neighbour set, probing, sending),
-``view.py`` (``mesh tree --format json``).
+Modules: ``advert.py`` (the ordering of adverts: labels, root keys; the record itself,
+``Advert``, is the wire's), ``config.py`` (settings and actions), ``core.py``
+(``LatencyTree``: election, parent choice, loop freedom, repair, sending),
+``neighbours.py`` (``Neighbours``, the bounded neighbour set the tree owns: admission,
+eviction, offers and which to probe). Drawing the whole tree is a face's job
+(``mesh.faces.treeview``).
+
+May import: ``mesh.wire`` (the ``Advert`` record) and ``mesh.errors``; never a socket, a
+thread or a clock, nor anything above it.
 
 How a shell drives it (the agent, or ``mesh/sim/tree_sim.py``)
 --------------------------------------------------------------
@@ -29,7 +34,7 @@ Every call returns a list of actions:
 
 Queries: ``parent``, ``children``, ``root``, ``term``, ``rank`` (path latency to the
 root, seconds), ``depth``, ``state``, ``neighbours()``, ``candidates()``, ``view()``
-(plain data), ``record(name)`` (one entry of ``tree_json``). A malformed advert is
+(plain data: this node's place and neighbours; what ``mesh tree`` draws). A malformed advert is
 counted (``counters["bad_adverts"]``) and dropped; only our own misuse raises
 (``LocalProtocolError``).
 """
@@ -37,9 +42,8 @@ counted (``counters["bad_adverts"]``) and dropped; only our own misuse raises
 from mesh.tree.advert import NO_ROUTE, Advert
 from mesh.tree.config import Action, ParentChanged, Probe, RootChanged, SendAdvert, TreeConfig
 from mesh.tree.core import STATES, TRANSITIONS, LatencyTree
-from mesh.tree.view import tree_json
 
 __all__ = [
     "NO_ROUTE", "STATES", "TRANSITIONS", "Action", "Advert", "LatencyTree", "ParentChanged",
-    "Probe", "RootChanged", "SendAdvert", "TreeConfig", "tree_json",
+    "Probe", "RootChanged", "SendAdvert", "TreeConfig",
 ]

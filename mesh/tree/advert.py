@@ -1,8 +1,7 @@
-"""The tree advert (the one record the tree core puts on the wire) and its ordering.
+"""The ordering of tree adverts: labels, root keys, and the check of a peer's advert.
 
-An ``Advert`` is what a node tells its tree neighbours about its route to the root.
-Its fields are ints, floats, strings and one list of strings, so it can become a
-record of ``mesh/wire/messages.py`` unchanged.
+An ``Advert`` (a record of the wire, ``mesh.wire.messages``) is what a node tells its
+tree neighbours about its route to the root; this module says how adverts compare.
 
 Labels
 ------
@@ -27,54 +26,28 @@ has a label no better than its feasibility label, and that label never decreases
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
-NO_ROUTE = -1.0  # ``rank`` of an advert whose sender has no route to a root now
+from mesh.wire.messages import NO_ROUTE, Advert
+
+__all__ = ["BOTTOM", "NO_ROUTE", "Advert", "Label", "key", "label", "routed", "valid"]
 
 Label = tuple  # (term, settled, score, root, seq, -rank)
 BOTTOM: Label = (-1, 0, -math.inf, "", -1, -math.inf)  # worse than any real label
 
 
-@dataclass(frozen=True)
-class Advert:
-    """What a node says about its place in the latency tree.
+def routed(a: Advert) -> bool:
+    """Whether the sender has a route to a root now (``valid`` adverts only)."""
+    return a.rank >= 0.0
 
-    ``root``/``term``/``settled``/``score``: the root key of the sender's tree ("" and
-    -1 while it has never had one). ``succeeds``: the root whose loss opened this term
-    ("" for a first root). ``seq``: the root's sequence number as the sender last got
-    it. ``rank``: path latency to the root in seconds, or ``NO_ROUTE``. ``parent``:
-    the sender's parent ("" if none). ``path``: the sender's ancestors, parent first,
-    root last (empty for the root). ``stamp``: the sender's advert counter, so a
-    receiver can drop an advert that arrives after a newer one. ``ask``: 1 asks the
-    receiver to answer at once with its own advert.
-    """
 
-    root: str = ""
-    term: int = -1
-    settled: int = 0
-    score: float = 0.0
-    succeeds: str = ""
-    seq: int = 0
-    rank: float = NO_ROUTE
-    parent: str = ""
-    path: list[str] = field(default_factory=list)
-    stamp: int = 0
-    ask: int = 0
+def key(a: Advert) -> tuple:
+    """The root key: how trees compare (bigger wins)."""
+    return (a.term, a.settled, a.score, a.root)
 
-    @property
-    def routed(self) -> bool:
-        """Whether the sender has a route to a root now (``valid`` adverts only)."""
-        return self.rank >= 0.0
 
-    def key(self) -> tuple:
-        """The root key: how trees compare (bigger wins)."""
-        return (self.term, self.settled, self.score, self.root)
-
-    def label(self) -> Label:
-        """The label of this advert; ``BOTTOM``-like for one without a route."""
-        if not self.routed:
-            return (self.term, self.settled, self.score, self.root, self.seq, -math.inf)
-        return (self.term, self.settled, self.score, self.root, self.seq, -self.rank)
+def label(a: Advert) -> Label:
+    """The label of an advert; ``BOTTOM``-like for one without a route."""
+    return (a.term, a.settled, a.score, a.root, a.seq, -a.rank if a.rank >= 0.0 else -math.inf)
 
 
 def valid(advert: object, max_depth: int) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mesh.tree.advert import Advert
+from mesh.wire.messages import Advert
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,17 @@ States (``TRANSITIONS``)::
     detached -> attached   a feasible neighbour (usually one with a newer seq)
     root     -> attached   a better tree was heard (merge)
 
-Neighbours (``neighbours.py``): parent, children (neighbours whose advert names us
-as parent) and at most ``max_candidates`` others, found by probing members the
-shell offers. Children get our advert every period, so the root's new seq runs down
-the tree as a wave; parent and candidates every ``refresh_every`` periods, and at
-once when our root, parent or route changes.
+Neighbours (``Neighbours``, ``neighbours.py``, a part the tree owns): parent, children
+(neighbours whose advert names us as parent) and at most ``max_candidates`` others,
+found by probing members the shell offers.
+
+Sending: children get our advert every period (a node forwards the root's new seq at
+once, so it runs down the tree as a wave; a node without a route, or whose parent
+went quiet, sends a copy every period so its subtree does not time it out). Parent
+and candidates get it every ``refresh_every`` periods and at once when our root,
+parent or route changes (``_dirty`` when the rank drifted by more than the hysteresis
+margin); on a refresh we ask those we have not heard from lately for theirs, so their
+adverts are fresh when we need one to switch or repair.
 
 Root election. Trees are ordered by their root key ``(term, settled, score, id)``,
 bigger wins: a node that hears a better tree joins it, so two trees that meet merge
@@ -92,10 +98,9 @@ from collections import deque
 from dataclasses import replace
 
 from mesh.errors import LocalProtocolError
-from mesh.tree.advert import BOTTOM, NO_ROUTE, Advert, Label, valid
-from mesh.tree.config import Action, ParentChanged, RootChanged, TreeConfig
-from mesh.tree.neighbours import NeighbourSet, Peer
-from mesh.tree.view import node_record, node_view
+from mesh.tree.advert import BOTTOM, NO_ROUTE, Advert, Label, key, label, routed, valid
+from mesh.tree.config import Action, ParentChanged, Probe, RootChanged, SendAdvert, TreeConfig
+from mesh.tree.neighbours import Neighbours, Peer
 
 STATES = ("joining", "attached", "detached", "root")
 TRANSITIONS = {
@@ -109,7 +114,7 @@ TRANSITIONS = {
 }
 
 
-class LatencyTree(NeighbourSet):
+class LatencyTree:
     """The tree state of one node. See the module docstring."""
 
     def __init__(self, me: str, score: float, rng: random.Random,
@@ -119,20 +124,17 @@ class LatencyTree(NeighbourSet):
         self.rng = rng
         self.config = config or TreeConfig()
         self.state = "joining"
-        self.peers: dict[str, Peer] = {}
-        self.counters: dict[str, int] = dict.fromkeys((
+        self.nbrs = Neighbours(me, self.config, rng, now)
+        self._counters: dict[str, int] = dict.fromkeys((
             "parent_changes", "root_changes", "elections", "adverts_sent", "bad_adverts",
-            "stale_adverts", "infeasible", "evictions", "timeouts", "loop_guard"), 0)
-        self.history: deque[tuple[float, str, str]] = deque(maxlen=64)
+            "stale_adverts", "infeasible", "timeouts", "loop_guard"), 0)
         self._parent: str | None = None
-        self._children: set[str] = set()
         self._key: tuple | None = None  # (term, settled, score, root) of our tree
         self._succeeds = ""
         self._seq = 0
         self._rank: float | None = None  # path latency to the root; None: no route
         self._path: list[str] = []
         self._fd: Label = BOTTOM
-        self._offers: dict[str, float | None] = {}
         self._dead: deque[tuple[int, str]] = deque(maxlen=self.config.dead_roots)  # (term, root)
         self._max_term = -1
         self._started = now
@@ -140,10 +142,9 @@ class LatencyTree(NeighbourSet):
         self._adv: Advert | None = None
         self._adv_ask: Advert | None = None
         self._told_rank: float | None = None  # rank last sent to parent and candidates
-        self._dirty = False
+        self._dirty = False  # parent and candidates should get our advert at the next tick
         self._next_period = now
         self._next_refresh = now + self.config.period * rng.uniform(1.0, self.config.refresh_every)
-        self._next_explore = now + self.config.period * self.config.explore_every
         self._last_flood = now
         self._next_forget = now
 
@@ -155,7 +156,23 @@ class LatencyTree(NeighbourSet):
 
     @property
     def children(self) -> list[str]:
-        return sorted(self._children)
+        return sorted(self.nbrs.children)
+
+    @property
+    def peers(self) -> dict[str, Peer]:
+        """Parent, children and candidates by id (read only: ``nbrs`` keeps them)."""
+        return self.nbrs.peers
+
+    def candidates(self) -> list[str]:
+        return self.nbrs.candidates(self._parent)
+
+    def neighbours(self) -> list[str]:
+        """Parent, children and candidates: the peers the shell should keep heartbeating."""
+        return sorted(self.nbrs.peers)
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return {**self._counters, "evictions": self.nbrs.counters["evictions"]}
 
     @property
     def root(self) -> str | None:
@@ -199,17 +216,27 @@ class LatencyTree(NeighbourSet):
         return self._adv_ask
 
     def view(self) -> dict:
-        """This node's place in the tree, as plain data (for logs and ``status``)."""
-        return node_view(self)
-
-    def record(self, name: str) -> dict:
-        """One node's entry of ``mesh tree --format json`` (see ``view.tree_json``)."""
-        return node_record(self, name)
+        """This node's place in the tree and its neighbours, as plain data: the agent
+        answers it to the ``tree-node`` query, and ``mesh tree`` draws the whole tree from
+        every agent's (``mesh.faces.treeview``). ``rtt_ms``: the round trip to the parent;
+        ``rank_ms``: the path latency to the root; ``depth``: hops to the root (None
+        without a route)."""
+        peers = self.nbrs.peers
+        parent = peers.get(self._parent) if self._parent else None
+        return {
+            "id": self.me, "state": self.state, "root": self.root, "term": self.term,
+            "parent": self._parent, "rank_ms": _ms(self._rank), "depth": self.depth,
+            "rtt_ms": _ms(parent.rtt) if parent else None, "seq": self.advert().seq,
+            "children": self.children,
+            "candidates": [{"id": c, "rtt_ms": _ms(peers[c].rtt), "path_ms": _ms(self.nbrs.via(peers[c]))}
+                           for c in self.candidates()],
+            "counters": self.counters,
+        }
 
     def next_timer(self, now: float) -> float:
         """The latest time by which ``tick`` should run again."""
         times = [self._next_period]
-        parent = self.peers.get(self._parent) if self._parent else None
+        parent = self.nbrs.peers.get(self._parent) if self._parent else None
         if parent is not None:
             timeout = self.config.parent_timeout * self.config.period
             ask = max(parent.heard + timeout / 2, parent.asked + self.config.period / 2)
@@ -222,24 +249,31 @@ class LatencyTree(NeighbourSet):
         """Our capacity score for future elections (a root keeps the key it won with)."""
         self.score = float(score)
 
+    def offer(self, peer: str, rtt: float | None, now: float) -> list[Action]:
+        """The shell knows a live member we could measure (``rtt`` in seconds if known):
+        probed on a later tick (``neighbours.py``)."""
+        self.nbrs.offer(peer, rtt)
+        return []
+
     def heard(self, peer: str, advert: Advert, rtt: float | None, now: float) -> list[Action]:
         """An advert from ``peer``, with a round-trip sample (seconds, or None if not
         measured). A malformed advert is counted and dropped; nothing is raised."""
         if peer == self.me or not valid(advert, self.config.max_depth):
-            self.counters["bad_adverts"] += 1
+            self._counters["bad_adverts"] += 1
             return []
-        self._max_term = max(self._max_term, advert.term)
+        if advert.term > self._max_term:
+            self._max_term = advert.term
         acts: list[Action] = []
         if advert.ask:
             acts.append(self._send(peer))
-        p = self.peers.get(peer)
+        p = self.nbrs.peers.get(peer)
         if p is None:
-            p = self._admit(peer, advert, rtt, now)
+            p = self.nbrs.admit(peer, advert, rtt, now, self._parent)
             if p is None:
                 return acts
         else:
             if advert.stamp < p.advert.stamp:
-                self.counters["stale_adverts"] += 1
+                self._counters["stale_adverts"] += 1
                 return acts
             p.heard = now
             if rtt is not None and rtt >= 0.0:
@@ -248,23 +282,21 @@ class LatencyTree(NeighbourSet):
                 return acts  # a repeat: only a sign of life
             p.advert = advert
             if advert.parent == self.me:
-                self._children.add(peer)
-            elif peer in self._children:
-                self._children.discard(peer)
-                self._bound_candidates()
-                if peer not in self.peers:
+                self.nbrs.children.add(peer)
+            elif peer in self.nbrs.children:
+                self.nbrs.children.discard(peer)
+                self.nbrs.bound(self._parent)
+                if peer not in self.nbrs.peers:
                     return acts
         if peer == self._parent:
             return acts + self._from_parent(now)
-        if peer in self._children:
+        if peer in self.nbrs.children:
             return acts
         return acts + self._consider(p, now)
 
     def lost(self, peer: str, now: float) -> list[Action]:
         """Membership says ``peer`` is dead or has left."""
-        self._offers.pop(peer, None)
-        self.peers.pop(peer, None)
-        self._children.discard(peer)
+        self.nbrs.lost(peer)
         acts: list[Action] = []
         if peer == self.root and peer != self.me:
             if (self.term, peer) not in self._dead:
@@ -279,12 +311,12 @@ class LatencyTree(NeighbourSet):
         """Timers: founding a tree, the root's seq, parent time-out, refresh, probes."""
         acts: list[Action] = []
         cfg, period = self.config, self.config.period
-        parent = self.peers.get(self._parent) if self._parent else None
+        parent = self.nbrs.peers.get(self._parent) if self._parent else None
         if parent is not None:
             silent = now - parent.heard
             if silent >= cfg.parent_timeout * period:
-                self.counters["timeouts"] += 1
-                del self.peers[parent.id]
+                self._counters["timeouts"] += 1
+                del self.nbrs.peers[parent.id]
                 acts += self._lose_parent(now, "timeout")
             elif silent >= cfg.parent_timeout * period / 2 and now - parent.asked >= period / 2:
                 parent.asked = now  # a lost advert or two upstream: ask before giving up
@@ -304,10 +336,7 @@ class LatencyTree(NeighbourSet):
             self._adv = None
         if now >= self._next_forget:
             self._next_forget = now + cfg.forget_after * period / 4
-            cutoff = now - cfg.forget_after * period
-            for pid in [pid for pid, p in self.peers.items()
-                        if p.heard < cutoff and pid != self._parent]:
-                self._drop(pid)
+            self.nbrs.forget_silent(now, self._parent)
         if self.state == "root" or self._rank is None or now - self._last_flood >= 1.5 * period:
             acts += self._flood(now)
         if self._dirty or now >= self._next_refresh:
@@ -316,7 +345,9 @@ class LatencyTree(NeighbourSet):
             acts += self._tell_others(now, refresh=True)
         if self._rank is None and self.state != "joining":
             acts += self._ask_all(now)
-        acts += self._explore(now)
+        for peer in self.nbrs.explore(now, self._parent, self._rank is not None):
+            self._counters["adverts_sent"] += 1  # an offer stays until admitted: a probe may be lost
+            acts += [Probe(peer), SendAdvert(peer, self.advert(ask=True))]
         return acts
 
     # ------------------------------------------------------------------ choosing
@@ -326,11 +357,11 @@ class LatencyTree(NeighbourSet):
         if a.rank < 0.0 or a.parent == self.me or (a.term, a.root) in self._dead \
                 or len(a.path) >= self.config.max_depth:
             return False
-        if a.label() <= self._fd:
-            self.counters["infeasible"] += 1
+        if label(a) <= self._fd:
+            self._counters["infeasible"] += 1
             return False
         if self.me in a.path:  # cannot happen (see the module docstring): a guard
-            self.counters["loop_guard"] += 1
+            self._counters["loop_guard"] += 1
             return False
         return True
 
@@ -338,10 +369,10 @@ class LatencyTree(NeighbourSet):
         """Whether ``p`` is worth a switch from our current route (with hysteresis)."""
         if self._rank is None or self._key is None:
             return True
-        key = p.advert.key()
-        if key != self._key:
-            return key > self._key
-        return self._via(p) < self._rank - self.config.margin(self._rank)
+        theirs = key(p.advert)
+        if theirs != self._key:
+            return theirs > self._key
+        return self.nbrs.via(p) < self._rank - self.config.margin(self._rank)
 
     def _consider(self, p: Peer, now: float) -> list[Action]:
         if self._better(p) and self._feasible(p):
@@ -351,10 +382,10 @@ class LatencyTree(NeighbourSet):
     def _choose(self, now: float, reason: str) -> list[Action]:
         """Adopt the best feasible neighbour if it beats our route (or we have none)."""
         best, best_merit = None, None
-        for p in self.peers.values():
-            if p.advert.rank < 0.0 or p.id == self._parent or p.id in self._children:
+        for p in self.nbrs.peers.values():
+            if p.advert.rank < 0.0 or p.id == self._parent or p.id in self.nbrs.children:
                 continue
-            merit = (p.advert.key(), -self._via(p))
+            merit = (key(p.advert), -self.nbrs.via(p))
             if (best_merit is None or merit > best_merit) and self._feasible(p):
                 best, best_merit = p, merit
         if best is None or not self._better(best):
@@ -363,7 +394,7 @@ class LatencyTree(NeighbourSet):
 
     def _adopt(self, p: Peer, now: float, reason: str) -> list[Action]:
         a = p.advert
-        if self.state == "joining" and self.election_key(a.term, now) > a.key():
+        if self.state == "joining" and self.election_key(a.term, now) > key(a):
             # an unsettled tree, and we would beat its root: found ours, it will win
             return self._become_root(a.term, a.succeeds, now, "better key than the tree heard")
         if self._succeeds_better(a, now):
@@ -371,25 +402,24 @@ class LatencyTree(NeighbourSet):
         old_parent, old_root, old_term = self._parent, self.root, self.term
         self._parent = p.id
         self._set_state("attached")
-        self._set_route(a, self._via(p))
-        self.counters["parent_changes"] += 1
-        self.history.append((now, "parent", f"{old_parent} -> {p.id} ({reason})"))
+        self._set_route(a, self.nbrs.via(p))
+        self._counters["parent_changes"] += 1
         acts: list[Action] = [ParentChanged(old_parent, p.id, reason)]
         if (old_root, old_term) != (a.root, a.term):
-            self.counters["root_changes"] += 1
+            self._counters["root_changes"] += 1
             acts.append(RootChanged(old_root, a.root, a.term))
-        self._bound_candidates()
+        self.nbrs.bound(self._parent)
         return acts + self._send_all(now)
 
     def _from_parent(self, now: float) -> list[Action]:
         """An advert from our parent: take it, even if worse (see the loop argument)."""
-        p = self.peers[self._parent]
+        p = self.nbrs.peers[self._parent]
         a = p.advert
         if self.me in a.path:  # cannot happen (see the module docstring): a guard
-            self.counters["loop_guard"] += 1
-            del self.peers[p.id]
+            self._counters["loop_guard"] += 1
+            del self.nbrs.peers[p.id]
             return self._lose_parent(now, "loop guard")
-        if not a.routed:
+        if not routed(a):
             if self._rank is None:
                 return []
             self._rank = None
@@ -399,12 +429,11 @@ class LatencyTree(NeighbourSet):
         old_key, old_seq, old_rank = self._key, self._seq, self._rank
         if self._succeeds_better(a, now):
             return self._become_root(a.term, a.succeeds, now, "succession")
-        self._set_route(a, self._via(p))
+        self._set_route(a, self.nbrs.via(p))
         acts: list[Action] = []
-        if a.key() != old_key:  # another root or term (or the root became settled)
+        if key(a) != old_key:  # another root or term (or the root became settled)
             if old_key is None or (old_key[3], old_key[0]) != (a.root, a.term):
-                self.counters["root_changes"] += 1
-                self.history.append((now, "root", f"{old_key} -> {a.key()} (from parent)"))
+                self._counters["root_changes"] += 1
                 acts.append(RootChanged(None if old_key is None else old_key[3], a.root, a.term))
             return acts + self._send_all(now)
         assert self._rank is not None
@@ -430,42 +459,81 @@ class LatencyTree(NeighbourSet):
             return self._stand(now, f"parent {reason}")
         self._parent = None
         self._set_state("detached")
-        self.counters["parent_changes"] += 1
-        self.history.append((now, "parent", f"{old} -> None (detached: {reason})"))
+        self._counters["parent_changes"] += 1
         return [ParentChanged(old, None, f"detached: {reason}")] + self._flood(now) \
             + self._ask_all(now, force=True)
 
     def _succeeds_better(self, a: Advert, now: float) -> bool:
         """Whether ``a`` is the election after our root's loss and we would win it."""
-        key = self._key
-        return key is not None and a.term == key[0] + 1 and a.succeeds == key[3] \
-            and self.election_key(a.term, now) > a.key()
+        ours = self._key
+        return ours is not None and a.term == ours[0] + 1 and a.succeeds == ours[3] \
+            and self.election_key(a.term, now) > key(a)
 
     def _stand(self, now: float, reason: str) -> list[Action]:
         """Our root is lost: stand for election at the next term."""
         assert self._key is not None
-        self.counters["elections"] += 1
+        self._counters["elections"] += 1
         return self._become_root(self._key[0] + 1, self._key[3], now, reason)
 
     def _become_root(self, term: int, succeeds: str, now: float, reason: str) -> list[Action]:
-        key = self.election_key(term, now)
-        label = (*key, 0, -0.0)
-        if label <= self._fd:
-            raise LocalProtocolError(f"root key {key} is not above our feasibility label {self._fd}")
+        mine = self.election_key(term, now)
+        fd = (*mine, 0, -0.0)
+        if fd <= self._fd:
+            raise LocalProtocolError(f"root key {mine} is not above our feasibility label {self._fd}")
         old_parent, old_root = self._parent, self.root
         self._set_state("root")
         self._parent = None
-        self._key, self._succeeds, self._seq, self._rank, self._path = key, succeeds, 0, 0.0, []
-        self._fd = label
+        self._key, self._succeeds, self._seq, self._rank, self._path = mine, succeeds, 0, 0.0, []
+        self._fd = fd
         self._adv = None
-        self.history.append((now, "root", f"{old_root} -> me, term {term} ({reason})"))
         acts: list[Action] = []
         if old_parent is not None:
-            self.counters["parent_changes"] += 1
+            self._counters["parent_changes"] += 1
             acts.append(ParentChanged(old_parent, None, reason))
-        self.counters["root_changes"] += 1
+        self._counters["root_changes"] += 1
         acts.append(RootChanged(old_root, self.me, term))
         return acts + self._send_all(now)
+
+    # ------------------------------------------------------------------ sending
+
+    def _send(self, peer: str, ask: bool = False) -> SendAdvert:
+        self._counters["adverts_sent"] += 1
+        return SendAdvert(peer, self.advert(ask))
+
+    def _flood(self, now: float) -> list[Action]:
+        """Our advert to every child."""
+        self._last_flood = now
+        return [self._send(c) for c in sorted(self.nbrs.children)]
+
+    def _tell_others(self, now: float, refresh: bool = False) -> list[Action]:
+        """Our advert to parent and candidates; on a refresh, ask those we have not
+        heard from lately for theirs."""
+        self._dirty = False
+        self._told_rank = self._rank
+        stale = now - self.config.refresh_every * self.config.period
+        children = self.nbrs.children
+        acts = []
+        for pid, p in self.nbrs.peers.items():
+            if pid not in children:
+                ask = refresh and pid != self._parent and p.heard < stale
+                if ask:
+                    p.asked = now
+                acts.append(self._send(pid, ask))
+        return acts
+
+    def _send_all(self, now: float) -> list[Action]:
+        return self._flood(now) + self._tell_others(now)
+
+    def _ask_all(self, now: float, force: bool = False) -> list[Action]:
+        """Ask every neighbour but our children for a fresh advert (at most once a
+        period each, unless ``force``)."""
+        children = self.nbrs.children
+        acts = []
+        for pid, p in self.nbrs.peers.items():
+            if pid not in children and (force or now - p.asked >= self.config.period):
+                p.asked = now
+                acts.append(self._send(pid, ask=True))
+        return acts
 
     # ------------------------------------------------------------------ state
 
@@ -480,7 +548,7 @@ class LatencyTree(NeighbourSet):
         return int(now - self._started >= self.config.settle_after * self.config.period)
 
     def _set_route(self, a: Advert, rank: float) -> None:
-        self._key = a.key()
+        self._key = key(a)
         self._succeeds = a.succeeds
         self._seq = a.seq
         self._rank = rank
@@ -494,3 +562,7 @@ class LatencyTree(NeighbourSet):
         if label > self._fd:
             self._fd = label
 
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)

@@ -30,7 +30,6 @@ from typing import Any, ClassVar
 
 import cbor2  # noqa: F401 (the codec's parser: tests reach it as messages.cbor2)
 
-from mesh.tree.advert import Advert
 from mesh.wire.codec import (  # noqa: F401
     BATCH_BYTES,
     MAX_DEPTH,
@@ -106,6 +105,37 @@ class Needs:
     labels: list[str] = field(default_factory=list)
 
 
+NO_ROUTE = -1.0  # ``Advert.rank`` of a sender with no route to a root now
+
+
+@dataclass(frozen=True)
+class Advert:
+    """What a node says about its place in the latency tree (``mesh.tree``, where adverts
+    are ordered: ``mesh.tree.advert``).
+
+    ``root``/``term``/``settled``/``score``: the root key of the sender's tree ("" and
+    -1 while it has never had one). ``succeeds``: the root whose loss opened this term
+    ("" for a first root). ``seq``: the root's sequence number as the sender last got
+    it. ``rank``: path latency to the root in seconds, or ``NO_ROUTE``. ``parent``:
+    the sender's parent ("" if none). ``path``: the sender's ancestors, parent first,
+    root last (empty for the root). ``stamp``: the sender's advert counter, so a
+    receiver can drop an advert that arrives after a newer one. ``ask``: 1 asks the
+    receiver to answer at once with its own advert.
+    """
+
+    root: str = ""
+    term: int = -1
+    settled: int = 0
+    score: float = 0.0
+    succeeds: str = ""
+    seq: int = 0
+    rank: float = NO_ROUTE
+    parent: str = ""
+    path: list[str] = field(default_factory=list)
+    stamp: int = 0
+    ask: int = 0
+
+
 # --------------------------------------------------------------------------- messages
 
 
@@ -171,8 +201,8 @@ class Nack(Message):
 
 @dataclass(frozen=True)
 class TreeAdvert(Message):
-    """The sender's place in the latency tree (``mesh.tree.Advert``), sent to its tree
-    neighbours; accepted only from the sender's own connection."""
+    """The sender's place in the latency tree (``Advert``), sent to its tree neighbours;
+    accepted only from the sender's own connection."""
 
     TAG: ClassVar[str] = "tree"
     sender: str
