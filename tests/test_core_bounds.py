@@ -34,10 +34,11 @@ def node_id(i: int) -> str:
 
 
 def dispatcher_sizes(d: Dispatcher) -> dict[str, int]:
-    return {"pending": len(d.pending), "peers": len(d.peers), "lost": len(d.lost),
-            "suspected": len(d.suspected), "orphans": sum(map(len, d.orphans.values())),
-            "orphan origins": len(d.orphans), "backlog": len(d.backlog),
-            "delegated": len(d.delegated), "queues": len(d.queues)}
+    peers = d.peers
+    return {"pending": len(d.pending), "peers": len(peers.slots), "lost": len(peers.lost),
+            "suspected": len(peers.suspected), "orphans": sum(map(len, peers.orphans.values())),
+            "orphan origins": len(peers.orphans), "backlog": len(d.backlog),
+            "delegated": len(d.delegated), "queues": len(peers.queues)}
 
 
 @pytest.mark.parametrize("steal", [True, False])
@@ -81,7 +82,7 @@ def test_the_dispatcher_forgets_peers_and_calls_that_are_gone(steal):
             old = window.pop(0)
             do(d.peer_suspect(old))
             do(d.peer_lost(old))
-            orphaned += old in d.orphans
+            orphaned += old in d.peers.orphans
             gone.append(old)
             if rng.random() < 0.05:
                 do(d.peer_alive(old))  # it was only cut off

@@ -36,7 +36,7 @@ def test_peer_lost_replaces_its_calls_then_fails_them_after_max_attempts():
     assert forwards(d.peer_lost("p2")) == [("p3", "c1")]
     assert d.pending["c1"].attempts == 2 and d.pending["c1"].tried == {"p1", "p2"}
     assert failures(d.peer_lost("p3")) == [(CLIENT, "c1", "PeerLost")]
-    assert "c1" not in d.pending and "p3" not in d.peers
+    assert "c1" not in d.pending and "p3" not in d.peers.slots
     # a late result from a lost holder is a duplicate now
     assert d.remote_result(ok("c1"), "p1") == []
     assert d.counters["duplicate_results"] == 1

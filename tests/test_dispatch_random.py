@@ -59,11 +59,11 @@ class Driver:
                 self.running.append(act.call.call_id)
                 self.last_action[act.call.call_id] = "local"
             elif isinstance(act, Forward):
-                assert act.call.hops <= self.d.max_hops
+                assert act.call.hops <= self.d.placement.max_hops
                 entry = self.d.pending[act.call.call_id]
                 assert act.peer_id not in entry.peers_asking()
                 resent = self.last_action.get(act.call.call_id) == act.peer_id  # to its holder
-                assert resent or (act.peer_id in self.d.peers and self.d.peers[act.peer_id].cpus > 0)
+                assert resent or (act.peer_id in self.d.peers.slots and self.d.peers.slots[act.peer_id].cpus > 0)
                 self.held[act.peer_id].append(act.call.call_id)
                 self.last_fwd.append((act.call.call_id, act.peer_id))
                 self.last_action[act.call.call_id] = act.peer_id

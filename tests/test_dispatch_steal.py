@@ -196,7 +196,7 @@ def test_calls_whose_inputs_the_holder_keeps_stay_there():
     a.delegated["B"] = {"big": None}
     for cid in ("c1", "c2"):
         a.pending.pop(cid)
-    a.peers["B"].sent = 1
+    a.peers.slots["B"].sent = 1
     acts = a.local_done(ok("c0"))
     assert all(ids == [] for _, ids, _ in reclaims(acts))
 
@@ -254,10 +254,10 @@ def test_a_peer_kept_busy_by_our_calls_sends_no_reclaim():
 
 def test_stealing_follows_prefetch_unless_told():
     a, _, _ = queued_at_b()
-    a.prefetch = 0  # off, as a bare dispatcher
+    a.placement.prefetch = 0  # off, as a bare dispatcher
     drain_local(a, "c0", "c3")
     assert reclaims(a.local_done(ok("c4"))) == []
-    a.steal = True
+    a.placement.stealing = True
     assert reclaims(a.set_cpus(1)) == [("B", ["c2"], 1)]
 
 

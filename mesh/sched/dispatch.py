@@ -15,14 +15,40 @@ the call came back through the very peer we gave it to, i.e. its ``visited`` nam
 holder: joining would close a loop of holders each waiting for the next, so the
 sender gets a ``Handback`` and places its copy elsewhere).
 
-Placement, constraints and work stealing: ``mesh.sched.placement`` (a mixin of
-``Dispatcher``).
+Its parts, each owning its state: ``local`` (``LocalSlots``: our slots, how many are
+taken), ``peers`` (``mesh.sched.peers.Peers``: what we believe of each peer, and the one
+filter of peers a call may go to) and ``placement`` (``mesh.sched.placement.Placement``:
+the policy that reads both and decides where a call goes, and what to steal back). The
+ledger itself owns ``pending`` (the entries), ``backlog`` (ids of waiting calls, in
+order) and ``delegated`` (our calls at each peer, oldest first), and carries out what
+placement decides.
 
 The ledger: each hop keeps its own entry, so a delegation chain origin -> B -> C is
-known piecewise (origin: "at B"; B: "at C, for origin"). Failures are handled by
-the hop that sees them, from membership's verdicts: ``mesh.sched.peer_failures`` (a
-mixin of ``Dispatcher``). Leaving (``drain``): queued calls go to peers, or back to
-who sent them.
+known piecewise (origin: "at B"; B: "at C, for origin"). Failures are handled by the
+hop that sees them, from membership's verdicts:
+
+* a holder is lost (``peer_lost``): its calls are placed again, with
+  ``attempt + 1``, never on that peer (bounded by ``max_attempts``), and it is sent a
+  ``Cancel`` for each, which a frozen holder reads when it wakes;
+* a requester is lost: if the call's origin is alive the holder answers the origin
+  directly (``SendTo``), so the far result of a chain whose middle agent died still
+  arrives; if the origin itself is lost the call is cancelled everywhere down its
+  path (``KillLocal``, ``Cancel``) so it stops using the mesh;
+* we learn that we were declared dead (``declared_dead``, a frozen agent waking):
+  everyone else re-placed what we held for them or cancelled what we asked of them,
+  so calls of our own clients held by peers are placed again, and calls we held for
+  peers but had delegated or not started are handed back (``Handback``);
+* a peer is only suspected (``peer_suspect``): nothing new goes to it until it
+  reports again (then ``peer_load`` sends it again what we had sent it); its calls
+  stay with it until it is declared dead;
+* a peer we cancelled calls for, as a lost origin, is alive after all (``peer_alive``):
+  those calls (``Peers.orphans``, bounded) are handed back to the peers that sent
+  them, those not lost;
+* membership forgot a dead or left member (``peer_forgotten``, ``forget_after`` after
+  its death): it cannot come back under that id, so what we kept about it goes;
+* the transport could not send a delegated call (``forward_failed``): it is placed
+  elsewhere, without counting an attempt.
+Leaving (``drain``): queued calls go to peers, or back to who sent them.
 
 Exactly once: the first result for a pending entry is delivered to its requesters
 and the entry removed; a result may come from any member (the far end of a chain
@@ -33,78 +59,112 @@ Whoever else still holds the call is told to stop (``Cancel``).
 Bounds: nothing is kept about a call once it has ended here: ``pending`` holds at most
 ``max_pending`` entries (more are refused, ``Overloaded``), and the ``backlog`` holds their
 ids, plus ids of calls that ended while they waited (skipped when reached; when they
-outnumber the pending calls, the backlog is compacted). What is kept about a peer goes
-when it is lost, or forgotten by membership (``mesh.sched.peer_failures``).
+outnumber the pending calls, the backlog is compacted); ``delegated`` holds calls of
+``pending``, by the peer holding them. What is kept about a peer goes when it is lost,
+or forgotten by membership (``mesh.sched.peers``).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
 
 from mesh.sched.actions import Action, Deliver, Forward, KillLocal, RunLocal, SendTo
-from mesh.sched.peer_failures import PeerFailures
-from mesh.sched.placement import Placement
-from mesh.sched.records import PeerSlots, Pending, Requester
-from mesh.wire.messages import Call, Cancel, Handback, Result, evolve
+from mesh.sched.peers import Peers
+from mesh.sched.placement import BEHIND, DELEGATE, RUN, WAIT, Placement, describe
+from mesh.sched.records import LocalSlots, PeerSlots, Pending, Requester
+from mesh.wire.messages import Call, Cancel, Handback, Reclaim, Result, evolve
+
+COUNTERS = (
+    "accepted", "done", "failed", "forwarded", "duplicate_results", "joined", "lent",
+    "reclaimed", "rejected", "reassigned", "redirected", "cancelled", "handed_back",
+    "resent",
+    "reclaims_sent",  # Reclaim messages (work stealing)
+    "reclaim_asked",  # calls asked back from a peer
+    "reclaim_got",  # calls a peer gave back unstarted
+    "reclaim_given",  # calls given back to a peer that asked
+    "behind",  # calls given to a busy worker to wait there (depth > 1)
+    "unstarted",  # calls a worker gave back without starting them
+)
 
 
-@dataclass
-class Dispatcher(PeerFailures, Placement):
+class Dispatcher:
     """Placement, result routing and the call ledger of one agent. See the module
     docstring."""
 
-    name: str
-    cpus: int
-    node_id: str = ""
-    max_hops: int = 4
-    max_attempts: int = 5
-    max_pending: int = 100_000
-    prefetch: int = 0  # calls a busy peer may queue from us, per slot of its (0: none)
-    speed: float = 1.0  # our own effective cores per slot (mesh.agent.cpuquota)
-    memory: int = 0  # bytes we offer to tasks (0: not said) (task constraints)
-    labels: frozenset = frozenset()  # our capabilities (task constraints)
-    unfit_grace: float = 30.0  # s a call that no known agent can run waits for one to join
-    steal: bool | None = None  # Reclaim when idle (None: when prefetch > 0, as agents run)
-    neighbours: frozenset | None = None  # tree neighbours to delegate to (None: any peer)
-    pending: dict[str, Pending] = field(default_factory=dict)
-    peers: dict[str, PeerSlots] = field(default_factory=dict)
-    lost: set[str] = field(default_factory=set)  # members declared dead or left
-    suspected: set[str] = field(default_factory=set)  # members suspected since their last report
-    orphans: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # origin -> (call, requester)
-    max_orphans: int = 100_000
-    backlog: deque[str] = field(default_factory=deque)
-    delegated: dict[str, dict[str, None]] = field(default_factory=dict)  # peer -> call ids, oldest first
-    queues: dict[str, None] = field(default_factory=dict)  # peers that reported a queue
-    running: int = 0  # slots taken by calls here (a call waiting at a worker takes one)
-    depth: int = 1  # calls a slot may hold: one running, the rest waiting at its worker
-    draining: bool = False
-    counters: dict[str, int] = field(
-        default_factory=lambda: {
-            "accepted": 0,
-            "done": 0,
-            "failed": 0,
-            "forwarded": 0,
-            "duplicate_results": 0,
-            "joined": 0,
-            "lent": 0,
-            "reclaimed": 0,
-            "rejected": 0,
-            "reassigned": 0,
-            "redirected": 0,
-            "cancelled": 0,
-            "handed_back": 0,
-            "resent": 0,
-            "reclaims_sent": 0,  # Reclaim messages (work stealing)
-            "reclaim_asked": 0,  # calls asked back from a peer
-            "reclaim_got": 0,  # calls a peer gave back unstarted
-            "reclaim_given": 0,  # calls given back to a peer that asked
-            "behind": 0,  # calls given to a busy worker to wait there (depth > 1)
-            "unstarted": 0,  # calls a worker gave back without starting them
-        }
-    )
+    def __init__(self, name: str, cpus: int, node_id: str = "", *, max_hops: int = 4,
+                 max_attempts: int = 5, max_pending: int = 100_000, prefetch: int = 0,
+                 speed: float = 1.0, memory: int = 0, labels: frozenset = frozenset(),
+                 unfit_grace: float = 30.0, steal: bool | None = None,
+                 neighbours: frozenset | None = None, max_orphans: int = 100_000,
+                 depth: int = 1) -> None:
+        """``prefetch``: calls a busy peer may queue from us, per slot of its (0: none);
+        ``speed``: our own effective cores per slot (``mesh.agent.cpuquota``); ``memory``,
+        ``labels``: what we offer to tasks (task constraints; memory 0: not said);
+        ``unfit_grace``: seconds a call that no known agent can run waits for one to
+        join; ``steal``: Reclaim when idle (None: when ``prefetch`` > 0, as agents run);
+        ``neighbours``: tree neighbours to delegate to (None: any peer); ``depth``: calls
+        a slot may hold (one running, the rest waiting at its worker)."""
+        self.name = name
+        self.node_id = node_id
+        self.max_attempts = max_attempts
+        self.max_pending = max_pending
+        self.unfit_grace = unfit_grace
+        self.local = LocalSlots(name, node_id, cpus, speed, memory, labels, depth)
+        self.peers = Peers(neighbours, max_orphans)
+        self.placement = Placement(self.local, self.peers, max_hops=max_hops, prefetch=prefetch,
+                                   steal=steal)
+        self.pending: dict[str, Pending] = {}
+        self.backlog: deque[str] = deque()
+        self.delegated: dict[str, dict[str, None]] = {}  # peer -> call ids, oldest first
+        self.draining = False
+        self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
 
-    # ------------------------------------------------------------------ events
+    # ------------------------------------------------------------------ what the agent reads and sets
+
+    @property
+    def cpus(self) -> int:
+        return self.local.cpus
+
+    @property
+    def running(self) -> int:
+        return self.local.running
+
+    @property
+    def free(self) -> int:
+        return self.local.free
+
+    @property
+    def queued(self) -> int:
+        return len(self.backlog)
+
+    @property
+    def speed(self) -> float:
+        return self.local.speed
+
+    @speed.setter
+    def speed(self, speed: float) -> None:
+        self.local.speed = speed
+
+    @property
+    def depth(self) -> int:
+        return self.local.depth
+
+    @depth.setter
+    def depth(self, depth: int) -> None:
+        self.local.depth = depth
+
+    @property
+    def neighbours(self) -> frozenset | None:
+        return self.peers.neighbours
+
+    @neighbours.setter
+    def neighbours(self, neighbours: frozenset | None) -> None:
+        self.peers.neighbours = neighbours
+
+    def idle(self) -> bool:
+        return not self.pending
+
+    # ------------------------------------------------------------------ events: calls
 
     def submit(self, call: Call, reply_to: bytes, from_peer: str | None = None,
                now: float = 0.0) -> list[Action]:
@@ -148,36 +208,18 @@ class Dispatcher(PeerFailures, Placement):
             return self._retry_backlog()
         return self._place_or_queue(entry)
 
-    def _compact_backlog(self) -> None:
-        """Drop from the backlog the ids of calls no longer waiting here (they ended, or
-        were placed elsewhere, while they waited: ``_stop`` leaves them to be skipped),
-        each waiting call once, in order."""
-        seen: set[str] = set()
-        kept: deque[str] = deque()
-        for call_id in self.backlog:
-            entry = self.pending.get(call_id)
-            if entry is not None and entry.where == "backlog" and call_id not in seen:
-                seen.add(call_id)
-                kept.append(call_id)
-        self.backlog = kept
-
-    def _stuck(self) -> bool:
-        """No call waiting here can be placed now: no slot is free, no worker takes one
-        more to wait behind its call, and there is no peer to give one to (a lone agent
-        with a backlog: the common case of a burst)."""
-        return self.free <= 0 and not self.peers and self.running >= self.cpus * self.depth
-
     def unstarted(self, call_ids: list[str]) -> list[Action]:
         """Calls given to a worker came back unstarted: they waited there behind a call
         that turned out long or that blocked on other tasks, or their worker died before
         reaching them. They go back to the head of the backlog, in their order, and are
         placed again."""
         back = []
+        local = self.local
         for call_id in call_ids:
             entry = self.pending.get(call_id)
             if entry is None or entry.where != "local" or entry.lent:
                 continue
-            self.running = max(self.running - entry.slots, 0)
+            local.running = max(local.running - entry.slots, 0)
             entry.where = "backlog"
             back.append(call_id)
         if not back:
@@ -190,7 +232,8 @@ class Dispatcher(PeerFailures, Placement):
         """A worker slot finished a call (successfully or not) and is free again."""
         entry = self.pending.get(result.call_id)
         if entry is None or not entry.lent:  # a lent call already gave its slot back
-            self.running = max(self.running - (entry.slots if entry is not None else 1), 0)
+            local = self.local
+            local.running = max(local.running - (entry.slots if entry is not None else 1), 0)
         acts = self._finish(result, holder="local")
         return acts + self._retry_backlog()
 
@@ -199,36 +242,9 @@ class Dispatcher(PeerFailures, Placement):
         end of a chain whose middle was lost (answering us, the origin, directly).
         A result carries its sender's load: fresh news that it can take more."""
         acts = self._finish(result, holder=peer_id)
-        peer = self.peers.get(peer_id)
-        if peer is not None and result.free >= 0:
-            peer.free, peer.queued, peer.sent = result.free, result.queued, 0
-            if peer.queued > 0:
-                self.queues[peer_id] = None
+        if result.free >= 0 and self.peers.news(peer_id, result.free, result.queued):
             acts += self._retry_backlog()
         return acts
-
-    def peer_load(self, peer_id: str, name: str, cpus: int, free: int, rtt: float | None,
-                  queued: int = 0, speed: float = 1.0, memory: int = 0,
-                  labels=()) -> list[Action]:
-        """A heartbeat from a live peer told us its capacity (and what it offers)."""
-        self.peers[peer_id] = PeerSlots(name, cpus, free, rtt if rtt is not None else 1.0,
-                                        queued=queued, speed=min(max(speed, 0.01), 1.0),
-                                        told=self.free,  # (the heartbeats carry both loads)
-                                        memory=memory, labels=frozenset(labels))
-        if queued > 0:
-            self.queues[peer_id] = None
-        self.lost.discard(peer_id)
-        acts: list[Action] = []
-        if peer_id in self.suspected:
-            # it answers again: what we sent it while it was out of reach may have been
-            # lost with the link (or its results were); send it again. It ignores a copy
-            # of a call it still holds for us; one it finished already runs again.
-            self.suspected.discard(peer_id)
-            for entry in self.pending.values():
-                if entry.where == peer_id:
-                    acts.append(Forward(peer_id, self._outgoing(entry)))
-                    self.counters["resent"] += 1
-        return acts + self._retry_backlog()
 
     def cancel(self, call_id: str, identity: bytes) -> list[Action]:
         """The requester on ``identity`` no longer wants the call (a client whose task
@@ -248,7 +264,7 @@ class Dispatcher(PeerFailures, Placement):
             return []
         if entry.asked == peer_id:  # we asked for it (Reclaim): not a lost holder, no attempt
             self.counters["reclaim_got"] += 1
-            peer = self.peers.get(peer_id)
+            peer = self.peers.slots.get(peer_id)
             if peer is not None:  # it waits there no more
                 if peer.sent > 0:
                     peer.sent -= 1
@@ -287,11 +303,8 @@ class Dispatcher(PeerFailures, Placement):
                     self.backlog.remove(call_id)  # (rare: keeps ``queued`` exact)
                 except ValueError:
                     pass
-        peer = self.peers.get(peer_id)
-        if peer is not None and free >= 0:  # what it gets back takes its slots first
-            peer.free, peer.queued, peer.sent = free, queued, len(acts)
-            if queued > 0:
-                self.queues[peer_id] = None
+        if free >= 0:  # what it gets back takes its slots first
+            self.peers.news(peer_id, free, queued, sent=len(acts))
         return acts + self._retry_backlog()
 
     def lend(self, call_id: str, lent: bool) -> list[Action]:
@@ -303,9 +316,27 @@ class Dispatcher(PeerFailures, Placement):
         if entry is None or entry.where != "local" or entry.lent == lent:
             return []
         entry.lent = lent
-        self.running += -entry.slots if lent else entry.slots
+        self.local.running += -entry.slots if lent else entry.slots
         self.counters["lent" if lent else "reclaimed"] += 1
         return self._retry_backlog() if lent else []
+
+    def expire_unfit(self, now: float) -> list[Action]:
+        """Fail the calls waiting here for ``unfit_grace`` seconds that no known agent
+        (this one, or a live peer) can run: their constraints ask for labels, memory or
+        slots nobody offers (a typo, or a device that never came)."""
+        acts: list[Action] = []
+        for call_id in list(self.backlog):
+            entry = self.pending.get(call_id)
+            if (entry is None or entry.where != "backlog" or entry.call.needs is None
+                    or now - entry.since < self.unfit_grace or self.local.fits(entry.call.needs)):
+                continue
+            needs = entry.call.needs
+            if self.peers.any_fits(needs):
+                continue
+            self.backlog.remove(call_id)
+            acts += self._fail(entry, "NoSuitableAgent", f"no agent in the mesh offers "
+                                                         f"{describe(needs)} (waited {self.unfit_grace:.0f} s)")
+        return acts
 
     def abandon(self, error_type: str, text: str) -> list[Action]:
         """The agent is going away: calls held for peers go back to them, calls of our
@@ -320,14 +351,14 @@ class Dispatcher(PeerFailures, Placement):
         return acts
 
     def set_cpus(self, cpus: int) -> list[Action]:
-        self.cpus = max(cpus, 0)
+        self.local.cpus = max(cpus, 0)
         return self._retry_backlog()
 
     def drain(self) -> list[Action]:
         """Leaving: accept no new client calls, run nothing new here, hand the backlog
         to peers, or back to the peers that sent it. Calls already running finish."""
         self.draining = True
-        self.cpus = 0
+        self.local.cpus = 0
         acts = self._retry_backlog()
         for call_id in list(self.backlog):
             entry = self.pending.get(call_id)
@@ -335,43 +366,169 @@ class Dispatcher(PeerFailures, Placement):
                 acts += self._give_back(entry, "the agent is leaving")
         return acts
 
-    # ------------------------------------------------------------------ queries
+    # ------------------------------------------------------------------ events: peers (membership)
 
-    @property
-    def free(self) -> int:
-        return max(self.cpus - self.running, 0)
+    def peer_load(self, peer_id: str, name: str, cpus: int, free: int, rtt: float | None,
+                  queued: int = 0, speed: float = 1.0, memory: int = 0,
+                  labels=()) -> list[Action]:
+        """A heartbeat from a live peer told us its capacity (and what it offers)."""
+        was_suspected = self.peers.report(peer_id, PeerSlots(
+            name, cpus, free, rtt if rtt is not None else 1.0, queued=queued,
+            speed=min(max(speed, 0.01), 1.0), told=self.local.free,  # (the heartbeats carry both loads)
+            memory=memory, labels=frozenset(labels)))
+        acts: list[Action] = []
+        if was_suspected:
+            # it answers again: what we sent it while it was out of reach may have been
+            # lost with the link (or its results were); send it again. It ignores a copy
+            # of a call it still holds for us; one it finished already runs again.
+            for entry in self.pending.values():
+                if entry.where == peer_id:
+                    acts.append(Forward(peer_id, self._outgoing(entry)))
+                    self.counters["resent"] += 1
+        return acts + self._retry_backlog()
 
-    @property
-    def queued(self) -> int:
-        return len(self.backlog)
+    def peer_suspect(self, peer_id: str) -> list[Action]:
+        """A peer stopped answering for a while: send it nothing new until it reports
+        again (its calls stay with it until it is declared dead)."""
+        self.peers.suspect(peer_id)
+        return []
 
-    def idle(self) -> bool:
-        return not self.pending
+    def peer_forgotten(self, peer_id: str) -> list[Action]:
+        """Membership forgot a dead or left member: it will not come back under this
+        id (a node that returns after that is new to everyone), so nothing of it is kept."""
+        self.peers.forget(peer_id)
+        return []
 
-    # ------------------------------------------------------------------ internals
+    def peer_alive(self, peer_id: str) -> list[Action]:
+        """Membership says the peer is alive (again). If we had cancelled calls because
+        we took it for a dead origin, it was not: it may never have learnt that we
+        declared it dead (its refutation of a suspicion can overtake our verdict), so
+        it still waits for them. Hand them back to whoever sent them to us."""
+        acts: list[Action] = [SendTo(requester, Handback(call_id, "cancelled while its origin seemed dead"))
+                              for call_id, requester in self.peers.alive(peer_id)]
+        self.counters["handed_back"] += len(acts)
+        return acts
 
-    def _run_local(self, entry: Pending, behind: bool = False) -> list[Action]:
-        entry.where = "local"
-        self.running += entry.slots
-        self.counters["behind"] += behind
-        return [RunLocal(entry.call, behind)]
+    def peer_lost(self, peer_id: str) -> list[Action]:
+        """A peer died or left: calls it held are placed again; calls it asked for
+        are answered to their origin directly, or cancelled if it was the origin."""
+        self.peers.lose(peer_id)  # (what it held is placed again below, not resent)
+        self.delegated.pop(peer_id, None)
+        lost = self.peers.lost
+        acts: list[Action] = []
+        for entry in list(self.pending.values()):
+            if entry.call.call_id not in self.pending:
+                continue
+            if entry.call.origin == peer_id:
+                self._orphan(entry)
+                acts += self._cancel(entry, "its origin was lost")
+                continue
+            if any(r.peer == peer_id for r in entry.requesters):
+                entry.requesters = [r for r in entry.requesters if r.peer != peer_id]
+                if not entry.requesters:
+                    origin = entry.call.origin
+                    if origin and origin != self.node_id and origin not in lost:
+                        entry.requesters.append(Requester(b"", origin, direct=True))
+                        self.counters["redirected"] += 1
+                    else:
+                        entry.requesters = [Requester(peer_id.encode(), peer_id)]
+                        self._orphan(entry)
+                        acts += self._cancel(entry, "nobody is left to want it")
+                        continue
+            if entry.where == peer_id:
+                # if it was only frozen, it finds this when it wakes and stops its copy
+                acts.append(SendTo(peer_id, Cancel(entry.call.call_id, "re-placed: you were lost")))
+                acts += self._replace(entry, peer_id)
+        return acts + self._retry_backlog()
 
-    def _forward(self, entry: Pending, peer_id: str) -> list[Action]:
-        entry.where = peer_id
-        self.peers[peer_id].sent += 1
-        self.delegated.setdefault(peer_id, {})[entry.call.call_id] = None
-        self.counters["forwarded"] += 1
-        return [Forward(peer_id, self._outgoing(entry))]
+    def declared_dead(self) -> list[Action]:
+        """Membership tells us that others declared us dead (we were frozen, or cut
+        off): they re-placed what we held for them and cancelled what we asked of them.
+        Place our own clients' calls held by peers again; hand back to peers what we
+        held for them but had not started here.
 
-    def _outgoing(self, entry: Pending) -> Call:
-        call = entry.call
-        visited = call.visited + [self.node_id] if self.node_id else call.visited
-        return evolve(call, hops=call.hops + 1, visited=visited, attempt=entry.attempts)
+        What we believe of each peer is stale (we may wake just before a partition heals:
+        what we send a peer across it now is lost, and it will not be suspected
+        afterwards). So each peer is suspected until it reports again: nothing new goes
+        to it meanwhile, and what we sent it since is sent again then (``peer_load``)."""
+        self.peers.suspect_all()
+        lost = self.peers.lost
+        acts: list[Action] = []
+        for entry in list(self.pending.values()):
+            if entry.where == "local":
+                continue  # its result still goes up; duplicates are dropped there
+            asking = entry.peers_asking()
+            if not asking or any(r.direct for r in entry.requesters):
+                if entry.where not in ("local", "backlog"):
+                    holder = entry.where  # it may still hold it, for a chain that lost it
+                    if holder not in lost:
+                        acts.append(SendTo(holder, Cancel(entry.call.call_id, "re-placed: we were "
+                                                          "declared dead")))
+                    acts += self._replace(entry, holder)
+                continue
+            acts += self._give_back(entry, "declared dead while holding it")
+        return acts + self._retry_backlog()
+
+    def forward_failed(self, call_id: str, peer_id: str) -> list[Action]:
+        """The transport could not send a delegated call: place it elsewhere."""
+        entry = self.pending.get(call_id)
+        if entry is None or entry.where != peer_id:
+            return []
+        self._undelegate(entry)
+        entry.tried.add(peer_id)
+        entry.where = "backlog"
+        return self._place_or_queue(entry)
+
+    # ------------------------------------------------------------------ internals: placing
+
+    def _compact_backlog(self) -> None:
+        """Drop from the backlog the ids of calls no longer waiting here (they ended, or
+        were placed elsewhere, while they waited: ``_stop`` leaves them to be skipped),
+        each waiting call once, in order."""
+        seen: set[str] = set()
+        kept: deque[str] = deque()
+        for call_id in self.backlog:
+            entry = self.pending.get(call_id)
+            if entry is not None and entry.where == "backlog" and call_id not in seen:
+                seen.add(call_id)
+                kept.append(call_id)
+        self.backlog = kept
+
+    def _stuck(self) -> bool:
+        """No call waiting here can be placed now: no slot is free, no worker takes one
+        more to wait behind its call, and there is no peer to give one to (a lone agent
+        with a backlog: the common case of a burst)."""
+        local = self.local
+        return local.free <= 0 and not self.peers.slots and local.running >= local.cpus * local.depth
+
+    def _place(self, entry: Pending, ahead: int | None = None) -> list[Action]:
+        """Carry out what placement decides for ``entry`` (``ahead``: how many calls wait
+        for our slots before it; default: our whole backlog, as for a new call)."""
+        waiting = len(self.backlog)
+        decision = self.placement.place(entry, waiting if ahead is None else ahead, waiting)
+        kind = decision.kind
+        if kind is RUN:
+            return self._run_local(entry)
+        if kind is DELEGATE:
+            return self._forward(entry, decision.peer)
+        if kind is WAIT:
+            entry.where = "backlog"
+            return []
+        if kind is BEHIND:
+            return self._run_local(entry, behind=True)
+        return self._fail(entry, decision.error_type, decision.text)
+
+    def _place_or_queue(self, entry: Pending) -> list[Action]:
+        acts = self._place(entry)
+        if entry.where == "backlog" and entry.call.call_id in self.pending:
+            self.backlog.append(entry.call.call_id)
+        return acts
 
     def _retry_backlog(self) -> list[Action]:
         acts: list[Action] = []
         kept: list[str] = []
         waiting_here = 0
+        local, placement = self.local, self.placement
         for _ in range(len(self.backlog)):
             if self._stuck():
                 break  # the rest waits (in order) for a slot or a peer
@@ -381,10 +538,10 @@ class Dispatcher(PeerFailures, Placement):
                 continue
             acts += self._place(entry, ahead=waiting_here)
             if entry.where == "backlog" and call_id in self.pending:  # (not failed by _place)
-                if entry.call.needs is not None and not self._fits_here(entry.call):
+                if entry.call.needs is not None and not local.fits(entry.call.needs):
                     kept.append(call_id)  # waits for an agent that can run it; not a queue head
                     continue
-                if entry.call.inputs and self._inputs_here(entry.call):
+                if entry.call.inputs and placement.inputs_here(entry.call):
                     kept.append(call_id)  # waits for our slot by choice (its data is here)
                     waiting_here += 1
                     continue
@@ -395,11 +552,45 @@ class Dispatcher(PeerFailures, Placement):
             self.backlog.extendleft(reversed(kept))
         return acts + self._steal()
 
-    def _place_or_queue(self, entry: Pending) -> list[Action]:
-        acts = self._place(entry)
-        if entry.where == "backlog" and entry.call.call_id in self.pending:
-            self.backlog.append(entry.call.call_id)
+    def _steal(self) -> list[Action]:
+        """A slot is free and nothing waits here: ask for work (``Placement.steal``) and
+        carry it out: one ``Reclaim`` per peer, each call asked marked (once per holder)."""
+        if self.backlog or not (self.delegated or self.peers.queues) or self.draining \
+                or not self.placement.steals:
+            return []
+        free = self.local.free
+        if free <= 0:
+            return []
+        reclaims, total = self.placement.steal(free, self.delegated, self.pending)
+        if not reclaims:
+            return []
+        acts: list[Action] = []
+        for peer_id, ids, left in reclaims:
+            for call_id in ids:
+                self.pending[call_id].asked = peer_id
+            self.peers.slots[peer_id].told = left
+            acts.append(SendTo(peer_id, Reclaim(ids, left, self.queued)))
+        self.counters["reclaims_sent"] += len(acts)
+        self.counters["reclaim_asked"] += total
         return acts
+
+    def _run_local(self, entry: Pending, behind: bool = False) -> list[Action]:
+        entry.where = "local"
+        self.local.running += entry.slots
+        self.counters["behind"] += behind
+        return [RunLocal(entry.call, behind)]
+
+    def _forward(self, entry: Pending, peer_id: str) -> list[Action]:
+        entry.where = peer_id
+        self.peers.slots[peer_id].sent += 1
+        self.delegated.setdefault(peer_id, {})[entry.call.call_id] = None
+        self.counters["forwarded"] += 1
+        return [Forward(peer_id, self._outgoing(entry))]
+
+    def _outgoing(self, entry: Pending) -> Call:
+        call = entry.call
+        visited = call.visited + [self.node_id] if self.node_id else call.visited
+        return evolve(call, hops=call.hops + 1, visited=visited, attempt=entry.attempts)
 
     def _undelegate(self, entry: Pending) -> None:
         calls = self.delegated.get(entry.where)
@@ -407,6 +598,19 @@ class Dispatcher(PeerFailures, Placement):
             calls.pop(entry.call.call_id, None)
             if not calls:
                 del self.delegated[entry.where]
+
+    def _replace(self, entry: Pending, holder: str) -> list[Action]:
+        """The holder lost the call: place it again (attempt + 1), not on that holder."""
+        self._undelegate(entry)
+        entry.tried.add(holder)
+        entry.attempts += 1
+        if entry.attempts > self.max_attempts:
+            return self._fail(entry, "PeerLost", f"lost {entry.attempts} holders of this call")
+        self.counters["reassigned"] += 1
+        entry.where = "backlog"
+        return self._place_or_queue(entry)
+
+    # ------------------------------------------------------------------ internals: ending
 
     def _finish(self, result: Result, holder: str) -> list[Action]:
         entry = self.pending.pop(result.call_id, None)
@@ -432,10 +636,10 @@ class Dispatcher(PeerFailures, Placement):
                 acts.append(Deliver(r.identity, result))
                 continue
             if to_peer is None:
-                to_peer = evolve(result, free=self.free, queued=self.queued)
-            peer = self.peers.get(r.peer)
+                to_peer = evolve(result, free=self.local.free, queued=self.queued)
+            peer = self.peers.slots.get(r.peer)
             if peer is not None:
-                peer.told = self.free
+                peer.told = self.local.free
             acts.append(SendTo(r.peer, to_peer) if r.direct else Deliver(r.identity, to_peer))
         return acts
 
@@ -443,9 +647,10 @@ class Dispatcher(PeerFailures, Placement):
         """Undo the entry's placement (the entry is already out of ``pending``)."""
         if entry.where == "local":
             if not entry.lent:
-                self.running = max(self.running - entry.slots, 0)
+                local = self.local
+                local.running = max(local.running - entry.slots, 0)
             return [KillLocal(entry.call.call_id)]  # (the caller retries the backlog)
-        if entry.where != "backlog" and entry.where not in self.lost:
+        if entry.where != "backlog" and entry.where not in self.peers.lost:
             self._undelegate(entry)
             return [SendTo(entry.where, Cancel(entry.call.call_id, reason))]
         return []  # backlog: its id is skipped when the backlog reaches it
@@ -466,6 +671,13 @@ class Dispatcher(PeerFailures, Placement):
             acts += self._stop(entry, reason)
         return acts
 
+    def _orphan(self, entry: Pending) -> None:
+        """Remember a call cancelled for its lost origin, in case the origin comes back
+        (``Peers.orphan``)."""
+        records = [(entry.call.call_id, r.peer) for r in entry.requesters if r.peer is not None]
+        if entry.call.origin and records:
+            self.peers.orphan(entry.call.origin, records)
+
     def _fail(self, entry: Pending, error_type: str, text: str) -> list[Action]:
         self.pending.pop(entry.call.call_id, None)
         self.counters["failed"] += 1
@@ -473,3 +685,4 @@ class Dispatcher(PeerFailures, Placement):
 
     def _failure(self, call: Call, error_type: str, text: str) -> Result:
         return Result(call.call_id, False, b"", self.name, error_type, text, "")
+

@@ -129,10 +129,11 @@ class MembershipModel:
             self.at(self.now + HEARTBEAT, self._heartbeat, p)
         if p.frozen:
             return
-        n, free, queued = len(self.nodes), p.d.free, p.d.queued
+        n, local, queued = len(self.nodes), p.d.local, p.d.queued
+        free = local.free
         for o in self.nodes:
             k = o.i * n + p.i
             if o is not p and o.alive and not o.frozen and self.visible[k] \
                     and k not in self.dead_view:
-                self._do(o, o.d.peer_load(p.id, p.name, p.d.cpus, free, self.rtt[k], queued,
-                                          p.d.speed, p.d.memory, p.d.labels))
+                self._do(o, o.d.peer_load(p.id, p.name, local.cpus, free, self.rtt[k], queued,
+                                          local.speed, local.memory, local.labels))

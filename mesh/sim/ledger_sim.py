@@ -122,13 +122,12 @@ class LedgerSim(MembershipModel, WorkerPoolModel):
         speeds = [rng.choice((1.0, 0.5, 0.25)) if hetero else 1.0 for _ in cpus]
         self.label_names = [f"l{k}" for k in range(labels)]
         offers = self._offers(rng, cpus) if labels else [frozenset()] * n
-        self.nodes = [Node(i, f"a{i:02d}", f"{rng.getrandbits(128):032x}",
-                           Dispatcher(f"a{i:02d}", c, "", prefetch=prefetch, steal=steal,
+        ids = [f"{rng.getrandbits(128):032x}" for _ in cpus]
+        self.nodes = [Node(i, f"a{i:02d}", ids[i],
+                           Dispatcher(f"a{i:02d}", c, ids[i], prefetch=prefetch, steal=steal,
                                       speed=speeds[i], depth=self.depth, labels=offers[i]),
                            workers=[Worker() for _ in range(c)])
                       for i, c in enumerate(cpus)]
-        for node in self.nodes:
-            node.d.node_id = node.id
         self.by_id = {node.id: node for node in self.nodes}
         self.rtt = [rng.uniform(0.001, 0.01) for _ in range(n * n)]
         self.parent: list[int | None] = [None] * n
@@ -296,7 +295,7 @@ class LedgerSim(MembershipModel, WorkerPoolModel):
         for act in actions:
             if isinstance(act, RunLocal):
                 self._record(node, "run" + " behind" * act.behind, act.call.call_id)
-                if act.call.needs is not None and not node.d._fits_here(act.call):
+                if act.call.needs is not None and not node.d.local.fits(act.call.needs):
                     self.violation(f"{node.name} runs {act.call.call_id}, whose constraints "
                                    f"it does not meet")
                 self._run(node, act.call, act.behind)
@@ -337,9 +336,9 @@ class LedgerSim(MembershipModel, WorkerPoolModel):
         for cid in msg.call_ids:
             entry = node.d.pending.get(cid)
             if entry is not None and entry.call.needs is not None \
-                    and not node.d._fits_here(entry.call):
+                    and not node.d.local.fits(entry.call.needs):
                 self.violation(f"{node.name} asks back {cid}, whose constraints it does not "
-                               f"meet (labels {sorted(node.d.labels)}, the call needs "
+                               f"meet (labels {sorted(node.d.local.labels)}, the call needs "
                                f"{entry.call.needs.labels})")
 
     # ------------------------------------------------------------------ end
