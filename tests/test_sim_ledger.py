@@ -185,13 +185,13 @@ def test_tree_delegation_spreads_calls_hop_by_hop_and_runs_each_once():
     still reach agents several tree hops from their origin, each runs once."""
     sim = LedgerSim(11, tree=True)
     ran_at: list[tuple[int, str]] = []
-    run = sim._run
+    run = sim.workers.run
 
     def recording(node, call, behind=False):
         ran_at.append((node.i, call.origin))
         run(node, call, behind)
 
-    sim._run = recording
+    sim.workers.run = recording
     rep = sim.finish()
     clean(rep)
     assert rep.calls == rep.executions == 500 and rep.extra_executions == 0
@@ -216,13 +216,13 @@ def test_tree_delegation_under_faults():
 def test_depth_without_faults_calls_wait_behind_others_and_run_once():
     sim = LedgerSim(3, depth=4)
     behind = []
-    run = sim._run
+    run = sim.workers.run
 
     def recording(node, call, behind_=False):
         behind.append(behind_)
         run(node, call, behind_)
 
-    sim._run = recording
+    sim.workers.run = recording
     rep = sim.finish()
     clean(rep)
     assert rep.calls == rep.executions == 500 and rep.extra_executions == 0
@@ -255,10 +255,10 @@ def test_killing_the_running_call_gives_back_the_calls_behind_it():
     sim._do(a, a.d.cancel("c0", b"client"))  # running: the worker is killed and replaced
     assert w.alive is False and a.workers[0] is not w
     assert sorted(c.call_id for c in a.workers[0].queue) == ["c1", "c3"]  # placed again
-    assert a.d.counters["unstarted"] == 2 and sim.given_back == 2 and a.d.running == 2
-    assert sum(sim.executions.values()) == 2 and sim.executions["c0"] == 1  # one started
+    assert a.d.counters["unstarted"] == 2 and sim.workers.given_back == 2 and a.d.running == 2
+    assert sum(sim.workers.executions.values()) == 2 and sim.workers.executions["c0"] == 1  # one started
     sim.run_until(5.0)  # (the results go to a client the sim does not model)
-    assert sim.executions == {"c0": 1, "c1": 1, "c3": 1} and a.d.running == 0 and not a.runs
+    assert sim.workers.executions == {"c0": 1, "c1": 1, "c3": 1} and a.d.running == 0 and not a.runs
     assert sim.violations == [f"t={t:.3f} a00 delivers to unknown identity b'client'"
                               for t in (1.0, 2.0)]
 

@@ -8,10 +8,11 @@ seed gives one run, action for action (``python -m mesh.sim.ledger_sim --seed N`
 replays it).
 
 Modules, one concept each (every name they define is importable from here too):
-``ledger_model`` (``Worker``, ``Node``, ``Report``, ``Program``, ``make_graph``),
-``ledger_workers`` (``WorkerPoolModel``: an agent's worker processes),
+``ledger_model`` (``Clock``, ``Worker``, ``Node``, ``Report``, ``Program``, ``make_graph``),
+``ledger_workers`` (``WorkerPoolModel``: the agents' worker processes),
 ``ledger_membership`` (``MembershipModel``: the modelled membership view), and this
-one: the clock, the links, carrying out actions, faults, the checks, ``run_seed``
+one: ``LedgerSim``, which holds a clock, the agents, the programs and the two models as
+its parts, and does the links, carrying out actions, faults and the checks; ``run_seed``
 and the command line.
 
 Agents: each holds a real ``mesh.sched.dispatch.Dispatcher``; its actions are carried
@@ -64,8 +65,6 @@ behind another call and calls given back unstarted (their call ahead killed, or 
 from __future__ import annotations
 
 import argparse
-import heapq
-import itertools
 import random
 import sys
 import time
@@ -73,13 +72,14 @@ from collections import Counter
 
 from mesh.sched.dispatch import Deliver, Dispatcher, Forward, KillLocal, RunLocal, SendTo
 from mesh.sim.ledger_membership import DETECT, HEARTBEAT, REFUTE, REVIVE, SUSPECT, MembershipModel
-from mesh.sim.ledger_model import MAX_SUBMISSIONS, Node, Program, Report, Worker, make_graph
+from mesh.sim.ledger_model import MAX_SUBMISSIONS, Clock, Node, Program, Report, Worker, make_graph
 from mesh.sim.ledger_workers import SLOW_CHECK, WorkerPoolModel
 from mesh.wire.messages import Call, Cancel, Handback, Reclaim, Result
 
 __all__ = [
     "DELAY", "DETECT", "DURATION", "HEARTBEAT", "LOCAL", "MAX_SUBMISSIONS", "QUIESCE",
-    "REFUTE", "REVIVE", "SLOW_CHECK", "SUSPECT", "TIME_LIMIT", "LedgerSim", "MembershipModel",
+    "REFUTE", "REVIVE", "SLOW_CHECK", "SUSPECT", "TIME_LIMIT", "Clock", "LedgerSim",
+    "MembershipModel",
     "Node", "Program", "Report", "Worker", "WorkerPoolModel", "main", "make_graph",
     "random_faults", "run_seed",
 ]
@@ -91,9 +91,10 @@ TIME_LIMIT = 120.0  # virtual seconds for every live program to finish
 QUIESCE = 6.0  # run on after the last program and fault, then look for leaks
 
 
-class LedgerSim(MembershipModel, WorkerPoolModel):
-    """Agents with real dispatchers, a fake network, modelled membership (``MembershipModel``),
-    worker processes (``WorkerPoolModel``), programs."""
+class LedgerSim:
+    """Agents with real dispatchers, a fake network, programs; its parts: the ``clock``,
+    modelled membership (``membership``: ``MembershipModel``) and worker processes
+    (``workers``: ``WorkerPoolModel``)."""
 
     def __init__(self, seed: int, *, agents: int = 50, tasks: int = 500,
                  cpus: list[int] | None = None, origins: list[int] | None = None,
@@ -102,20 +103,15 @@ class LedgerSim(MembershipModel, WorkerPoolModel):
                  hetero: bool = False, tree: bool = False, depth: int = 1,
                  long_call: float | None = None, labels: int = 0) -> None:
         self.rng = rng = random.Random(seed)
-        self.seed, self.now, self.durations, self.hold = seed, 0.0, durations, hold
-        self.depth, self.long_call = max(depth, 1), long_call
+        self.seed, self.durations, self.hold = seed, durations, hold
+        self.clock = Clock()
         self.held: list[tuple] = []  # with ``hold``: messages waiting for a partition to heal
-        self._heap: list = []
-        self._seq = itertools.count()
         self.fifo: dict[tuple, float] = {}
         self.violations: list[str] = []
         self.failures: Counter[str] = Counter()
         self.trace: list[tuple] | None = [] if record else None
         self.faults: list[str] = []
         self.fault_end = 0.0
-        self.executions: Counter[str] = Counter()
-        self.dead_origin_runs = self.dead_origin_kept = 0
-        self.waited = self.given_back = self.withdrawn = self.withdrawals = 0
         if cpus is None:
             cpus = [0 if rng.random() < 0.15 else rng.randint(1, 4) for _ in range(agents)]
         n = len(cpus)
@@ -125,7 +121,7 @@ class LedgerSim(MembershipModel, WorkerPoolModel):
         ids = [f"{rng.getrandbits(128):032x}" for _ in cpus]
         self.nodes = [Node(i, f"a{i:02d}", ids[i],
                            Dispatcher(f"a{i:02d}", c, ids[i], prefetch=prefetch, steal=steal,
-                                      speed=speeds[i], depth=self.depth, labels=offers[i]),
+                                      speed=speeds[i], depth=max(depth, 1), labels=offers[i]),
                            workers=[Worker() for _ in range(c)])
                       for i, c in enumerate(cpus)]
         self.by_id = {node.id: node for node in self.nodes}
@@ -140,10 +136,12 @@ class LedgerSim(MembershipModel, WorkerPoolModel):
                     hood[p].append(i)
             for node in self.nodes:
                 node.d.neighbours = frozenset(self.nodes[j].id for j in hood[node.i])
-        self.visible = [True] * (n * n)
-        self.gen = [0] * (n * n)
-        self.dead_view: set[int] = set()  # o * n + p: o holds p dead
-        self.declared_by: list[set[int]] = [set() for _ in range(n)]
+        self.membership = MembershipModel(self.clock, self.nodes, rng, self.rtt, do=self._do,
+                                          record=self._record)
+        self.workers = WorkerPoolModel(self.clock, self.by_id, depth=max(depth, 1),
+                                       long_call=long_call, handle=self._handle, do=self._do,
+                                       record=self._record, violation=self.violation,
+                                       holds_dead=self.membership.holds_dead)
         if origins is None:
             origins = sorted(rng.sample(range(n), min(n, rng.randint(3, 5))))
         share = [tasks // len(origins) + (k < tasks % len(origins)) for k in range(len(origins))]
@@ -152,8 +150,8 @@ class LedgerSim(MembershipModel, WorkerPoolModel):
         for prog in self.programs:
             prog.node.program = prog
         for node in self.nodes:  # every agent knows every other (a converged mesh)
-            self._heartbeat(node, reschedule=False)
-            self.at(rng.uniform(0, HEARTBEAT), self._heartbeat, node)
+            self.membership.heartbeat(node, reschedule=False)
+            self.at(rng.uniform(0, HEARTBEAT), self.membership.heartbeat, node)
         for prog in self.programs:
             self.at(0.001, prog.start)
 
@@ -170,18 +168,15 @@ class LedgerSim(MembershipModel, WorkerPoolModel):
 
     # ------------------------------------------------------------------ clock
 
+    @property
+    def now(self) -> float:
+        return self.clock.now
+
     def at(self, when: float, fn, *args) -> None:
-        heapq.heappush(self._heap, (when, next(self._seq), fn, args))
+        self.clock.at(when, fn, *args)
 
     def run_until(self, until: float, stop=None) -> bool:
-        while self._heap and self._heap[0][0] <= until:
-            when, _, fn, args = heapq.heappop(self._heap)
-            self.now = when
-            fn(*args)
-            if stop is not None and stop():
-                return True
-        self.now = max(self.now, until)
-        return False
+        return self.clock.run_until(until, stop)
 
     def finished(self) -> bool:
         return all(p.finished_at is not None for p in self.programs if p.node.alive)
@@ -203,14 +198,14 @@ class LedgerSim(MembershipModel, WorkerPoolModel):
             w.alive = False
         node.workers.clear()
         node.cancelled.clear()
-        self._topology()
+        self.membership.topology()
 
     def freeze(self, node: Node, seconds: float) -> None:
         self.faults.append(f"t={self.now:.2f} freeze {node.name} {seconds:.1f}s")
         node.frozen = True
         self.fault_end = max(self.fault_end, self.now + seconds)
         self.at(self.now + seconds, self._wake, node)
-        self._topology()
+        self.membership.topology()
 
     def partition(self, nodes: list[Node], seconds: float) -> None:
         names = ",".join(n.name for n in nodes)
@@ -219,7 +214,7 @@ class LedgerSim(MembershipModel, WorkerPoolModel):
             n.side = 1
         self.fault_end = max(self.fault_end, self.now + seconds)
         self.at(self.now + seconds, self._heal)
-        self._topology()
+        self.membership.topology()
 
     def _wake(self, node: Node) -> None:
         if not node.alive:
@@ -229,7 +224,7 @@ class LedgerSim(MembershipModel, WorkerPoolModel):
         for fn, args in inbox:
             if node.alive and not node.frozen:
                 fn(*args)
-        self._topology()
+        self.membership.topology()
 
     def _heal(self) -> None:
         for n in self.nodes:
@@ -237,7 +232,7 @@ class LedgerSim(MembershipModel, WorkerPoolModel):
         held, self.held = self.held, []
         for args in held:
             self._arrive(*args)
-        self._topology()
+        self.membership.topology()
 
     def holder(self) -> Node:
         """The live agent holding the most calls."""
@@ -298,7 +293,7 @@ class LedgerSim(MembershipModel, WorkerPoolModel):
                 if act.call.needs is not None and not node.d.local.fits(act.call.needs):
                     self.violation(f"{node.name} runs {act.call.call_id}, whose constraints "
                                    f"it does not meet")
-                self._run(node, act.call, act.behind)
+                self.workers.run(node, act.call, act.behind)
             elif isinstance(act, Forward):
                 self._record(node, "forward", f"{act.call.call_id} {self.by_id[act.peer_id].name}")
                 self._send(node, self.by_id[act.peer_id], "dealer", "call", act.call)
@@ -326,7 +321,7 @@ class LedgerSim(MembershipModel, WorkerPoolModel):
                 self._send(node, self.by_id[act.peer_id], "dealer", kind, msg)
             elif isinstance(act, KillLocal):
                 self._record(node, "kill", act.call_id)
-                self._kill_local(node, act.call_id)
+                self.workers.kill_local(node, act.call_id)
             else:
                 raise TypeError(f"unknown action {act!r}")
 
@@ -384,11 +379,13 @@ class LedgerSim(MembershipModel, WorkerPoolModel):
                                f"runs {len(node.runs)}, its workers hold {held}")
         rep.leaks, rep.counters = dict(sorted(leaks.items())), dict(sorted(counters.items()))
         rep.failures = dict(sorted(self.failures.items()))
-        rep.executions = sum(self.executions.values())
-        rep.extra_executions = sum(c - 1 for c in self.executions.values() if c > 1)
-        rep.dead_origin_runs, rep.dead_origin_kept = self.dead_origin_runs, self.dead_origin_kept
-        rep.waited, rep.given_back = self.waited, self.given_back
-        rep.withdrawn, rep.withdrawals = self.withdrawn, self.withdrawals
+        workers = self.workers
+        rep.executions = sum(workers.executions.values())
+        rep.extra_executions = sum(c - 1 for c in workers.executions.values() if c > 1)
+        rep.dead_origin_runs = workers.dead_origin_runs
+        rep.dead_origin_kept = self.membership.dead_origin_kept
+        rep.waited, rep.given_back = workers.waited, workers.given_back
+        rep.withdrawn, rep.withdrawals = workers.withdrawn, workers.withdrawals
         rep.violations = self.violations
         return rep
 
