@@ -29,7 +29,7 @@ named: each caller (placement's steps, ``mesh.sched.placement``) says what it wa
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 from mesh.sched.records import PeerSlots, Pending
 from mesh.wire.messages import Needs
@@ -143,7 +143,7 @@ class Peers:
 
     def candidates(self, entry: Pending, *, among: Iterable[str] | None = None,
                    along_tree: bool = False, untried: bool = False, unavoided: bool = False,
-                   free: bool = False, room: int | None = None) -> Iterator[tuple[str, PeerSlots]]:
+                   free: bool = False, room: int | None = None) -> list[tuple[str, PeerSlots]]:
         """The peers ``entry``'s call may be delegated to, in the order we learnt of them.
         Always: reachable, with slots, meeting the call's constraints (``Call.needs``),
         neither on its path (``Call.visited``: it never goes back) nor asking for it.
@@ -169,17 +169,20 @@ class Peers:
         else:
             view = slots.items()
         visited, needs, need = call.visited, call.needs, entry.slots
-        asking = entry.peers_asking()
+        asking = [r.peer for r in entry.requesters if r.peer is not None]
         tried = entry.tried if untried else ()
         avoid = call.avoid if unavoided else ()
+        capacity = free or room is not None
+        out = []
         for peer_id, p in view:
             if (p.cpus <= 0 or peer_id in visited or peer_id in asking or peer_id in tried
                     or p.name in avoid or (needs is not None and not p.fits(needs))):
                 continue
-            if (free or room is not None) and not (
-                    (free and p.est_free >= need) or (room is not None and p.waiting < room * p.cpus)):
+            if capacity and not ((free and p.free - p.sent >= need)
+                                 or (room is not None and p.waiting < room * p.cpus)):
                 continue
-            yield peer_id, p
+            out.append((peer_id, p))
+        return out
 
     def _tree_view(self, entry: Pending) -> list[tuple[str, PeerSlots]]:
         """Our neighbours that could take the call (see ``candidates``)."""

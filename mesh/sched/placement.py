@@ -87,7 +87,7 @@ lets peers queue its calls also takes them back. Any agent answers a Reclaim.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from mesh.sched.peers import Peers
 from mesh.sched.records import LocalSlots, Pending
@@ -100,8 +100,7 @@ WAIT = "wait"  # in our backlog
 FAIL = "fail"  # nobody can run it: ``Decision.error_type``, ``Decision.text``
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """Where ``Placement.place`` puts a call: ``kind`` is one of ``RUN``, ``BEHIND``,
     ``DELEGATE``, ``WAIT`` and ``FAIL``."""
 
