@@ -15,10 +15,21 @@ import pytest
 
 from mesh.discovery.membership import Forgotten, MemberChanged, Membership, Send, Timing
 from mesh.program.lineage import Lineage
-from mesh.sched.dispatch import Dispatcher, Forward, RunLocal
+from mesh.sched.dispatch import Dispatcher, Forward, RunLocal, SendTo
 from mesh.sched.objects import Objects, Ref
 from mesh.tree import Advert, LatencyTree, TreeConfig
-from mesh.wire.messages import Call, Digest, Leave, Load, NodeInfo, Ping, PingReq, Pong, Result
+from mesh.wire.messages import (
+    Call,
+    Digest,
+    Holds,
+    Leave,
+    Load,
+    NodeInfo,
+    Ping,
+    PingReq,
+    Pong,
+    Result,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -38,7 +49,8 @@ def dispatcher_sizes(d: Dispatcher) -> dict[str, int]:
     return {"pending": len(d.pending), "peers": len(peers.slots), "lost": len(peers.lost),
             "suspected": len(peers.suspected), "orphans": sum(map(len, peers.orphans.values())),
             "orphan origins": len(peers.orphans), "backlog": len(d.backlog),
-            "delegated": len(d.delegated), "queues": len(peers.queues)}
+            "delegated": len(d.leases), "lease holders": len(d.leases.calls),
+            "queues": len(peers.queues), "clients": len(d.clients)}
 
 
 @pytest.mark.parametrize("steal", [True, False])
@@ -53,7 +65,8 @@ def test_the_dispatcher_forgets_peers_and_calls_that_are_gone(steal):
     running: list[tuple[int, str]] = []  # (step it ends, call id)
     window, gone = [], []
     bound = {"pending": 200, "peers": 21, "lost": 100, "suspected": 21, "orphans": 200,
-             "orphan origins": 100, "backlog": 400, "delegated": 21, "queues": 21}
+             "orphan origins": 100, "backlog": 400, "delegated": 200, "lease holders": 21,
+             "queues": 21, "clients": 1}
     i = 0
 
     def do(acts) -> None:
@@ -93,6 +106,66 @@ def test_the_dispatcher_forgets_peers_and_calls_that_are_gone(steal):
             assert all(sizes[k] <= bound[k] for k in bound), (i, sizes)
     assert d.counters["accepted"] == CHURN and d.counters["done"] > CHURN / 2
     assert orphaned > 1000  # (origins did die with calls of theirs running here)
+
+
+def test_leases_and_clients_are_forgotten_with_their_subjects():
+    """Leases (mesh.sched.leases): every step a new client connects, is heard and makes a
+    call; most go on talking for a while and leave, some go silent with calls in flight.
+    Calls go to 8 peers, which answer lease questions (held, or lost on the way) and
+    return results now and then; every 1,000 steps a peer dies and a new one takes its
+    place. Time runs at 50 steps a lease period (1 s): the table of clients holds those
+    heard from lately (within ``client_silence``), the leases those of pending calls."""
+    rng = random.Random(5)
+    d = Dispatcher("me", cpus=2, node_id="ME", prefetch=1, lease=1.0, client_silence=2.0,
+                   max_pending=500)
+    peers = [node_id(k) for k in range(8)]
+    for p in peers:
+        d.peer_load(p, p, 4, 4, 0.001)
+    talking: list[tuple[int, bytes]] = []  # (last step it talks, identity)
+    running: list[str] = []
+    now, lost = 0.0, 0
+
+    def do(acts) -> None:
+        nonlocal lost
+        for a in acts:
+            if isinstance(a, RunLocal):
+                running.append(a.call.call_id)
+            elif isinstance(a, SendTo) and isinstance(a.message, Holds):
+                ids = a.message.call_ids
+                gone = [c for c in ids if rng.random() < 0.2]
+                lost += len(gone)
+                do(d.held([c for c in ids if c not in gone], gone, a.peer_id))
+
+    for i in range(CHURN):
+        now += 0.02
+        client = b"c%d" % i
+        d.heard(client)
+        do(d.submit(Call(f"k{i}", "m:f", b""), client))
+        if rng.random() < 0.95:
+            talking.append((i + rng.randint(1, 200), client))
+        talking[:] = [(end, c) for end, c in talking if end > i]
+        for _, identity in talking[i % 10::10]:  # (each talks every 10 steps)
+            d.heard(identity)
+        do(d.tick(now))
+        if running and rng.random() < 0.9:
+            do(d.local_done(Result(running.pop(0), True, b"", "me")))
+        p = peers[i % 8]
+        at_p = [c for c in d.leases.calls.get(p, ())]
+        if at_p and rng.random() < 0.15:
+            do(d.remote_result(Result(at_p[0], True, b"", p, free=1), p))
+        if i % 1000 == 999:
+            dead = peers.pop(rng.randrange(len(peers)))
+            do(d.peer_lost(dead))
+            do(d.peer_forgotten(dead))
+            peers.append(node_id(CHURN + i))
+            do(d.peer_load(peers[-1], "new", 4, 4, 0.001))
+        if i % 997 == 0:
+            # those still talking (at most 200 steps' clients), and the silent ones heard
+            # within the last client_rounds + 1 rounds (50 steps a round)
+            assert len(d.clients) <= 200 + (d.client_rounds + 1) * 50, (i, len(d.clients))
+            assert len(d.leases) <= len(d.pending) <= 500 and len(d.leases.calls) <= 8, i
+    assert 1000 < d.counters["lease_lost"] <= lost  # (an answer may come for a call that moved)
+    assert d.counters["client_gone"] > 1000  # (silent clients' calls were stopped)
 
 
 def test_a_busy_lone_dispatcher_forgets_calls_cancelled_while_they_waited():

@@ -81,7 +81,7 @@ def test_an_idle_agent_takes_back_a_call_waiting_at_a_peer_and_runs_it_once():
     assert isinstance(res, Deliver) and res.identity == b"A"
     delivered = a.remote_result(res.result, "B") + a.local_done(ok("c2", "a"))
     assert sorted(x.result.call_id for x in delivered if isinstance(x, Deliver)) == ["c1", "c2"]
-    assert a.idle() and b.idle() and a.delegated == {} and a.counters["duplicate_results"] == 0
+    assert a.idle() and b.idle() and a.leases.calls == {} and a.counters["duplicate_results"] == 0
 
 
 def test_a_reclaim_that_crosses_the_start_changes_nothing():
@@ -193,7 +193,7 @@ def test_calls_whose_inputs_the_holder_keeps_stay_there():
     a.pending["big"].where = "backlog"
     a.backlog.clear()  # (put it at B by hand: a call a data-aware placement sent there)
     a.pending["big"].where = "B"
-    a.delegated["B"] = {"big": None}
+    a.leases.add("B", "big")
     for cid in ("c1", "c2"):
         a.pending.pop(cid)
     a.peers.slots["B"].sent = 1

@@ -5,6 +5,17 @@ Theory of operation
 A pure state machine per agent; the agent feeds it events and carries out the
 returned actions (``RunLocal``, ``Forward``, ``Deliver``, ``SendTo``, ``KillLocal``).
 
+The guarantee: every call the agent accepts ends, for its caller, in exactly one
+outcome (its value, or an error saying why), within a bound that depends only on the
+call's own time to run (waiting for a slot, and running) and on the failure-detection
+bound, whatever frames are lost, refused or reordered on connections that stay up:
+each frame of the call lost on the way costs at most two lease periods (``Leases``:
+1.2 s with the default profile), each lease question or answer lost one more, each
+holder lost the detection bound (then the call runs again elsewhere); the losses it
+can suffer are bounded (``max_attempts``, ``LOSSES_PER_ATTEMPT``), after which it fails
+with ``PeerLost``. At worst a call runs more than once; its outcome is never lost nor
+doubled. The ledger below, membership's verdicts and the leases make it so.
+
 Every call the agent accepts (from a client, or delegated by a peer) becomes a
 ``Pending`` entry until its result has been delivered. An entry is in exactly one
 place: ``local`` (running in a worker slot), ``backlog`` (waiting), or a peer's node
@@ -17,11 +28,12 @@ sender gets a ``Handback`` and places its copy elsewhere).
 
 Its parts, each owning its state: ``local`` (``LocalSlots``: our slots, how many are
 taken), ``peers`` (``mesh.sched.peers.Peers``: what we believe of each peer, and the one
-filter of peers a call may go to) and ``placement`` (``mesh.sched.placement.Placement``:
-the policy that reads both and decides where a call goes, and what to steal back). The
-ledger itself owns ``pending`` (the entries), ``backlog`` (ids of waiting calls, in
-order) and ``delegated`` (our calls at each peer, oldest first), and carries out what
-placement decides.
+filter of peers a call may go to), ``placement`` (``mesh.sched.placement.Placement``:
+the policy that reads both and decides where a call goes, and what to steal back) and
+``leases`` (``mesh.sched.leases.Leases``: our calls at each peer, oldest first, and when
+each was last confirmed). The ledger itself owns ``pending`` (the entries), ``backlog``
+(ids of waiting calls, in order) and ``clients`` (when each client connection was last
+heard from), and carries out what placement decides.
 
 The ledger: each hop keeps its own entry, so a delegation chain origin -> B -> C is
 known piecewise (origin: "at B"; B: "at C, for origin"). Failures are handled by the
@@ -39,45 +51,97 @@ hop that sees them, from membership's verdicts:
   so calls of our own clients held by peers are placed again, and calls we held for
   peers but had delegated or not started are handed back (``Handback``);
 * a peer is only suspected (``peer_suspect``): nothing new goes to it until it
-  reports again (then ``peer_load`` sends it again what we had sent it); its calls
-  stay with it until it is declared dead;
+  reports again; its calls stay with it until it is declared dead. When it reports
+  again (``peer_load``), what we sent it while it was out of reach, or its results, may
+  have been lost with the link: it is asked at once which of our calls it holds (a
+  lease question, below), and only those it does not hold are placed again. (It was
+  sent all of them again, and ran again those it had finished when its heartbeat
+  overtook its result: the heartbeat and the result travel different connections.);
 * a peer we cancelled calls for, as a lost origin, is alive after all (``peer_alive``):
   those calls (``Peers.orphans``, bounded) are handed back to the peers that sent
   them, those not lost;
 * membership forgot a dead or left member (``peer_forgotten``, ``forget_after`` after
-  its death): it cannot come back under that id, so what we kept about it goes;
-* the transport could not send a delegated call (``forward_failed``): it is placed
-  elsewhere, without counting an attempt.
+  its death): it cannot come back under that id, so what we kept about it goes.
 Leaving (``drain``): queued calls go to peers, or back to who sent them.
+
+Leases (``mesh.sched.leases``): membership sees a peer die, not a frame lost on a
+connection that stays up (a send refused at the high-water mark, what sits in a ZeroMQ
+pipe when its TCP connection resets, a reply our ROUTER cannot route); a call or a
+result lost that way was waited for for ever. So the hop that handed a call on keeps a
+lease on it: at each lease round (``tick``, every ``Leases.period``), each peer is asked
+about our calls it has held for a whole period without news (``Holds``, in the batch
+that carries that turn's probes to it); it answers from its ledger (``holding``: held,
+an entry with our connection among its requesters; else unknown). What it holds is
+confirmed (``held``); what it does not hold was lost on the way there, or its result on
+the way back: it is placed again at once (``_lost_on_the_way``), without counting an
+attempt, but every ``LOSSES_PER_ATTEMPT``-th loss of one call counts as one, so a link
+that loses everything cannot keep a call going for ever. A send the transport refused
+(``forward_failed``) is such a loss too. An unknown is believed only for a call we
+asked about: one handed to the peer again since is on its way behind the answer.
+Order: questions and answers travel our DEALER to the peer's ROUTER and back, the
+connection our calls to it and its results to us take: FIFO, so a result the peer sent
+before it answered "unknown" is ahead of the answer, and we have it (the answer then
+finds no entry). Three paths break that order, each at worst into a second execution,
+never a lost or doubled outcome, since the first result wins and the other copy is
+cancelled: a connection that reset (a call sent before it may be read after a question
+sent after it: the peer says unknown, we place it again, and it runs the late copy
+too); a result the peer's ROUTER could not route, which goes over its own DEALER to our
+ROUTER (another connection: it may come after the unknown); and a Handback, which
+takes that path too (the unknown places the call first, the Handback then finds it
+elsewhere and is dropped).
+Our own clients are the same, the other way round: a client keeps a lease on each
+call it sent us (``mesh.client``: ``Leases``' client side) and asks with the same
+``Holds``, answered by ``holding`` for its connection; it sends again, with the same call
+id, what we do not hold (we run it anew). A client with calls in flight asks at least
+every two of its periods, so one not heard from (``heard``) for ``client_silence`` is
+gone (its program died, or its connection did): its calls are cancelled, as they are
+at once when its local connection ends (``client_gone``). A client's ``Cancel`` names its
+session (``owner``), so it also stops the calls it made over an earlier connection.
+Why not as Ray or Dask do: Ray's owner of a task (the worker that submitted it) is the
+one that resubmits it, as here the hop that handed a call on is the only one that
+places it again; but its calls are gRPC requests that fail loudly when their channel
+does, so a lost message is an error, not a silence. Dask's scheduler keeps, per worker,
+what it processes and who has what, and reconciles them when a worker's comm closes,
+by removing the worker and rescheduling. ZeroMQ hides both (a pipe reset is silent, a
+refused send a counter), and removing a live member for a lost frame would turn every
+drop into a membership fault. So here reconciliation is per call, between the two hops
+that share it, in the spirit of Dask's who_has (the delegator asks what its holder
+has), with Ray's rule of who re-places, and the peer stays a member.
 
 Exactly once: the first result for a pending entry is delivered to its requesters
 and the entry removed; a result may come from any member (the far end of a chain
 answering the origin directly). A later result for the same call (a lost peer that
-was only slow, a frozen one that woke) finds no entry and is dropped and counted.
-Whoever else still holds the call is told to stop (``Cancel``).
+was only slow, a frozen one that woke, a copy placed again after a lease loss) finds
+no entry and is dropped and counted. Whoever else still holds the call is told to stop
+(``Cancel``).
 
 Bounds: nothing is kept about a call once it has ended here: ``pending`` holds at most
 ``max_pending`` entries (more are refused, ``Overloaded``), and the ``backlog`` holds their
 ids, plus ids of calls that ended while they waited (skipped when reached; when they
-outnumber the pending calls, the backlog is compacted); ``delegated`` holds calls of
-``pending``, by the peer holding them. What is kept about a peer goes when it is lost,
-or forgotten by membership (``mesh.sched.peers``).
+outnumber the pending calls, the backlog is compacted); ``leases`` holds calls of
+``pending``, by the peer holding them; ``clients`` the clients heard from within
+``client_silence`` (and a round). What is kept about a peer goes when it is lost, or
+forgotten by membership (``mesh.sched.peers``).
 """
 
 from __future__ import annotations
 
 from collections import deque
+from math import ceil
 
 from mesh.sched.actions import Action, Deliver, Forward, KillLocal, RunLocal, SendTo
+from mesh.sched.leases import CLIENT_SILENCE, LOSSES_PER_ATTEMPT, Leases
 from mesh.sched.peers import Peers
 from mesh.sched.placement import BEHIND, DELEGATE, RUN, WAIT, Placement, describe
 from mesh.sched.records import LocalSlots, PeerSlots, Pending, Requester
-from mesh.wire.messages import Call, Cancel, Handback, Reclaim, Result, evolve
+from mesh.wire.messages import Call, Cancel, Handback, Held, Holds, Reclaim, Result, evolve
 
 COUNTERS = (
     "accepted", "done", "failed", "forwarded", "duplicate_results", "joined", "lent",
     "reclaimed", "rejected", "reassigned", "redirected", "cancelled", "handed_back",
-    "resent",
+    "lease_questions",  # Holds sent (leases: which of our calls do you still hold?)
+    "lease_lost",  # calls a holder did not hold (lost on the way, or their result was)
+    "client_gone",  # calls cancelled because their client left or went silent
     "reclaims_sent",  # Reclaim messages (work stealing)
     "reclaim_asked",  # calls asked back from a peer
     "reclaim_got",  # calls a peer gave back unstarted
@@ -96,14 +160,17 @@ class Dispatcher:
                  speed: float = 1.0, memory: int = 0, labels: frozenset = frozenset(),
                  unfit_grace: float = 30.0, steal: bool | None = None,
                  neighbours: frozenset | None = None, max_orphans: int = 100_000,
-                 depth: int = 1) -> None:
+                 depth: int = 1, lease: float = 1.2, client_silence: float = CLIENT_SILENCE) -> None:
         """``prefetch``: calls a busy peer may queue from us, per slot of its (0: none);
         ``speed``: our own effective cores per slot (``mesh.agent.cpuquota``); ``memory``,
         ``labels``: what we offer to tasks (task constraints; memory 0: not said);
         ``unfit_grace``: seconds a call that no known agent can run waits for one to
         join; ``steal``: Reclaim when idle (None: when ``prefetch`` > 0, as agents run);
         ``neighbours``: tree neighbours to delegate to (None: any peer); ``depth``: calls
-        a slot may hold (one running, the rest waiting at its worker)."""
+        a slot may hold (one running, the rest waiting at its worker); ``lease``: the lease
+        period, s (``mesh.sched.leases``: the agent gives ``PERIODS`` membership periods);
+        ``client_silence``: s after which the calls of a client not heard from are
+        cancelled."""
         self.name = name
         self.node_id = node_id
         self.max_attempts = max_attempts
@@ -115,7 +182,9 @@ class Dispatcher:
                                    steal=steal)
         self.pending: dict[str, Pending] = {}
         self.backlog: deque[str] = deque()
-        self.delegated: dict[str, dict[str, None]] = {}  # peer -> call ids, oldest first
+        self.leases = Leases(lease)  # our calls at each peer, oldest first (and their news)
+        self.clients: dict[bytes, int] = {}  # client connection -> lease round it was last heard in
+        self.client_rounds = ceil(client_silence / lease) + 1  # (rounds of silence: at least that long)
         self.draining = False
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
 
@@ -246,13 +315,17 @@ class Dispatcher:
             acts += self._retry_backlog()
         return acts
 
-    def cancel(self, call_id: str, identity: bytes) -> list[Action]:
+    def cancel(self, call_id: str, identity: bytes, owner: str = "") -> list[Action]:
         """The requester on ``identity`` no longer wants the call (a client whose task
-        timed out, or the agent that delegated it to us)."""
+        timed out, or the agent that delegated it to us). A client names its session
+        (``owner``): then it also stops the call it asked for over an earlier connection
+        of its (it reconnected, and its calls of then failed on its side)."""
         entry = self.pending.get(call_id)
         if entry is None:
             return []
-        entry.requesters = [r for r in entry.requesters if r.identity != identity or r.direct]
+        mine = owner and owner == entry.call.owner
+        entry.requesters = [r for r in entry.requesters if r.direct or (
+            r.identity != identity and not (mine and r.peer is None))]
         if entry.requesters:
             return []
         return self._cancel(entry, "cancelled by its requester") + self._retry_backlog()
@@ -379,12 +452,11 @@ class Dispatcher:
         acts: list[Action] = []
         if was_suspected:
             # it answers again: what we sent it while it was out of reach may have been
-            # lost with the link (or its results were); send it again. It ignores a copy
-            # of a call it still holds for us; one it finished already runs again.
-            for entry in self.pending.values():
-                if entry.where == peer_id:
-                    acts.append(Forward(peer_id, self._outgoing(entry)))
-                    self.counters["resent"] += 1
+            # lost with the link, or its results were. Ask it which it still holds (now,
+            # not at the next round): ``held`` places again only what it does not, so a
+            # call whose result it sent and we got does not run again
+            acts = [SendTo(peer_id, Holds(ids)) for ids in self.leases.everything(peer_id)]
+            self.counters["lease_questions"] += len(acts)
         return acts + self._retry_backlog()
 
     def peer_suspect(self, peer_id: str) -> list[Action]:
@@ -413,7 +485,7 @@ class Dispatcher:
         """A peer died or left: calls it held are placed again; calls it asked for
         are answered to their origin directly, or cancelled if it was the origin."""
         self.peers.lose(peer_id)  # (what it held is placed again below, not resent)
-        self.delegated.pop(peer_id, None)
+        self.leases.drop(peer_id)
         lost = self.peers.lost
         acts: list[Action] = []
         for entry in list(self.pending.values()):
@@ -470,14 +542,66 @@ class Dispatcher:
         return acts + self._retry_backlog()
 
     def forward_failed(self, call_id: str, peer_id: str) -> list[Action]:
-        """The transport could not send a delegated call: place it elsewhere."""
+        """The transport could not send a delegated call (no connection, or a full
+        queue): place it elsewhere (a loss on the way: ``_lost_on_the_way``)."""
         entry = self.pending.get(call_id)
         if entry is None or entry.where != peer_id:
             return []
-        self._undelegate(entry)
-        entry.tried.add(peer_id)
-        entry.where = "backlog"
-        return self._place_or_queue(entry)
+        return self._lost_on_the_way(entry, peer_id)
+
+    # ------------------------------------------------------------------ events: leases
+
+    def tick(self, now: float) -> list[Action]:
+        """The agent's timer (``now``: monotonic seconds; at least once a lease period,
+        ``Leases.period``). At each new round: ask each peer about our calls it has held
+        for a whole period without news (``Holds``), and cancel the calls of clients not
+        heard from for ``client_silence``."""
+        if not self.leases.tick(now):
+            return []
+        acts: list[Action] = [SendTo(peer_id, Holds(ids)) for peer_id, ids in self.leases.due()]
+        self.counters["lease_questions"] += len(acts)
+        return acts + self._expire_clients()
+
+    def holding(self, call_ids: list[str], identity: bytes) -> Held:
+        """A lease question (``Holds``) from the connection ``identity`` (a member's DEALER,
+        or a client's): which of ``call_ids`` we hold for it. Held: an entry with that
+        connection among its requesters (its outcome will go there); the rest unknown."""
+        held, unknown = [], []
+        pending = self.pending
+        for call_id in call_ids:
+            entry = pending.get(call_id)
+            if entry is not None and any(r.identity == identity and not r.direct
+                                         for r in entry.requesters):
+                held.append(call_id)
+            else:
+                unknown.append(call_id)
+        return Held(held, unknown)
+
+    def held(self, held: list[str], unknown: list[str], peer_id: str) -> list[Action]:
+        """A peer answered our lease question (``Held``): what it holds is confirmed; what
+        it does not hold, among calls we asked it about (without news for a whole
+        period: a call handed to it again since, or confirmed by a later answer, is not
+        taken for lost on an older answer), was lost on the way, or its result was:
+        placed again at once."""
+        leases = self.leases
+        leases.confirm(peer_id, held)
+        acts: list[Action] = []
+        for call_id in unknown:
+            entry = self.pending.get(call_id)
+            if entry is not None and entry.where == peer_id and leases.asked(peer_id, call_id):
+                acts += self._lost_on_the_way(entry, peer_id)
+        return acts
+
+    def heard(self, identity: bytes) -> None:
+        """A frame came from the client on ``identity``: it is there (its calls stay)."""
+        self.clients[identity] = self.leases.round
+
+    def client_gone(self, identity: bytes) -> list[Action]:
+        """The client's connection ended (a local connection closed): nobody will read
+        its results, so its calls stop (those other requesters still want stay)."""
+        self.clients.pop(identity, None)
+        return self._drop_clients({identity}, "its client left")
+
 
     # ------------------------------------------------------------------ internals: placing
 
@@ -555,13 +679,13 @@ class Dispatcher:
     def _steal(self) -> list[Action]:
         """A slot is free and nothing waits here: ask for work (``Placement.steal``) and
         carry it out: one ``Reclaim`` per peer, each call asked marked (once per holder)."""
-        if self.backlog or not (self.delegated or self.peers.queues) or self.draining \
+        if self.backlog or not (self.leases.calls or self.peers.queues) or self.draining \
                 or not self.placement.steals:
             return []
         free = self.local.free
         if free <= 0:
             return []
-        reclaims, total = self.placement.steal(free, self.delegated, self.pending)
+        reclaims, total = self.placement.steal(free, self.leases.calls, self.pending)
         if not reclaims:
             return []
         acts: list[Action] = []
@@ -583,7 +707,7 @@ class Dispatcher:
     def _forward(self, entry: Pending, peer_id: str) -> list[Action]:
         entry.where = peer_id
         self.peers.slots[peer_id].sent += 1
-        self.delegated.setdefault(peer_id, {})[entry.call.call_id] = None
+        self.leases.add(peer_id, entry.call.call_id)
         self.counters["forwarded"] += 1
         return [Forward(peer_id, self._outgoing(entry))]
 
@@ -593,11 +717,45 @@ class Dispatcher:
         return evolve(call, hops=call.hops + 1, visited=visited, attempt=entry.attempts)
 
     def _undelegate(self, entry: Pending) -> None:
-        calls = self.delegated.get(entry.where)
-        if calls is not None:
-            calls.pop(entry.call.call_id, None)
-            if not calls:
-                del self.delegated[entry.where]
+        self.leases.remove(entry.where, entry.call.call_id)
+
+    def _lost_on_the_way(self, entry: Pending, holder: str) -> list[Action]:
+        """The call did not reach ``holder``, or its result did not reach us, on a live
+        link (a Held saying unknown; a send the transport refused): place it again at
+        once, elsewhere if we can, without counting an attempt against it; but every
+        ``LOSSES_PER_ATTEMPT``-th loss of the same call counts as one, so a link that
+        loses everything cannot keep a call going for ever (``max_attempts``)."""
+        entry.losses += 1
+        self.counters["lease_lost"] += 1
+        if entry.losses % LOSSES_PER_ATTEMPT == 0:
+            return self._replace(entry, holder)
+        self._undelegate(entry)
+        entry.tried.add(holder)
+        entry.where = "backlog"
+        return self._place_or_queue(entry)
+
+    def _expire_clients(self) -> list[Action]:
+        """Clients not heard from for ``client_rounds`` rounds: their calls stop."""
+        last = self.leases.round - self.client_rounds
+        silent = {identity for identity, heard in self.clients.items() if heard <= last}
+        if not silent:
+            return []
+        for identity in silent:
+            del self.clients[identity]
+        return self._drop_clients(silent, "its client went silent")
+
+    def _drop_clients(self, identities: set[bytes], reason: str) -> list[Action]:
+        """Those clients want nothing any more: each call only they asked for is cancelled."""
+        acts: list[Action] = []
+        for entry in list(self.pending.values()):
+            if not any(r.identity in identities and r.peer is None for r in entry.requesters):
+                continue
+            entry.requesters = [r for r in entry.requesters
+                                if not (r.identity in identities and r.peer is None)]
+            if not entry.requesters:
+                self.counters["client_gone"] += 1
+                acts += self._cancel(entry, reason)
+        return (acts + self._retry_backlog()) if acts else acts
 
     def _replace(self, entry: Pending, holder: str) -> list[Action]:
         """The holder lost the call: place it again (attempt + 1), not on that holder."""

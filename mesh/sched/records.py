@@ -95,6 +95,7 @@ class Pending:
     lent: bool = False  # running here, blocked on other tasks, its slot lent
     asked: str | None = None  # the holder we asked to give it back (Reclaim), once per holder
     since: float = 0.0  # when it arrived (for calls no known agent can run)
+    losses: int = 0  # times it was lost on the way to a holder, or its result was (leases)
 
     @property
     def slots(self) -> int:
