@@ -37,8 +37,9 @@ from mesh.agent.waker import Waker
 from mesh.discovery import membership as mb
 from mesh.keys import MeshKey, announcement_fields, verify
 from mesh.sched import dispatch as dp
+from mesh.sched.leases import PERIODS
 from mesh.tree import LatencyTree, TreeConfig
-from mesh.wire import localsock
+from mesh.wire import localsock, loss
 from mesh.wire import messages as m
 from mesh.wire.localconn import FrameStream
 
@@ -92,7 +93,11 @@ class Agent(AgentInput, AgentActions, AgentQueries, AgentObjects):
         self.dispatcher = dp.Dispatcher(config.name, config.cpus, self.node_id, prefetch=1,
                                         speed=slot_speed(config.cpus, self.cpu_quota),
                                         memory=config.memory, labels=frozenset(config.labels),
-                                        unfit_grace=float(os.environ.get("MESH_UNFIT_GRACE", 30)))
+                                        unfit_grace=float(os.environ.get("MESH_UNFIT_GRACE", 30)),
+                                        lease=PERIODS * self.timing.period)
+        # (test knob: frames lost on purpose, MESH_EMULATE_LOSS; the transport itself otherwise)
+        self.transport = loss.install_transport(self.transport, self._member_name_at,
+                                                self._member_name_of)
         tree_period = TREE_PERIOD[config.profile]
         self.tree = LatencyTree(self.node_id, float(config.cpus), random.Random(self.node_id + "tree"),
                                 TreeConfig(period=tree_period), now=self.started)
@@ -268,7 +273,8 @@ class Agent(AgentInput, AgentActions, AgentQueries, AgentObjects):
             for one in (m.unbatch(msg)[0] if type(msg) is m.Batch else (msg,)):
                 if isinstance(dest, str) and isinstance(one, m.Call) and peer_id is not None:
                     self._do(self.dispatcher.forward_failed(one.call_id, peer_id), now)
-                elif isinstance(dest, bytes) and isinstance(one, m.Result) and member is not None:
+                elif isinstance(dest, bytes) and isinstance(one, (m.Result, m.Held)) \
+                        and member is not None:
                     self._do([dp.SendTo(peer_id, one)], now)
                 # (the rest, e.g. a probe before the connection is up, is lost: the
                 # transport counted it in dropped_sends)
@@ -293,6 +299,7 @@ class Agent(AgentInput, AgentActions, AgentQueries, AgentObjects):
             self._unfit_check = now + 1.0  # no known agent meets (looked at once a second:
             self._do(self.dispatcher.expire_unfit(now), now)  # it reads the whole backlog)
         self.members.set_load(self._load())
+        self._do(self.dispatcher.tick(now), now)  # (leases: questions, silent clients)
         self._do(self.members.tick(now), now)
         self._do(self.tree.tick(now), now)
         if len(self.members.alive()) >= TREE_DELEGATION_MIN:  # a big mesh: delegate along the tree
@@ -311,6 +318,14 @@ class Agent(AgentInput, AgentActions, AgentQueries, AgentObjects):
         self._do(self.members.leave(), now)
         log.info("left the mesh")
         return True
+
+    def _member_name_at(self, address: str) -> str | None:
+        member = self.members.member_at(address)
+        return None if member is None else member.info.name
+
+    def _member_name_of(self, identity: bytes) -> str | None:
+        member = self.members.members.get(identity.hex()) if len(identity) == 16 else None
+        return None if member is None else member.info.name
 
     def _load(self) -> m.Load:
         d = self.dispatcher

@@ -77,6 +77,7 @@ class AgentInput:
                 self.dropped["oversized"] = self.dropped.get("oversized", 0) + 1
             log.debug("local connection closed: %s", exc)
             self.transport.drop_local(stream)
+            self._do(self.dispatcher.client_gone(stream.identity), now)  # (nobody reads its results)
             return
         identity = stream.identity
         for frame in frames:
@@ -85,6 +86,7 @@ class AgentInput:
     def _on_frame(self, identity: bytes, frame: bytes, now: float) -> None:
         """A frame from a client or a member: a message, or a batch of them."""
         self.bytes_in += len(frame)
+        self.dispatcher.heard(identity)  # (a client's calls stay while it talks: leases)
         msg = self._decode(frame)
         if type(msg) is m.Batch:
             for inner in self._unbatch(msg):
@@ -111,7 +113,11 @@ class AgentInput:
         elif isinstance(msg, m.Call):
             self._do(self.dispatcher.submit(msg, identity, peer_id, now), now)
         elif isinstance(msg, m.Cancel):
-            self._do(self.dispatcher.cancel(msg.call_id, identity), now)
+            self._do(self.dispatcher.cancel(msg.call_id, identity, msg.owner), now)
+        elif isinstance(msg, m.Holds):  # a lease question, from a member or a client
+            self.transport.reply(identity, m.encode(self.dispatcher.holding(msg.call_ids, identity)))
+        elif isinstance(msg, m.Held) and peer_id is not None:  # (its ROUTER could not answer)
+            self._do(self.dispatcher.held(msg.held, msg.unknown, peer_id), now)
         elif isinstance(msg, m.Fetch):
             self._on_fetch(identity, peer_id, msg, now)
         elif isinstance(msg, m.Free):
@@ -158,6 +164,8 @@ class AgentInput:
             self._do(self.objects.fetched(msg.oid, msg.data if msg.ok else None, msg.error), now)
         elif isinstance(msg, m.Handback) and member is not None:
             self._do(self.dispatcher.handed_back(msg.call_id, member.info.id), now)
+        elif isinstance(msg, m.Held) and member is not None:  # the answer to our lease question
+            self._do(self.dispatcher.held(msg.held, msg.unknown, member.info.id), now)
         else:
             self.dropped["unexpected"] = self.dropped.get("unexpected", 0) + 1
 

@@ -593,7 +593,8 @@ class Dispatcher:
         return acts
 
     def heard(self, identity: bytes) -> None:
-        """A frame came from the client on ``identity``: it is there (its calls stay)."""
+        """A frame came from the connection ``identity`` (a client's; or a member's, which
+        the agent may not know yet: its calls are then a client's): its calls stay."""
         self.clients[identity] = self.leases.round
 
     def client_gone(self, identity: bytes) -> list[Action]:
