@@ -133,7 +133,7 @@ from mesh.sched.actions import Action, Deliver, Forward, KillLocal, RunLocal, Se
 from mesh.sched.leases import CLIENT_SILENCE, LOSSES_PER_ATTEMPT, Leases
 from mesh.sched.peers import Peers
 from mesh.sched.placement import BEHIND, DELEGATE, RUN, WAIT, Placement, describe
-from mesh.sched.records import LocalSlots, PeerSlots, Pending, Requester
+from mesh.sched.records import LocalSlots, PeerSlots, Pending, Requester, count
 from mesh.wire.messages import Call, Cancel, Handback, Held, Holds, Reclaim, Result, evolve
 
 COUNTERS = (
@@ -446,9 +446,9 @@ class Dispatcher:
                   labels=()) -> list[Action]:
         """A heartbeat from a live peer told us its capacity (and what it offers)."""
         was_suspected = self.peers.report(peer_id, PeerSlots(
-            name, cpus, free, rtt if rtt is not None else 1.0, queued=queued,
+            name, count(cpus), count(free), rtt if rtt is not None else 1.0, queued=count(queued),
             speed=min(max(speed, 0.01), 1.0), told=self.local.free,  # (the heartbeats carry both loads)
-            memory=memory, labels=frozenset(labels)))
+            memory=count(memory, 2**62), labels=frozenset(labels)))
         acts: list[Action] = []
         if was_suspected:
             # it answers again: what we sent it while it was out of reach may have been

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from mesh.sched.records import PeerSlots, Pending
+from mesh.sched.records import PeerSlots, Pending, count
 from mesh.wire.messages import Needs
 
 
@@ -68,7 +68,7 @@ class Peers:
         p = self.slots.get(peer_id)
         if p is None:
             return False
-        p.free, p.queued, p.sent = free, queued, sent
+        p.free, p.queued, p.sent = count(free), count(queued), sent
         if queued > 0:
             self.queues[peer_id] = None
         return True

@@ -8,6 +8,15 @@ from dataclasses import dataclass, field
 
 from mesh.wire.messages import Call, Needs
 
+MAX_COUNT = 2**31 - 1  # the most slots, calls or bytes a peer's report is believed to say
+
+
+def count(n: int, most: int = MAX_COUNT) -> int:
+    """A count from the wire (a peer's load, a call's needs), between 0 and ``most``: a
+    member's word is taken, not any integer it sends (one of 10**400 made placement
+    divide it and raise)."""
+    return min(max(n, 0), most)
+
 
 def fits(needs: Needs | None, cpus: int, memory: int, labels) -> bool:
     """Whether an agent with ``cpus`` slots, ``memory`` bytes offered (0: not said) and
@@ -99,9 +108,11 @@ class Pending:
 
     @property
     def slots(self) -> int:
-        """Worker slots it takes while it runs (``@constraint(cpus=...)``)."""
+        """Worker slots it takes while it runs (``@constraint(cpus=...)``), at least one (a
+        call that claims none, or fewer, still takes one: else ``running`` counted fewer
+        calls than ran)."""
         needs = self.call.needs
-        return needs.cpus if needs is not None else 1
+        return 1 if needs is None or needs.cpus < 1 else needs.cpus
 
     @property
     def reply_to(self) -> bytes:
