@@ -150,19 +150,33 @@ def join(name, interfaces, comm_port, rest_port, rest_open, peers, no_mdns, cpus
 
     config = AgentConfig(
         name=name or socket.gethostname(), interface=interface, comm_port=comm_port,
-        rest_port=rest_port, peers=seeds, mdns=not no_mdns, cpus=cpus, state_file=state_file,
-        profile=profile, key=key, memory=memory_bytes, labels=sorted(set(labels)), rest_open=rest_open,
+        peers=seeds, mdns=not no_mdns, cpus=cpus, state_file=state_file,
+        profile=profile, key=key, memory=memory_bytes, labels=sorted(set(labels)),
     )
     try:
         agent = Agent(config)
     except Exception as exc:  # zmq bind errors and the like: say what, exit cleanly
         raise click.ClickException(f"cannot start the agent on {interface}:{comm_port}: {exc}") from exc
     install_signal_handlers(agent)
+    if rest_port >= 0:  # REST is a face of the agent: it gets the agent's handle, no more
+        from mesh.faces.rest import RestServer
+        from mesh.faces.rest_auth import new_token
+
+        try:  # with a key: on the interface, the key's token; else loopback, a random token
+            rest = RestServer(agent.handle(), interface if key is not None else "127.0.0.1",
+                              rest_port, key.rest_token() if key is not None else new_token(),
+                              rest_open=rest_open)
+        except OSError as exc:
+            agent.close()
+            raise click.ClickException(f"cannot serve REST on port {rest_port}: {exc}") from exc
+        agent.attach("rest", rest)
     security = f"key {key.fingerprint()}" if key is not None else "PLAINTEXT"
     click.echo(f"mesh agent {config.name} ({agent.node_id[:8]}): comm tcp://{agent.address}, "
                f"{cpus} slot(s), mDNS {'on ' + interface if config.mdns else 'off'}, {security}", err=True)
     agent.start()
     agent.run()
+    if agent.faults.storm is not None:  # it left because the same fault repeated in a loop
+        raise click.ClickException(f"the agent left the mesh: {agent.faults.storm}")
 
 
 def _is_loopback(address: str) -> bool:

@@ -271,9 +271,6 @@ def test_fuzz_quick_agent_answers_throughout_and_every_rejection_is_counted(fuzz
 
 @pytest.mark.agents
 @pytest.mark.timeout(110)
-@pytest.mark.xfail(strict=True, reason="the agent dies on a frame whose 'v' or 't' is an int of more than "
-                   "4,300 digits (mesh/wire/codec.py:225 and :229 format it with repr(), which raises "
-                   "ValueError): tests/test_fuzz_findings.py")
 def test_fuzz_quick_agent_never_dies(fuzz_run):
     _, res = fuzz_run
     assert res["agent_deaths"] == 0, [e for e in res["errors"] if e["fatal"]]

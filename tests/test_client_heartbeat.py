@@ -16,7 +16,7 @@ from mesh.client import heartbeat as hb
 from mesh.client.client import Client
 from mesh.client.heartbeat import PING, SILENT, Heartbeat
 from mesh.errors import AgentUnreachable
-from mesh.wire import localconn
+from mesh.wire import framing
 from tests.conftest import wait_for
 
 BOUND = hb.DETECTION_S
@@ -188,7 +188,7 @@ def test_calls_that_cannot_even_be_sent_to_a_frozen_agent_still_fail(agents, mon
     """The local connection holds at most OUT_LIMIT bytes for a frozen agent: the client's
     thread waits for room a little at a time, looking at its heartbeat meanwhile."""
     a = agents.start("hb-full", cpus=1)
-    monkeypatch.setattr(localconn, "OUT_LIMIT", 1 << 20)
+    monkeypatch.setattr(framing, "OUT_LIMIT", 1 << 20)
     c = Client(a.comm)
     try:
         assert c.local_path is not None

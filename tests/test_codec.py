@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from mesh.errors import DecodeError, EncodeError
 from mesh.wire import codec as wire
 from mesh.wire import messages as m
-from tests.test_messages import EXAMPLES, STRATEGIES, ints, json_like
+from tests.test_messages import EXAMPLES, STRATEGIES, huge_ints, ints, json_like
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -63,7 +63,7 @@ def assert_same(frame: bytes) -> tuple:
 # ----------------------------------------------------------------------------- mutations
 
 garbage = st.recursive(
-    st.none() | st.booleans() | ints | st.floats() | st.text(max_size=8) | st.binary(max_size=8)
+    st.none() | st.booleans() | ints | huge_ints | st.floats() | st.text(max_size=8) | st.binary(max_size=8)
     | st.sampled_from([0, 1, -1, 1.0, 0.0, 2**64, "", b"", [], {}, "x" * (m.MAX_STR + 1),
                        "y" * m.MAX_STR, [0] * (m.MAX_LIST + 1), ["s"] * (m.MAX_LIST + 1),
                        [b""] * m.MAX_LIST, [{}], [None], {"node": "n", "nbytes": 1},
@@ -403,7 +403,7 @@ LENGTHS = [m.MAX_LIST - 1, m.MAX_LIST, m.MAX_LIST + 1, 3 * m.MAX_LIST]
 DEPTHS = [1, 10, m.MAX_DEPTH - 3, m.MAX_DEPTH - 2, m.MAX_DEPTH - 1, m.MAX_DEPTH, m.MAX_DEPTH + 1,
           2_000, 20_000]
 edge_json = st.recursive(
-    st.none() | st.booleans() | ints | st.floats() | edge_texts | st.binary(max_size=8),
+    st.none() | st.booleans() | ints | huge_ints | st.floats() | edge_texts | st.binary(max_size=8),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(edge_texts, inner, max_size=3),
     max_leaves=10,
 )

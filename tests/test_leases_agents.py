@@ -6,6 +6,7 @@ process died stop at its agent."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -98,3 +99,28 @@ def test_the_calls_of_a_program_over_tcp_that_died_stop(agents):
     st = wait_for(lambda: (s := status(a))["running"] == 0 and s, 15, "the agent to stop the call",
                   explain=lambda: a.log()[-3000:])
     assert st["ledger"]["client_gone"] == 1 and st["done"] == 0, st
+
+
+@pytest.mark.timeout(30)
+def test_an_agent_and_a_program_without_the_knob_never_import_it():
+    code = ("import sys, threading\n"
+            "from mesh.agent.agent import Agent, AgentConfig\n"
+            "from mesh.agent.transport import Transport\n"
+            "from mesh.client.client import Client, Link\n"
+            "a = Agent(AgentConfig(name='plain', comm_port=0, mdns=False, cpus=1))\n"
+            "t = threading.Thread(target=a.run, daemon=True)\n"
+            "t.start()\n"
+            "try:\n"
+            "    with Client(a.address, timeout=10, key=None) as c:\n"
+            "        assert type(c.link) is Link, type(c.link)\n"
+            "        assert c.call('operator:add', (1, 2)).result(10) == 3\n"
+            "    assert type(a.transport) is Transport, type(a.transport)\n"
+            "    assert 'mesh.wire.loss' not in sys.modules\n"
+            "finally:\n"
+            "    a.request_leave()\n"
+            "    t.join(20)\n"
+            "print('ok')\n")
+    env = {k: v for k, v in os.environ.items() if k != "MESH_EMULATE_LOSS"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=25,
+                         cwd=ROOT, env=env)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr

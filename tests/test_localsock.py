@@ -23,7 +23,7 @@ from mesh import keys
 from mesh.agent.transport import Transport, curve_client
 from mesh.client.client import Client
 from mesh.errors import AgentUnreachable
-from mesh.wire import localconn, localsock
+from mesh.wire import framing, localconn, localsock
 from mesh.wire import messages as m
 
 from .conftest import run_cli, wait_for
@@ -301,7 +301,7 @@ def test_frames_cross_a_small_nonblocking_stream_whole_and_in_order(seed):
     for s in (a, b):
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    tx, rx = localconn.FrameStream(a, 1 << 20), localconn.FrameStream(b, 1 << 20)
+    tx, rx = framing.FrameStream(a, 1 << 20), framing.FrameStream(b, 1 << 20)
     sent = [rnd.randbytes(rnd.choice((0, 1, 3, 100, 5000, 70_000, 300_000))) for _ in range(300)]
     got: list[bytes] = []
     i = 0
@@ -315,7 +315,7 @@ def test_frames_cross_a_small_nonblocking_stream_whole_and_in_order(seed):
         got.extend(rx.frames())
     assert got == sent and not tx.out
     tx.close()
-    with pytest.raises(localconn.StreamClosed):  # the end of the stream, once read
+    with pytest.raises(framing.StreamClosed):  # the end of the stream, once read
         for _ in range(3):
             rx.frames()
     rx.close()
@@ -323,15 +323,37 @@ def test_frames_cross_a_small_nonblocking_stream_whole_and_in_order(seed):
 
 def test_a_frame_over_the_limit_closes_the_stream_after_the_frames_before_it():
     a, b = socket.socketpair(socket.AF_UNIX)
-    tx, rx = localconn.FrameStream(a, 1 << 20), localconn.FrameStream(b, 100)
+    tx, rx = framing.FrameStream(a, 1 << 20), framing.FrameStream(b, 100)
     tx.send(b"ok")
     tx.send(b"x" * 101)
     assert rx.frames() == [b"ok"]
-    with pytest.raises(localconn.StreamClosed) as err:
+    with pytest.raises(framing.StreamClosed) as err:
         rx.frames()
     assert err.value.oversized
     tx.close()
     rx.close()
+
+
+def test_the_blocking_and_the_nonblocking_streams_speak_one_framing():
+    """A worker's channel (FrameSocket) and a local connection (FrameStream) cut frames the
+    same way: what one writes the other reads, whole and in order."""
+    a, b = socket.socketpair(socket.AF_UNIX)
+    blocking, stream = framing.FrameSocket(a), framing.FrameStream(b, 1 << 20)
+    frames = [b"", b"x", os.urandom(70_000), b"last"]
+    for f in frames:
+        blocking.send(f)
+    got: list[bytes] = []
+    deadline = time.monotonic() + 10
+    while len(got) < len(frames) and time.monotonic() < deadline:
+        got.extend(stream.frames())
+    assert got == frames
+    for f in frames:
+        assert stream.send(f)
+    while not stream.flush():
+        pass
+    assert [blocking.recv() for _ in frames] == frames
+    blocking.close()
+    stream.close()
 
 
 class _Exhausted:

@@ -387,6 +387,37 @@ def test_start_then_close_is_quick_and_close_is_idempotent() -> None:
 
 
 @pytest.mark.timeout(15)
+def test_close_just_before_the_registration_begins_is_no_error(monkeypatch) -> None:
+    """The interleaving a loaded machine produced (issue 17): the registration coroutine's
+    first step runs in zeroconf's loop after close() took the Zeroconf away and cancelled
+    the registration, before that cancel reached the loop. Forced here: right after the
+    coroutine is handed to the loop, the loop pauses until close() got that far. (Before:
+    the coroutine read ``self._zc``, None by then: AssertionError, reported as an error.)"""
+    real = mdns.asyncio.run_coroutine_threadsafe
+    gate = threading.Event()
+    paused: list = []
+
+    def then_pause(coro, loop):
+        future = real(coro, loop)  # (queues the step that creates the coroutine's task)
+        if not paused:  # the registration: the loop stops after that step, before the
+            paused.append(loop)  # task's first step
+            loop.call_soon_threadsafe(gate.wait, 5.0)
+        return future
+
+    monkeypatch.setattr(mdns.asyncio, "run_coroutine_threadsafe", then_pause)
+    d = MdnsDiscovery(LOOPBACK, secrets.token_hex(16), "racy", 46213, 1, 1, lambda a: None)
+    d.start()
+    assert paused and d.error is None
+    closer = threading.Thread(target=d.close)
+    closer.start()
+    assert wait_until(lambda: d._zc is None and d._registration.cancelled(), 5.0)
+    gate.set()  # the loop goes on: the coroutine starts, then the cancel arrives
+    closer.join(5.0)
+    assert not closer.is_alive()
+    assert d.error is None, d.error
+
+
+@pytest.mark.timeout(15)
 def test_close_after_registration_is_bounded_and_says_goodbye(
         nodes: list[Node], caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="mesh.discovery")

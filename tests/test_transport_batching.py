@@ -1,17 +1,19 @@
 """What one turn of an agent's loop has for a member goes as one frame (Batch), and a frame
 that cannot go gives its calls back to the dispatcher (in-process: a Transport, and the
-agent's flush with stand-ins for its cores)."""
+agent's outbox with stand-ins for its cores)."""
 
 from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from types import SimpleNamespace
 
 import pytest
 import zmq
 
-from mesh.agent.agent import Agent
+from mesh.agent.callbook import CallBook
+from mesh.agent.outbox import Outbox
 from mesh.agent.transport import Transport
 from mesh.wire import messages as m
 
@@ -55,6 +57,13 @@ def test_a_turns_frames_for_a_member_go_as_one_batch_in_order():
         peer.close(0)
 
 
+def _outbox(transport, members, dispatcher, done: list) -> Outbox:
+    """An Outbox over stand-ins for the transport and the cores, whose actions land in ``done``."""
+    actions = SimpleNamespace(handle=lambda kind, handler: None,
+                              do=lambda acts, now: done.extend(acts))
+    return Outbox("00" * 16, transport, members, dispatcher, CallBook(), actions, Counter())
+
+
 class _Full:
     """A DEALER whose queue is full."""
 
@@ -75,14 +84,14 @@ def test_frames_that_cannot_go_come_back_from_flush_and_their_calls_are_placed_a
         del t.dealers["10.0.0.9:1"]
 
         failed, done = [], []
-        agent = SimpleNamespace(
-            transport=SimpleNamespace(flush=lambda: unsent),
-            members=SimpleNamespace(member_at=lambda a: SimpleNamespace(info=SimpleNamespace(id="p1"))),
-            dispatcher=SimpleNamespace(forward_failed=lambda cid, pid: failed.append((cid, pid)) or [cid]),
-            _do=lambda acts, now: done.extend(acts), dropped={})
-        Agent._flush(agent)
+        outbox = _outbox(
+            SimpleNamespace(flush=lambda: unsent),
+            SimpleNamespace(member_at=lambda a: SimpleNamespace(info=SimpleNamespace(id="p1"))),
+            SimpleNamespace(forward_failed=lambda cid, pid: failed.append((cid, pid)) or [cid]),
+            done)
+        outbox.flush()
         assert failed == [("c0", "p1"), ("c1", "p1"), ("c2", "p1")] and done == ["c0", "c1", "c2"]
-        assert agent.dropped == {}  # (the cancel: counted by the transport, not twice)
+        assert outbox.dropped == {}  # (the cancel: counted by the transport, not twice)
     finally:
         t.close()
 
@@ -103,10 +112,9 @@ def test_an_answer_our_router_cannot_route_to_a_member_goes_over_our_own_connect
     finally:
         t.close()
 
-    sent, agent = [], SimpleNamespace(
-        transport=SimpleNamespace(flush=lambda: unsent),
-        members=SimpleNamespace(members={member.hex(): object()}),
-        _do=lambda acts, now: sent.extend(acts), dropped={})
-    Agent._flush(agent)
+    sent = []
+    outbox = _outbox(SimpleNamespace(flush=lambda: unsent),
+                     SimpleNamespace(members={member.hex(): object()}), None, sent)
+    outbox.flush()
     assert len(sent) == 1 and sent[0].peer_id == member.hex() and sent[0].message == result
-    assert agent.dropped == {}  # (the cancel: counted by the transport, not twice)
+    assert outbox.dropped == {}  # (the cancel: counted by the transport, not twice)

@@ -92,7 +92,6 @@ def test_tree_shape_repair_and_reroot(agents):
     took = time.monotonic() - t0
     assert doc["root"] == by_name["server"].id
     print(f"tree shaped {took:.1f} s after every agent was ready")
-    assert took < 15, took  # generous: performance is measured, not asserted; the figure is printed
     cli = json.loads(run_cli("tree", "--agent", by_name["dev2b"].comm, "--format", "json").stdout)
     assert parents(cli) == dict(EXPECTED, server=None)
     text = run_cli("tree", "--agent", by_name["server"].comm)

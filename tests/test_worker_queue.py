@@ -215,8 +215,11 @@ def test_a_call_that_lends_its_slot_gives_back_the_calls_behind_it(pool, tmp_pat
     w.queue.append("w2")
     w.conn.send(cbor2.dumps(["call", "w2", "tests.test_worker_queue:note",
                              pickle.dumps(((log, "w2"), {})), False, 0, 0]))
-    # the pool itself gives no call to a worker whose call lends its slot: a new worker
+    # the pool itself gives no call to a worker whose call lends its slot: the call waits
+    # for a worker (taking no slot meanwhile) until pump starts one for it, a stand-in
     pool.run(mk("w3", "tests.test_worker_queue:note", log, "w3"), behind=True)
+    assert [c.call_id for c in pool.held] == ["w3"] and pool.lends[-1] == ("w3", True)
+    assert pool.pump() and pool.lends[-1] == ("w3", False)
     assert len(pool.workers) == 2 and pool.workers[1].call_id == "w3"
     collect(pool, results, lambda: "lender" in results and "w3" in results)
     assert pool.unstarted == ["w1", "w2"] and set(results) == {"lender", "w3"}

@@ -1,23 +1,48 @@
 """What reaches an agent from the network and from programs on its device: frames from its
-ROUTER (clients over TCP, members), from its local socket's connections (``mesh.wire.localconn``)
-and from its DEALERs to members, decoded and handed to the cores (membership, the tree, the
-dispatcher) as events.
+ROUTER (clients over TCP, members), from its local socket's connections
+(``mesh.agent.localserver``) and from its DEALERs to members, decoded (``Batch``es opened)
+and handed, message by message, to the handler registered for the message's type.
 
-``AgentInput`` is a mixin of ``mesh.agent.agent.Agent`` (it uses the agent's transport, cores and
-counters; the agent's loop calls ``_read_router``, ``_read_local`` and ``_read_dealer``
-when the poll says so).
+``Input`` owns that table: one handler per message type, whatever socket the message
+came on. Each part registers the messages it handles in its own constructor (the peers:
+membership and tree messages; the object service: ``Fetch``, ``Free``, ``Object``; the
+queries: ``Query``, ``Resources``), saying where they may come from: on our ROUTER
+(requests from clients and members, answered by the connection's identity) and/or over
+our own connections to members (answers to what we sent). What comes from elsewhere, or
+is of no registered type, is dropped and counted as "unexpected". Input itself hands
+calls to the dispatcher (``Call``, ``Cancel``, ``Reclaim``; ``Result`` and ``Handback``
+from a member, on either socket) and the ledger's leases: a ``Holds`` question (from a
+member or a client) is answered at once on its connection, a member's ``Held`` answer to
+ours is taken on either socket, every frame on our ROUTER or local socket tells the
+dispatcher its client is still there (``heard``), and a local connection that closed
+stops its calls (``client_gone``). A handler is called as ``handler(msg, identity,
+peer_id, address, now)``: ``identity`` is the ROUTER connection (None over our own
+connections), ``peer_id`` the member that sent it if known, ``address`` our connection's
+(None on the ROUTER). The agent's loop calls ``read_router``, ``read_local`` and
+``read_dealer`` when the poll says so.
+
+A handler that raises costs that message only (``mesh.agent.faults``): the exception is
+counted and logged with the message's type and sender, and the next message is read. A
+``Call`` whose handling failed before the dispatcher took it fails for its caller at
+once (``AgentFault``), so that nobody waits for it.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from collections.abc import Callable
 
 import zmq
 
+from mesh.agent.actions import Actions
+from mesh.agent.faults import Faults
+from mesh.agent.transport import Transport
 from mesh.discovery import membership as mb
 from mesh.errors import DecodeError
+from mesh.sched import dispatch as dp
 from mesh.wire import messages as m
-from mesh.wire.localconn import FrameStream, StreamClosed
+from mesh.wire.framing import FrameStream, StreamClosed
 from mesh.wire.localsock import LOCAL_TAG
 
 log = logging.getLogger("mesh.agent")
@@ -25,27 +50,61 @@ MAX_BATCH = 256  # frames read from one socket before looking at the others
 _EVENTS, _POLLIN = zmq.EVENTS, int(zmq.POLLIN)
 
 
-class AgentInput:
-    """Reading and dispatching input (a mixin of ``Agent``)."""
+class Input:
+    def __init__(self, max_frame: int, members: mb.Membership, dispatcher: dp.Dispatcher,
+                 transport: Transport, actions: Actions, dropped: Counter, faults: Faults) -> None:
+        self.max_frame = max_frame
+        self.members = members
+        self.dispatcher = dispatcher
+        self.transport = transport
+        self.actions = actions
+        self.dropped = dropped  # the agent's drop reasons (this part counts most of them)
+        self.faults = faults
+        self._router: dict[type, Callable] = {}  # message type -> handler, on our ROUTER
+        self._dealer: dict[type, Callable] = {}  # ... over our own connections
+        self.bytes_in = 0
+        self.batches_in = 0  # Batch frames received (from clients), and the frames in them
+        self.batched_in = 0
+        self.handle(m.Call, self._call)
+        self.handle(m.Cancel, self._cancel)
+        self.handle(m.Reclaim, self._reclaim)
+        self.handle(m.Result, self._result, dealer=True)  # (a delegate's, or a far holder's)
+        self.handle(m.Handback, self._handback, dealer=True)
+        self.handle(m.Holds, self._holds)  # a lease question, from a member or a client
+        self.handle(m.Held, self._held, dealer=True)  # the answer to ours (on our ROUTER
+        # when the member's could not route it)
+
+    def handle(self, kind: type, handler: Callable, router: bool = True,
+               dealer: bool = False) -> None:
+        """Hand messages of type ``kind`` to ``handler``, when they come on our ROUTER
+        (``router``) and/or over our own connections (``dealer``). One handler per type."""
+        if kind in self._router or kind in self._dealer:
+            raise ValueError(f"{kind.__name__} already has a handler")
+        if router:
+            self._router[kind] = handler
+        if dealer:
+            self._dealer[kind] = handler
+
+    # ------------------------------------------------------------------ reading
 
     def _unbatch(self, batch: m.Batch) -> list[m.Message]:
-        msgs, errors = m.unbatch(batch, self.config.max_frame)
+        msgs, errors = m.unbatch(batch, self.max_frame)
         self.batches_in += 1
         self.batched_in += len(batch.frames)
         for exc in errors:
-            self.dropped[exc.reason] = self.dropped.get(exc.reason, 0) + 1
+            self.dropped[exc.reason] += 1
             log.debug("dropped a frame in a batch: %s", exc)
         return msgs
 
     def _decode(self, frame: bytes) -> m.Message | None:
         try:
-            return m.decode(frame, self.config.max_frame)
+            return m.decode(frame, self.max_frame)
         except DecodeError as exc:
-            self.dropped[exc.reason] = self.dropped.get(exc.reason, 0) + 1
+            self.dropped[exc.reason] += 1
             log.debug("dropped a frame: %s", exc)
             return None
 
-    def _read_router(self, now: float, router: zmq.Socket) -> None:
+    def read_router(self, router: zmq.Socket, now: float) -> None:
         """Read what the poll said is waiting, up to MAX_BATCH messages. Whether one more
         is there is asked of the socket (EVENTS) after each: cheaper than the exception
         (zmq.Again) that reading an empty socket raises. A client's identity may not
@@ -58,33 +117,34 @@ class AgentInput:
             if len(parts) == 2:
                 identity, frame = parts
                 if identity[:1] == LOCAL_TAG and len(identity) != 16:
-                    self.dropped["identity"] = self.dropped.get("identity", 0) + 1
+                    self.dropped["identity"] += 1
                     continue
                 self._on_frame(identity, frame, now)
             else:
-                self.dropped["frames"] = self.dropped.get("frames", 0) + 1
+                self.dropped["frames"] += 1
             if not router.get(_EVENTS) & _POLLIN:
                 return
 
-    def _read_local(self, stream: FrameStream, now: float) -> None:
-        """A local connection (``mesh.wire.localconn``) is readable, or writable again."""
+    def read_local(self, stream: FrameStream, now: float) -> None:
+        """A local connection (``mesh.agent.localserver``) is readable, or writable again."""
         if stream.out and not self.transport.flush_local(stream):
             return
         try:
             frames = stream.frames()
         except StreamClosed as exc:  # (closed, or a frame over the limit)
             if exc.oversized:
-                self.dropped["oversized"] = self.dropped.get("oversized", 0) + 1
+                self.dropped["oversized"] += 1
             log.debug("local connection closed: %s", exc)
             self.transport.drop_local(stream)
-            self._do(self.dispatcher.client_gone(stream.identity), now)  # (nobody reads its results)
+            # (nobody will read its results: its calls stop)
+            self.actions.do(self.dispatcher.client_gone(stream.identity), now)
             return
         identity = stream.identity
         for frame in frames:
             self._on_frame(identity, frame, now)
 
     def _on_frame(self, identity: bytes, frame: bytes, now: float) -> None:
-        """A frame from a client or a member: a message, or a batch of them."""
+        """A frame from a client or a member on our ROUTER: a message, or a batch of them."""
         self.bytes_in += len(frame)
         self.dispatcher.heard(identity)  # (a client's calls stay while it talks: leases)
         msg = self._decode(frame)
@@ -99,43 +159,18 @@ class AgentInput:
         if peer_id is not None and peer_id not in self.members.members:
             peer_id = None
         if peer_id is not None:
-            self._do(self.members.heard_from(peer_id, now), now)
-        if isinstance(msg, mb.ROUTER_MESSAGES):
-            self._do(self.members.receive(msg, now, identity=identity), now)
-            if isinstance(msg, m.Ping):
-                self._peer_load(msg.sender, msg.load, now)
-        elif isinstance(msg, m.TreeAdvert):
-            member = self.members.members.get(msg.sender)
-            if peer_id != msg.sender or member is None or member.state not in ("alive", "suspect"):
-                self.dropped["tree_advert"] = self.dropped.get("tree_advert", 0) + 1
-            else:
-                self._do(self.tree.heard(peer_id, msg.advert, member.rtt, now), now)
-        elif isinstance(msg, m.Call):
-            self._do(self.dispatcher.submit(msg, identity, peer_id, now), now)
-        elif isinstance(msg, m.Cancel):
-            self._do(self.dispatcher.cancel(msg.call_id, identity, msg.owner), now)
-        elif isinstance(msg, m.Holds):  # a lease question, from a member or a client
-            self.transport.reply(identity, m.encode(self.dispatcher.holding(msg.call_ids, identity)))
-        elif isinstance(msg, m.Held) and peer_id is not None:  # (its ROUTER could not answer)
-            self._do(self.dispatcher.held(msg.held, msg.unknown, peer_id), now)
-        elif isinstance(msg, m.Fetch):
-            self._on_fetch(identity, peer_id, msg, now)
-        elif isinstance(msg, m.Free):
-            self._on_free(msg, peer_id, now)
-        elif isinstance(msg, m.Result) and peer_id is not None:  # a far holder answering us
-            self._do(self.dispatcher.remote_result(msg, peer_id), now)
-        elif isinstance(msg, m.Handback) and peer_id is not None:
-            self._do(self.dispatcher.handed_back(msg.call_id, peer_id), now)
-        elif isinstance(msg, m.Reclaim) and peer_id is not None:  # an idle peer (work stealing)
-            self._do(self.dispatcher.reclaim(msg.call_ids, peer_id, msg.free, msg.queued), now)
-        elif isinstance(msg, m.Query):
-            self.transport.reply(identity, m.encode(self._answer(msg)))
-        elif isinstance(msg, m.Resources):
-            self.transport.reply(identity, m.encode(self.change_resources(msg, now)))
-        else:
-            self.dropped["unexpected"] = self.dropped.get("unexpected", 0) + 1
+            self.actions.do(self.members.heard_from(peer_id, now), now)
+        handler = self._router.get(type(msg))
+        if handler is None:
+            self.dropped["unexpected"] += 1
+            return
+        try:
+            handler(msg, identity, peer_id, None, now)
+        except Exception as exc:  # (a bug, or a resource refused: this message only)
+            self._failed(msg, identity, peer_id, None, exc, now)
 
-    def _read_dealer(self, sock: zmq.Socket, address: str, now: float) -> None:
+    def read_dealer(self, sock: zmq.Socket, address: str, now: float) -> None:
+        """Our connection to the member at ``address`` is readable."""
         for _ in range(MAX_BATCH):
             try:
                 frame = sock.recv(zmq.NOBLOCK)
@@ -146,33 +181,77 @@ class AgentInput:
             if msg is None:
                 continue
             member = self.members.member_at(address)
-            if member is not None:
-                self._do(self.members.heard_from(member.info.id, now), now)
+            peer_id = None if member is None else member.info.id
+            if peer_id is not None:
+                self.actions.do(self.members.heard_from(peer_id, now), now)
             for one in (self._unbatch(msg) if type(msg) is m.Batch else (msg,)):
-                self._on_dealer(one, member, address, now)
-                if address not in self.transport.dealers:
-                    return  # the message made us close this connection
+                handler = self._dealer.get(type(one))
+                if handler is None:
+                    self.dropped["unexpected"] += 1
+                else:
+                    try:
+                        handler(one, None, peer_id, address, now)
+                    except Exception as exc:  # (this message only)
+                        self._failed(one, None, peer_id, address, exc, now)
+                if self.transport.dealers.get(address) is not sock:
+                    return  # the message made us close this connection (or open a new one)
 
-    def _on_dealer(self, msg: m.Message, member, address: str, now: float) -> None:
-        if isinstance(msg, mb.DEALER_MESSAGES):
-            self._do(self.members.receive(msg, now, via=address), now)
-            if isinstance(msg, m.Pong):
-                self._peer_load(msg.sender, msg.load, now)
-        elif isinstance(msg, m.Result) and member is not None:
-            self._do(self.dispatcher.remote_result(msg, member.info.id), now)
-        elif isinstance(msg, m.Object):
-            self._do(self.objects.fetched(msg.oid, msg.data if msg.ok else None, msg.error), now)
-        elif isinstance(msg, m.Handback) and member is not None:
-            self._do(self.dispatcher.handed_back(msg.call_id, member.info.id), now)
-        elif isinstance(msg, m.Held) and member is not None:  # the answer to our lease question
-            self._do(self.dispatcher.held(msg.held, msg.unknown, member.info.id), now)
+    def _failed(self, msg: m.Message, identity: bytes | None, peer_id: str | None,
+                address: str | None, exc: Exception, now: float) -> None:
+        """Handling ``msg`` raised: counted and logged; a call nobody took fails at once."""
+        kind = type(msg).__name__
+        if peer_id is not None:
+            member = self.members.members.get(peer_id)
+            sender = f"member {member.info.name if member is not None else peer_id[:8]}"
+        elif address is not None:
+            sender = address
         else:
-            self.dropped["unexpected"] = self.dropped.get("unexpected", 0) + 1
+            sender = f"client {identity.hex()[:16]}"
+        self.faults.caught(f"input:{kind}", f"a {kind} from {sender}", exc, now)
+        if type(msg) is m.Call and identity is not None and msg.call_id not in self.dispatcher.pending:
+            self.transport.reply(identity, m.encode(m.Result(
+                msg.call_id, False, b"", self.members.me.name, "AgentFault",
+                f"the agent failed to take this call: {type(exc).__name__}: {str(exc)[:200]}")))
 
-    def _peer_load(self, sender: m.NodeInfo, load: m.Load, now: float) -> None:
-        member = self.members.members.get(sender.id)
-        if member is None or member.state != "alive":
+    # ------------------------------------------------------------------ the dispatcher's
+
+    def _call(self, msg: m.Call, identity: bytes, peer_id: str | None, address: None,
+              now: float) -> None:
+        self.actions.do(self.dispatcher.submit(msg, identity, peer_id, now), now)
+
+    def _cancel(self, msg: m.Cancel, identity: bytes, peer_id: str | None, address: None,
+                now: float) -> None:
+        self.actions.do(self.dispatcher.cancel(msg.call_id, identity, msg.owner), now)
+
+    def _reclaim(self, msg: m.Reclaim, identity: bytes, peer_id: str | None, address: None,
+                 now: float) -> None:
+        if peer_id is None:  # (an idle peer asks for calls back: work stealing)
+            self.dropped["unexpected"] += 1
             return
-        acts = self.dispatcher.peer_load(sender.id, sender.name, load.cpus, load.free, member.rtt,
-                                         load.queued, load.speed, load.memory, load.labels)
-        self._do(acts, now)
+        self.actions.do(self.dispatcher.reclaim(msg.call_ids, peer_id, msg.free, msg.queued), now)
+
+    def _result(self, msg: m.Result, identity: bytes | None, peer_id: str | None,
+                address: str | None, now: float) -> None:
+        if peer_id is None:  # (from a member only)
+            self.dropped["unexpected"] += 1
+            return
+        self.actions.do(self.dispatcher.remote_result(msg, peer_id), now)
+
+    def _handback(self, msg: m.Handback, identity: bytes | None, peer_id: str | None,
+                  address: str | None, now: float) -> None:
+        if peer_id is None:  # (from a member only)
+            self.dropped["unexpected"] += 1
+            return
+        self.actions.do(self.dispatcher.handed_back(msg.call_id, peer_id), now)
+
+    def _holds(self, msg: m.Holds, identity: bytes, peer_id: str | None, address: None,
+               now: float) -> None:
+        """Which of these calls we hold for the connection that asks (``Held``, at once)."""
+        self.transport.reply(identity, m.encode(self.dispatcher.holding(msg.call_ids, identity)))
+
+    def _held(self, msg: m.Held, identity: bytes | None, peer_id: str | None,
+              address: str | None, now: float) -> None:
+        if peer_id is None:  # (from a member only)
+            self.dropped["unexpected"] += 1
+            return
+        self.actions.do(self.dispatcher.held(msg.held, msg.unknown, peer_id), now)

@@ -34,11 +34,46 @@ blocks on other tasks (it lends its slot, ``mesh.program.slot``): they are place
 nothing waits long behind a long call and nested graphs cannot deadlock. A call is
 started by the worker or given back by it, never both: its thread decides, under one
 lock.
+
+Stand-ins and their cap. A call that blocks on other tasks lends its slot: the
+dispatcher may then give this agent another call, and when no worker is idle a new one
+is started for it, a stand-in, retired once idle beyond the pool's size. Workers are
+capped: at most ``cap`` (``MESH_MAX_WORKERS``; default 4 per slot + 8), stand-ins
+included. A call for which no worker is idle waits in the pool (``held``) and takes no
+slot meanwhile (the dispatcher is told it lends its slot, as a blocked call does: it may
+hand over more, which wait too). ``pump`` starts waiting calls newest first, each when a
+slot is free (fewer calls run unblocked than there are slots) and a worker can take it:
+an idle one, or a new one below the cap. Newest first is depth first: the calls a
+blocked call waits for are, as a rule, the last ones submitted, so they run before
+older work and the blocked calls are mostly ancestors of the running ones. fib(12)
+with nested tasks on one slot starts ~18 workers this way, where the order in which
+calls arrived (breadth first) took ~180 (and fib(10) 12 instead of ~70). Not exactly
+the depth of the recursion: nested calls and resumptions reach the agent a moment after
+the events that cause them, and the pool goes on meanwhile. (A call waiting here is
+running here for the dispatcher: it is no longer offered to peers, as a call started in
+a stand-in was not; a lend hands the pool what the backlog holds then, not one call.)
+
+Why waiting cannot deadlock: a call waits only while a worker runs a call that is not
+blocked (that call ends or blocks, and either makes the pool look again), or while
+every worker's call is blocked, the one state that nothing here would ever end. Then,
+once no worker has said anything for ``QUIET`` (a resumption on its way would have),
+one more worker starts, past the cap (``over_cap`` counts them, the log says so):
+progress before the bound. So the cap is exceeded only by a recursion that needs more
+workers than the cap, and then by about what it needs.
+
+What the system refuses and what workers garble costs calls, never the agent. A worker
+that cannot be started (``fork`` or ``socketpair`` fails: out of processes, descriptors
+or memory) fails the newest waiting call with ``WorkerUnavailable`` naming the cause,
+unless a worker will free (then the call waits for it); at start or after a crash the
+pool just stays smaller and starts a worker when a call needs one. A frame from a worker that is not one of those above, with the types
+above, means its channel is broken: the worker is killed and replaced as if it had
+died, and its call fails (``WorkerDied``, saying what it sent).
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import os
 import signal
@@ -73,6 +108,18 @@ MAX_DEPTH = int(os.environ.get("MESH_WORKER_DEPTH", "16"))  # calls per slot at 
 SLOW_MIN = 0.02  # s: a call running longer than this and SLOW_FACTOR x the mean is long
 SLOW_FACTOR = 4.0
 MIN_SAMPLES = 8  # run times seen before calls may wait at workers
+# the most worker processes (stand-ins included); unset: 4 per slot + 8 (WorkerPool.cap)
+MAX_WORKERS = int(os.environ["MESH_MAX_WORKERS"]) if os.environ.get("MESH_MAX_WORKERS") else None
+LOG_EVERY = 60.0  # seconds between two log lines about workers the system would not start
+QUIET = 0.1  # s without a word from any worker before one starts past the cap
+
+
+def cannot_start(exc: OSError) -> str:
+    """What a failure to start a worker process means, for logs and errors."""
+    cause = {errno.EAGAIN: "out of processes?", errno.EMFILE: "out of file descriptors",
+             errno.ENFILE: "the system is out of file descriptors",
+             errno.ENOMEM: "out of memory"}.get(exc.errno or 0, "")
+    return f"cannot start a worker process: {exc.strerror or exc}" + (f" ({cause})" if cause else "")
 
 
 @dataclass
@@ -97,7 +144,8 @@ class Worker:
 class WorkerPool:
     """``size`` worker processes; the dispatcher never gives it more calls than slots."""
 
-    def __init__(self, size: int, agent_name: str, env: dict | None = None) -> None:
+    def __init__(self, size: int, agent_name: str, env: dict | None = None,
+                 max_workers: int | None = None) -> None:
         self.agent_name = agent_name
         self.env = env  # extra environment of workers (how nested tasks reach the agent)
         self.workers: list[Worker] = []
@@ -116,6 +164,15 @@ class WorkerPool:
         self.run_time: float | None = None  # mean seconds a call ran here lately (EWMA)
         self.samples = 0
         self.withdrawals = 0  # times a worker was asked to give back its waiting calls
+        self.spawn_failures = 0  # workers the system would not start (processes, descriptors)
+        self._spawn_logged = -LOG_EVERY  # when a failure to start a worker was last logged
+        self.held: list[Call] = []  # calls waiting for a worker (none idle), newest last
+        self.failed: list[Result] = []  # calls that could not start, read by the agent
+        self.max_workers = MAX_WORKERS if max_workers is None else max_workers  # (see cap)
+        self.over_cap = 0  # workers started past the cap (every worker's call was blocked)
+        self._over_logged = -LOG_EVERY
+        self.peak = 0  # the most workers there were at once
+        self._heard = 0.0  # when a worker last sent something
         self.target = size
         self._closed = False
         self.resize(size)
@@ -124,28 +181,61 @@ class WorkerPool:
 
     def _spawn(self) -> Worker:
         parent, child = socket.socketpair()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mesh.agent.worker", str(child.fileno()), self.agent_name],
-            pass_fds=(child.fileno(),),
-            stdin=subprocess.DEVNULL,
-            env=None if self.env is None else {**os.environ, **self.env},
-            start_new_session=False,
-            preexec_fn=_die_with_agent if _prctl is not None else None,
-        )
-        child.close()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "mesh.agent.worker", str(child.fileno()), self.agent_name],
+                pass_fds=(child.fileno(),),
+                stdin=subprocess.DEVNULL,
+                env=None if self.env is None else {**os.environ, **self.env},
+                start_new_session=False,
+                preexec_fn=_die_with_agent if _prctl is not None else None,
+            )
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
         conn = FrameSocket(parent)
         return Worker(proc, conn)
 
+    def _start_worker(self) -> Worker:
+        """A new worker, in the pool. Raises OSError when the system will not start one
+        (counted in ``spawn_failures``, logged at most once a minute)."""
+        try:
+            w = self._spawn()
+        except OSError as exc:
+            self.spawn_failures += 1
+            now = time.monotonic()
+            if now - self._spawn_logged >= LOG_EVERY:
+                self._spawn_logged = now
+                log.warning("%s (%d time(s) so far); the calls that need a new worker fail",
+                            cannot_start(exc), self.spawn_failures)
+            raise
+        self.workers.append(w)
+        self.generation += 1
+        self.peak = max(self.peak, len(self.workers))
+        return w
+
+    def unavailable(self, call_id: str, why: str) -> Result:
+        """The failure of a call no worker could take."""
+        return Result(call_id, False, b"", self.agent_name, "WorkerUnavailable",
+                      f"no worker process could take this call on {self.agent_name}: {why}", "")
+
     def resize(self, size: int) -> None:
-        """Grow at once; shrink by retiring idle workers now and busy ones when their
-        call finishes (COMPSs' lazy reduce)."""
+        """Grow at once (as far as the system lets us: the rest when calls need them);
+        shrink by retiring idle workers now and busy ones when their call finishes
+        (COMPSs' lazy reduce)."""
         self.target = max(size, 0)
         while len(self.workers) < self.target:
-            self.workers.append(self._spawn())
-            self.generation += 1
+            try:
+                self._start_worker()
+            except OSError:
+                break
         self._retire_idle()
 
     def _retire_idle(self) -> None:
+        if self.held:  # (calls wait for a worker: the idle ones take them)
+            return
         # a worker whose call lent its slot does not count: its stand-in stays
         excess = len(self.workers) - self.target - sum(1 for w in self.workers if w.lent)
         for w in [w for w in self.workers if w.call_id is None][: max(excess, 0)]:
@@ -172,6 +262,7 @@ class WorkerPool:
                 w.proc.kill()
                 w.proc.wait(1)
         self.workers.clear()
+        self.held.clear()
         self.generation += 1
 
     def _stop(self, w: Worker) -> None:
@@ -187,12 +278,12 @@ class WorkerPool:
 
     # ------------------------------------------------------------------ calls
 
-    def run(self, call: Call, behind: bool = False, now: float | None = None) -> Result | None:
-        """Hand ``call`` to an idle worker; when every worker is busy (some of them
-        blocked with their slot lent, see ``mesh.program.slot``), start one more, retired once
-        idle. ``behind``: no slot is free, the call waits at the busy worker with the
-        fewest calls (not one whose call lent its slot or runs long). Returns a failure
-        ``Result`` only if the worker died at once."""
+    def run(self, call: Call, behind: bool = False, now: float | None = None) -> None:
+        """Hand ``call`` to an idle worker. ``behind``: no slot is free, the call waits at
+        the busy worker with the fewest calls (not one whose call lent its slot or runs
+        long). When no worker can take it now, the call waits in ``held`` (and takes no
+        slot meanwhile: ``lends`` says so) until ``pump`` starts it, in a stand-in below
+        the cap or in a worker that frees. Calls that could not start go to ``failed``."""
         if behind:
             now = time.monotonic() if now is None else now
             limit = self._slow_limit()
@@ -204,9 +295,12 @@ class WorkerPool:
         else:
             w = next((w for w in self.workers if not w.queue), None)
         if w is None:
-            w = self._spawn()
-            self.workers.append(w)
-            self.generation += 1
+            self.held.append(call)
+            self.lends.append((call.call_id, True))  # (waiting here, it takes no slot)
+            return
+        self._hand(w, call, now)
+
+    def _hand(self, w: Worker, call: Call, now: float | None) -> None:
         w.queue.append(call.call_id)
         if len(w.queue) == 1:
             w.started = time.monotonic() if now is None else now
@@ -215,8 +309,59 @@ class WorkerPool:
             w.conn.send(cbor2.dumps(["call", call.call_id, call.function, call.payload,
                                      call.want_json, self.inline_max, room]))
         except OSError:
-            return self._crashed(w)
-        return None
+            failed = self._crashed(w)
+            if failed is not None:
+                self.failed.append(failed)
+
+    @property
+    def cap(self) -> int:
+        """The most workers there may be (but see ``pump``: past it only so that waiting ends)."""
+        cap = self.max_workers if self.max_workers is not None else 4 * self.target + 8
+        return max(cap, self.target, 1)
+
+    def _unblocked(self) -> int:
+        """Workers running a call that does not lend its slot: the slots taken here."""
+        return sum(1 for w in self.workers if w.queue and not w.lent)
+
+    def pump(self, now: float | None = None) -> bool:
+        """Start calls that wait for a worker (``held``), newest first, while fewer calls
+        run unblocked than there are slots and a worker can take one: an idle one, a new
+        one below the cap, or a new one past the cap when every worker's call is blocked
+        (else nothing would ever free one). A worker the system will not start fails the
+        newest waiting call, unless a worker will free (then it waits for that one).
+        Returns whether anything started or failed."""
+        did = False
+        now = time.monotonic() if now is None else now
+        while self.held and self._unblocked() < self.target:
+            w = next((w for w in self.workers if not w.queue), None)
+            if w is None:
+                over = len(self.workers) >= self.cap
+                if over and not all(w.lent for w in self.workers):
+                    break  # a worker runs a call that is not blocked: it ends or blocks
+                if over and now - self._heard < QUIET:
+                    break  # (a blocked call may be about to resume: its result is on its way)
+                try:
+                    w = self._start_worker()
+                except OSError as exc:
+                    if self._unblocked():
+                        break  # (a worker will free: the call waits for it)
+                    call = self.held.pop()  # (still lent: its failure takes no slot back)
+                    self.failed.append(self.unavailable(call.call_id, cannot_start(exc)))
+                    did = True
+                    continue
+                if over:
+                    self.over_cap += 1
+                    t = time.monotonic()
+                    if t - self._over_logged >= LOG_EVERY:
+                        self._over_logged = t
+                        log.warning("every one of the %d workers waits for nested calls: started "
+                                    "one more, past the cap of %d (MESH_MAX_WORKERS); %d time(s) "
+                                    "so far", len(self.workers) - 1, self.cap, self.over_cap)
+            call = self.held.pop()
+            self.lends.append((call.call_id, False))  # (it takes its slot again)
+            self._hand(w, call, now)
+            did = True
+        return did
 
     def depth(self, now: float | None = None) -> int:
         """Calls a slot may hold now (``Dispatcher.depth``): 1 until calls ran here, or
@@ -279,6 +424,10 @@ class WorkerPool:
         and a new one started in its place (the calls that waited behind it come back
         as ``unstarted``); a call still waiting at a worker is withdrawn (should it have
         started meanwhile, its result is dropped). Nothing is reported for the call."""
+        held = next((c for c in self.held if c.call_id == call_id), None)
+        if held is not None:  # (it waited for a worker: it never reaches one)
+            self.held.remove(held)
+            return "withdrawn"
         w = next((w for w in self.workers if call_id in w.queue), None)
         if w is None:
             return None
@@ -306,15 +455,26 @@ class WorkerPool:
         as ``unstarted``) and a new worker takes its place."""
         results: list[Result] = []
         conn = w.conn
+        self._heard = time.monotonic() if now is None else now
         try:
             ready = True  # (the poll said so: no system call to ask again)
             while ready or conn.readable():
                 ready = False
-                frame = cbor2.loads(conn.recv())
+                raw = conn.recv()
+                try:
+                    frame = cbor2.loads(raw)
+                except Exception as exc:  # (whatever cbor2 raises on garbage)
+                    raise ValueError(f"not CBOR ({type(exc).__name__}: {exc})") from None
+                if type(frame) is not list:
+                    raise ValueError(f"a frame that is not a list: {frame!r:.80}")
                 if len(frame) != 8:  # not a result: one of the worker's notices
                     self._notice(w, frame)
                     continue
                 call_id, ok, value, error_type, error, tb, text, seconds = frame
+                if not (type(call_id) is str and type(ok) is bool and type(value) is bytes
+                        and type(error_type) is str and type(error) is str and type(tb) is str
+                        and type(text) is str):
+                    raise ValueError(f"a malformed result: {frame!r:.120}")
                 if w.queue and w.queue[0] == call_id:
                     w.queue.popleft()
                     w.lent = w.withdrawn = False
@@ -334,30 +494,38 @@ class WorkerPool:
                     self._retire_idle()  # a reduce was waiting for this call
                     if w not in self.workers:
                         break
-        except (EOFError, OSError, ValueError, TypeError, cbor2.CBORDecodeError):
-            failed = self._crashed(w)
+        except (EOFError, OSError) as exc:  # (it died, or closed its end)
+            failed = self._crashed(w, None if isinstance(exc, EOFError) else str(exc))
+            if failed is not None:
+                results.append(failed)
+        except (ValueError, TypeError) as exc:  # (it sent what a worker never sends)
+            failed = self._crashed(w, f"sent a malformed frame ({exc})")
             if failed is not None:
                 results.append(failed)
         return results
 
     def _notice(self, w: Worker, frame: list) -> None:
-        """A frame from the worker that is not a result; anything else than these
-        is a broken channel (ValueError, as a result of the wrong length would be)."""
+        """A frame from the worker that is not a result; anything else than these, or
+        one of these with other fields, is a broken channel (ValueError)."""
         kind = frame[0] if frame else None
-        if kind == "ready":
+        n = len(frame)
+        if kind == "ready" and n == 2:
             w.ready = True
-        elif kind == "progress":  # [_, call_id, total, done, failed]
+        elif kind == "progress" and n == 5 and type(frame[1]) is str \
+                and all(type(x) is int for x in frame[2:]):  # [_, call_id, total, done, failed]
             self.progress[frame[1]] = {"total": frame[2], "done": frame[3], "failed": frame[4]}
-        elif kind == "lend":  # the task blocks on other tasks, or resumes
+        elif kind == "lend" and n == 3 and type(frame[1]) is str:  # the task blocks, or resumes
             self.lends.append((frame[1], bool(frame[2])))
             w.lent = bool(frame[2])
-        elif kind == "put" and len(frame) == 4 and isinstance(frame[3], bytes):
+        elif kind == "put" and n == 4 and type(frame[1]) is str and type(frame[2]) is str \
+                and type(frame[3]) is bytes:
             self.puts.append((frame[1], frame[2], frame[3]))
-        elif kind == "get" and len(frame) == 4:
-            self.gets.append((w, str(frame[2]), str(frame[3])))
-        elif kind == "hit":  # the worker had the object's bytes already
+        elif kind == "get" and n == 4 and type(frame[2]) is str and type(frame[3]) is str:
+            self.gets.append((w, frame[2], frame[3]))
+        elif kind == "hit" and n == 3:  # the worker had the object's bytes already
             self.worker_hits += 1
-        elif kind == "back" and len(frame) == 2 and isinstance(frame[1], list):
+        elif kind == "back" and n == 2 and type(frame[1]) is list \
+                and all(type(c) is str for c in frame[1]):
             for call_id in frame[1]:  # calls it gave back unstarted (a worker slow to
                 if call_id in w.queue:  # start may give back even the first we gave it)
                     if w.queue[0] == call_id:
@@ -370,20 +538,27 @@ class WorkerPool:
             if len(w.queue) <= 1:
                 w.withdrawn = False
         else:
-            raise ValueError(f"unexpected frame from a worker: {kind!r}")
+            raise ValueError(f"an unexpected frame: {frame!r:.80}")
 
-    def _crashed(self, w: Worker) -> Result | None:
+    def _crashed(self, w: Worker, why: str | None = None) -> Result | None:
+        """``w`` died (``why``: None) or broke its channel (``why`` says how): it is
+        replaced, its call fails, the calls that waited behind it come back."""
         self.crashes += 1
         code = self._replace(w)
         call_id = w.queue.popleft() if w.queue else None
-        log.warning("worker %d exited (code %s) while running %s; starting a new one",
-                    w.proc.pid, code, call_id or "nothing")
+        if why is None:
+            log.warning("worker %d exited (code %s) while running %s; starting a new one",
+                        w.proc.pid, code, call_id or "nothing")
+        else:
+            log.warning("worker %d %s while running %s: stopped; starting a new one",
+                        w.proc.pid, why, call_id or "nothing")
         self._give_back_waiting(w)
         if call_id is None or call_id in self.cancelled:
             self.cancelled.discard(call_id)
             return None
-        return Result(call_id, False, b"", self.agent_name, "WorkerDied",
-                      f"the worker process running this call exited with code {code}", "")
+        text = (f"the worker process running this call exited with code {code}" if why is None
+                else f"the worker process running this call {why}; it was stopped")
+        return Result(call_id, False, b"", self.agent_name, "WorkerDied", text, "")
 
     def _replace(self, w: Worker) -> int | None:
         """Kill ``w`` (if it still runs), drop it, and start a new worker if the pool is
@@ -402,8 +577,10 @@ class WorkerPool:
         except OSError:
             pass
         if not self._closed and len(self.workers) < self.target:
-            self.workers.append(self._spawn())
-            self.generation += 1
+            try:
+                self._start_worker()
+            except OSError:
+                pass  # (a smaller pool for now: a call that needs a worker starts one)
         return code
 
     @property

@@ -10,7 +10,7 @@ loop (``Transport.handle_zap``) admits only clients presenting the mesh's public
 key. A handshake that fails never yields a frame, so nothing from a stranger is
 ever decoded. Without a key (``--insecure``, or loopback) everything is plaintext.
 Programs on this device may come through the local socket instead (a Unix stream
-socket only our user can reach: ``mesh.wire.localsock``, ``mesh.wire.localconn``); the identities
+socket only our user can reach: ``mesh.wire.localsock``, ``mesh.agent.localserver``); the identities
 of its connections start with ``LOCAL_TAG``, so that one ``reply`` serves both.
 Clients connect DEALERs with no identity of their own. Everything is bounded:
 ``MAXMSGSIZE`` makes ZeroMQ drop a connection that sends an oversized frame before
@@ -24,10 +24,11 @@ import logging
 
 import zmq
 
+from mesh.agent.localserver import LocalServer
 from mesh.keys import MeshKey
 from mesh.wire import localsock
 from mesh.wire.curve import HANDSHAKE_FAILED, curve_client, monitor_event
-from mesh.wire.localconn import FrameStream, LocalServer, StreamClosed
+from mesh.wire.framing import FrameStream, StreamClosed
 from mesh.wire.localsock import LOCAL_TAG
 from mesh.wire.messages import MAX_FRAME, batches
 from mesh.wire.poll import Poller

@@ -80,7 +80,6 @@ from mesh.errors import AgentUnreachable, ValueTooLarge
 from mesh.keys import MeshKey
 from mesh.program.taskexec import _execute, dumps
 from mesh.sched.objects import ObjectLost
-from mesh.wire import loss
 from mesh.wire import messages as m
 from mesh.wire.poll import Poller
 
@@ -126,9 +125,12 @@ class Client:
         self.lease_questions = 0  # Holds sent (``Requests.questions``)
         self.requests = Requests(self._lock, resend=self._post, agent=f"the agent at {address}")
         self.heartbeat = Heartbeat()  # (ticked by the client's thread)
-        self.link = loss.install_link(  # (test knob MESH_EMULATE_LOSS; the link itself otherwise)
-            Link(address, self.key, min(timeout, LOCAL_PROBE_S) if local else None,
-                 self._closed, self._wake))
+        self.link = Link(address, self.key, min(timeout, LOCAL_PROBE_S) if local else None,
+                         self._closed, self._wake)
+        if os.environ.get("MESH_EMULATE_LOSS"):  # a test knob: frames lost on purpose
+            from mesh.wire import loss
+
+            self.link = loss.install_link(self.link)
         self._thread = threading.Thread(target=self._loop, name=f"mesh-client-{address}", daemon=True)
         self._thread.start()
         if self.link.stream is None:  # (a local socket answered already)

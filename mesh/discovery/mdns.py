@@ -160,7 +160,8 @@ class MdnsDiscovery:
                                properties=self._properties, addresses=[ip.packed],
                                server=self.service_name[: -len(SERVICE_TYPE)] + "local.")
             assert self._zc.loop is not None  # Zeroconf() waits for its loop thread
-            self._registration = asyncio.run_coroutine_threadsafe(self._register(info), self._zc.loop)
+            self._registration = asyncio.run_coroutine_threadsafe(self._register(self._zc, info),
+                                                                  self._zc.loop)
             self._resolver.start()
             try:
                 self._browser = ServiceBrowser(self._zc, SERVICE_TYPE, handlers=[self._on_change])
@@ -197,13 +198,18 @@ class MdnsDiscovery:
             self._zc, zc = None, self._zc
             zc.close()
 
-    async def _register(self, info: ServiceInfo) -> None:
-        """Probe (~1.2 s), then announce 3 times (~0.45 s); runs in zeroconf's loop."""
+    async def _register(self, zc: Zeroconf, info: ServiceInfo) -> None:
+        """Probe (~1.2 s), then announce 3 times (~0.45 s); runs in zeroconf's loop, on
+        ``zc``, the Zeroconf that ``start`` opened: ``close`` (another thread) may take
+        ``self._zc`` away before this coroutine even begins, and whatever the closing
+        Zeroconf raises then is the close's doing, not a failure to report."""
         try:
-            assert self._zc is not None
-            await (await self._zc.async_register_service(info, allow_name_change=True))
+            await (await zc.async_register_service(info, allow_name_change=True))
             log.debug("mDNS registered %s", info.name)
         except Exception as exc:  # CancelledError (close) is a BaseException and passes
+            if self._closed:
+                log.debug("mDNS registration of %s ended by close(): %r", self.service_name, exc)
+                return
             self.error = f"mDNS registration of {self.service_name} failed: {exc!r}"
             log.warning("%s", self.error)
 

@@ -6,6 +6,8 @@ maintained parser (prometheus_client) and compare with ``mesh status --json``.
 
 from __future__ import annotations
 
+from collections import Counter
+
 
 def _label(value: str) -> str:
     return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
@@ -31,9 +33,8 @@ def render(status: dict, peers: list[dict]) -> str:
            [(dict(agent, state="running"), status["running"]), (dict(agent, state="queued"), status["queued"])])
     metric("mesh_tasks_total", "counter", "Calls finished or delegated by this agent, by outcome.",
            [(dict(agent, state=s), status[s]) for s in ("done", "failed", "forwarded")])
-    states: dict[str, int] = {"alive": 0, "suspect": 0, "dead": 0, "left": 0}
-    for p in peers:
-        states[p["state"]] = states.get(p["state"], 0) + 1
+    states = Counter(dict.fromkeys(("alive", "suspect", "dead", "left"), 0))
+    states.update(p["state"] for p in peers)
     metric("mesh_peers", "gauge", "Known members by state.",
            [(dict(agent, state=s), n) for s, n in sorted(states.items())])
     metric("mesh_peer_rtt_seconds", "gauge", "Smoothed round-trip time to each live member.",

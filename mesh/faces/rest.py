@@ -27,8 +27,9 @@ interface and the token is derived from the key; without one it listens on loopb
 and the token is random, written to the agent's private runtime directory.
 
 Requests are served by a standard-library HTTP server in
-its own threads and answered by the agent's loop through ``Agent.ask`` (no shared
-state). Arguments arrive as JSON and are pickled here (pickle.dumps of plain data;
+its own threads and answered by the agent's loop through the agent's handle
+(``mesh.agent.inbox.AgentHandle``: ``ask``/``query``, no shared state), which whoever
+composes them (``mesh join``) gives the server. Arguments arrive as JSON and are pickled here (pickle.dumps of plain data;
 nothing is ever unpickled in the agent); results come back as JSON made by the
 worker. Bad input gets 400 with a message; unknown paths 404; other methods 405.
 """
@@ -47,6 +48,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from mesh.faces import rest_auth
 from mesh.faces.compss import answers as compss
+from mesh.faces.metrics import render as render_metrics
 from mesh.wire import messages as m
 
 log = logging.getLogger("mesh.rest")
@@ -61,7 +63,7 @@ RESOURCES = sorted([*QUERIES, "/v1/tree", "/v1/calls", "/v1/calls/{id}", "/metri
 
 class _Handler(BaseHTTPRequestHandler):
     server_version = "mesh"
-    agent = None  # set per server class
+    agent = None  # the agent's handle (mesh.agent.inbox.AgentHandle), set per server class
     guard: rest_auth.RestGuard  # set per server class
 
     # ------------------------------------------------------------------ methods
@@ -75,8 +77,8 @@ class _Handler(BaseHTTPRequestHandler):
                 answer = self.agent.ask(QUERIES[path])
                 return self._json(200, answer.body)
             if path == "/metrics":
-                answer = self.agent.ask("metrics")
-                return self._send(200, answer.body.encode(), "text/plain; version=0.0.4; charset=utf-8")
+                text = render_metrics(self.agent.query("status"), self.agent.query("peers"))
+                return self._send(200, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
             if path == "/v1/tree":
                 return self._json(200, self._tree())
             if path == "/COMPSs/test":
@@ -165,7 +167,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _compss_resources_change(self, body: bytes) -> None:
         req = compss.parse_resources(body)
-        own = req.name in (self.agent.config.name, self.agent.config.interface, self.agent.address)
+        own = req.name in (self.agent.name, self.agent.interface, self.agent.address)
         if own and req.cpus > 0:
             answer = self.agent.ask("resources", arg=m.Resources(0, req.kind, req.cpus, ""))
         elif not own and req.kind == "add" and req.address:
@@ -231,9 +233,8 @@ class _Handler(BaseHTTPRequestHandler):
         from mesh.client.client import Client
         from mesh.faces.treeview import gather
 
-        key = self.agent.config.key
-        with Client(self.agent.address, timeout=5, key=key) as client:
-            return gather(lambda address: Client(address, timeout=2, key=key), client)
+        key = self.agent.key  # (our own agent answers through its handle; the others, as clients)
+        return gather(lambda address: Client(address, timeout=2, key=key), self.agent)
 
     def _json(self, code: int, body) -> None:
         self._send(code, json.dumps(body).encode(), "application/json")
@@ -273,8 +274,9 @@ def _call_from_json(body) -> tuple[m.Call | None, str | None]:
 
 
 class RestServer:
-    """REST for ``agent`` on ``host:port``, guarded by ``token`` (``mesh.faces.rest_auth``), which
-    it also writes to the agent's token file (removed by ``close``)."""
+    """REST for an agent on ``host:port``, guarded by ``token`` (``mesh.faces.rest_auth``), which
+    it also writes to the agent's token file (removed by ``close``). ``agent``: the agent's
+    handle (``Agent.handle()``)."""
 
     def __init__(self, agent, host: str, port: int, token: str, rest_open: bool = False) -> None:
         handler = type("Handler", (_Handler,), {"agent": agent})
@@ -289,9 +291,9 @@ class RestServer:
             self.token_file = rest_auth.write_token(agent.address, token)
         except rest_auth.TokenFileError as exc:
             log.warning("REST token file not written (%s): `mesh token` will not find this "
-                        "agent's token%s", exc, "" if agent.config.key is not None else
+                        "agent's token%s", exc, "" if agent.key is not None else
                         ", and without a mesh key nothing else knows it")
-        how = ("derived from the mesh key" if agent.config.key is not None
+        how = ("derived from the mesh key" if agent.key is not None
                else f"random, in {self.token_file or '(no file)'}")
         log.info("REST on http://%s: every request needs Authorization: Bearer <token> (%s; "
                  "`mesh token --agent %s` prints it)", self.address, how, agent.address)

@@ -81,6 +81,7 @@ from mesh.wire.fields import (  # noqa: F401 (the limits and cut: re-exported)
     BATCH_BYTES,
     MAX_DEPTH,
     MAX_FRAME,
+    MAX_INT,
     MAX_LIST,
     MAX_STR,
     MAX_VALUE,
@@ -92,6 +93,7 @@ from mesh.wire.fields import (  # noqa: F401 (the limits and cut: re-exported)
     _Layout,
     _list_checker,
     _optional,
+    _wire_int,
     _wire_list,
     _wire_texts,
     cut,
@@ -159,8 +161,10 @@ class Codec:
         """The encode side of ``checker``: the function that turns a value of type
         ``hint`` into what CBOR carries, within the limits ``decode`` checks (``where``
         names the field in an ``EncodeError``); None for a value sent as it is."""
-        if hint in (bool, int, float, bytes):
+        if hint in (bool, float, bytes):
             return None
+        if hint is int:
+            return _wire_int(where)
         if hint is str:
             return _cut_text
         origin = typing.get_origin(hint)
@@ -319,11 +323,11 @@ class Codec:
             raise DecodeError("cbor", "frame is not a map")
         version = body.get("v")
         if type(version) is not int or version != self.protocol:  # True == 1.0 == 1 in Python
-            raise DecodeError("version", f"protocol {version!r}, expected {self.protocol}")
+            raise DecodeError("version", f"protocol {_shown(version)}, expected {self.protocol}")
         tag = body.get("t")
         cls = self.messages.get(tag) if isinstance(tag, str) else None
         if cls is None:
-            raise DecodeError("type", f"unknown message type {tag!r}")
+            raise DecodeError("type", f"unknown message type {_shown(tag)}")
         decoder = self._decoders.get(cls) or self._decoder(cls)
         return decoder(body, cls.TAG)
 
@@ -432,7 +436,7 @@ class Codec:
         unchanged; when all do, the generic path's first error, if any, is in one of the
         other fields, which are checked here in field order by the same checkers (with
         the generated decoders for records), under the same paths."""
-        ns: dict[str, Any] = {"cls": cls, "new": object.__new__, "MAX_STR": MAX_STR,
+        ns: dict[str, Any] = {"cls": cls, "new": object.__new__, "MAX_STR": MAX_STR, "MAX_INT": MAX_INT,
                               "slow": functools.partial(self.record, cls)}
         lines = ["    if not isinstance(body, dict):",
                  "        return slow(body, where)",
@@ -558,3 +562,13 @@ def _new_error(cls: type, layout: _Layout, fields: dict[str, Any]) -> TypeError:
     missing = [n for n in layout.names if n not in fields]
     return TypeError(f"{cls.__name__}: missing {missing}" if missing else
                      f"{cls.__name__} has no field {sorted(set(fields) - set(layout.names))}")
+
+
+def _shown(value: Any) -> str:
+    """A peer's value, for an error message: short, and never failing (``repr`` of an int
+    of more than 4,300 digits raises ValueError)."""
+    if type(value) is int and not -MAX_INT <= value <= MAX_INT:
+        return f"<an int of {value.bit_length()} bits>"
+    text = repr(value) if isinstance(value, (int, float, str, bytes, bool, type(None))) else \
+        f"<{type(value).__name__}>"
+    return text if len(text) <= 80 else text[:77] + "..."

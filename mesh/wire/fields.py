@@ -25,6 +25,7 @@ MAX_FRAME = 64 * 1024 * 1024  # bytes; larger frames are dropped unread
 MAX_VALUE = MAX_FRAME - (1 << 20)  # the most pickled bytes one message carries (a call's
 # payload, a result's value), leaving room for the rest of its frame: bigger ones are
 # refused where they are made (``mesh.errors.ValueTooLarge``), never sent
+MAX_INT = (1 << 64) - 1  # largest magnitude of an accepted int (CBOR's own integers: 64 bits)
 MAX_STR = 4096  # longest accepted text field or text in a list field (encode cuts longer)
 MAX_LIST = 4096  # longest accepted list field (encode raises EncodeError beyond)
 MAX_DEPTH = 400  # deepest nesting of maps and lists in a frame, its own map included
@@ -68,6 +69,17 @@ def _wire_texts(where: str) -> Wire:
                 return [_cut_text(v) for v in value]
         return value
     return wire_texts
+
+
+def _wire_int(where: str) -> Wire:
+    """An int field for the wire: within MAX_INT (a bigger one would go as a CBOR bignum,
+    which decode refuses: EncodeError, nothing sent)."""
+    def wire_int(value: Any) -> Any:
+        if type(value) is int and not -MAX_INT <= value <= MAX_INT:
+            raise EncodeError(f"{where}: an int of {value.bit_length()} bits, more than the "
+                              "64 that decode accepts")
+        return value
+    return wire_int
 
 
 def _wire_list(item: Wire | None, where: str) -> Wire:
@@ -139,14 +151,15 @@ def _check_bool(value: Any, where: str) -> bool:
 
 
 def _check_int(value: Any, where: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise DecodeError("field", f"{where}: expected int")
+    if not isinstance(value, int) or isinstance(value, bool) or not -MAX_INT <= value <= MAX_INT:
+        raise DecodeError("field", f"{where}: expected an int of at most 64 bits")
     return value
 
 
 def _check_float(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise DecodeError("field", f"{where}: expected number")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            type(value) is int and not -MAX_INT <= value <= MAX_INT):
+        raise DecodeError("field", f"{where}: expected a number (ints of at most 64 bits)")
     return float(value)
 
 
@@ -172,7 +185,7 @@ _SCALARS: dict[Any, Checker] = {
 # ``float`` field given an int, or anything else, goes to the generic path). ``{v}`` is
 # the variable holding the value.
 _EXACT: dict[Any, str] = {
-    Any: "", bool: "({v} is True or {v} is False)", int: "type({v}) is int",
+    Any: "", bool: "({v} is True or {v} is False)", int: "type({v}) is int and -MAX_INT <= {v} <= MAX_INT",
     float: "type({v}) is float", str: "type({v}) is str and len({v}) <= MAX_STR",
     bytes: "type({v}) is bytes",
 }

@@ -16,7 +16,8 @@ connection stays up, membership sees nothing. Keys:
 
 Only a wrapper reads it: ``LossyTransport`` around an agent's ``Transport``, ``LossyLink``
 around a client's ``Link``, made when the variable is set (``install_transport``,
-``install_link``): no cost otherwise. Real deployments never set it.
+``install_link``); the agent and the client import this module only then: no cost
+otherwise. Real deployments never set it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable
 
 from mesh.errors import DecodeError
 from mesh.wire import messages as m
@@ -91,29 +91,28 @@ class Loss:
 
 class LossyTransport:
     """An agent's ``Transport`` whose ``send`` and ``reply`` lose messages as the knob says;
-    everything else is the transport's. ``member_at``: the member name at an address;
-    ``member_of``: the member name of a connection on our ROUTER (None: a client)."""
+    everything else is the transport's. ``members``: the agent's ``Membership`` (the name
+    of the member at an address, or of a connection on our ROUTER; none: a client)."""
 
-    def __init__(self, transport, loss: Loss, member_at: Callable[[str], str | None],
-                 member_of: Callable[[bytes], str | None]) -> None:
+    def __init__(self, transport, loss: Loss, members) -> None:
         self._transport = transport
         self._loss = loss
-        self._member_at = member_at
-        self._member_of = member_of
+        self._members = members
 
     def __getattr__(self, name: str):
         return getattr(self._transport, name)
 
     def send(self, address: str, frame: bytes) -> bool:
-        p = self._loss.settings["peers"].get(self._member_at(address) or "", 0.0)
+        member = self._members.member_at(address)
+        p = 0.0 if member is None else self._loss.settings["peers"].get(member.info.name, 0.0)
         if self._loss.lose(p, frame):
             return True  # (as a full pipe: the sender is none the wiser)
         return self._transport.send(address, frame)
 
     def reply(self, identity: bytes, frame: bytes) -> bool:
-        name = self._member_of(identity)
+        member = self._members.members.get(identity.hex()) if len(identity) == 16 else None
         settings = self._loss.settings
-        p = settings["clients"] if name is None else settings["peers"].get(name, 0.0)
+        p = settings["clients"] if member is None else settings["peers"].get(member.info.name, 0.0)
         if self._loss.lose(p, frame):
             return True
         return self._transport.reply(identity, frame)
@@ -156,12 +155,12 @@ class LossyLink:
         return True if thinned is None else self._link.send(thinned)
 
 
-def install_transport(transport, member_at, member_of, env: dict | None = None):
-    """The transport, wrapped when the knob is set."""
+def install_transport(transport, members, env: dict | None = None):
+    """The agent's transport, wrapped when the knob is set (``members``: its Membership)."""
     settings = from_env(env)
     if settings is None:
         return transport
-    return LossyTransport(transport, Loss(settings), member_at, member_of)
+    return LossyTransport(transport, Loss(settings), members)
 
 
 def install_link(link, env: dict | None = None):
