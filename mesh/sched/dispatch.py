@@ -133,7 +133,15 @@ from mesh.sched.actions import Action, Deliver, Forward, KillLocal, RunLocal, Se
 from mesh.sched.leases import CLIENT_SILENCE, LOSSES_PER_ATTEMPT, Leases
 from mesh.sched.peers import Peers
 from mesh.sched.placement import BEHIND, DELEGATE, RUN, WAIT, Placement, describe
-from mesh.sched.records import LocalSlots, PeerSlots, Pending, Requester, count
+from mesh.sched.records import (
+    MAX_COUNT,
+    MAX_MEMORY,
+    LocalSlots,
+    PeerSlots,
+    Pending,
+    Requester,
+    count,
+)
 from mesh.wire.messages import Call, Cancel, Handback, Held, Holds, Reclaim, Result, evolve
 
 COUNTERS = (
@@ -445,10 +453,13 @@ class Dispatcher:
                   queued: int = 0, speed: float = 1.0, memory: int = 0,
                   labels=()) -> list[Action]:
         """A heartbeat from a live peer told us its capacity (and what it offers)."""
+        if not (0 <= cpus <= MAX_COUNT and 0 <= free <= MAX_COUNT and 0 <= queued <= MAX_COUNT
+                and 0 <= memory <= MAX_MEMORY):  # (a peer's word, within bounds: ``count``)
+            cpus, free, queued, memory = count(cpus), count(free), count(queued), count(memory, MAX_MEMORY)
         was_suspected = self.peers.report(peer_id, PeerSlots(
-            name, count(cpus), count(free), rtt if rtt is not None else 1.0, queued=count(queued),
+            name, cpus, free, rtt if rtt is not None else 1.0, queued=queued,
             speed=min(max(speed, 0.01), 1.0), told=self.local.free,  # (the heartbeats carry both loads)
-            memory=count(memory, 2**62), labels=frozenset(labels)))
+            memory=memory, labels=frozenset(labels)))
         acts: list[Action] = []
         if was_suspected:
             # it answers again: what we sent it while it was out of reach may have been

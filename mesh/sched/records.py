@@ -8,14 +8,15 @@ from dataclasses import dataclass, field
 
 from mesh.wire.messages import Call, Needs
 
-MAX_COUNT = 2**31 - 1  # the most slots, calls or bytes a peer's report is believed to say
+MAX_COUNT = 2**31 - 1  # the most slots or calls a peer's report is believed to say
+MAX_MEMORY = 2**62  # the most bytes
 
 
 def count(n: int, most: int = MAX_COUNT) -> int:
     """A count from the wire (a peer's load, a call's needs), between 0 and ``most``: a
     member's word is taken, not any integer it sends (one of 10**400 made placement
     divide it and raise)."""
-    return min(max(n, 0), most)
+    return n if 0 <= n <= most else (0 if n < 0 else most)
 
 
 def fits(needs: Needs | None, cpus: int, memory: int, labels) -> bool:
