@@ -183,6 +183,30 @@ def test_a_busy_lone_dispatcher_forgets_calls_cancelled_while_they_waited():
     assert run.call.call_id == f"c{CHURN - 10}"  # the first still wanted
 
 
+def test_blocked_calls_are_forgotten_however_they_end():
+    """Nested graphs on a 2-slot agent: each call blocks on a child (lend) and ends by
+    its result, a crash while blocked, its cancellation or a resumption: the record of
+    blocked calls holds only calls that are blocked now."""
+    d = Dispatcher("me", cpus=2, node_id="ME")
+    for i in range(CHURN):
+        parent, child = f"p{i}", f"k{i}"
+        d.submit(Call(parent, "m:f", b""), b"client")
+        d.submit(Call(child, "m:f", b""), b"client")
+        d.lend(parent, True)
+        d.local_done(Result(child, True, b"", "me"))
+        way = i % 3
+        if way == 0:
+            d.local_done(Result(parent, False, b"", "me", "WorkerDied"))  # (blocked still)
+        elif way == 1:
+            d.cancel(parent, b"client")
+        else:
+            d.lend(parent, False)
+            d.local_done(Result(parent, True, b"", "me"))
+        if i % 997 == 0:
+            assert len(d.local.blocked) == 0 and d.running == 0 and not d.pending, i
+    assert d.counters["lent"] == CHURN
+
+
 # ----------------------------------------------------------------------------- membership
 
 

@@ -75,6 +75,7 @@ class LocalSlots:
         self.labels = labels
         self.depth = depth
         self.running = 0
+        self.blocked: set[str] = set()  # calls running here that wait for other tasks (lent)
 
     @property
     def free(self) -> int:
