@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import os
+import time
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,8 +14,10 @@ import pytest
 import zmq
 
 from mesh.agent.actions import Actions
+from mesh.agent.agent import Agent, AgentConfig
 from mesh.agent.faults import STORM, Faults
 from mesh.agent.input import Input
+from mesh.discovery import membership as mb
 from mesh.wire import messages as m
 from tests.conftest import ROOT
 
@@ -166,3 +169,16 @@ def test_the_same_fault_in_a_tight_loop_makes_the_agent_leave_once():
     for i in range(3 * STORM):  # the same error, but once a second: counted, no storm
         slow.caught("tick:tree", "the tree's timers", KeyError("k"), float(i))
     assert slow.storm is None and slow.counts["tick:tree"] == 3 * STORM
+
+
+def test_an_agent_s_first_ping_says_what_it_offers():
+    """Seeds are pinged in start(), before the loop's first tick: that Ping said 0 slots
+    and 0 free, so its seed placed nothing on the new agent until its next one (a RETRY
+    that should go there ran again where it had failed: test_api)."""
+    agent = Agent(AgentConfig(name="fresh", comm_port=0, mdns=False, cpus=2))
+    try:
+        acts = agent.members.add_seed("127.0.0.1:9", time.monotonic())
+        [ping] = [a.message for a in acts if isinstance(a, mb.Send) and isinstance(a.message, m.Ping)]
+        assert (ping.load.cpus, ping.load.free) == (2, 2)
+    finally:
+        agent.close()

@@ -117,6 +117,7 @@ class Agent:
                                         lease=PERIODS * timing.period)
         self.tree = LatencyTree(self.node_id, float(config.cpus), random.Random(self.node_id + "tree"),
                                 TreeConfig(period=TREE_PERIOD[config.profile]), now=self.started)
+        self.members.set_load(self._load())  # (our first Pings, to seeds in start, say it too)
         # the shell's state
         worker_env = {"MESH_WORKER_AGENT": self.address,  # nested tasks reach us here
                       "MESH_AGENT_ID": self.node_id}  # (outputs kept here name us)
