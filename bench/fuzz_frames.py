@@ -108,6 +108,8 @@ def corpus(ids: Ids, rng: random.Random) -> list[m.Message]:
         m.Resources(17, "add", 0, ""), m.Resources(18, "reduce", 5000, ""),
         m.Resources(19, "lost", 0, "nobody-" + _hex(rng, 4)), m.Resources(20, "grow", 1, ""),
         m.Answer(21, "status", {"a": [1, 2.5, None]}, ""),
+        m.Holds(["fz" + _hex(rng, 6), "fz" + _hex(rng, 6)]),  # lease questions and answers
+        m.Held(["fz" + _hex(rng, 6)], ["fz" + _hex(rng, 6)]),
     ]
     inner = [m.encode(x) for x in (out[0], out[11], out[25])]
     out.append(m.Batch(inner))

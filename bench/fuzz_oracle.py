@@ -149,14 +149,14 @@ class Oracle:
         if channel == "reply":
             if isinstance(msg, (m.Pong, m.IndirectAck, m.Nack, m.Object)):
                 out.taken[tag] += 1
-            elif isinstance(msg, (m.Result, m.Handback)):
+            elif isinstance(msg, (m.Result, m.Handback, m.Held)):
                 out.taken[tag] += 1
                 out.maybe["unexpected"] += 1
             else:
                 out.drops["unexpected"] += 1
             return
         if isinstance(msg, (m.Ping, m.PingReq, m.Leave, m.Call, m.Cancel, m.Fetch, m.Free, m.Query,
-                            m.Resources)):
+                            m.Resources, m.Holds)):
             out.taken[tag] += 1
         elif isinstance(msg, m.TreeAdvert):
             if member and msg.sender == self.member_id:
@@ -164,7 +164,7 @@ class Oracle:
                 out.maybe["tree_advert"] += 1
             else:
                 out.drops["tree_advert"] += 1
-        elif isinstance(msg, (m.Result, m.Handback, m.Reclaim)):
+        elif isinstance(msg, (m.Result, m.Handback, m.Reclaim, m.Held)):
             if member:
                 out.taken[tag] += 1
                 out.maybe["unexpected"] += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import os
+import time
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,8 +14,10 @@ import pytest
 import zmq
 
 from mesh.agent.actions import Actions
+from mesh.agent.agent import Agent, AgentConfig
 from mesh.agent.faults import STORM, Faults
 from mesh.agent.input import Input
+from mesh.discovery import membership as mb
 from mesh.wire import messages as m
 from tests.conftest import ROOT
 
@@ -48,8 +51,12 @@ def _input() -> tuple[Input, list]:
                               member_at=lambda address: member if address == "10.0.0.2:1" else None,
                               heard_from=lambda peer_id, now: [])
     dispatcher = SimpleNamespace(remote_result=lambda msg, peer: got.append(("result", msg, peer)) or [],
-                                 handed_back=lambda cid, peer: got.append(("handback", cid, peer)) or [])
-    transport = SimpleNamespace(dealers={"10.0.0.2:1": None, "10.0.0.3:1": None})
+                                 handed_back=lambda cid, peer: got.append(("handback", cid, peer)) or [],
+                                 held=lambda held, unknown, peer: got.append(("held", held, peer)) or [],
+                                 holding=lambda ids, identity: m.Held(ids[:1], ids[1:]),
+                                 heard=lambda identity: None)
+    transport = SimpleNamespace(dealers={"10.0.0.2:1": None, "10.0.0.3:1": None},
+                                reply=lambda identity, frame: got.append(("reply", identity, frame)))
     faults = Faults(lambda: got.append("storm"))
     return Input(m.MAX_FRAME, members, dispatcher, transport, Actions(faults), Counter(), faults), got
 
@@ -62,6 +69,21 @@ def test_results_and_handbacks_from_a_member_are_one_handler_on_either_socket():
     _read(inp, [m.encode(result), m.encode(handback)], "10.0.0.2:1")  # our own
     assert got == [("result", result, MEMBER.hex()), ("handback", "c2", MEMBER.hex())] * 2
     assert inp.dropped == {}
+
+
+def test_lease_questions_are_answered_where_they_came_from_and_answers_taken_on_either_socket():
+    inp, got = _input()
+    inp.dispatcher.heard = lambda identity: got.append(("heard", identity))  # (its calls stay)
+    client = b"\x00" + os.urandom(4)
+    inp._on_frame(client, m.encode(m.Holds(["c1", "c2"])), 0.0)  # a client asks
+    assert got == [("heard", client), ("reply", client, m.encode(m.Held(["c1"], ["c2"])))]
+    got.clear()
+    inp._on_frame(MEMBER, m.encode(m.Held(["c3"], [])), 0.0)  # (its ROUTER could not answer)
+    _read(inp, [m.encode(m.Held(["c4"], []))], "10.0.0.2:1")  # the answer, on our connection
+    inp._on_frame(client, m.encode(m.Held(["c5"], [])), 0.0)  # a client has no lease of ours
+    assert got == [("heard", MEMBER), ("held", ["c3"], MEMBER.hex()), ("held", ["c4"], MEMBER.hex()),
+                   ("heard", client)]
+    assert inp.dropped == {"unexpected": 1}
 
 
 def test_results_from_strangers_and_unregistered_types_are_dropped_and_counted():
@@ -147,3 +169,16 @@ def test_the_same_fault_in_a_tight_loop_makes_the_agent_leave_once():
     for i in range(3 * STORM):  # the same error, but once a second: counted, no storm
         slow.caught("tick:tree", "the tree's timers", KeyError("k"), float(i))
     assert slow.storm is None and slow.counts["tick:tree"] == 3 * STORM
+
+
+def test_an_agent_s_first_ping_says_what_it_offers():
+    """Seeds are pinged in start(), before the loop's first tick: that Ping said 0 slots
+    and 0 free, so its seed placed nothing on the new agent until its next one (a RETRY
+    that should go there ran again where it had failed: test_api)."""
+    agent = Agent(AgentConfig(name="fresh", comm_port=0, mdns=False, cpus=2))
+    try:
+        acts = agent.members.add_seed("127.0.0.1:9", time.monotonic())
+        [ping] = [a.message for a in acts if isinstance(a, mb.Send) and isinstance(a.message, m.Ping)]
+        assert (ping.load.cpus, ping.load.free) == (2, 2)
+    finally:
+        agent.close()

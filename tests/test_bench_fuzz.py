@@ -51,6 +51,10 @@ def test_the_oracle_predicts_the_codecs_reason_and_the_agents_routing():
     pong = m.encode(m.Pong(1, m.NodeInfo(IDS.member, "x", "a:1", 1), m.Load(1, 1, 0, 0)))
     assert o.frame("reply", pong).taken == {"pong": 1}
     assert o.predict("client", [pong]).drops == {"unexpected": 1}
+    holds, held = m.encode(m.Holds(["c1"])), m.encode(m.Held(["c1"], ["c2"]))  # (leases)
+    assert o.predict("client", [holds]).taken == {"holds": 1}  # answered, whoever asks
+    assert o.predict("client", [held]).drops == {"unexpected": 1}  # (only a member's)
+    assert o.predict("member", [held]).taken == {"held": 1} and o.frame("reply", held).taken == {"held": 1}
 
 
 def test_a_local_decode_that_raises_anything_else_predicts_a_crash(monkeypatch):

@@ -44,7 +44,7 @@ def test_a_call_runs_only_where_its_labels_memory_and_cores_are():
 @pytest.mark.timeout(10)
 def test_a_call_that_does_not_fit_here_queues_where_it_fits_or_waits_without_blocking():
     d = mesh_view()
-    d.peers[GPU].free = 0  # busy: the gpu call still goes there, to wait in its queue
+    d.peers.slots[GPU].free = 0  # busy: the gpu call still goes there, to wait in its queue
     [act] = d.submit(Call("g1", "", b"p", needs=Needs(labels=["gpu"])), b"client")
     assert isinstance(act, Forward) and act.peer_id == GPU
     # a call nobody known can run waits here, and plain calls behind it still run

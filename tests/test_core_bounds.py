@@ -15,10 +15,21 @@ import pytest
 
 from mesh.discovery.membership import Forgotten, MemberChanged, Membership, Send, Timing
 from mesh.program.lineage import Lineage
-from mesh.sched.dispatch import Dispatcher, Forward, RunLocal
+from mesh.sched.dispatch import Dispatcher, Forward, RunLocal, SendTo
 from mesh.sched.objects import Objects, Ref
 from mesh.tree import Advert, LatencyTree, TreeConfig
-from mesh.wire.messages import Call, Digest, Leave, Load, NodeInfo, Ping, PingReq, Pong, Result
+from mesh.wire.messages import (
+    Call,
+    Digest,
+    Holds,
+    Leave,
+    Load,
+    NodeInfo,
+    Ping,
+    PingReq,
+    Pong,
+    Result,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -34,10 +45,12 @@ def node_id(i: int) -> str:
 
 
 def dispatcher_sizes(d: Dispatcher) -> dict[str, int]:
-    return {"pending": len(d.pending), "peers": len(d.peers), "lost": len(d.lost),
-            "suspected": len(d.suspected), "orphans": sum(map(len, d.orphans.values())),
-            "orphan origins": len(d.orphans), "backlog": len(d.backlog),
-            "delegated": len(d.delegated), "queues": len(d.queues)}
+    peers = d.peers
+    return {"pending": len(d.pending), "peers": len(peers.slots), "lost": len(peers.lost),
+            "suspected": len(peers.suspected), "orphans": sum(map(len, peers.orphans.values())),
+            "orphan origins": len(peers.orphans), "backlog": len(d.backlog),
+            "delegated": len(d.leases), "lease holders": len(d.leases.calls),
+            "queues": len(peers.queues), "clients": len(d.clients)}
 
 
 @pytest.mark.parametrize("steal", [True, False])
@@ -52,7 +65,8 @@ def test_the_dispatcher_forgets_peers_and_calls_that_are_gone(steal):
     running: list[tuple[int, str]] = []  # (step it ends, call id)
     window, gone = [], []
     bound = {"pending": 200, "peers": 21, "lost": 100, "suspected": 21, "orphans": 200,
-             "orphan origins": 100, "backlog": 400, "delegated": 21, "queues": 21}
+             "orphan origins": 100, "backlog": 400, "delegated": 200, "lease holders": 21,
+             "queues": 21, "clients": 1}
     i = 0
 
     def do(acts) -> None:
@@ -81,7 +95,7 @@ def test_the_dispatcher_forgets_peers_and_calls_that_are_gone(steal):
             old = window.pop(0)
             do(d.peer_suspect(old))
             do(d.peer_lost(old))
-            orphaned += old in d.orphans
+            orphaned += old in d.peers.orphans
             gone.append(old)
             if rng.random() < 0.05:
                 do(d.peer_alive(old))  # it was only cut off
@@ -92,6 +106,66 @@ def test_the_dispatcher_forgets_peers_and_calls_that_are_gone(steal):
             assert all(sizes[k] <= bound[k] for k in bound), (i, sizes)
     assert d.counters["accepted"] == CHURN and d.counters["done"] > CHURN / 2
     assert orphaned > 1000  # (origins did die with calls of theirs running here)
+
+
+def test_leases_and_clients_are_forgotten_with_their_subjects():
+    """Leases (mesh.sched.leases): every step a new client connects, is heard and makes a
+    call; most go on talking for a while and leave, some go silent with calls in flight.
+    Calls go to 8 peers, which answer lease questions (held, or lost on the way) and
+    return results now and then; every 1,000 steps a peer dies and a new one takes its
+    place. Time runs at 50 steps a lease period (1 s): the table of clients holds those
+    heard from lately (within ``client_silence``), the leases those of pending calls."""
+    rng = random.Random(5)
+    d = Dispatcher("me", cpus=2, node_id="ME", prefetch=1, lease=1.0, client_silence=2.0,
+                   max_pending=500)
+    peers = [node_id(k) for k in range(8)]
+    for p in peers:
+        d.peer_load(p, p, 4, 4, 0.001)
+    talking: list[tuple[int, bytes]] = []  # (last step it talks, identity)
+    running: list[str] = []
+    now, lost = 0.0, 0
+
+    def do(acts) -> None:
+        nonlocal lost
+        for a in acts:
+            if isinstance(a, RunLocal):
+                running.append(a.call.call_id)
+            elif isinstance(a, SendTo) and isinstance(a.message, Holds):
+                ids = a.message.call_ids
+                gone = [c for c in ids if rng.random() < 0.2]
+                lost += len(gone)
+                do(d.held([c for c in ids if c not in gone], gone, a.peer_id))
+
+    for i in range(CHURN):
+        now += 0.02
+        client = b"c%d" % i
+        d.heard(client)
+        do(d.submit(Call(f"k{i}", "m:f", b""), client))
+        if rng.random() < 0.95:
+            talking.append((i + rng.randint(1, 200), client))
+        talking[:] = [(end, c) for end, c in talking if end > i]
+        for _, identity in talking[i % 10::10]:  # (each talks every 10 steps)
+            d.heard(identity)
+        do(d.tick(now))
+        if running and rng.random() < 0.9:
+            do(d.local_done(Result(running.pop(0), True, b"", "me")))
+        p = peers[i % 8]
+        at_p = [c for c in d.leases.calls.get(p, ())]
+        if at_p and rng.random() < 0.15:
+            do(d.remote_result(Result(at_p[0], True, b"", p, free=1), p))
+        if i % 1000 == 999:
+            dead = peers.pop(rng.randrange(len(peers)))
+            do(d.peer_lost(dead))
+            do(d.peer_forgotten(dead))
+            peers.append(node_id(CHURN + i))
+            do(d.peer_load(peers[-1], "new", 4, 4, 0.001))
+        if i % 997 == 0:
+            # those still talking (at most 200 steps' clients), and the silent ones heard
+            # within the last client_rounds + 1 rounds (50 steps a round)
+            assert len(d.clients) <= 200 + (d.client_rounds + 1) * 50, (i, len(d.clients))
+            assert len(d.leases) <= len(d.pending) <= 500 and len(d.leases.calls) <= 8, i
+    assert 1000 < d.counters["lease_lost"] <= lost  # (an answer may come for a call that moved)
+    assert d.counters["client_gone"] > 1000  # (silent clients' calls were stopped)
 
 
 def test_a_busy_lone_dispatcher_forgets_calls_cancelled_while_they_waited():
@@ -107,6 +181,30 @@ def test_a_busy_lone_dispatcher_forgets_calls_cancelled_while_they_waited():
             assert len(d.pending) <= 12 and len(d.backlog) <= 2 * 12 + 64 + 1, (i, len(d.backlog))
     (run,) = [a for a in d.local_done(Result("long", True, b"", "me")) if isinstance(a, RunLocal)]
     assert run.call.call_id == f"c{CHURN - 10}"  # the first still wanted
+
+
+def test_blocked_calls_are_forgotten_however_they_end():
+    """Nested graphs on a 2-slot agent: each call blocks on a child (lend) and ends by
+    its result, a crash while blocked, its cancellation or a resumption: the record of
+    blocked calls holds only calls that are blocked now."""
+    d = Dispatcher("me", cpus=2, node_id="ME")
+    for i in range(CHURN):
+        parent, child = f"p{i}", f"k{i}"
+        d.submit(Call(parent, "m:f", b""), b"client")
+        d.submit(Call(child, "m:f", b""), b"client")
+        d.lend(parent, True)
+        d.local_done(Result(child, True, b"", "me"))
+        way = i % 3
+        if way == 0:
+            d.local_done(Result(parent, False, b"", "me", "WorkerDied"))  # (blocked still)
+        elif way == 1:
+            d.cancel(parent, b"client")
+        else:
+            d.lend(parent, False)
+            d.local_done(Result(parent, True, b"", "me"))
+        if i % 997 == 0:
+            assert len(d.local.blocked) == 0 and d.running == 0 and not d.pending, i
+    assert d.counters["lent"] == CHURN
 
 
 # ----------------------------------------------------------------------------- membership

@@ -63,7 +63,7 @@ def test_estimates_decrease_as_calls_are_delegated_so_there_is_no_herd():
     # p1 3 free, p2 2: p1; 2 vs 2 -> p2 (closer); 2 vs 1 -> p1; 1 vs 1 -> p2; 1 vs 0 -> p1
     assert placed == ["p1", "p2", "p1", "p2", "p1"]
     assert Counter(placed) == {"p1": 3, "p2": 2}
-    assert d.peers["p1"].est_free == 0 and d.peers["p2"].est_free == 0
+    assert d.peers.slots["p1"].est_free == 0 and d.peers.slots["p2"].est_free == 0
     assert d.submit(call(6), CLIENT) == []  # everyone believed full: wait here
     assert d.queued == 1
     # a heartbeat resets the estimate to what the peer reports
@@ -135,7 +135,7 @@ def test_agent_without_slots_and_without_peers_waits_for_one():
     assert d.queued == 1
     assert d.peer_load("p", "p", 0, 0, None) == []  # a peer without slots does not help
     assert forwards(d.peer_load("q", "q", 1, 0, None)) == [("q", "c1")]
-    assert d.peers["q"].rtt == 1.0  # unknown round trip: assumed slow
+    assert d.peers.slots["q"].rtt == 1.0  # unknown round trip: assumed slow
 
 
 # ----------------------------------------------------------------------------- backlog
@@ -280,7 +280,7 @@ def test_a_call_is_queued_at_a_peer_only_if_it_would_start_sooner_there():
     acts = [a for i in range(5) for a in d.submit(call(i), CLIENT)]
     assert forwards(acts) == []  # our own queue is shorter per slot
     assert d.queued == 1
-    assert d.prefetch == 4 and Dispatcher("b", 1).prefetch == 0  # off unless the agent asks
+    assert d.placement.prefetch == 4 and Dispatcher("b", 1).placement.prefetch == 0  # off unless the agent asks
 
 
 def test_calls_cancelled_for_an_origin_that_comes_back_are_handed_back_to_it():
@@ -308,7 +308,7 @@ def test_orphan_records_are_bounded():
     for i in range(5):
         c.submit(Call(f"x{i}", "m:f", b"", 1, f"O{i}"), b"P", from_peer="P")
         c.peer_lost(f"O{i}")
-    assert sum(map(len, c.orphans.values())) == 3 and list(c.orphans) == ["O2", "O3", "O4"]
+    assert sum(map(len, c.peers.orphans.values())) == 3 and list(c.peers.orphans) == ["O2", "O3", "O4"]
 
 
 def test_a_call_from_a_peer_counts_at_least_one_hop_per_agent_it_visited():
@@ -336,14 +336,14 @@ def test_orphans_handed_back_make_room_for_new_ones():
         c.submit(Call(f"x{i}", "m:f", b"", 1, origin), b"P", from_peer="P")
         assert c.peer_lost(origin) == [KillLocal(f"x{i}")]
         assert c.peer_alive(origin) == [SendTo("P", Handback(f"x{i}", reason))], i
-        assert c.orphans == {}
+        assert c.peers.orphans == {}
     # the bound still holds, and forgets the oldest records first
     for i in range(5):
         c.submit(Call(f"y{i}", "m:f", b"", 1, "O9"), b"P", from_peer="P")
         c.submit(Call(f"z{i}", "m:f", b"", 1, f"Q{i}"), b"P", from_peer="P")
         c.local_done(Result(f"y{i}", True, b"", "c"))
         c.peer_lost(f"Q{i}")
-    assert c.orphans == {"Q2": [("z2", "P")], "Q3": [("z3", "P")], "Q4": [("z4", "P")]}
+    assert c.peers.orphans == {"Q2": [("z2", "P")], "Q3": [("z3", "P")], "Q4": [("z4", "P")]}
 
 
 def test_a_call_avoiding_this_agent_goes_elsewhere_if_anyone_can_take_it():

@@ -36,7 +36,7 @@ def test_peer_lost_replaces_its_calls_then_fails_them_after_max_attempts():
     assert forwards(d.peer_lost("p2")) == [("p3", "c1")]
     assert d.pending["c1"].attempts == 2 and d.pending["c1"].tried == {"p1", "p2"}
     assert failures(d.peer_lost("p3")) == [(CLIENT, "c1", "PeerLost")]
-    assert "c1" not in d.pending and "p3" not in d.peers
+    assert "c1" not in d.pending and "p3" not in d.peers.slots
     # a late result from a lost holder is a duplicate now
     assert d.remote_result(ok("c1"), "p1") == []
     assert d.counters["duplicate_results"] == 1
@@ -266,6 +266,32 @@ def test_a_blocked_call_lends_its_slot_and_takes_it_back():
     d.local_done(ok("cparent"))
     assert d.running == 0 and d.idle()
     assert d.counters["lent"] == 1 and d.counters["reclaimed"] == 1
+
+
+def test_while_a_call_here_is_blocked_free_slots_go_to_the_newest_calls():
+    """Depth first: the calls a blocked call waits for are, as a rule, the last ones
+    submitted. Once nothing here is blocked, the backlog is first come, first placed."""
+    d = Dispatcher("a", cpus=1)
+    d.submit(call("old"), CLIENT)  # runs
+    for name in ("older", "parent"):
+        assert d.submit(call(name), CLIENT) == []
+    d.local_done(ok("cold"))  # FIFO: the oldest waiting runs
+    assert d.backlog[0] == "cparent" and d.running == 1
+    acts = d.submit(call("child1"), CLIENT) + d.submit(call("child2"), CLIENT)
+    assert acts == [] and d.queued == 3
+    d.local_done(ok("colder"))  # (the parent runs, and submitted its two children above)
+    assert d.running == 1 and list(d.backlog) == ["cchild1", "cchild2"]
+    d.submit(call("later"), CLIENT)  # another program's call, behind them
+    acts = d.lend("cparent", True)  # the parent blocks: its slot goes to the newest call
+    assert [a.call.call_id for a in acts if isinstance(a, RunLocal)] == ["clater"]
+    acts = d.local_done(ok("clater"))  # still blocked: the next newest
+    assert [a.call.call_id for a in acts if isinstance(a, RunLocal)] == ["cchild2"]
+    d.lend("cparent", False)  # resumes (over its slot for a while)
+    d.submit(call("last"), CLIENT)
+    assert d.local_done(ok("cchild2")) == [Deliver(CLIENT, ok("cchild2"))]  # no slot free
+    acts = d.local_done(ok("cparent"))  # nothing blocked here: first come, first placed
+    assert [a.call.call_id for a in acts if isinstance(a, RunLocal)] == ["cchild1"]
+    assert list(d.backlog) == ["clast"]
 
 
 def test_a_call_that_finishes_while_lent_does_not_free_a_slot_twice():

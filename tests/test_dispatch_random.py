@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesh.sched.dispatch import Dispatcher, Forward, KillLocal, RunLocal, SendTo
-from mesh.wire.messages import Call, Cancel, Handback, Result
+from mesh.wire.messages import Call, Cancel, Handback, Holds, Result
 from tests.dispatch_helpers import check
 
 pytestmark = pytest.mark.timeout(60)
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.timeout(60)
 PEERS = ["p0", "p1", "p2", "p3"]
 KINDS = ["client", "client", "peer_call", "local_done", "local_done", "result", "late_result",
          "load", "load", "lost", "suspect", "fwd_failed", "cpus", "drain", "dup",
-         "declared_dead", "cancel", "handback", "peer_dup"]
+         "declared_dead", "cancel", "handback", "peer_dup", "tick", "held", "heard"]
 events = st.lists(
     st.tuples(
         st.sampled_from(KINDS),
@@ -51,6 +51,7 @@ class Driver:
         self.by_peer: dict[tuple[str, str], bytes] = {}  # (call id, peer) -> reply_to
         self.released: set[bytes] = set()  # requesters dropped on purpose (peer lost)
         self.fresh: list[str] = []
+        self.now = 0.0  # (ticks: leases)
 
     def do(self, acts) -> None:
         for act in acts:
@@ -59,11 +60,11 @@ class Driver:
                 self.running.append(act.call.call_id)
                 self.last_action[act.call.call_id] = "local"
             elif isinstance(act, Forward):
-                assert act.call.hops <= self.d.max_hops
+                assert act.call.hops <= self.d.placement.max_hops
                 entry = self.d.pending[act.call.call_id]
                 assert act.peer_id not in entry.peers_asking()
                 resent = self.last_action.get(act.call.call_id) == act.peer_id  # to its holder
-                assert resent or (act.peer_id in self.d.peers and self.d.peers[act.peer_id].cpus > 0)
+                assert resent or (act.peer_id in self.d.peers.slots and self.d.peers.slots[act.peer_id].cpus > 0)
                 self.held[act.peer_id].append(act.call.call_id)
                 self.last_fwd.append((act.call.call_id, act.peer_id))
                 self.last_action[act.call.call_id] = act.peer_id
@@ -76,6 +77,8 @@ class Driver:
                     reply_to = self.by_peer.get((msg.call_id, act.peer_id), act.peer_id.encode())
                     self.delivered[reply_to] += 1
                     assert self.delivered[reply_to] == 1, "delivered twice"
+                elif isinstance(msg, Holds):  # a lease question: about our calls it holds
+                    assert all(self.d.pending[c].where == act.peer_id for c in msg.call_ids)
                 else:
                     assert isinstance(msg, Cancel) and act.peer_id in PEERS + self.fresh
             else:
@@ -95,6 +98,8 @@ class Driver:
         before = self.d.counters["accepted"], self.d.counters["joined"]
         if from_peer is not None:
             self.by_peer[(c.call_id, from_peer)] = reply_to
+        else:
+            self.d.heard(reply_to)  # (a client: its frames keep its calls)
         self.do(self.d.submit(c, reply_to, from_peer))
         if (self.d.counters["accepted"], self.d.counters["joined"]) != before:
             self.accepted[reply_to] = c.call_id
@@ -146,6 +151,18 @@ class Driver:
                 self.submit(entry.call, peer)
         elif kind == "suspect":
             self.do(d.peer_suspect(peer))
+        elif kind == "tick":
+            self.now += 0.7
+            waiting = {r.identity for e in d.pending.values() for r in e.requesters
+                       if r.peer is None} & set(d.clients)
+            self.do(d.tick(self.now))
+            self.released |= waiting - set(d.clients)  # silent: their calls were cancelled
+        elif kind == "held":  # an answer to a lease question: some held, some not
+            mine = [c for c, e in d.pending.items() if e.where == peer]
+            lost = [c for i, c in enumerate(mine) if (a >> i) % 2]
+            self.do(d.held([c for c in mine if c not in lost], lost, peer))
+        elif kind == "heard" and d.clients:
+            d.heard(list(d.clients)[a % len(d.clients)])
         elif kind == "fwd_failed" and self.last_fwd:
             call_id, p = self.last_fwd[a % len(self.last_fwd)]
             self.do(d.forward_failed(call_id, p))

@@ -81,7 +81,7 @@ def test_an_idle_agent_takes_back_a_call_waiting_at_a_peer_and_runs_it_once():
     assert isinstance(res, Deliver) and res.identity == b"A"
     delivered = a.remote_result(res.result, "B") + a.local_done(ok("c2", "a"))
     assert sorted(x.result.call_id for x in delivered if isinstance(x, Deliver)) == ["c1", "c2"]
-    assert a.idle() and b.idle() and a.delegated == {} and a.counters["duplicate_results"] == 0
+    assert a.idle() and b.idle() and a.leases.calls == {} and a.counters["duplicate_results"] == 0
 
 
 def test_a_reclaim_that_crosses_the_start_changes_nothing():
@@ -193,10 +193,10 @@ def test_calls_whose_inputs_the_holder_keeps_stay_there():
     a.pending["big"].where = "backlog"
     a.backlog.clear()  # (put it at B by hand: a call a data-aware placement sent there)
     a.pending["big"].where = "B"
-    a.delegated["B"] = {"big": None}
+    a.leases.add("B", "big")
     for cid in ("c1", "c2"):
         a.pending.pop(cid)
-    a.peers["B"].sent = 1
+    a.peers.slots["B"].sent = 1
     acts = a.local_done(ok("c0"))
     assert all(ids == [] for _, ids, _ in reclaims(acts))
 
@@ -254,10 +254,10 @@ def test_a_peer_kept_busy_by_our_calls_sends_no_reclaim():
 
 def test_stealing_follows_prefetch_unless_told():
     a, _, _ = queued_at_b()
-    a.prefetch = 0  # off, as a bare dispatcher
+    a.placement.prefetch = 0  # off, as a bare dispatcher
     drain_local(a, "c0", "c3")
     assert reclaims(a.local_done(ok("c4"))) == []
-    a.steal = True
+    a.placement.stealing = True
     assert reclaims(a.set_cpus(1)) == [("B", ["c2"], 1)]
 
 

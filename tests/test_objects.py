@@ -139,7 +139,7 @@ def test_a_call_goes_where_most_of_its_input_bytes_are():
 
 def test_locality_yields_to_a_busy_holder_and_to_scattered_inputs():
     d = dispatcher_with_peers(free_holder=0)
-    d.peers[HOLDER].queued = 1  # its queue for us is full (prefetch 1 per slot)
+    d.peers.slots[HOLDER].queued = 1  # its queue for us is full (prefetch 1 per slot)
     [act] = d.submit(Call("c1", "", b"p", inputs=[Holding(HOLDER, 4_000_000)]), b"client")
     assert isinstance(act, RunLocal)  # not waiting behind the holder's queue: fetch instead
     d2 = dispatcher_with_peers()

@@ -5,14 +5,17 @@ past the cap, a worker starts only when every worker waits for nested calls."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+from collections import Counter
 
 import pytest
 
 import mesh
 from mesh import task, wait_on
 from mesh.client.client import Client
+from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.agents, pytest.mark.timeout(120)]
 
@@ -75,3 +78,34 @@ def test_a_recursion_deeper_than_the_cap_still_completes(agents):
     assert value == 21 and pool["over_cap"] > 0 and pool["waiting"] == 0
     assert pool["peak"] < 30  # (started in arrival order, fib(8) took 30 workers at once)
     assert "past the cap of 3" in a.log()
+
+
+@task(returns=1)
+def inner(i):
+    time.sleep(1.0)
+    return i
+
+
+@task(returns=1)
+def outer(i):
+    """Waits for a nested call (its worker lends its slot); says which agent ran it."""
+    return os.environ.get("MESH_AGENT_ID"), wait_on(inner(i))
+
+
+def test_calls_waiting_behind_a_blocked_call_stay_placeable_on_peers(agents):
+    """A one-slot agent with a cap of 2 workers gets 8 calls that each wait for a nested
+    one. Once the first blocks, its slot goes to the call it waits for; the others wait in
+    the agent's backlog, so a peer that comes then takes a share of them (they went to the
+    pool's waiting list instead, where no peer would ever see them: all ran here)."""
+    a = agents.start("burst-a", cpus=1, env={"MESH_MAX_WORKERS": "2"})
+    with mesh.connect(a.comm) as client:
+        futures = [outer(i) for i in range(8)]
+        wait_for(lambda: client.query("status")["done"] >= 1, 30, "the first nested call to end")
+        b = agents.start("burst-b", "--peer", a.comm, cpus=2)
+        ran = [wait_on(f) for f in futures]
+        status = client.query("status")
+    assert [value for _, value in ran] == list(range(8))
+    where = Counter(agent_id for agent_id, _ in ran)
+    print(f"outer calls per agent: a {where[a.state['id']]}, b {where[b.state['id']]}; "
+          f"a's pool {status['worker_pool']}")
+    assert where[b.state["id"]] >= 1 and where[a.state["id"]] + where[b.state["id"]] == 8

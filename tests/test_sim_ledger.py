@@ -131,16 +131,21 @@ def test_a_refuted_origin_cancels_the_old_chain_before_replacing():
     assert "t" not in b.pending  # B still waits for C, which will never answer
 
 
-def test_a_call_lost_with_the_link_is_sent_again_when_the_holder_answers():
+def test_a_call_lost_with_the_link_is_placed_again_when_the_holder_answers():
     # seeds 130, 139, 149: A forwards t to B just as a short partition starts; the frame is
-    # lost; A suspects B, the partition heals before A declares B dead, B reports again.
+    # lost; A suspects B, the partition heals before A declares B dead, B reports again:
+    # A asks it (leases, mesh.sched.leases), B does not hold t, A places it again.
     a = Dispatcher("a", cpus=0, node_id="A")
+    b = Dispatcher("b", cpus=2, node_id="B")
     a.peer_load("B", "b", 2, 2, 0.001)
     (fwd,) = a.submit(Call("t", "m:f", b""), b"prog")
     assert isinstance(fwd, Forward)  # ... and lost
     a.peer_suspect("B")
     acts = a.peer_load("B", "b", 2, 2, 0.001) + a.peer_load("B", "b", 2, 2, 0.001)
-    assert [x.call.call_id for x in acts if isinstance(x, Forward)] == ["t"]
+    (ask,) = [x for x in acts if isinstance(x, SendTo)]
+    answer = b.holding(ask.message.call_ids, bytes.fromhex("aa" * 16))
+    again = a.held(answer.held, answer.unknown, "B")
+    assert [(x.peer_id, x.call.call_id) for x in again if isinstance(x, Forward)] == [("B", "t")]
 
 
 # --------------------------------------------------------------------- the sweep
@@ -185,13 +190,13 @@ def test_tree_delegation_spreads_calls_hop_by_hop_and_runs_each_once():
     still reach agents several tree hops from their origin, each runs once."""
     sim = LedgerSim(11, tree=True)
     ran_at: list[tuple[int, str]] = []
-    run = sim._run
+    run = sim.workers.run
 
     def recording(node, call, behind=False):
         ran_at.append((node.i, call.origin))
         run(node, call, behind)
 
-    sim._run = recording
+    sim.workers.run = recording
     rep = sim.finish()
     clean(rep)
     assert rep.calls == rep.executions == 500 and rep.extra_executions == 0
@@ -216,13 +221,13 @@ def test_tree_delegation_under_faults():
 def test_depth_without_faults_calls_wait_behind_others_and_run_once():
     sim = LedgerSim(3, depth=4)
     behind = []
-    run = sim._run
+    run = sim.workers.run
 
     def recording(node, call, behind_=False):
         behind.append(behind_)
         run(node, call, behind_)
 
-    sim._run = recording
+    sim.workers.run = recording
     rep = sim.finish()
     clean(rep)
     assert rep.calls == rep.executions == 500 and rep.extra_executions == 0
@@ -255,10 +260,10 @@ def test_killing_the_running_call_gives_back_the_calls_behind_it():
     sim._do(a, a.d.cancel("c0", b"client"))  # running: the worker is killed and replaced
     assert w.alive is False and a.workers[0] is not w
     assert sorted(c.call_id for c in a.workers[0].queue) == ["c1", "c3"]  # placed again
-    assert a.d.counters["unstarted"] == 2 and sim.given_back == 2 and a.d.running == 2
-    assert sum(sim.executions.values()) == 2 and sim.executions["c0"] == 1  # one started
+    assert a.d.counters["unstarted"] == 2 and sim.workers.given_back == 2 and a.d.running == 2
+    assert sum(sim.workers.executions.values()) == 2 and sim.workers.executions["c0"] == 1  # one started
     sim.run_until(5.0)  # (the results go to a client the sim does not model)
-    assert sim.executions == {"c0": 1, "c1": 1, "c3": 1} and a.d.running == 0 and not a.runs
+    assert sim.workers.executions == {"c0": 1, "c1": 1, "c3": 1} and a.d.running == 0 and not a.runs
     assert sim.violations == [f"t={t:.3f} a00 delivers to unknown identity b'client'"
                               for t in (1.0, 2.0)]
 
@@ -310,3 +315,60 @@ def test_stealing_never_moves_a_call_to_an_agent_it_does_not_fit():
         assert rep.calls == rep.executions and rep.extra_executions == 0, rep.summary()
         stolen += rep.counters["reclaim_got"]
     assert bound > 1000 and stolen > 0  # label-bound calls, and stealing did happen
+
+
+# --------------------------------------------------------------------- links that lose frames (leases)
+
+LOSS_SEEDS = int(os.environ.get("MESH_SIM_LOSS_SEEDS", "40"))
+
+
+def _lossy(args: tuple[int, dict]):
+    seed, links = args
+    return run_seed(seed, agents=20, tasks=150, faults=False, check_bound=True, **links)
+
+
+def lossy_sweep(**links) -> list:
+    with Pool(2) as pool:
+        reports = pool.map(_lossy, [(seed, links) for seed in range(LOSS_SEEDS)], chunksize=4)
+    bad = [r for r in reports if r.violations]
+    flags = " ".join(f"--{k} {v}" for k, v in links.items())
+    assert not bad, "\n".join(
+        f"{r.summary()}\n  {r.violations[0]}\n  replay: python -m mesh.sim.ledger_sim --seed "
+        f"{r.seed} --agents 20 --tasks 150 {flags} --no-faults --bound" for r in bad[:10])
+    return reports
+
+
+@pytest.mark.parametrize("drop", [0.01, 0.1])
+def test_links_that_drop_frames_every_call_still_ends_once_within_the_bound(drop):
+    """Links that never break but lose each frame with probability ``drop``, each way,
+    membership none the wiser (issue 17): calls, results, lease questions and answers,
+    between agents and between a program and its agent. Every call ends exactly once at
+    its program (the simulator's checks), and none stalls longer than the lease bound
+    (``LedgerSim.bound``: two lease periods per frame of it lost, one per lease question
+    or answer about it lost). Without leases, every seed leaves calls waiting for ever."""
+    reports = lossy_sweep(drop=drop)
+    assert sum(r.lost_frames for r in reports) > LOSS_SEEDS * 400 * drop  # (~700 frames a run)
+    assert sum(r.counters["lease_lost"] for r in reports) > 0
+    assert all(r.calls == 150 for r in reports)
+
+
+def test_sends_refused_and_connections_reset_lose_no_call():
+    """The other ways a frame goes on a live link: a send refused at the high-water mark
+    (the sender knows: a delegated call is placed elsewhere, a result goes over the other
+    connection) and a connection that resets (what sat in it, both ways, is lost)."""
+    reports = lossy_sweep(refuse=0.03, reset=0.01)
+    assert sum(r.counters["lease_lost"] for r in reports) > 0
+
+
+def _lossy_with_faults(seed: int):
+    return run_seed(seed, agents=30, tasks=200, drop=0.02)
+
+
+def test_lossy_links_with_kills_freezes_and_partitions():
+    """Lost frames on top of the membership faults: every call still ends once."""
+    with Pool(2) as pool:
+        reports = pool.map(_lossy_with_faults, range(LOSS_SEEDS), chunksize=4)
+    bad = [r for r in reports if r.violations]
+    assert not bad, "\n".join(
+        f"{r.summary()}\n  {r.violations[0]}\n  replay: python -m mesh.sim.ledger_sim --seed "
+        f"{r.seed} --agents 30 --tasks 200 --drop 0.02" for r in bad[:10])

@@ -216,14 +216,35 @@ def test_a_call_that_lends_its_slot_gives_back_the_calls_behind_it(pool, tmp_pat
     w.conn.send(cbor2.dumps(["call", "w2", "tests.test_worker_queue:note",
                              pickle.dumps(((log, "w2"), {})), False, 0, 0]))
     # the pool itself gives no call to a worker whose call lends its slot: the call waits
-    # for a worker (taking no slot meanwhile) until pump starts one for it, a stand-in
+    # for a worker (keeping the slot it was given: no lend of its own) until pump starts
+    # one for it, a stand-in
+    lends = list(pool.lends)
     pool.run(mk("w3", "tests.test_worker_queue:note", log, "w3"), behind=True)
-    assert [c.call_id for c in pool.held] == ["w3"] and pool.lends[-1] == ("w3", True)
-    assert pool.pump() and pool.lends[-1] == ("w3", False)
+    assert [c.call_id for c in pool.held] == ["w3"]
+    assert pool.pump() and pool.lends == lends
     assert len(pool.workers) == 2 and pool.workers[1].call_id == "w3"
     collect(pool, results, lambda: "lender" in results and "w3" in results)
     assert pool.unstarted == ["w1", "w2"] and set(results) == {"lender", "w3"}
     assert sorted(lines(log)) == ["lender", "w3"]
+
+
+def test_stand_ins_stay_while_a_call_is_blocked_and_go_after(pool, tmp_path):
+    """A nested graph goes up and down its recursion: a stand-in that idles while a call
+    here is still blocked is wanted again soon (starting a process takes a few hundred
+    ms). The stand-ins go once no call here is blocked."""
+    log = str(tmp_path / "log")
+    results: dict = {}
+    pool.run(mk("outer", "tests.test_worker_queue:lend_for", log, 3.0))
+    collect(pool, results, lambda: ("outer", True) in pool.lends)
+    pool.run(mk("inner", "tests.test_worker_queue:lend_for", log, 0.5))  # no idle worker
+    assert [c.call_id for c in pool.held] == ["inner"] and pool.pump()
+    collect(pool, results, lambda: ("inner", True) in pool.lends)
+    pool.run(mk("leaf", "tests.test_worker_queue:note", log, "leaf"))
+    assert pool.pump() and len(pool.workers) == 3
+    collect(pool, results, lambda: "leaf" in results and "inner" in results)
+    assert len(pool.workers) == 3 and pool.idle == 2  # "outer" is still blocked: they stay
+    collect(pool, results, lambda: "outer" in results)
+    assert len(pool.workers) == 1  # nothing blocked here: they go
 
 
 def test_cancelling_a_waiting_call_withdraws_it_and_the_others_run(pool, tmp_path):

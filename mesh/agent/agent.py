@@ -63,6 +63,7 @@ from mesh.agent.waker import Waker
 from mesh.discovery import membership as mb
 from mesh.keys import MeshKey, announcement_fields
 from mesh.sched import dispatch as dp
+from mesh.sched.leases import PERIODS
 from mesh.tree import LatencyTree, TreeConfig
 from mesh.wire import localsock
 from mesh.wire import messages as m
@@ -106,14 +107,17 @@ class Agent:
         self.address = self.transport.address
         # the cores
         me = m.NodeInfo(self.node_id, config.name, self.address, config.cpus, 0)
-        self.members = mb.Membership(me, mb.Timing.profile(config.profile), random.Random(self.node_id))
+        timing = mb.Timing.profile(config.profile)
+        self.members = mb.Membership(me, timing, random.Random(self.node_id))
         cpu_quota = quota_cores()  # cores the cgroup lets us use (None: no cap)
         self.dispatcher = dp.Dispatcher(config.name, config.cpus, self.node_id, prefetch=1,
                                         speed=slot_speed(config.cpus, cpu_quota),
                                         memory=config.memory, labels=frozenset(config.labels),
-                                        unfit_grace=float(os.environ.get("MESH_UNFIT_GRACE", 30)))
+                                        unfit_grace=float(os.environ.get("MESH_UNFIT_GRACE", 30)),
+                                        lease=PERIODS * timing.period)
         self.tree = LatencyTree(self.node_id, float(config.cpus), random.Random(self.node_id + "tree"),
                                 TreeConfig(period=TREE_PERIOD[config.profile]), now=self.started)
+        self.members.set_load(self._load())  # (our first Pings, to seeds in start, say it too)
         # the shell's state
         worker_env = {"MESH_WORKER_AGENT": self.address,  # nested tasks reach us here
                       "MESH_AGENT_ID": self.node_id}  # (outputs kept here name us)
@@ -127,6 +131,10 @@ class Agent:
             from mesh.agent import delay
 
             self.transport = delay.install(self.transport, self.members, self.waker)
+        if os.environ.get("MESH_EMULATE_LOSS"):  # a test knob: frames lost on purpose
+            from mesh.wire import loss
+
+            self.transport = loss.install_transport(self.transport, self.members)
         self.dropped: Counter = Counter()  # frames and messages dropped, by reason
         self.faces: dict = {}  # name -> a face attached to this agent (REST): see attach
         self.leaving_since: float | None = None  # -1: asked to leave; then when it began
@@ -331,6 +339,8 @@ class Agent:
             self._unfit_check = now + 1.0  # no known agent meets (looked at once a second:
             self._guarded("tick:unfit", "expiring calls nobody can run",  # it reads the backlog)
                           lambda t: self.actions.do(self.dispatcher.expire_unfit(t), t), now)
+        self._guarded("tick:leases", "the ledger's leases (questions, silent clients)",
+                      lambda t: self.actions.do(self.dispatcher.tick(t), t), now)
         self._guarded("tick:membership", "membership's timers", self._tick_members, now)
         self._guarded("tick:tree", "the tree's timers",
                       lambda t: self.actions.do(self.tree.tick(t), t), now)

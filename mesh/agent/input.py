@@ -11,7 +11,11 @@ queries: ``Query``, ``Resources``), saying where they may come from: on our ROUT
 our own connections to members (answers to what we sent). What comes from elsewhere, or
 is of no registered type, is dropped and counted as "unexpected". Input itself hands
 calls to the dispatcher (``Call``, ``Cancel``, ``Reclaim``; ``Result`` and ``Handback``
-from a member, on either socket). A handler is called as ``handler(msg, identity,
+from a member, on either socket) and the ledger's leases: a ``Holds`` question (from a
+member or a client) is answered at once on its connection, a member's ``Held`` answer to
+ours is taken on either socket, every frame on our ROUTER or local socket tells the
+dispatcher its client is still there (``heard``), and a local connection that closed
+stops its calls (``client_gone``). A handler is called as ``handler(msg, identity,
 peer_id, address, now)``: ``identity`` is the ROUTER connection (None over our own
 connections), ``peer_id`` the member that sent it if known, ``address`` our connection's
 (None on the ROUTER). The agent's loop calls ``read_router``, ``read_local`` and
@@ -66,6 +70,9 @@ class Input:
         self.handle(m.Reclaim, self._reclaim)
         self.handle(m.Result, self._result, dealer=True)  # (a delegate's, or a far holder's)
         self.handle(m.Handback, self._handback, dealer=True)
+        self.handle(m.Holds, self._holds)  # a lease question, from a member or a client
+        self.handle(m.Held, self._held, dealer=True)  # the answer to ours (on our ROUTER
+        # when the member's could not route it)
 
     def handle(self, kind: type, handler: Callable, router: bool = True,
                dealer: bool = False) -> None:
@@ -129,6 +136,8 @@ class Input:
                 self.dropped["oversized"] += 1
             log.debug("local connection closed: %s", exc)
             self.transport.drop_local(stream)
+            # (nobody will read its results: its calls stop)
+            self.actions.do(self.dispatcher.client_gone(stream.identity), now)
             return
         identity = stream.identity
         for frame in frames:
@@ -137,6 +146,7 @@ class Input:
     def _on_frame(self, identity: bytes, frame: bytes, now: float) -> None:
         """A frame from a client or a member on our ROUTER: a message, or a batch of them."""
         self.bytes_in += len(frame)
+        self.dispatcher.heard(identity)  # (a client's calls stay while it talks: leases)
         msg = self._decode(frame)
         if type(msg) is m.Batch:
             for inner in self._unbatch(msg):
@@ -211,7 +221,7 @@ class Input:
 
     def _cancel(self, msg: m.Cancel, identity: bytes, peer_id: str | None, address: None,
                 now: float) -> None:
-        self.actions.do(self.dispatcher.cancel(msg.call_id, identity), now)
+        self.actions.do(self.dispatcher.cancel(msg.call_id, identity, msg.owner), now)
 
     def _reclaim(self, msg: m.Reclaim, identity: bytes, peer_id: str | None, address: None,
                  now: float) -> None:
@@ -233,3 +243,15 @@ class Input:
             self.dropped["unexpected"] += 1
             return
         self.actions.do(self.dispatcher.handed_back(msg.call_id, peer_id), now)
+
+    def _holds(self, msg: m.Holds, identity: bytes, peer_id: str | None, address: None,
+               now: float) -> None:
+        """Which of these calls we hold for the connection that asks (``Held``, at once)."""
+        self.transport.reply(identity, m.encode(self.dispatcher.holding(msg.call_ids, identity)))
+
+    def _held(self, msg: m.Held, identity: bytes | None, peer_id: str | None,
+              address: str | None, now: float) -> None:
+        if peer_id is None:  # (from a member only)
+            self.dropped["unexpected"] += 1
+            return
+        self.actions.do(self.dispatcher.held(msg.held, msg.unknown, peer_id), now)

@@ -5,10 +5,11 @@ the frames that could not go.
 ``Forward``, ``Deliver`` and ``SendTo`` (the dispatcher) and ``SendAdvert`` (the tree),
 through the transport, which sends what a turn of the loop has for each destination at
 its end (``flush``). A frame for a member that could not go is not simply lost: a call we
-delegated is placed again (``forward_failed``), and a result for a member whose
-connection to our ROUTER is gone goes over our own connection to it (``SendTo``); the
-rest is counted by the transport. Outcomes of calls submitted over REST are kept in the
-call book (``mesh.agent.callbook``) instead of being sent.
+delegated is placed again (``forward_failed``), and a result or a lease answer (``Held``)
+for a member whose connection to our ROUTER is gone goes over our own connection to it
+(``SendTo``); the rest is counted by the transport (what a lease covers is found lost by
+the next lease question: ``mesh.sched.leases``). Outcomes of calls submitted over REST are
+kept in the call book (``mesh.agent.callbook``) instead of being sent.
 """
 
 from __future__ import annotations
@@ -88,8 +89,9 @@ class Outbox:
     def flush(self) -> None:
         """Send what waits for clients and members. Frames for members that could not
         go (no connection yet, or a full queue): calls we delegate are placed again
-        (``forward_failed``), our results for a member whose connection to our ROUTER is
-        gone go over our own connection to it (``SendTo``); the transport counted them."""
+        (``forward_failed``), our results and lease answers for a member whose connection
+        to our ROUTER is gone go over our own connection to it (``SendTo``); the transport
+        counted them."""
         unsent = self.transport.flush()
         if not unsent:
             return
@@ -105,7 +107,8 @@ class Outbox:
             for one in (m.unbatch(msg)[0] if type(msg) is m.Batch else (msg,)):
                 if isinstance(dest, str) and isinstance(one, m.Call) and peer_id is not None:
                     do(self.dispatcher.forward_failed(one.call_id, peer_id), now)
-                elif isinstance(dest, bytes) and isinstance(one, m.Result) and member is not None:
+                elif isinstance(dest, bytes) and isinstance(one, (m.Result, m.Held)) \
+                        and member is not None:
                     do([dp.SendTo(peer_id, one)], now)
                 # (the rest, e.g. a probe before the connection is up, is lost: the
                 # transport counted it in dropped_sends)

@@ -37,37 +37,42 @@ lock.
 
 Stand-ins and their cap. A call that blocks on other tasks lends its slot: the
 dispatcher may then give this agent another call, and when no worker is idle a new one
-is started for it, a stand-in, retired once idle beyond the pool's size. Workers are
-capped: at most ``cap`` (``MESH_MAX_WORKERS``; default 4 per slot + 8), stand-ins
-included. A call for which no worker is idle waits in the pool (``held``) and takes no
-slot meanwhile (the dispatcher is told it lends its slot, as a blocked call does: it may
-hand over more, which wait too). ``pump`` starts waiting calls newest first, each when a
-slot is free (fewer calls run unblocked than there are slots) and a worker can take it:
-an idle one, or a new one below the cap. Newest first is depth first: the calls a
-blocked call waits for are, as a rule, the last ones submitted, so they run before
-older work and the blocked calls are mostly ancestors of the running ones. fib(12)
-with nested tasks on one slot starts ~18 workers this way, where the order in which
-calls arrived (breadth first) took ~180 (and fib(10) 12 instead of ~70). Not exactly
-the depth of the recursion: nested calls and resumptions reach the agent a moment after
-the events that cause them, and the pool goes on meanwhile. (A call waiting here is
-running here for the dispatcher: it is no longer offered to peers, as a call started in
-a stand-in was not; a lend hands the pool what the backlog holds then, not one call.)
+is started for it, a stand-in. Stand-ins stay while any call here is blocked (a nested
+graph runs: it wants them again as it goes up and down the recursion) and are retired
+once idle beyond the pool's size after that. Workers are capped: at most ``cap``
+(``MESH_MAX_WORKERS``; default 4 per slot + 8), stand-ins included. A call for which no
+worker is idle waits in the pool (``held``) and keeps its slot meanwhile: the
+dispatcher counts it running, so it gives this agent no more than its slots (lent ones
+included) allow, and what else waits stays in its backlog, where peers can be given it
+or steal it. Only a blocked call lends a slot. ``pump`` starts waiting calls newest
+first, each when a slot is free (fewer calls run unblocked than there are slots) and a
+worker can take it: an idle one, or a new one below the cap. Newest first is depth
+first, and so is the dispatcher (``Dispatcher._retry_backlog``: while a call here is
+blocked, the room here goes to the newest calls waiting): the calls a blocked call waits
+for are, as a rule, the last ones submitted, so they run before older work and the
+blocked calls are mostly ancestors of the running ones. fib(10) with nested tasks on one
+slot takes 11-17 workers this way (fib(12) 24-30), where the order in which calls
+arrived (breadth first) took ~70 (and fib(12) ~180). Not exactly the depth of the recursion: nested calls
+and resumptions reach the agent a moment after the events that cause them.
 
-Why waiting cannot deadlock: a call waits only while a worker runs a call that is not
-blocked (that call ends or blocks, and either makes the pool look again), or while
-every worker's call is blocked, the one state that nothing here would ever end. Then,
-once no worker has said anything for ``QUIET`` (a resumption on its way would have),
-one more worker starts, past the cap (``over_cap`` counts them, the log says so):
+Why waiting cannot deadlock: a call waits in the pool only while a worker runs a call
+that is not blocked (that call ends or blocks, and either makes the pool look again), or
+while every worker's call is blocked, the one state that nothing here would ever end.
+Then, once no worker has said anything for ``QUIET`` (a resumption on its way would
+have), one more worker starts, past the cap (``over_cap`` counts them, the log says so):
 progress before the bound. So the cap is exceeded only by a recursion that needs more
-workers than the cap, and then by about what it needs.
+workers than the cap, and then by about what it needs. A call waiting in the
+dispatcher's backlog for a slot (one a waiting call keeps) waits for the same progress:
+each call started ends or blocks, and either frees a slot.
 
 What the system refuses and what workers garble costs calls, never the agent. A worker
 that cannot be started (``fork`` or ``socketpair`` fails: out of processes, descriptors
 or memory) fails the newest waiting call with ``WorkerUnavailable`` naming the cause,
 unless a worker will free (then the call waits for it); at start or after a crash the
-pool just stays smaller and starts a worker when a call needs one. A frame from a worker that is not one of those above, with the types
-above, means its channel is broken: the worker is killed and replaced as if it had
-died, and its call fails (``WorkerDied``, saying what it sent).
+pool just stays smaller and starts a worker when a call needs one. A frame from a
+worker that is not one of those above, with the types above, means its channel is
+broken: the worker is killed and replaced as if it had died, and its call fails
+(``WorkerDied``, saying what it sent).
 """
 
 from __future__ import annotations
@@ -234,10 +239,15 @@ class WorkerPool:
         self._retire_idle()
 
     def _retire_idle(self) -> None:
-        if self.held:  # (calls wait for a worker: the idle ones take them)
+        """Stop idle workers beyond the pool's size; none while calls wait for a worker
+        (they take the idle ones), nor while a call here is blocked on nested calls: a
+        nested graph runs, which wants its stand-ins again as it goes up and down the
+        recursion (a process takes a few hundred ms to start: retired the moment they
+        idled, fib(10) on one slot took ~50 s instead of ~9). They go once no call here
+        is blocked."""
+        if self.held or any(w.lent for w in self.workers):
             return
-        # a worker whose call lent its slot does not count: its stand-in stays
-        excess = len(self.workers) - self.target - sum(1 for w in self.workers if w.lent)
+        excess = len(self.workers) - self.target
         for w in [w for w in self.workers if w.call_id is None][: max(excess, 0)]:
             self._stop(w)
             self.workers.remove(w)
@@ -281,9 +291,9 @@ class WorkerPool:
     def run(self, call: Call, behind: bool = False, now: float | None = None) -> None:
         """Hand ``call`` to an idle worker. ``behind``: no slot is free, the call waits at
         the busy worker with the fewest calls (not one whose call lent its slot or runs
-        long). When no worker can take it now, the call waits in ``held`` (and takes no
-        slot meanwhile: ``lends`` says so) until ``pump`` starts it, in a stand-in below
-        the cap or in a worker that frees. Calls that could not start go to ``failed``."""
+        long). When no worker can take it now, the call waits in ``held`` (keeping the
+        slot the dispatcher gave it) until ``pump`` starts it, in a stand-in below the cap
+        or in a worker that frees. Calls that could not start go to ``failed``."""
         if behind:
             now = time.monotonic() if now is None else now
             limit = self._slow_limit()
@@ -294,9 +304,8 @@ class WorkerPool:
                         default=None)
         else:
             w = next((w for w in self.workers if not w.queue), None)
-        if w is None:
+        if w is None:  # (it keeps its slot meanwhile: the dispatcher counts it running)
             self.held.append(call)
-            self.lends.append((call.call_id, True))  # (waiting here, it takes no slot)
             return
         self._hand(w, call, now)
 
@@ -345,7 +354,7 @@ class WorkerPool:
                 except OSError as exc:
                     if self._unblocked():
                         break  # (a worker will free: the call waits for it)
-                    call = self.held.pop()  # (still lent: its failure takes no slot back)
+                    call = self.held.pop()  # (its failure frees its slot)
                     self.failed.append(self.unavailable(call.call_id, cannot_start(exc)))
                     did = True
                     continue
@@ -357,9 +366,7 @@ class WorkerPool:
                         log.warning("every one of the %d workers waits for nested calls: started "
                                     "one more, past the cap of %d (MESH_MAX_WORKERS); %d time(s) "
                                     "so far", len(self.workers) - 1, self.cap, self.over_cap)
-            call = self.held.pop()
-            self.lends.append((call.call_id, False))  # (it takes its slot again)
-            self._hand(w, call, now)
+            self._hand(w, self.held.pop(), now)
             did = True
         return did
 

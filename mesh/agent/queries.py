@@ -82,7 +82,8 @@ class Queries:
             "delegates_to": ("any peer" if d.neighbours is None
                              else f"{len(d.neighbours)} tree neighbour(s)"),
             "ledger": {k: d.counters[k] for k in ("reassigned", "redirected", "cancelled",
-                                                   "handed_back", "joined")},
+                                                   "handed_back", "joined", "lease_questions",
+                                                   "lease_lost", "client_gone")},
             "stealing": {k: d.counters[k] for k in ("reclaims_sent", "reclaim_asked",
                                                      "reclaim_got", "reclaim_given")},
             "peers_alive": len(self.members.alive()),

@@ -6,8 +6,9 @@ the dispatcher and the poller.
 says so (results, lends of slots, puts and gets of objects, calls given back unstarted)
 and turns it into events of the dispatcher and the object service, and keeps the poller
 watching exactly the pool's workers (``fds``: descriptor -> worker, which the loop reads).
-Calls that wait for a worker (the pool's cap, ``mesh.agent.pool``) are started by
-``pump``, which the loop calls at the end of each turn in which some wait.
+Calls that wait for a worker (the pool's cap, ``mesh.agent.pool``; each keeps the slot
+the dispatcher gave it) are started by ``pump``, which the loop calls at the end of each
+turn in which some wait.
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ class Slots:
         given back unstarted, lends, puts and gets, results), then (``pump``) let the
         pool start the calls that wait for a worker; again, until nothing is left. What the
         dispatcher does meanwhile may hand the pool more calls (``_run_local``): those
-        are settled by this same loop, not by a call within a call (a backlog drained
-        into the pool by lends would otherwise recurse once per call)."""
+        are settled by this same loop, not by a call within a call (each result that
+        frees a slot for the next call would otherwise recurse once per call)."""
         if results:
             self._results.extend(results)
         if self._settling:

@@ -1,8 +1,10 @@
 """The client: a program's link to one agent (its local socket, or ZeroMQ with CURVE),
 the requests it sends and the futures its caller holds.
 
-May import: ``mesh.wire``, ``mesh.keys``, ``mesh.errors``. ``connect`` and ``Client`` are
-also ``mesh.connect`` and ``mesh.Client``."""
+May import: ``mesh.wire``, ``mesh.keys``, ``mesh.errors``, and the rules it shares with
+agents: ``mesh.sched.leases`` (its side of the leases on calls), ``mesh.sched.objects``
+(``ObjectLost``), ``mesh.program.taskexec`` (a call run in the program itself).
+``connect`` and ``Client`` are also ``mesh.connect`` and ``mesh.Client``."""
 
 
 def __getattr__(name: str):

@@ -42,6 +42,16 @@ open, the agent is unreachable). When that happens, or when the connection itsel
 ``AgentUnreachable`` saying why, and the link connects anew to whatever agent serves the
 address (``_reconnect``): later calls work again once one does.
 
+A frame can also be lost while the connection stays up (the agent could not send a
+result: its buffer for us was full; our call never reached its loop). So the client keeps
+a lease on each call (``Requests``: ``mesh.sched.leases``): about once a second, the same
+thread asks the agent which of the calls without news for a second it still holds
+(``Holds``, answered at once), and sends again, with the same call id, those it does not;
+the first result completes the future. These questions are also what tells the agent
+that we are still there: one that hears nothing from a client with calls for 4 s cancels
+them (its program died, or its connection did). After a reconnection the calls of the
+old connection fail here, and a ``Cancel`` naming our session (``owner``) stops them there.
+
 A result that raised on the agent is re-raised here as the original exception when
 it could be rebuilt, with the remote traceback (and the agent's name) attached as its
 ``__cause__``; otherwise as ``RemoteError``.
@@ -112,10 +122,15 @@ class Client:
         self._lead_poller: Poller | None = None  # (one reader at a time: made once)
         self.wakes = 0  # times the client's thread woke (a loop of single calls: ~none)
         self.pings = 0  # heartbeats sent (``mesh.client.heartbeat``)
-        self.requests = Requests(self._lock)
+        self.lease_questions = 0  # Holds sent (``Requests.questions``)
+        self.requests = Requests(self._lock, resend=self._post, agent=f"the agent at {address}")
         self.heartbeat = Heartbeat()  # (ticked by the client's thread)
         self.link = Link(address, self.key, min(timeout, LOCAL_PROBE_S) if local else None,
                          self._closed, self._wake)
+        if os.environ.get("MESH_EMULATE_LOSS"):  # a test knob: frames lost on purpose
+            from mesh.wire import loss
+
+            self.link = loss.install_link(self.link)
         self._thread = threading.Thread(target=self._loop, name=f"mesh-client-{address}", daemon=True)
         self._thread.start()
         if self.link.stream is None:  # (a local socket answered already)
@@ -180,7 +195,7 @@ class Client:
         fut = self.requests.pop_call(call_id)
         if fut is None:
             return False
-        self._post(m.encode(m.Cancel(call_id, "cancelled by the caller")))
+        self._post(m.encode(m.Cancel(call_id, "cancelled by the caller", self.session)))
         if isinstance(fut, Future) and not fut.done():
             fut.cancel()
         return True
@@ -225,7 +240,7 @@ class Client:
         if self._closed.is_set():
             return
         for call_id in self.requests.call_ids():  # nobody will read these: the agents stop them
-            self._post(m.encode(m.Cancel(call_id, "the caller closed its connection")))
+            self._post(m.encode(m.Cancel(call_id, "the caller closed its connection", self.session)))
         # and drop what our calls kept at agents (mesh.sched.objects), even what they still make
         self._post(m.encode(m.Free("", [], self.session)))
         self._closed.set()
@@ -272,7 +287,7 @@ class Client:
             fut = CallFuture(self, call_id)
         else:
             fut = Callback(call_id, on_done)  # type: ignore[assignment]
-        alone = requests.add_call(call_id, fut)  # nothing else in flight: send it ourselves
+        alone = requests.add_call(call_id, fut, frame)  # nothing else in flight: send it ourselves
         if not (alone and self._send_now(frame)):
             self._post(frame)
         elif on_done is not None:  # nobody will wait in result(): our thread reads for it
@@ -422,7 +437,9 @@ class Client:
                 self._lead_poller.close()
                 self._lead_poller = None
             self._outbox.clear()
-        self.requests.fail_all(AgentUnreachable(link.broken))
+        ids = self.requests.fail_all(AgentUnreachable(link.broken))
+        for call_id in ids:  # (if the same agent serves the address, it stops them now)
+            self._outbox.append(m.encode(m.Cancel(call_id, "its client reconnected", self.session)))
         self.heartbeat.start(time.monotonic())
         link.broken = ""  # (until now new calls were refused: none went the old way)
 
@@ -471,14 +488,18 @@ class Client:
                     self._reader = None
             now = time.monotonic()
             beat = heartbeat.tick(now, requests.frames, busy)
+            asks = requests.questions(now) if busy else ()  # leases: once a period
+            if asks:
+                outbox.extend(asks)
+                self.lease_questions += len(asks)
             if beat is PING:
                 outbox.append(PING_FRAME)
                 self.pings += 1
-                if self._reader not in (None, BG):  # a waiting thread reads: it steps
-                    try:  # aside now, so that the ping goes at once
-                        self._lw.send(b"\0")
-                    except (BlockingIOError, OSError):
-                        pass
+            if (asks or beat is PING) and self._reader not in (None, BG):
+                try:  # a waiting thread reads: it steps aside now, so that they go at once
+                    self._lw.send(b"\0")
+                except (BlockingIOError, OSError):
+                    pass
             elif beat is SILENT:
                 self._silent()
                 if link.broken:

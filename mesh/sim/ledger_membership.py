@@ -13,7 +13,7 @@ node itself gets ``declared_dead`` once after ``REFUTE`` if anyone had declared 
 dead (the SWIM refutation; gossip carries the verdict). A node cut off from everyone
 declares everyone dead.
 
-State, kept by ``LedgerSim`` and indexed ``o * n + p`` (observer ``o``, peer ``p``, ``n``
+State, kept here and indexed ``o * n + p`` (observer ``o``, peer ``p``, ``n``
 agents): ``visible`` (``o`` sees ``p``), ``gen`` (bumped at every change of
 ``visible``: a pending suspicion, detection or revival of an older generation is
 void), ``dead_view`` (``o`` holds ``p`` dead), and ``declared_by[p]`` (who declared
@@ -26,7 +26,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from mesh.sim.ledger_model import Node
+from mesh.sim.ledger_model import Clock, Node
 
 HEARTBEAT = 0.4
 SUSPECT, DETECT = (0.4, 0.9), (1.0, 3.0)  # after a node stops being visible
@@ -34,27 +34,31 @@ REVIVE, REFUTE = (0.05, 1.0), (0.02, 0.3)  # after it is visible again
 
 
 class MembershipModel:
-    """Mixin of ``LedgerSim``: what each agent's membership tells its dispatcher.
+    """What each agent's membership tells its dispatcher. A part of ``LedgerSim``, given
+    the clock, the agents, the run's random stream, the round trips (``rtt``, indexed as
+    the state) and what it calls back: ``do`` (carry out a dispatcher's actions) and
+    ``record`` (trace). ``LedgerSim`` calls ``topology`` after every kill, freeze, wake,
+    partition and heal, and starts each agent's ``heartbeat``."""
 
-    ``LedgerSim`` calls ``_topology`` after every kill, freeze, wake, partition and
-    heal, and starts each agent's ``_heartbeat``. It provides the state below and
-    ``at`` (schedule), ``_do`` (carry out a dispatcher's actions) and ``_record``
-    (trace)."""
+    def __init__(self, clock: Clock, nodes: list[Node], rng: random.Random, rtt: list[float], *,
+                 do: Callable[[Node, list], None], record: Callable[[Node, str, str], None]) -> None:
+        n = len(nodes)
+        self.clock = clock
+        self.nodes = nodes
+        self.rng = rng
+        self.rtt = rtt
+        self._do, self._record = do, record
+        self.visible = [True] * (n * n)
+        self.gen = [0] * (n * n)
+        self.dead_view: set[int] = set()  # o * n + p: o holds p dead
+        self.declared_by: list[set[int]] = [set() for _ in range(n)]
+        self.dead_origin_kept = 0  # calls still running right after their origin was declared dead
 
-    nodes: list[Node]
-    rng: random.Random
-    now: float
-    rtt: list[float]
-    visible: list[bool]
-    gen: list[int]
-    dead_view: set[int]
-    declared_by: list[set[int]]
-    dead_origin_kept: int
-    at: Callable[..., None]
-    _do: Callable[[Node, list], None]
-    _record: Callable[[Node, str, str], None]
+    def holds_dead(self, o: Node, p: Node) -> bool:
+        """``o`` declared ``p`` dead (and has not seen it alive since)."""
+        return o.i * len(self.nodes) + p.i in self.dead_view
 
-    def _topology(self) -> None:
+    def topology(self) -> None:
         n, rng = len(self.nodes), self.rng
         for o in self.nodes:
             if not o.alive:
@@ -69,15 +73,15 @@ class MembershipModel:
                 self.visible[k] = v
                 self.gen[k] += 1
                 if not v:
-                    self.at(self.now + rng.uniform(*SUSPECT), self._suspect, o, p, self.gen[k])
-                    self.at(self.now + rng.uniform(*DETECT), self._detect, o, p, self.gen[k])
+                    self.clock.at(self.clock.now + rng.uniform(*SUSPECT), self._suspect, o, p, self.gen[k])
+                    self.clock.at(self.clock.now + rng.uniform(*DETECT), self._detect, o, p, self.gen[k])
                 elif k in self.dead_view:
-                    self.at(self.now + rng.uniform(*REVIVE), self._revive, o, p, self.gen[k])
+                    self.clock.at(self.clock.now + rng.uniform(*REVIVE), self._revive, o, p, self.gen[k])
         for p in self.nodes:
             if p.alive and not p.frozen and self.declared_by[p.i] and not p.refuting \
                     and self._seen(p):
                 p.refuting = True
-                self.at(self.now + rng.uniform(*REFUTE), self._refute, p)
+                self.clock.at(self.clock.now + rng.uniform(*REFUTE), self._refute, p)
 
     def _seen(self, p: Node) -> bool:
         n = len(self.nodes)
@@ -88,7 +92,7 @@ class MembershipModel:
         if self.gen[k] != g or not o.alive or k in self.dead_view:
             return
         if o.frozen:  # it suspects when it wakes and its probes go unanswered
-            self.at(self.now + 0.2, self._suspect, o, p, g)
+            self.clock.at(self.clock.now + 0.2, self._suspect, o, p, g)
             return
         self._do(o, o.d.peer_suspect(p.id))
 
@@ -97,7 +101,7 @@ class MembershipModel:
         if self.gen[k] != g or not o.alive or k in self.dead_view:
             return
         if o.frozen:
-            self.at(self.now + 0.2, self._detect, o, p, g)
+            self.clock.at(self.clock.now + 0.2, self._detect, o, p, g)
             return
         self.dead_view.add(k)
         self.declared_by[p.i].add(o.i)
@@ -110,7 +114,7 @@ class MembershipModel:
         if self.gen[k] != g or not o.alive:
             return
         if o.frozen:
-            self.at(self.now + 0.2, self._revive, o, p, g)
+            self.clock.at(self.clock.now + 0.2, self._revive, o, p, g)
             return
         self.dead_view.discard(k)
         self._do(o, o.d.peer_alive(p.id))
@@ -122,17 +126,18 @@ class MembershipModel:
             self._record(p, "declared_dead", "")
             self._do(p, p.d.declared_dead())
 
-    def _heartbeat(self, p: Node, reschedule: bool = True) -> None:
+    def heartbeat(self, p: Node, reschedule: bool = True) -> None:
         if not p.alive:
             return
         if reschedule:
-            self.at(self.now + HEARTBEAT, self._heartbeat, p)
+            self.clock.at(self.clock.now + HEARTBEAT, self.heartbeat, p)
         if p.frozen:
             return
-        n, free, queued = len(self.nodes), p.d.free, p.d.queued
+        n, local, queued = len(self.nodes), p.d.local, p.d.queued
+        free = local.free
         for o in self.nodes:
             k = o.i * n + p.i
             if o is not p and o.alive and not o.frozen and self.visible[k] \
                     and k not in self.dead_view:
-                self._do(o, o.d.peer_load(p.id, p.name, p.d.cpus, free, self.rtt[k], queued,
-                                          p.d.speed, p.d.memory, p.d.labels))
+                self._do(o, o.d.peer_load(p.id, p.name, local.cpus, free, self.rtt[k], queued,
+                                          local.speed, local.memory, local.labels))

@@ -2,8 +2,9 @@
 
 Theory of operation
 -------------------
-Plain data, and the client programs:
+Plain data, the clock, and the client programs:
 
+* ``Clock``: virtual time; events wait in a heap ordered by (time, sequence number).
 * ``Worker``: one worker process of an agent: its FIFO of calls as the agent sees it,
   and how far the process itself got (see ``mesh.sim.ledger_workers``).
 * ``Node``: one agent: its real ``Dispatcher``, whether it is alive, frozen or
@@ -14,25 +15,60 @@ Programs: a few origins each run a client with a share of the task graph (roots,
 chains, fan-in, a final reduction; with the simulator's ``labels``, about half of the
 tasks need one of them, ``Call.needs``); a task is submitted when its dependencies'
 results have arrived, with a call id unique per (task, submission); a failure result
-is resubmitted (up to ``MAX_SUBMISSIONS``). A program takes randomness (``sim.rng``),
-the clock (``sim.now``) and the way to its agent (``sim.client_send``) from its
-``LedgerSim``, and reports what it sees wrong with ``sim.violation``.
+is resubmitted (up to ``MAX_SUBMISSIONS``). As ``mesh.client`` does, a program keeps a
+lease on each call in flight (``mesh.sched.leases.ClientLeases``): every ``CLIENT_TICK``
+it asks its agent about those without news for a period (``Holds``) and sends again,
+with the same id, those the agent does not hold; one given up on (the agent never took
+it) fails here, and a result that comes for it later is counted, not taken. A program
+takes randomness (``sim.rng``), the clock (``sim.now``) and the way to its agent
+(``sim.client_send``) from its ``LedgerSim``, and reports what it sees wrong with
+``sim.violation``.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import random
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from mesh.sched.dispatch import Dispatcher
-from mesh.wire.messages import Call, Needs, Result
+from mesh.sched.leases import ClientLeases
+from mesh.wire.messages import Call, Held, Holds, Needs, Result
 
 if TYPE_CHECKING:
     from mesh.sim.ledger_sim import LedgerSim
 
 MAX_SUBMISSIONS = 4
+CLIENT_TICK = 0.25  # how often a program's client looks at its leases (its thread's wake-ups)
+
+
+class Clock:
+    """Virtual time: ``at`` schedules ``fn(*args)``, ``run_until`` runs what is due in
+    order of (time, scheduling order) and moves ``now``. No real clock is read."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._heap: list = []
+        self._seq = itertools.count()
+
+    def at(self, when: float, fn, *args) -> None:
+        heapq.heappush(self._heap, (when, next(self._seq), fn, args))
+
+    def run_until(self, until: float, stop=None) -> bool:
+        """Run events due by ``until``; True as soon as ``stop()`` says so (else False,
+        with ``now`` at ``until``)."""
+        heap = self._heap
+        while heap and heap[0][0] <= until:
+            when, _, fn, args = heapq.heappop(heap)
+            self.now = when
+            fn(*args)
+            if stop is not None and stop():
+                return True
+        self.now = max(self.now, until)
+        return False
 
 
 @dataclass(eq=False)
@@ -84,6 +120,9 @@ class Report:
     given_back: int = 0  # calls given back unstarted when the call ahead of them was killed
     withdrawn: int = 0  # calls given back unstarted because the call ahead of them ran long
     withdrawals: int = 0  # times a worker gave back its waiting calls for a long call
+    lost_frames: int = 0  # frames dropped, refused or lost in a reset on live links
+    late: int = 0  # results for calls a program had given up on (its agent never took them)
+    longest_stall: float = 0.0  # with check_bound: the longest a call did not move, s
     leaks: dict[str, int] = field(default_factory=dict)
     end_time: float = 0.0
     counters: dict[str, int] = field(default_factory=dict)
@@ -119,8 +158,13 @@ class Program:
         self.done = 0
         self.gave_up = 0
         self.finished_at: float | None = None if deps else 0.0
+        self.leases = ClientLeases()
+        self.given_up: set[str] = set()  # calls the agent never took (failed here)
+        self.late = 0  # results that came for them anyway
+        self.submitted: dict[str, float] = {}  # call id -> when it was submitted
 
     def start(self) -> None:
+        self.sim.at(self.sim.now + CLIENT_TICK, self.tick)
         for t, n in enumerate(self.waiting):
             if n == 0:
                 self.submit(t)
@@ -129,12 +173,37 @@ class Program:
         cid = f"{self.node.name}.t{t}.s{self.subs[t]}"
         self.subs[t] += 1
         self.calls[cid] = t
-        self.sim.client_send(self.node, Call(cid, "sim:task", repr(self.durations[t]).encode(),
-                                             needs=self.needs[t]))
+        self.submitted[cid] = self.sim.now
+        call = Call(cid, "sim:task", repr(self.durations[t]).encode(), needs=self.needs[t])
+        self.leases.sent(cid, call)
+        self.sim.client_send(self.node, call)
 
-    def receive(self, result: Result) -> None:
+    def tick(self) -> None:
+        """The client's thread wakes: lease questions to the agent, if a round began."""
         if not self.node.alive:
             return
+        self.sim.at(self.sim.now + CLIENT_TICK, self.tick)
+        for ids in self.leases.tick(self.sim.now):
+            self.sim.client_send(self.node, Holds(ids))
+
+    def receive(self, msg: Result | Held) -> None:
+        if not self.node.alive:
+            return
+        if isinstance(msg, Held):
+            again, failed = self.leases.answered(msg.held, msg.unknown)
+            for call in again:
+                self.sim.client_send(self.node, call)
+            for cid in failed:
+                self.given_up.add(cid)
+                self._outcome(Result(cid, False, b"", "", "AgentUnreachable", "never taken"))
+            return
+        if msg.call_id in self.given_up:
+            self.late += 1
+            return
+        self.leases.ended(msg.call_id)
+        self._outcome(msg)
+
+    def _outcome(self, result: Result) -> None:
         cid, sim = result.call_id, self.sim
         self.results[cid] += 1
         if cid not in self.calls:

@@ -8,10 +8,11 @@ seed gives one run, action for action (``python -m mesh.sim.ledger_sim --seed N`
 replays it).
 
 Modules, one concept each (every name they define is importable from here too):
-``ledger_model`` (``Worker``, ``Node``, ``Report``, ``Program``, ``make_graph``),
-``ledger_workers`` (``WorkerPoolModel``: an agent's worker processes),
+``ledger_model`` (``Clock``, ``Worker``, ``Node``, ``Report``, ``Program``, ``make_graph``),
+``ledger_workers`` (``WorkerPoolModel``: the agents' worker processes),
 ``ledger_membership`` (``MembershipModel``: the modelled membership view), and this
-one: the clock, the links, carrying out actions, faults, the checks, ``run_seed``
+one: ``LedgerSim``, which holds a clock, the agents, the programs and the two models as
+its parts, and does the links, carrying out actions, faults and the checks; ``run_seed``
 and the command line.
 
 Agents: each holds a real ``mesh.sched.dispatch.Dispatcher``; its actions are carried
@@ -64,22 +65,23 @@ behind another call and calls given back unstarted (their call ahead killed, or 
 from __future__ import annotations
 
 import argparse
-import heapq
-import itertools
 import random
 import sys
 import time
 from collections import Counter
 
 from mesh.sched.dispatch import Deliver, Dispatcher, Forward, KillLocal, RunLocal, SendTo
+from mesh.sched.leases import CLIENT_PERIOD, PERIODS
+from mesh.sim.ledger_links import REFUSED, Links
 from mesh.sim.ledger_membership import DETECT, HEARTBEAT, REFUTE, REVIVE, SUSPECT, MembershipModel
-from mesh.sim.ledger_model import MAX_SUBMISSIONS, Node, Program, Report, Worker, make_graph
+from mesh.sim.ledger_model import MAX_SUBMISSIONS, Clock, Node, Program, Report, Worker, make_graph
 from mesh.sim.ledger_workers import SLOW_CHECK, WorkerPoolModel
-from mesh.wire.messages import Call, Cancel, Handback, Reclaim, Result
+from mesh.wire.messages import Call, Cancel, Handback, Held, Holds, Reclaim, Result
 
 __all__ = [
     "DELAY", "DETECT", "DURATION", "HEARTBEAT", "LOCAL", "MAX_SUBMISSIONS", "QUIESCE",
-    "REFUTE", "REVIVE", "SLOW_CHECK", "SUSPECT", "TIME_LIMIT", "LedgerSim", "MembershipModel",
+    "REFUTE", "REVIVE", "SLOW_CHECK", "SUSPECT", "TIME_LIMIT", "Clock", "LedgerSim",
+    "MembershipModel",
     "Node", "Program", "Report", "Worker", "WorkerPoolModel", "main", "make_graph",
     "random_faults", "run_seed",
 ]
@@ -89,46 +91,50 @@ LOCAL = 0.0002  # client <-> its agent
 DURATION = (0.005, 0.2)
 TIME_LIMIT = 120.0  # virtual seconds for every live program to finish
 QUIESCE = 6.0  # run on after the last program and fault, then look for leaks
+LEASE = PERIODS * HEARTBEAT  # the agents' lease period (``mesh.sched.leases``), as agents run
+AGENT_TICK = 0.1  # how often an agent's loop ticks its dispatcher (leases)
+SAMPLE = 0.05  # with ``check_bound``: how often every call's path is looked at
+SLACK = 0.4  # the bound's allowance for ticks, samples and round trips
 
 
-class LedgerSim(MembershipModel, WorkerPoolModel):
-    """Agents with real dispatchers, a fake network, modelled membership (``MembershipModel``),
-    worker processes (``WorkerPoolModel``), programs."""
+class LedgerSim:
+    """Agents with real dispatchers, a fake network, programs; its parts: the ``clock``,
+    modelled membership (``membership``: ``MembershipModel``) and worker processes
+    (``workers``: ``WorkerPoolModel``)."""
 
     def __init__(self, seed: int, *, agents: int = 50, tasks: int = 500,
                  cpus: list[int] | None = None, origins: list[int] | None = None,
                  durations: tuple[float, float] = DURATION, record: bool = False,
                  hold: bool = False, prefetch: int = 1, steal: bool | None = None,
                  hetero: bool = False, tree: bool = False, depth: int = 1,
-                 long_call: float | None = None, labels: int = 0) -> None:
+                 long_call: float | None = None, labels: int = 0, drop: float = 0.0,
+                 refuse: float = 0.0, reset: float = 0.0, check_bound: bool = False) -> None:
         self.rng = rng = random.Random(seed)
-        self.seed, self.now, self.durations, self.hold = seed, 0.0, durations, hold
-        self.depth, self.long_call = max(depth, 1), long_call
+        self.seed, self.durations, self.hold = seed, durations, hold
+        self.clock = Clock()
         self.held: list[tuple] = []  # with ``hold``: messages waiting for a partition to heal
-        self._heap: list = []
-        self._seq = itertools.count()
-        self.fifo: dict[tuple, float] = {}
+        self.links = Links(self.clock, seed, drop=drop, refuse=refuse)
+        self.reset = reset  # probability that a frame to a member finds its connection reset
+        self.stalls: dict[str, float] = {}  # with ``check_bound``: call -> since when nothing moves it
+        self.longest_stall = 0.0
         self.violations: list[str] = []
         self.failures: Counter[str] = Counter()
         self.trace: list[tuple] | None = [] if record else None
         self.faults: list[str] = []
         self.fault_end = 0.0
-        self.executions: Counter[str] = Counter()
-        self.dead_origin_runs = self.dead_origin_kept = 0
-        self.waited = self.given_back = self.withdrawn = self.withdrawals = 0
         if cpus is None:
             cpus = [0 if rng.random() < 0.15 else rng.randint(1, 4) for _ in range(agents)]
         n = len(cpus)
         speeds = [rng.choice((1.0, 0.5, 0.25)) if hetero else 1.0 for _ in cpus]
         self.label_names = [f"l{k}" for k in range(labels)]
         offers = self._offers(rng, cpus) if labels else [frozenset()] * n
-        self.nodes = [Node(i, f"a{i:02d}", f"{rng.getrandbits(128):032x}",
-                           Dispatcher(f"a{i:02d}", c, "", prefetch=prefetch, steal=steal,
-                                      speed=speeds[i], depth=self.depth, labels=offers[i]),
+        ids = [f"{rng.getrandbits(128):032x}" for _ in cpus]
+        self.nodes = [Node(i, f"a{i:02d}", ids[i],
+                           Dispatcher(f"a{i:02d}", c, ids[i], prefetch=prefetch, steal=steal,
+                                      speed=speeds[i], depth=max(depth, 1), labels=offers[i],
+                                      lease=LEASE),
                            workers=[Worker() for _ in range(c)])
                       for i, c in enumerate(cpus)]
-        for node in self.nodes:
-            node.d.node_id = node.id
         self.by_id = {node.id: node for node in self.nodes}
         self.rtt = [rng.uniform(0.001, 0.01) for _ in range(n * n)]
         self.parent: list[int | None] = [None] * n
@@ -141,10 +147,12 @@ class LedgerSim(MembershipModel, WorkerPoolModel):
                     hood[p].append(i)
             for node in self.nodes:
                 node.d.neighbours = frozenset(self.nodes[j].id for j in hood[node.i])
-        self.visible = [True] * (n * n)
-        self.gen = [0] * (n * n)
-        self.dead_view: set[int] = set()  # o * n + p: o holds p dead
-        self.declared_by: list[set[int]] = [set() for _ in range(n)]
+        self.membership = MembershipModel(self.clock, self.nodes, rng, self.rtt, do=self._do,
+                                          record=self._record)
+        self.workers = WorkerPoolModel(self.clock, self.by_id, depth=max(depth, 1),
+                                       long_call=long_call, handle=self._handle, do=self._do,
+                                       record=self._record, violation=self.violation,
+                                       holds_dead=self.membership.holds_dead)
         if origins is None:
             origins = sorted(rng.sample(range(n), min(n, rng.randint(3, 5))))
         share = [tasks // len(origins) + (k < tasks % len(origins)) for k in range(len(origins))]
@@ -153,10 +161,14 @@ class LedgerSim(MembershipModel, WorkerPoolModel):
         for prog in self.programs:
             prog.node.program = prog
         for node in self.nodes:  # every agent knows every other (a converged mesh)
-            self._heartbeat(node, reschedule=False)
-            self.at(rng.uniform(0, HEARTBEAT), self._heartbeat, node)
+            self.membership.heartbeat(node, reschedule=False)
+            self.at(rng.uniform(0, HEARTBEAT), self.membership.heartbeat, node)
         for prog in self.programs:
             self.at(0.001, prog.start)
+        for node in self.nodes:
+            self.at(AGENT_TICK, self._tick, node)
+        if check_bound:
+            self.at(SAMPLE, self._sample)
 
     def _offers(self, rng: random.Random, cpus: list[int]) -> list[frozenset]:
         """With ``labels``: each agent offers a random subset of the labels (most none);
@@ -171,18 +183,15 @@ class LedgerSim(MembershipModel, WorkerPoolModel):
 
     # ------------------------------------------------------------------ clock
 
+    @property
+    def now(self) -> float:
+        return self.clock.now
+
     def at(self, when: float, fn, *args) -> None:
-        heapq.heappush(self._heap, (when, next(self._seq), fn, args))
+        self.clock.at(when, fn, *args)
 
     def run_until(self, until: float, stop=None) -> bool:
-        while self._heap and self._heap[0][0] <= until:
-            when, _, fn, args = heapq.heappop(self._heap)
-            self.now = when
-            fn(*args)
-            if stop is not None and stop():
-                return True
-        self.now = max(self.now, until)
-        return False
+        return self.clock.run_until(until, stop)
 
     def finished(self) -> bool:
         return all(p.finished_at is not None for p in self.programs if p.node.alive)
@@ -204,14 +213,14 @@ class LedgerSim(MembershipModel, WorkerPoolModel):
             w.alive = False
         node.workers.clear()
         node.cancelled.clear()
-        self._topology()
+        self.membership.topology()
 
     def freeze(self, node: Node, seconds: float) -> None:
         self.faults.append(f"t={self.now:.2f} freeze {node.name} {seconds:.1f}s")
         node.frozen = True
         self.fault_end = max(self.fault_end, self.now + seconds)
         self.at(self.now + seconds, self._wake, node)
-        self._topology()
+        self.membership.topology()
 
     def partition(self, nodes: list[Node], seconds: float) -> None:
         names = ",".join(n.name for n in nodes)
@@ -220,7 +229,7 @@ class LedgerSim(MembershipModel, WorkerPoolModel):
             n.side = 1
         self.fault_end = max(self.fault_end, self.now + seconds)
         self.at(self.now + seconds, self._heal)
-        self._topology()
+        self.membership.topology()
 
     def _wake(self, node: Node) -> None:
         if not node.alive:
@@ -230,7 +239,7 @@ class LedgerSim(MembershipModel, WorkerPoolModel):
         for fn, args in inbox:
             if node.alive and not node.frozen:
                 fn(*args)
-        self._topology()
+        self.membership.topology()
 
     def _heal(self) -> None:
         for n in self.nodes:
@@ -238,7 +247,7 @@ class LedgerSim(MembershipModel, WorkerPoolModel):
         held, self.held = self.held, []
         for args in held:
             self._arrive(*args)
-        self._topology()
+        self.membership.topology()
 
     def holder(self) -> Node:
         """The live agent holding the most calls."""
@@ -252,18 +261,59 @@ class LedgerSim(MembershipModel, WorkerPoolModel):
         else:
             fn(*args)
 
-    def client_send(self, node: Node, call: Call) -> None:
-        self.at(self.now + LOCAL, self._client_in, node, call)
+    def _tick(self, node: Node) -> None:
+        """The agent's loop ticks its dispatcher (leases), unless it is frozen or dead."""
+        if not node.alive:
+            return
+        self.at(self.now + AGENT_TICK, self._tick, node)
+        if not node.frozen:
+            self._do(node, node.d.tick(self.now))
 
-    def _client_in(self, node: Node, call: Call) -> None:
+    def client_send(self, node: Node, msg) -> None:
+        """A program's frame to its agent (a Call, a lease question, a Cancel)."""
+        track = ("call", msg.call_id, node.id) if isinstance(msg, Call) else None
+        asks = tuple(msg.call_ids) if isinstance(msg, Holds) else ()
+        self.links.send(("prog", node.i, "up"), ("prog", node.i), LOCAL, self._client_in,
+                        (node, msg), may_refuse=False, track=track, asks=asks)
+
+    def _client_in(self, node: Node, msg) -> None:
         if node.alive:
-            self._handle(node, lambda: self._do(node, node.d.submit(call, node.program.identity)))
+            self._handle(node, self._from_client, node, msg)
 
-    def _send(self, src: Node, dst: Node, conn: str, kind: str, msg) -> None:
-        key = (src.i, dst.i, conn)
-        when = max(self.now + self.rng.uniform(*DELAY), self.fifo.get(key, 0.0))
-        self.fifo[key] = when
-        self.at(when, self._arrive, src, dst, kind, msg)
+    def _from_client(self, node: Node, msg) -> None:
+        d, identity = node.d, node.program.identity
+        d.heard(identity)
+        if isinstance(msg, Call):
+            self._do(node, d.submit(msg, identity))
+        elif isinstance(msg, Holds):
+            self._to_program(node, d.holding(msg.call_ids, identity))
+        else:
+            self._do(node, d.cancel(msg.call_id, identity, msg.owner))
+
+    def _to_program(self, node: Node, msg) -> None:
+        """An agent's frame to its program (a result, a lease answer); one refused is lost."""
+        prog = node.program
+        track = ("result", msg.call_id, prog.identity) if isinstance(msg, Result) else None
+        asks = tuple(msg.held + msg.unknown) if isinstance(msg, Held) else ()
+        self.links.send(("prog", node.i, "down"), ("prog", node.i), LOCAL, prog.receive, (msg,),
+                        track=track, asks=asks)
+
+    def _send(self, src: Node, dst: Node, conn: str, kind: str, msg) -> str:
+        """A frame from ``src`` to ``dst`` over ``src``'s DEALER (``conn`` "dealer") or its
+        ROUTER's reply to ``dst``'s DEALER ("router"): ``Links.send``'s verdict."""
+        delay = self.rng.uniform(*DELAY)
+        pair = (src.i, dst.i) if conn == "dealer" else (dst.i, src.i)  # (the DEALER's end first)
+        if self.reset and self.links.rng.random() < self.reset:
+            self.links.reset(pair)  # (this frame goes on the new connection)
+        track = asks = None
+        if kind in ("call", "result", "handback"):
+            track = (kind, msg.call_id, dst.id)
+        elif kind == "holds":
+            asks = tuple(msg.call_ids)
+        elif kind == "held":
+            asks = tuple(msg.held + msg.unknown)
+        return self.links.send((src.i, dst.i, conn), pair, delay, self._arrive,
+                               (src, dst, kind, msg), track=track, asks=asks or ())
 
     def _arrive(self, src: Node, dst: Node, kind: str, msg) -> None:
         if not (src.alive and dst.alive):
@@ -280,9 +330,14 @@ class LedgerSim(MembershipModel, WorkerPoolModel):
         elif kind == "result":
             acts = d.remote_result(msg, src.id)
         elif kind == "cancel":
-            acts = d.cancel(msg.call_id, ident)
+            acts = d.cancel(msg.call_id, ident, msg.owner)
         elif kind == "reclaim":
             acts = d.reclaim(msg.call_ids, src.id, msg.free, msg.queued)
+        elif kind == "holds":  # answered at once, over the same connection
+            self._send(dst, src, "router", "held", d.holding(msg.call_ids, ident))
+            return
+        elif kind == "held":
+            acts = d.held(msg.held, msg.unknown, src.id)
         else:
             acts = d.handed_back(msg.call_id, src.id)
         self._do(dst, acts)
@@ -296,28 +351,34 @@ class LedgerSim(MembershipModel, WorkerPoolModel):
         for act in actions:
             if isinstance(act, RunLocal):
                 self._record(node, "run" + " behind" * act.behind, act.call.call_id)
-                if act.call.needs is not None and not node.d._fits_here(act.call):
+                if act.call.needs is not None and not node.d.local.fits(act.call.needs):
                     self.violation(f"{node.name} runs {act.call.call_id}, whose constraints "
                                    f"it does not meet")
-                self._run(node, act.call, act.behind)
+                self.workers.run(node, act.call, act.behind)
             elif isinstance(act, Forward):
                 self._record(node, "forward", f"{act.call.call_id} {self.by_id[act.peer_id].name}")
-                self._send(node, self.by_id[act.peer_id], "dealer", "call", act.call)
+                if self._send(node, self.by_id[act.peer_id], "dealer", "call", act.call) is REFUSED:
+                    self._record(node, "refused", act.call.call_id)  # (as Agent._flush does)
+                    self._do(node, node.d.forward_failed(act.call.call_id, act.peer_id))
             elif isinstance(act, Deliver):
                 self._record(node, "deliver", act.result.call_id)
                 prog = node.program
                 if prog is not None and act.identity == prog.identity:
-                    self.at(self.now + LOCAL, prog.receive, act.result)
+                    self._to_program(node, act.result)
                 elif len(act.identity) == 16 and act.identity.hex() in self.by_id:
-                    self._send(node, self.by_id[act.identity.hex()], "router", "result",
-                               act.result)
+                    peer = self.by_id[act.identity.hex()]
+                    if self._send(node, peer, "router", "result", act.result) is REFUSED:
+                        # (our ROUTER could not route it: over our own connection, as
+                        # Agent._flush does)
+                        self._send(node, peer, "dealer", "result", act.result)
                 else:
                     self.violation(f"{node.name} delivers to unknown identity {act.identity!r}")
             elif isinstance(act, SendTo):
                 msg = act.message
                 kind = ("result" if isinstance(msg, Result) else "cancel"
                         if isinstance(msg, Cancel) else "handback" if isinstance(msg, Handback)
-                        else "reclaim" if isinstance(msg, Reclaim) else None)
+                        else "reclaim" if isinstance(msg, Reclaim) else "holds"
+                        if isinstance(msg, Holds) else None)
                 if kind is None:
                     raise TypeError(f"unexpected message {msg!r}")
                 self._record(node, kind, f"{getattr(msg, 'call_id', '')} "
@@ -327,9 +388,71 @@ class LedgerSim(MembershipModel, WorkerPoolModel):
                 self._send(node, self.by_id[act.peer_id], "dealer", kind, msg)
             elif isinstance(act, KillLocal):
                 self._record(node, "kill", act.call_id)
-                self._kill_local(node, act.call_id)
+                self.workers.kill_local(node, act.call_id)
             else:
                 raise TypeError(f"unknown action {act!r}")
+
+    def _sample(self) -> None:
+        """(``check_bound``) Every call in flight at a live program: does anything move it?
+        A call moves while some agent holds it, waiting or running, for a path of
+        requesters that leads back to its program, or while its call or result frame is on
+        its way along that path. A call that does not move is stalled: a frame of it was
+        lost. When it moves again (its loss was found out: it was placed or sent again),
+        the stall is checked against the bound (``_stalled``)."""
+        self.at(self.now + SAMPLE, self._sample)
+        now = self.now
+        for prog in self.programs:
+            if not prog.node.alive:
+                continue
+            for cid in list(prog.leases.frames):
+                if self._moving(prog, cid):
+                    since = self.stalls.pop(cid, None)
+                    if since is not None:
+                        self._stalled(cid, since, now)
+                elif cid not in self.stalls:
+                    self.stalls[cid] = now
+        for cid in [c for c in self.stalls if not any(c in p.leases.frames for p in self.programs)]:
+            self._stalled(cid, self.stalls.pop(cid), now)  # (it ended meanwhile)
+
+    def _moving(self, prog: Program, cid: str) -> bool:
+        node, links = prog.node, self.links
+        if links.in_flight("call", cid, node.id) or links.in_flight("result", cid, prog.identity):
+            return True
+        return self._moving_at(cid, node, prog.identity, None, 0)
+
+    def _moving_at(self, cid: str, node: Node, identity: bytes, asker: str | None, hops: int) -> bool:
+        entry = node.d.pending.get(cid)
+        if entry is None or hops > 8 or not any(
+                r.identity == identity or (asker is not None and r.peer == asker)
+                for r in entry.requesters):
+            return False  # (held for nobody on the path: its outcome would not come back)
+        if entry.where in ("local", "backlog"):
+            return True
+        holder = self.by_id.get(entry.where)
+        if holder is None:
+            return False
+        if self.links.in_flight("call", cid, holder.id) or self.links.in_flight("result", cid, node.id):
+            return True
+        return self._moving_at(cid, holder, bytes.fromhex(node.id), node.id, hops + 1)
+
+    @staticmethod
+    def bound(losses: int, rounds: int) -> float:
+        """How long a call may stall: each loss of a frame carrying it (the call, its
+        result, a Handback; at least one: a client whose agent gave up on its silence
+        lost nothing) is found out within two lease periods (the round it was handed on
+        in, and the round it became due), plus one for each lease question or answer
+        naming it that was lost meanwhile, plus ``SLACK`` (ticks, samples, round trips).
+        (Two stalls closer than a sample count as one.)"""
+        return (2 * max(losses, 1) + rounds) * max(LEASE, CLIENT_PERIOD) + SLACK
+
+    def _stalled(self, cid: str, since: float, now: float) -> None:
+        span = now - since
+        self.longest_stall = max(self.longest_stall, span)
+        losses, rounds = self.links.lost_between(cid, since - SAMPLE - DELAY[1], now)
+        if span > self.bound(losses, rounds):
+            self.violation(f"{cid} did not move for {span:.2f} s (bound {self.bound(losses, rounds):.2f}"
+                           f" s: {losses} frame(s) of it and {rounds} lease question(s) or "
+                           f"answer(s) naming it lost)")
 
     def _check_reclaim(self, node: Node, msg: Reclaim) -> None:
         """Work stealing takes back only calls the stealer can run: one whose constraints
@@ -337,9 +460,9 @@ class LedgerSim(MembershipModel, WorkerPoolModel):
         for cid in msg.call_ids:
             entry = node.d.pending.get(cid)
             if entry is not None and entry.call.needs is not None \
-                    and not node.d._fits_here(entry.call):
+                    and not node.d.local.fits(entry.call.needs):
                 self.violation(f"{node.name} asks back {cid}, whose constraints it does not "
-                               f"meet (labels {sorted(node.d.labels)}, the call needs "
+                               f"meet (labels {sorted(node.d.local.labels)}, the call needs "
                                f"{entry.call.needs.labels})")
 
     # ------------------------------------------------------------------ end
@@ -347,6 +470,11 @@ class LedgerSim(MembershipModel, WorkerPoolModel):
     def finish(self, limit: float = TIME_LIMIT) -> Report:
         """Run until every live program is done (or ``limit``), quiesce, and check."""
         done = self.run_until(limit, lambda: self.finished() and self.now >= self.fault_end)
+        for cid, since in list(self.stalls.items()):  # (still stalled at the end)
+            if not any(cid in p.leases.frames for p in self.programs if p.node.alive):
+                continue  # (it moved and ended since the last sample)
+            del self.stalls[cid]
+            self._stalled(cid, since, self.now)
         end = max((p.finished_at or 0.0) for p in self.programs if p.node.alive) \
             if any(p.node.alive for p in self.programs) else self.now
         if not done:
@@ -364,6 +492,7 @@ class LedgerSim(MembershipModel, WorkerPoolModel):
                 continue
             rep.calls += len(p.calls)
             rep.gave_up += p.gave_up
+            rep.late += p.late
             resolved.update(p.results)
             missing = [c for c in p.calls if p.results[c] == 0]
             if missing and p.finished_at is not None:
@@ -385,11 +514,16 @@ class LedgerSim(MembershipModel, WorkerPoolModel):
                                f"runs {len(node.runs)}, its workers hold {held}")
         rep.leaks, rep.counters = dict(sorted(leaks.items())), dict(sorted(counters.items()))
         rep.failures = dict(sorted(self.failures.items()))
-        rep.executions = sum(self.executions.values())
-        rep.extra_executions = sum(c - 1 for c in self.executions.values() if c > 1)
-        rep.dead_origin_runs, rep.dead_origin_kept = self.dead_origin_runs, self.dead_origin_kept
-        rep.waited, rep.given_back = self.waited, self.given_back
-        rep.withdrawn, rep.withdrawals = self.withdrawn, self.withdrawals
+        workers = self.workers
+        rep.executions = sum(workers.executions.values())
+        rep.extra_executions = sum(c - 1 for c in workers.executions.values() if c > 1)
+        rep.dead_origin_runs = workers.dead_origin_runs
+        rep.dead_origin_kept = self.membership.dead_origin_kept
+        rep.waited, rep.given_back = workers.waited, workers.given_back
+        rep.withdrawn, rep.withdrawals = workers.withdrawn, workers.withdrawals
+        links = self.links
+        rep.lost_frames = links.lost + links.refused + links.reset_lost
+        rep.longest_stall = round(self.longest_stall, 3)
         rep.violations = self.violations
         return rep
 
@@ -433,7 +567,7 @@ def run_seed(seed: int, *, agents: int = 50, tasks: int = 500, faults: bool = Tr
              record: bool = False, hold: bool = False, **options) -> Report:
     """One seeded run: random agents, programs and faults. Same seed, same report.
     ``options``: ``prefetch``, ``steal``, ``hetero``, ``tree``, ``depth``, ``long_call``,
-    ``labels`` (``LedgerSim``)."""
+    ``labels``, ``drop``, ``refuse``, ``reset``, ``check_bound`` (``LedgerSim``)."""
     start = time.perf_counter()
     sim = LedgerSim(seed, agents=agents, tasks=tasks, record=record, hold=hold, **options)
     if faults:
@@ -445,6 +579,20 @@ def run_seed(seed: int, *, agents: int = 50, tasks: int = 500, faults: bool = Tr
 
 def _sweep_one(args: tuple[int, int, int, bool, dict]) -> Report:
     return run_seed(args[0], agents=args[1], tasks=args[2], hold=args[3], **args[4])
+
+
+def _option_flags(options: dict, hold: bool) -> str:
+    """The command line options that replay a sweep's seed."""
+    flags = " --hold" * hold
+    for name, default in (("prefetch", 1), ("depth", 1), ("long_call", None), ("labels", 0),
+                          ("drop", 0.0), ("refuse", 0.0), ("reset", 0.0)):
+        if options.get(name, default) != default:
+            flags += f" --{name.replace('_', '-')} {options[name]}"
+    for name, flag in (("steal", "--no-steal"), ("hetero", "--hetero"), ("tree", "--tree"),
+                       ("check_bound", "--bound")):
+        if options.get(name) not in (None, False) or (name == "steal" and options.get(name) is False):
+            flags += f" {flag}"
+    return flags + " --no-faults" * (options.get("faults") is False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -470,9 +618,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--long-call", type=float, default=None, metavar="S",
                     help="a call running longer than S virtual seconds makes its worker give "
                          "back the calls waiting behind it (default: never)")
+    ap.add_argument("--drop", type=float, default=0.0, metavar="P",
+                    help="links that stay up lose each frame with probability P, each way")
+    ap.add_argument("--refuse", type=float, default=0.0, metavar="P",
+                    help="sends are refused (high-water mark) with probability P")
+    ap.add_argument("--reset", type=float, default=0.0, metavar="P",
+                    help="a frame to a member finds its connection reset with probability P "
+                         "(what sat in it, both ways, is lost)")
+    ap.add_argument("--no-faults", action="store_true",
+                    help="no kills, freezes nor partitions (only the link faults above)")
+    ap.add_argument("--bound", action="store_true",
+                    help="check that no call stalls longer than the lease bound (LedgerSim.bound; "
+                         "meant for runs with --no-faults)")
     args = ap.parse_args(argv)
     options = {"prefetch": args.prefetch, "hetero": args.hetero, "tree": args.tree,
-               "depth": args.depth, "long_call": args.long_call, "labels": args.labels}
+               "depth": args.depth, "long_call": args.long_call, "labels": args.labels,
+               "drop": args.drop, "refuse": args.refuse, "reset": args.reset,
+               "check_bound": args.bound, "faults": not args.no_faults}
     if args.no_steal:
         options["steal"] = False
     if args.seed is not None:
@@ -494,12 +656,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         reports = [_sweep_one(w) for w in work]
     bad = [r for r in reports if r.violations]
-    flags = "".join(f" {f}" for f, on in (("--hold", args.hold), ("--no-steal", args.no_steal),
-                                          ("--hetero", args.hetero), ("--tree", args.tree)) if on)
-    flags += f" --prefetch {args.prefetch}" if args.prefetch != 1 else ""
-    flags += f" --depth {args.depth}" if args.depth != 1 else ""
-    flags += f" --long-call {args.long_call}" if args.long_call is not None else ""
-    flags += f" --labels {args.labels}" if args.labels else ""
+    flags = _option_flags(options, args.hold)
     for r in bad:
         print(r.summary(), *r.violations[:5], f"  replay: python -m mesh.sim.ledger_sim "
               f"--seed {r.seed} --agents {r.agents} --tasks {r.tasks}{flags}", sep="\n  ")
@@ -523,8 +680,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{counters['reclaim_got']} given back, at workers: {counters['behind']} behind, "
           f"{sum(r.waited for r in reports)} waited, {sum(r.given_back for r in reports)} given "
           f"back (call ahead killed), {sum(r.withdrawn for r in reports)} withdrawn "
-          f"({sum(r.withdrawals for r in reports)} long calls), "
-          f"{time.perf_counter() - started:.1f}s wall")
+          f"({sum(r.withdrawals for r in reports)} long calls), leases: "
+          f"{counters['lease_questions']} questions, {counters['lease_lost']} calls found lost "
+          f"({sum(r.lost_frames for r in reports)} frames lost), {counters['client_gone']} "
+          f"calls of gone clients cancelled, {sum(r.late for r in reports)} late results, longest stall "
+          f"{max(r.longest_stall for r in reports):.2f}s, {time.perf_counter() - started:.1f}s wall")
     return 1 if bad else 0
 
 

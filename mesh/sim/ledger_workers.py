@@ -34,40 +34,41 @@ import itertools
 from collections import Counter
 from collections.abc import Callable
 
-from mesh.sim.ledger_model import Node, Worker
+from mesh.sim.ledger_model import Clock, Node, Worker
 from mesh.wire.messages import Call, Result
 
 SLOW_CHECK = 0.01  # s: how often an agent looks for long calls while calls wait at workers
 
 
 class WorkerPoolModel:
-    """Mixin of ``LedgerSim``: ``RunLocal`` and ``KillLocal``, as ``mesh.agent.pool.WorkerPool``
-    and the agent carry them out.
+    """The agents' worker processes: ``RunLocal`` and ``KillLocal``, as
+    ``mesh.agent.pool.WorkerPool`` and the agent carry them out. A part of ``LedgerSim``,
+    given the clock, the agents by node id and what it calls back: ``handle`` (run now, or queue in a
+    frozen agent's inbox), ``do`` (carry out a dispatcher's actions), ``record`` (trace),
+    ``violation``, and ``holds_dead(node, origin)`` (membership: ``node`` declared
+    ``origin`` dead). ``LedgerSim`` calls ``run`` and ``kill_local``; it reads the figures
+    kept here (``executions`` and the rest) for its report."""
 
-    ``LedgerSim._do`` calls ``_run`` and ``_kill_local``. It provides the state below and
-    ``at`` (schedule), ``_handle`` (run now, or queue in a frozen agent's inbox), ``_do``
-    (carry out a dispatcher's actions), ``_record`` (trace) and ``violation``."""
+    def __init__(self, clock: Clock, by_id: dict[str, Node], *, depth: int, long_call: float | None,
+                 handle: Callable[..., None], do: Callable[[Node, list], None],
+                 record: Callable[[Node, str, str], None], violation: Callable[[str], None],
+                 holds_dead: Callable[[Node, Node], bool]) -> None:
+        self.clock = clock
+        self.by_id = by_id
+        self.depth = depth
+        self.long_call = long_call
+        self._handle, self._do, self._record = handle, do, record
+        self.violation = violation
+        self.holds_dead = holds_dead
+        self.executions: Counter[str] = Counter()  # runs started, per call
+        self.dead_origin_runs = 0  # started where the (killed) origin was already declared dead
+        self.waited = 0  # runs started after waiting behind another call
+        self.given_back = 0  # calls given back unstarted when the call ahead of them was killed
+        self.withdrawn = 0  # calls given back unstarted because the call ahead ran long
+        self.withdrawals = 0  # times a worker gave back its waiting calls for a long call
+        self._tokens = itertools.count()  # (ties a run's end event to the process that started it)
 
-    nodes: list[Node]
-    by_id: dict[str, Node]
-    now: float
-    depth: int
-    long_call: float | None
-    dead_view: set[int]
-    executions: Counter[str]
-    dead_origin_runs: int
-    waited: int
-    given_back: int
-    withdrawn: int
-    withdrawals: int
-    _seq: itertools.count
-    at: Callable[..., None]
-    _handle: Callable[..., None]
-    _do: Callable[[Node, list], None]
-    _record: Callable[[Node, str, str], None]
-    violation: Callable[[str], None]
-
-    def _run(self, node: Node, call: Call, behind: bool = False) -> None:
+    def run(self, node: Node, call: Call, behind: bool = False) -> None:
         """``RunLocal``, as ``WorkerPool.run``: to an idle worker, or (``behind``) to wait
         at the worker with the fewest calls that may take one more; one more worker
         when none fits (retired once idle)."""
@@ -86,7 +87,7 @@ class WorkerPoolModel:
             node.workers.append(w)
         w.queue.append(call)
         if len(w.queue) == 1:
-            w.started = self.now
+            w.started = self.clock.now
         node.runs[cid] = (w, call.origin)
         if len(w.queue) == w.done + 1:  # the process is idle: it starts the call at once
             self._start(node, w, waited=False)
@@ -98,13 +99,12 @@ class WorkerPoolModel:
         call = w.queue[w.done]
         cid = call.call_id
         origin = self.by_id.get(call.origin)
-        if origin is not None and not origin.alive and \
-                node.i * len(self.nodes) + origin.i in self.dead_view:
+        if origin is not None and not origin.alive and self.holds_dead(node, origin):
             self.dead_origin_runs += 1
         self.executions[cid] += 1
         self.waited += waited
-        w.token = token = next(self._seq)
-        self.at(self.now + float(call.payload) / node.d.speed, self._run_end, node, w, cid, token)
+        w.token = token = next(self._tokens)
+        self.clock.at(self.clock.now + float(call.payload) / node.d.speed, self._run_end, node, w, cid, token)
 
     def _run_end(self, node: Node, w: Worker, cid: str, token: int) -> None:
         """The process finished a call: it sends the result (read by the agent when it
@@ -126,18 +126,18 @@ class WorkerPoolModel:
         w.queue.popleft()
         w.done -= 1
         w.withdrawn = False
-        w.started = self.now
+        w.started = self.clock.now
         if len(w.queue) > 1:
             self._watch(node, w)
         if not w.queue and len(node.workers) > node.d.cpus:
             node.workers.remove(w)  # an extra worker, retired once idle
-        node.d.depth = self._pool_depth(node)
+        node.d.depth = self.pool_depth(node)
         if cid in node.cancelled:  # withdrawn while it waited, but it had started
             node.cancelled.discard(cid)
             return
         self._do(node, node.d.local_done(Result(cid, True, b"", node.name)))
 
-    def _kill_local(self, node: Node, cid: str) -> None:
+    def kill_local(self, node: Node, cid: str) -> None:
         """``KillLocal``, as ``WorkerPool.cancel``: the worker running the call is killed
         (its unread results are lost) and replaced, the calls that waited behind it come
         back ``unstarted``; a call still waiting is withdrawn silently (if it started
@@ -173,7 +173,7 @@ class WorkerPoolModel:
 
     def _unstarted(self, node: Node, calls: list[str]) -> None:
         """As ``Agent._unstarted``: placed again, first first."""
-        node.d.depth = self._pool_depth(node)
+        node.d.depth = self.pool_depth(node)
         for cid in calls:
             self._record(node, "unstarted", cid)
         self._do(node, node.d.unstarted(calls))
@@ -182,9 +182,9 @@ class WorkerPoolModel:
         """``WorkerPool._can_wait_at``: a call may wait at this worker (it is idle, or its
         call is not long and it was not asked to give back its waiting calls)."""
         return not w.withdrawn and (not w.queue or self.long_call is None
-                                    or self.now - w.started <= self.long_call)
+                                    or self.clock.now - w.started <= self.long_call)
 
-    def _pool_depth(self, node: Node) -> int:
+    def pool_depth(self, node: Node) -> int:
         """``WorkerPool.depth``: the sim's ``depth``, or 1 while no worker can take one
         more call to wait (each runs a long call)."""
         if self.depth <= 1 or any(self._can_wait_at(w) for w in node.workers):
@@ -197,8 +197,8 @@ class WorkerPoolModel:
         if self.long_call is None or w.check == w.started:
             return
         w.check = w.started
-        when = max(w.started + self.long_call, self.now + SLOW_CHECK)
-        self.at(when, self._slow_check, node, w, w.started)
+        when = max(w.started + self.long_call, self.clock.now + SLOW_CHECK)
+        self.clock.at(when, self._slow_check, node, w, w.started)
 
     def _slow_check(self, node: Node, w: Worker, started: float) -> None:
         if w.check == started:
@@ -211,7 +211,7 @@ class WorkerPoolModel:
         calls waiting behind it (those its process has not started); then the agent's
         depth is 1 while no worker can take one more."""
         if not (node.alive and w.alive and w.started == started) or w.withdrawn \
-                or len(w.queue) <= 1 or self.now - started < self.long_call:
+                or len(w.queue) <= 1 or self.clock.now - started < self.long_call:
             return
         self.withdrawals += 1
         self._record(node, "withdraw", w.queue[0].call_id)

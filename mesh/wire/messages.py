@@ -41,8 +41,11 @@ from mesh.wire.codec import (  # noqa: F401
 )
 from mesh.wire.codec import cut as _cut  # noqa: F401
 
-PROTOCOL = 2  # the "v" of every frame. 2: members send each other Batch frames too (an
-# agent of protocol 1 would drop them as unexpected: the versions refuse each other instead)
+PROTOCOL = 3  # the "v" of every frame. 2: members send each other Batch frames too (an
+# agent of protocol 1 would drop them as unexpected: the versions refuse each other instead).
+# 3: leases (Holds, Held): members and clients ask which calls are still held; an agent of
+# protocol 2 would drop the questions as unexpected, and its peers would then take every
+# call it holds for lost and run it again
 
 STATES = ("alive", "suspect", "dead", "left")
 
@@ -249,11 +252,14 @@ class Call(Message):
 class Cancel(Message):
     """Whoever asked for ``call_id`` no longer wants its result: a client (a task timed
     out), or the agent that delegated it (it got the result elsewhere, or the call's
-    origin died). Sent down the path the call took; holders stop it."""
+    origin died). Sent down the path the call took; holders stop it. A client names its
+    session (``owner``, as its calls do): its Cancel reaches the call also from a new
+    connection (after a reconnection)."""
 
     TAG: ClassVar[str] = "cancel"
     call_id: str
     reason: str = ""
+    owner: str = ""
 
 
 @dataclass(frozen=True)
@@ -277,6 +283,29 @@ class Reclaim(Message):
     call_ids: list[str]
     free: int = 0
     queued: int = 0
+
+
+@dataclass(frozen=True)
+class Holds(Message):
+    """Which of these calls, that I handed you, do you still hold? A lease question
+    (``mesh.sched.leases``) from the hop that handed each call on: an agent that delegated
+    them, or a client that sent them to its agent. At most ``MAX_LIST`` ids, oldest
+    first. Answered at once with ``Held``, on the same connection."""
+
+    TAG: ClassVar[str] = "holds"
+    call_ids: list[str]
+
+
+@dataclass(frozen=True)
+class Held(Message):
+    """Answer to ``Holds``: ``held``, the calls the sender holds for the asker (a pending
+    entry with the asker among its requesters: its outcome will come); ``unknown``, the
+    rest (never arrived, or ended and its outcome was sent: the asker places or sends
+    them again; the first outcome wins)."""
+
+    TAG: ClassVar[str] = "held"
+    held: list[str]
+    unknown: list[str]
 
 
 @dataclass(frozen=True)
@@ -399,7 +428,7 @@ class Batch(Message):
 MESSAGES: dict[str, type[Message]] = {
     cls.TAG: cls
     for cls in (Ping, Pong, PingReq, IndirectAck, Nack, TreeAdvert, Leave, Call, Cancel, Handback,
-                Reclaim, Fetch, Object, Free, Result, Query, Resources, Answer, Batch)
+                Reclaim, Holds, Held, Fetch, Object, Free, Result, Query, Resources, Answer, Batch)
 }
 RECORDS = (NodeInfo, Load, Digest, Advert, Holding, Needs)
 
