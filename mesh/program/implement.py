@@ -31,7 +31,7 @@ import threading
 import time
 from typing import Any
 
-from mesh.sched.placement import _fits  # the dispatcher's rule: one rule, placement and here
+from mesh.sched.records import fits as _fits  # the dispatcher's rule: one rule, placement and here
 
 CACHE_S = 2.0  # s an answer about the mesh's agents is reused
 
