@@ -297,6 +297,33 @@ def test_a_dead_agent_fails_local_calls_at_once_and_the_client_goes_on_over_tcp(
     assert c.local_path is None and c.query("status")["id"] == b.id
     c.close()
 
+
+def test_a_call_made_when_the_connection_broke_goes_the_new_way(agents, mesh_key):
+    """A retry made by the failure itself (a done-callback, as the task runtime's RETRY
+    is) is a call on the new connection: it was refused with the old one's error
+    (link.broken was cleared only after the calls in flight had failed)."""
+    a = agents.start("a")
+    c = Client(a.comm, key=mesh_key)
+    slow = c.submit(time.sleep, 30)
+    wait_for(lambda: c.query("status")["running"] == 1, 10, "the call to run")
+    again: list = []
+
+    def retry(_):
+        try:
+            again.append(c.submit(abs, -7))
+        except AgentUnreachable as exc:
+            again.append(exc)
+
+    slow.add_done_callback(retry)
+    a.stop(signal.SIGKILL)
+    with pytest.raises(AgentUnreachable):
+        slow.result(10)
+    wait_for(lambda: again, 10, "the retry")
+    assert not isinstance(again[0], Exception), again[0]
+    agents.start("b", "--comm-port", a.comm.rpartition(":")[2])
+    assert again[0].result(30) == 7
+    c.close()
+
 @pytest.mark.skipif(os.geteuid() != 0 or not hasattr(socket, "SO_PEERCRED"),
                     reason="needs root (to run a process as another user) and SO_PEERCRED")
 def test_a_connection_from_another_user_is_closed_even_if_the_directory_lets_it_in(

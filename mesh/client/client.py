@@ -431,17 +431,19 @@ class Client:
         yet goes too: it was for the old connection (the calls in it fail; a Free in it is
         lost, and its objects go when the session closes)."""
         link = self.link
+        reason = link.broken
         with link.lock:
             link.reconnect()
             if self._lead_poller is not None:  # (it watched the old connection)
                 self._lead_poller.close()
                 self._lead_poller = None
             self._outbox.clear()
-        ids = self.requests.fail_all(AgentUnreachable(link.broken))
+        self.heartbeat.start(time.monotonic())
+        link.broken = ""  # (until now new calls were refused: none went the old way; from
+        # here they go the new way, those made by the failures below too: a retry)
+        ids = self.requests.fail_all(AgentUnreachable(reason))
         for call_id in ids:  # (if the same agent serves the address, it stops them now)
             self._outbox.append(m.encode(m.Cancel(call_id, "its client reconnected", self.session)))
-        self.heartbeat.start(time.monotonic())
-        link.broken = ""  # (until now new calls were refused: none went the old way)
 
     def _silent(self) -> None:
         """The heartbeat says the agent did not answer its pings: unless something waits
