@@ -31,7 +31,7 @@ import threading
 import time
 from typing import Any
 
-from mesh.sched.records import fits  # the dispatcher's rule: one rule, placement and here
+from mesh.sched.records import fits as _fits  # the dispatcher's rule: one rule, placement and here
 
 CACHE_S = 2.0  # s an answer about the mesh's agents is reused
 
@@ -79,7 +79,7 @@ class Implementations:
             return self.impls[0][0]
         cpus, memory, labels = caps
         for fn, needs in self.impls:
-            if needs is not None and fits(needs, cpus, memory, labels):
+            if needs is not None and _fits(needs, cpus, memory, labels):
                 return fn
         for fn, needs in self.impls:
             if needs is None:
@@ -98,7 +98,7 @@ def placement(impls: list, client: Any) -> Any:
         return None
     agents = capabilities(client)
     for _, needs in impls:
-        if any(fits(needs, *caps) for caps in agents):
+        if any(_fits(needs, *caps) for caps in agents):
             return needs
     return impls[0][1]
 

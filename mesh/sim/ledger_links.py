@@ -35,7 +35,7 @@ import random
 from collections import Counter
 from collections.abc import Callable
 
-from mesh.sim.ledger_model import Clock
+from mesh.sim.clock import Clock
 
 SENT, LOST, REFUSED = "sent", "lost", "refused"
 

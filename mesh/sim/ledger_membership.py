@@ -26,7 +26,8 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from mesh.sim.ledger_model import Clock, Node
+from mesh.sim.clock import Clock
+from mesh.sim.ledger_model import Node
 
 HEARTBEAT = 0.4
 SUSPECT, DETECT = (0.4, 0.9), (1.0, 3.0)  # after a node stops being visible

@@ -2,9 +2,8 @@
 
 Theory of operation
 -------------------
-Plain data, the clock, and the client programs:
+Plain data and the client programs (virtual time is ``mesh.sim.clock.Clock``):
 
-* ``Clock``: virtual time; events wait in a heap ordered by (time, sequence number).
 * ``Worker``: one worker process of an agent: its FIFO of calls as the agent sees it,
   and how far the process itself got (see ``mesh.sim.ledger_workers``).
 * ``Node``: one agent: its real ``Dispatcher``, whether it is alive, frozen or
@@ -27,8 +26,6 @@ takes randomness (``sim.rng``), the clock (``sim.now``) and the way to its agent
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import random
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -43,32 +40,6 @@ if TYPE_CHECKING:
 
 MAX_SUBMISSIONS = 4
 CLIENT_TICK = 0.25  # how often a program's client looks at its leases (its thread's wake-ups)
-
-
-class Clock:
-    """Virtual time: ``at`` schedules ``fn(*args)``, ``run_until`` runs what is due in
-    order of (time, scheduling order) and moves ``now``. No real clock is read."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self._heap: list = []
-        self._seq = itertools.count()
-
-    def at(self, when: float, fn, *args) -> None:
-        heapq.heappush(self._heap, (when, next(self._seq), fn, args))
-
-    def run_until(self, until: float, stop=None) -> bool:
-        """Run events due by ``until``; True as soon as ``stop()`` says so (else False,
-        with ``now`` at ``until``)."""
-        heap = self._heap
-        while heap and heap[0][0] <= until:
-            when, _, fn, args = heapq.heappop(heap)
-            self.now = when
-            fn(*args)
-            if stop is not None and stop():
-                return True
-        self.now = max(self.now, until)
-        return False
 
 
 @dataclass(eq=False)

@@ -2,13 +2,13 @@
 
 Theory of operation
 -------------------
-No socket, thread or real clock: events wait in a heap ordered by (virtual time,
-sequence number) and all randomness comes from one seeded ``random.Random``, so one
+No socket, thread or real clock: events wait on a virtual ``Clock`` (``mesh.sim.clock``,
+the simulators' one) and all randomness comes from one seeded ``random.Random``, so one
 seed gives one run, action for action (``python -m mesh.sim.ledger_sim --seed N``
 replays it).
 
 Modules, one concept each (every name they define is importable from here too):
-``ledger_model`` (``Clock``, ``Worker``, ``Node``, ``Report``, ``Program``, ``make_graph``),
+``ledger_model`` (``Worker``, ``Node``, ``Report``, ``Program``, ``make_graph``),
 ``ledger_workers`` (``WorkerPoolModel``: the agents' worker processes),
 ``ledger_membership`` (``MembershipModel``: the modelled membership view), and this
 one: ``LedgerSim``, which holds a clock, the agents, the programs and the two models as
@@ -72,9 +72,10 @@ from collections import Counter
 
 from mesh.sched.dispatch import Deliver, Dispatcher, Forward, KillLocal, RunLocal, SendTo
 from mesh.sched.leases import CLIENT_PERIOD, PERIODS
+from mesh.sim.clock import Clock
 from mesh.sim.ledger_links import REFUSED, Links
 from mesh.sim.ledger_membership import DETECT, HEARTBEAT, REFUTE, REVIVE, SUSPECT, MembershipModel
-from mesh.sim.ledger_model import MAX_SUBMISSIONS, Clock, Node, Program, Report, Worker, make_graph
+from mesh.sim.ledger_model import MAX_SUBMISSIONS, Node, Program, Report, Worker, make_graph
 from mesh.sim.ledger_workers import SLOW_CHECK, WorkerPoolModel
 from mesh.wire.messages import Call, Cancel, Handback, Held, Holds, Reclaim, Result
 

@@ -34,7 +34,8 @@ import itertools
 from collections import Counter
 from collections.abc import Callable
 
-from mesh.sim.ledger_model import Clock, Node, Worker
+from mesh.sim.clock import Clock
+from mesh.sim.ledger_model import Node, Worker
 from mesh.wire.messages import Call, Result
 
 SLOW_CHECK = 0.01  # s: how often an agent looks for long calls while calls wait at workers
