@@ -31,6 +31,7 @@ import threading
 import time
 from typing import Any
 
+from mesh.sched.placement import describe
 from mesh.sched.records import fits as _fits  # the dispatcher's rule: one rule, placement and here
 
 CACHE_S = 2.0  # s an answer about the mesh's agents is reused
@@ -84,7 +85,7 @@ class Implementations:
         for fn, needs in self.impls:
             if needs is None:
                 return fn
-        wanted = "; ".join(_describe(n) for _, n in self.impls)
+        wanted = "; ".join("nothing" if n is None else describe(n) for _, n in self.impls)
         raise RuntimeError(f"no implementation of {self.__name__} fits this agent "
                            f"({cpus} slot(s), labels {sorted(labels)}): they need {wanted}")
 
@@ -144,14 +145,3 @@ def _own_agent() -> tuple | None:
     _own[0], _own[1] = now, (status["cpus"]["total"], status["memory"] or 0,
                              frozenset(status["labels"]))
     return _own[1]
-
-
-def _describe(needs: Any) -> str:
-    if needs is None:
-        return "nothing"
-    parts = [f"{needs.cpus} slot(s)"]
-    if needs.memory:
-        parts.append(f"{needs.memory} bytes")
-    if needs.labels:
-        parts.append("labels " + ", ".join(needs.labels))
-    return " and ".join(parts)
