@@ -706,12 +706,14 @@ class Dispatcher:
         it blocks), so a nested graph runs depth first and few of its calls are blocked at
         once (each holds a worker process; in arrival order, fib(10) on one slot had ~70
         blocked at once). The rest keep their order."""
+        if not self.backlog:  # (the usual case of a heartbeat's news)
+            return self._steal()
         acts: list[Action] = []
         kept: list[str] = []
         waiting_here = 0
         local, placement = self.local, self.placement
         room = local.cpus * local.depth - local.running  # (calls here may run, or wait behind)
-        if local.blocked and room > 0 and self.backlog and self._nested_here():
+        if local.blocked and room > 0 and self._nested_here():
             self._newest_first(room)
         for _ in range(len(self.backlog)):
             if self._stuck():
