@@ -17,6 +17,22 @@ from mesh import keys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def status(agent) -> dict:
+    """The agent's ``status`` query, over a client of its own."""
+    from mesh.client.client import Client
+
+    with Client(agent.comm) as c:
+        return c.query("status")
+
+
+def sees(agent, name: str) -> bool:
+    """Whether ``agent`` holds the member called ``name`` alive."""
+    from mesh.client.client import Client
+
+    with Client(agent.comm) as c:
+        return any(p["name"] == name and p["state"] == "alive" for p in c.query("peers"))
+
+
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.02, explain=None):
     """Poll ``predicate`` until it returns a truthy value or ``timeout`` passes.
     ``explain``: called on a timeout, its text goes into the failure (e.g. agents' logs)."""

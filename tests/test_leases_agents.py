@@ -15,21 +15,13 @@ import pytest
 
 import mesh
 from mesh.client.client import Client
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, sees, status, wait_for
 
 pytestmark = [pytest.mark.agents, pytest.mark.timeout(120)]
 
 N = 24
 
 
-def status(agent) -> dict:
-    with Client(agent.comm) as c:
-        return c.query("status")
-
-
-def sees(agent, name: str) -> bool:
-    with Client(agent.comm) as c:
-        return any(p["name"] == name and p["state"] == "alive" for p in c.query("peers"))
 
 
 def loss(**settings) -> dict:

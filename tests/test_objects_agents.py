@@ -15,7 +15,7 @@ import mesh
 import mesh.program.runtime
 from mesh.client.client import Client
 from mesh.program.api import INOUT, barrier, constraint, task, wait_on
-from tests.conftest import wait_for
+from tests.conftest import sees, status, wait_for
 
 pytestmark = [pytest.mark.agents, pytest.mark.timeout(120)]
 
@@ -59,14 +59,6 @@ def bump(buf: bytearray):
     buf.extend(b"\x00" * 1000)
 
 
-def status(agent) -> dict:
-    with Client(agent.comm) as c:
-        return c.query("status")
-
-
-def sees(agent, name: str) -> bool:
-    with Client(agent.comm) as c:
-        return any(p["name"] == name and p["state"] == "alive" for p in c.query("peers"))
 
 
 def mesh_of(agents, n: int, labels: tuple = ()):

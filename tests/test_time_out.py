@@ -9,7 +9,7 @@ import pytest
 
 import mesh
 from mesh.program.api import TaskTimedOut, task, wait_on
-from tests.conftest import AgentFactory, wait_for
+from tests.conftest import AgentFactory, status, wait_for
 
 pytestmark = [pytest.mark.agents, pytest.mark.timeout(90)]
 
@@ -52,10 +52,6 @@ def one_slot(tmp_path_factory):
     yield a
     factory.stop_all()
 
-
-def status(agent) -> dict:
-    with mesh.client.client.Client(agent.comm) as c:
-        return c.query("status")
 
 
 def test_time_out_counts_from_when_the_task_starts_running(one_slot):
